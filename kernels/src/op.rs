@@ -1,0 +1,382 @@
+//! The `OpSpec` trait every catalogue entry implements, and the closed `Op` enum that names them.
+//!
+//! An op is data: its attributes live in the enum variant, its behaviour in one file under
+//! `ops/`. The compiler asks an op for its output types (`infer`), its cost (`flops`, `bytes`)
+//! and its backward rule; the CPU backend asks for its reference implementation (`cpu`); the CUDA
+//! backend for its kernel name (`cuda_kernel`).
+
+use crate::TensorType;
+use crate::ops::*;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// An error about an op's operands: arity, shapes, dtypes, or data it cannot accept.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OpError {
+    /// Wrong number of operands.
+    #[error("{op} takes {expected} inputs, got {got}")]
+    Arity {
+        /// The op's name.
+        op: &'static str,
+        /// How many it takes.
+        expected: usize,
+        /// How many it got.
+        got: usize,
+    },
+    /// Operand shapes that do not fit together.
+    #[error("{op}: {message}")]
+    Shape {
+        /// The op's name.
+        op: &'static str,
+        /// What was expected and what was found.
+        message: String,
+    },
+    /// An operand of the wrong dtype.
+    #[error("{op}: input `{input}` must be {expected}, got {got}")]
+    DType {
+        /// The op's name.
+        op: &'static str,
+        /// The input's name in the op's signature.
+        input: &'static str,
+        /// What the op accepts.
+        expected: String,
+        /// What it got.
+        got: crate::DType,
+    },
+    /// Data the op cannot process (a token id out of range, say).
+    #[error("{op}: {message}")]
+    Data {
+        /// The op's name.
+        op: &'static str,
+        /// What is wrong with the data.
+        message: String,
+    },
+}
+
+/// A read-only operand of a CPU reference: values widened to FP32, with their shape.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    /// The extents, outermost first.
+    pub shape: &'a [u64],
+    /// The values, row-major.
+    pub data: &'a [f32],
+}
+
+/// A result of a CPU reference: FP32 values the backend then rounds to the storage dtype.
+#[derive(Debug)]
+pub struct ViewMut<'a> {
+    /// The extents, outermost first.
+    pub shape: &'a [u64],
+    /// The values, row-major; the reference overwrites all of them.
+    pub data: &'a mut [f32],
+}
+
+/// Work an op does, for the cost model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cost {
+    /// Floating-point operations (a multiply-add counts two).
+    pub flops: f64,
+    /// Bytes read from and written to device memory, each operand once.
+    pub bytes: f64,
+    /// True when the FLOPs run on matrix units (so FP8 or BF16 peak applies).
+    pub matrix_units: bool,
+}
+
+/// A reference used by a backward rule to name a tensor of the forward op it differentiates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ref {
+    /// The forward op's i-th input.
+    Input(u8),
+    /// The forward op's i-th output.
+    Output(u8),
+    /// The gradient of the forward op's i-th output.
+    GradOutput(u8),
+    /// The gradient of the forward op's i-th input (an output of a backward step).
+    GradInput(u8),
+    /// A temporary shared between the backward steps of one rule.
+    Temp(u8),
+}
+
+/// One piece of a backward rule, its tensors named relative to the forward op.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackwardStep {
+    /// `outputs = op(inputs)`; outputs are `GradInput` or `Temp` references.
+    Apply {
+        /// The op to apply.
+        op: Op,
+        /// Its operands.
+        inputs: Vec<Ref>,
+        /// Its results.
+        outputs: Vec<Ref>,
+    },
+    /// The gradient of input `input` is the gradient of output `output`, unchanged.
+    PassThrough {
+        /// The forward output whose gradient is passed on.
+        output: u8,
+        /// The forward input that receives it.
+        input: u8,
+    },
+}
+
+impl BackwardStep {
+    /// An `Apply` step from its op and operand lists.
+    pub fn new(op: impl Into<Op>, inputs: &[Ref], outputs: &[Ref]) -> Self {
+        BackwardStep::Apply {
+            op: op.into(),
+            inputs: inputs.to_vec(),
+            outputs: outputs.to_vec(),
+        }
+    }
+}
+
+/// What every op of the catalogue provides.
+pub trait OpSpec {
+    /// The op's name in dumps and CUDA symbols (`rms_norm`, `linear_backward_data`).
+    fn name(&self) -> &'static str;
+    /// Names of the inputs, in order (for messages and dumps).
+    fn input_names(&self) -> &'static [&'static str];
+    /// Names of the outputs, in order.
+    fn output_names(&self) -> &'static [&'static str];
+    /// Output types from input types, or why the inputs do not fit.
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError>;
+    /// Floating-point operations for these operand types.
+    fn flops(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64;
+    /// True when the op's FLOPs run on matrix units.
+    fn uses_matrix_units(&self) -> bool {
+        false
+    }
+    /// Bytes moved: every operand read or written once.
+    fn bytes(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
+        inputs.iter().chain(outputs).map(|t| t.bytes() as f64).sum()
+    }
+    /// The steps computing input gradients, or `None` when the op is not differentiated
+    /// (backward and optimizer ops).
+    fn backward(&self, inputs: &[TensorType]) -> Option<Vec<BackwardStep>> {
+        let _ = inputs;
+        None
+    }
+    /// The FP32 reference: writes every element of every output.
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError>;
+    /// The kernel's base name in `kernels/cuda/` (the dtype suffix is added at launch).
+    fn cuda_kernel(&self) -> &'static str {
+        self.name()
+    }
+    /// Attributes as `key=value` pairs for dumps (empty for ops without attributes).
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+}
+
+macro_rules! declare_ops {
+    ($($(#[$doc:meta])* $variant:ident($ty:ty),)*) => {
+        /// Every op the compiler knows: one closed set, each variant's behaviour in `ops/`.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        pub enum Op {
+            $($(#[$doc])* $variant($ty),)*
+        }
+
+        impl Op {
+            /// The catalogue entry of this op.
+            pub fn spec(&self) -> &dyn OpSpec {
+                match self {
+                    $(Op::$variant(op) => op,)*
+                }
+            }
+        }
+
+        $(impl From<$ty> for Op {
+            fn from(op: $ty) -> Op {
+                Op::$variant(op)
+            }
+        })*
+    };
+}
+
+declare_ops! {
+    /// Row lookup: `out[n] = table[tokens[n]]`.
+    Embedding(Embedding),
+    /// Scatter-add of output gradients into the table's gradient.
+    EmbeddingBackward(EmbeddingBackward),
+    /// Root-mean-square normalisation over groups of the last dimension, times a weight.
+    RmsNorm(RmsNorm),
+    /// Gradients of `RmsNorm` for its input and weight.
+    RmsNormBackward(RmsNormBackward),
+    /// `y = x · Wᵀ` (PyTorch's `nn.Linear` layout, weight `[out, in]`).
+    Linear(Linear),
+    /// `dx = dy · W`.
+    LinearBackwardData(LinearBackwardData),
+    /// `dW = dyᵀ · x`.
+    LinearBackwardWeight(LinearBackwardWeight),
+    /// `y = x + b`, the bias broadcast over rows.
+    BiasAdd(BiasAdd),
+    /// `db = Σ_rows dy`.
+    BiasBackward(BiasBackward),
+    /// Rotary position embedding, rotate-half convention.
+    Rope(Rope),
+    /// The inverse rotation, for the gradient.
+    RopeBackward(RopeBackward),
+    /// Causal grouped-query attention, keeping the log-sum-exp for backward.
+    Attention(Attention),
+    /// Gradients of `Attention` for q, k and v.
+    AttentionBackward(AttentionBackward),
+    /// `silu(gate) · up`.
+    SwiGlu(SwiGlu),
+    /// Gradients of `SwiGlu`.
+    SwiGluBackward(SwiGluBackward),
+    /// Elementwise sum of two tensors of one shape.
+    Add(Add),
+    /// Mean cross-entropy of logits against target ids (negative targets are ignored).
+    CrossEntropy(CrossEntropy),
+    /// Gradient of the mean cross-entropy with respect to the logits.
+    CrossEntropyBackward(CrossEntropyBackward),
+    /// Sum of squares of a tensor (accumulated over all gradients for the global norm).
+    SumSquares(SumSquares),
+    /// The global norm and the clipping factor from a sum of squares.
+    ClipScale(ClipScale),
+    /// One AdamW update of a parameter and its two moments, in place.
+    AdamW(AdamW),
+    /// Conversion of a tensor to another storage dtype (round to nearest even, saturating).
+    Cast(Cast),
+    /// Largest absolute value of a tensor.
+    AbsMax(AbsMax),
+    /// Scaled conversion to FP8 with a per-tensor scale from an abs-max.
+    Quantize(Quantize),
+    /// Sets every element to zero.
+    Zero(Zero),
+}
+
+impl Op {
+    /// The op's name (`rms_norm`).
+    pub fn name(&self) -> &'static str {
+        self.spec().name()
+    }
+
+    /// Output types for these inputs, after checking the arity.
+    pub fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        let spec = self.spec();
+        let expected = spec.input_names().len();
+        if inputs.len() != expected {
+            return Err(OpError::Arity {
+                op: spec.name(),
+                expected,
+                got: inputs.len(),
+            });
+        }
+        spec.infer(inputs)
+    }
+
+    /// FLOPs and bytes of one execution.
+    pub fn cost(&self, inputs: &[TensorType], outputs: &[TensorType]) -> Cost {
+        let spec = self.spec();
+        Cost {
+            flops: spec.flops(inputs, outputs),
+            bytes: spec.bytes(inputs, outputs),
+            matrix_units: spec.uses_matrix_units(),
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spec = self.spec();
+        f.write_str(spec.name())?;
+        let attrs = spec.attrs();
+        if !attrs.is_empty() {
+            f.write_str("{")?;
+            for (i, (k, v)) in attrs.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{k}={v}")?;
+            }
+            f.write_str("}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Shared checks used by the shape rules.
+pub(crate) mod check {
+    use super::OpError;
+    use crate::{DType, TensorType};
+
+    /// Fails unless `t` is a floating-point tensor.
+    pub fn float(op: &'static str, input: &'static str, t: &TensorType) -> Result<(), OpError> {
+        if t.dtype.is_float() {
+            Ok(())
+        } else {
+            Err(OpError::DType {
+                op,
+                input,
+                expected: "a float dtype".into(),
+                got: t.dtype,
+            })
+        }
+    }
+
+    /// Fails unless `t` has dtype `want`.
+    pub fn dtype(
+        op: &'static str,
+        input: &'static str,
+        t: &TensorType,
+        want: DType,
+    ) -> Result<(), OpError> {
+        if t.dtype == want {
+            Ok(())
+        } else {
+            Err(OpError::DType {
+                op,
+                input,
+                expected: want.name().into(),
+                got: t.dtype,
+            })
+        }
+    }
+
+    /// Fails unless `a` and `b` have the same dtype.
+    pub fn same_dtype(
+        op: &'static str,
+        input: &'static str,
+        a: &TensorType,
+        b: &TensorType,
+    ) -> Result<(), OpError> {
+        if a.dtype == b.dtype {
+            Ok(())
+        } else {
+            Err(OpError::DType {
+                op,
+                input,
+                expected: a.dtype.name().into(),
+                got: b.dtype,
+            })
+        }
+    }
+
+    /// Fails with a shape message unless `cond`.
+    pub fn shape(
+        op: &'static str,
+        cond: bool,
+        message: impl FnOnce() -> String,
+    ) -> Result<(), OpError> {
+        if cond {
+            Ok(())
+        } else {
+            Err(OpError::Shape {
+                op,
+                message: message(),
+            })
+        }
+    }
+
+    /// Fails unless `a` and `b` have the same shape.
+    pub fn same_shape(
+        op: &'static str,
+        what: &str,
+        a: &TensorType,
+        b: &TensorType,
+    ) -> Result<(), OpError> {
+        shape(op, a.shape == b.shape, || {
+            format!("{what}: shapes {:?} and {:?} differ", a.shape, b.shape)
+        })
+    }
+}

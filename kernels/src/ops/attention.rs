@@ -1,0 +1,284 @@
+//! `Attention`: causal grouped-query scaled dot-product attention.
+//!
+//! `q [B, T, Hq·D]`, `k, v [B, T, Hkv·D]`, query head `h` reads key/value head `h / (Hq/Hkv)`,
+//! scores scaled by `1/√D`. The per-row log-sum-exp `lse [B, Hq, T]` is an output: backward
+//! rebuilds the probabilities from it instead of keeping the `T×T` matrix (flash attention).
+
+use crate::op::check;
+use crate::{BackwardStep, DType, OpError, OpSpec, Ref, TensorType, View, ViewMut};
+use serde::{Deserialize, Serialize};
+
+/// Causal GQA attention.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attention {
+    /// Query heads.
+    pub heads: u64,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: u64,
+    /// Size of one head.
+    pub head_dim: u64,
+}
+
+/// Gradients of [`Attention`] for q, k and v.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttentionBackward {
+    /// Query heads.
+    pub heads: u64,
+    /// Key/value heads.
+    pub kv_heads: u64,
+    /// Size of one head.
+    pub head_dim: u64,
+}
+
+/// The geometry both ops share.
+#[derive(Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+}
+
+impl Geometry {
+    fn new(heads: u64, kv_heads: u64, head_dim: u64, q_shape: &[u64]) -> Geometry {
+        let seq = q_shape[q_shape.len() - 2] as usize;
+        let rows: u64 = q_shape[..q_shape.len() - 1].iter().product();
+        Geometry {
+            batch: rows as usize / seq,
+            seq,
+            heads: heads as usize,
+            kv_heads: kv_heads as usize,
+            d: head_dim as usize,
+        }
+    }
+    /// Offset of head `h`'s vector at batch `b`, position `t`, in a tensor with `nh` heads.
+    fn at(&self, nh: usize, b: usize, t: usize, h: usize) -> usize {
+        ((b * self.seq + t) * nh + h) * self.d
+    }
+    fn kv_head(&self, h: usize) -> usize {
+        h / (self.heads / self.kv_heads)
+    }
+    fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn infer_qkv(
+    op: &'static str,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    q: &TensorType,
+    k: &TensorType,
+    v: &TensorType,
+) -> Result<(), OpError> {
+    check::float(op, "q", q)?;
+    check::same_dtype(op, "k", q, k)?;
+    check::same_dtype(op, "v", q, v)?;
+    check::shape(op, kv_heads > 0 && heads % kv_heads == 0, || {
+        format!("kv_heads ({kv_heads}) must divide heads ({heads})")
+    })?;
+    check::shape(
+        op,
+        q.shape.len() >= 2 && q.last_dim() == heads * head_dim,
+        || {
+            format!(
+                "q must be [.., seq, {}] (heads·head_dim), got {:?}",
+                heads * head_dim,
+                q.shape
+            )
+        },
+    )?;
+    let kv = q.with_last_dim(kv_heads * head_dim);
+    check::same_shape(op, "k against q's heads", &kv, k)?;
+    check::same_shape(op, "v against q's heads", &kv, v)
+}
+
+impl OpSpec for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["q", "k", "v"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["o", "lse"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
+        infer_qkv(
+            "attention",
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            q,
+            k,
+            v,
+        )?;
+        let seq = q.shape[q.shape.len() - 2];
+        let batch = q.rows() / seq;
+        Ok(vec![
+            q.clone(),
+            TensorType::new([batch, self.heads, seq], DType::F32),
+        ])
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        // Two matmuls (QKᵀ and PV) over the causal half of the T×T scores.
+        let q = &inputs[0];
+        let seq = q.shape[q.shape.len() - 2] as f64;
+        2.0 * q.rows() as f64 * seq * q.last_dim() as f64
+    }
+    fn uses_matrix_units(&self) -> bool {
+        true
+    }
+    fn backward(&self, _: &[TensorType]) -> Option<Vec<BackwardStep>> {
+        use Ref::*;
+        let op = AttentionBackward {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        };
+        Some(vec![BackwardStep::new(
+            op,
+            &[
+                Input(0),
+                Input(1),
+                Input(2),
+                Output(0),
+                Output(1),
+                GradOutput(0),
+            ],
+            &[GradInput(0), GradInput(1), GradInput(2)],
+        )])
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let (q, k, v) = (inputs[0].data, inputs[1].data, inputs[2].data);
+        let g = Geometry::new(self.heads, self.kv_heads, self.head_dim, inputs[0].shape);
+        let (o, rest) = outputs.split_at_mut(1);
+        let (o, lse) = (&mut o[0].data, &mut rest[0].data);
+        let mut scores = vec![0.0f32; g.seq];
+        for b in 0..g.batch {
+            for h in 0..g.heads {
+                let kh = g.kv_head(h);
+                for t in 0..g.seq {
+                    let qi = g.at(g.heads, b, t, h);
+                    let qv = &q[qi..qi + g.d];
+                    let mut max = f32::NEG_INFINITY;
+                    for (s, score) in scores[..=t].iter_mut().enumerate() {
+                        let ki = g.at(g.kv_heads, b, s, kh);
+                        *score = dot(qv, &k[ki..ki + g.d]) * g.scale();
+                        max = max.max(*score);
+                    }
+                    let mut sum = 0.0f32;
+                    for score in &mut scores[..=t] {
+                        *score = (*score - max).exp();
+                        sum += *score;
+                    }
+                    let out = &mut o[qi..qi + g.d];
+                    out.fill(0.0);
+                    for (s, p) in scores[..=t].iter().enumerate() {
+                        let vi = g.at(g.kv_heads, b, s, kh);
+                        for (ov, vv) in out.iter_mut().zip(&v[vi..vi + g.d]) {
+                            *ov += p / sum * vv;
+                        }
+                    }
+                    lse[(b * g.heads + h) * g.seq + t] = max + sum.ln();
+                }
+            }
+        }
+        Ok(())
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        attention_attrs(self.heads, self.kv_heads, self.head_dim)
+    }
+}
+
+fn attention_attrs(heads: u64, kv_heads: u64, head_dim: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("heads", heads.to_string()),
+        ("kv_heads", kv_heads.to_string()),
+        ("head_dim", head_dim.to_string()),
+    ]
+}
+
+impl OpSpec for AttentionBackward {
+    fn name(&self) -> &'static str {
+        "attention_backward"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["q", "k", "v", "o", "lse", "do"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["dq", "dk", "dv"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        let (q, k, v, o, d_o) = (&inputs[0], &inputs[1], &inputs[2], &inputs[3], &inputs[5]);
+        infer_qkv(
+            "attention_backward",
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            q,
+            k,
+            v,
+        )?;
+        check::same_shape("attention_backward", "o and q", q, o)?;
+        check::same_shape("attention_backward", "do and q", q, d_o)?;
+        Ok(vec![
+            d_o.clone(),
+            k.with_dtype(d_o.dtype),
+            v.with_dtype(d_o.dtype),
+        ])
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        // Five matmuls (QKᵀ again, dV, dP, dQ, dK) over the causal half.
+        let q = &inputs[0];
+        let seq = q.shape[q.shape.len() - 2] as f64;
+        5.0 * q.rows() as f64 * seq * q.last_dim() as f64
+    }
+    fn uses_matrix_units(&self) -> bool {
+        true
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let [q, k, v, o, lse, d_o] = [0, 1, 2, 3, 4, 5].map(|i| inputs[i].data);
+        let g = Geometry::new(self.heads, self.kv_heads, self.head_dim, inputs[0].shape);
+        let (dq, rest) = outputs.split_at_mut(1);
+        let (dk, dv) = rest.split_at_mut(1);
+        let (dq, dk, dv) = (&mut dq[0].data, &mut dk[0].data, &mut dv[0].data);
+        dq.fill(0.0);
+        dk.fill(0.0);
+        dv.fill(0.0);
+        for b in 0..g.batch {
+            for h in 0..g.heads {
+                let kh = g.kv_head(h);
+                for t in 0..g.seq {
+                    let qi = g.at(g.heads, b, t, h);
+                    let row_lse = lse[(b * g.heads + h) * g.seq + t];
+                    // D = do·o, the row's Σ_s P·dP.
+                    let delta = dot(&d_o[qi..qi + g.d], &o[qi..qi + g.d]);
+                    for s in 0..=t {
+                        let ki = g.at(g.kv_heads, b, s, kh);
+                        let p =
+                            (dot(&q[qi..qi + g.d], &k[ki..ki + g.d]) * g.scale() - row_lse).exp();
+                        let dp = dot(&d_o[qi..qi + g.d], &v[ki..ki + g.d]);
+                        let ds = p * (dp - delta) * g.scale();
+                        for i in 0..g.d {
+                            dv[ki + i] += p * d_o[qi + i];
+                            dq[qi + i] += ds * k[ki + i];
+                            dk[ki + i] += ds * q[qi + i];
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        attention_attrs(self.heads, self.kv_heads, self.head_dim)
+    }
+}

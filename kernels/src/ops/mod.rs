@@ -1,0 +1,37 @@
+//! The catalogue: one file per op (its backward op beside it), each implementing [`OpSpec`].
+//!
+//! [`OpSpec`]: crate::OpSpec
+
+mod abs_max;
+mod adamw;
+mod add;
+mod attention;
+mod bias_add;
+mod cast;
+mod clip_scale;
+mod cross_entropy;
+mod embedding;
+mod linear;
+mod quantize;
+mod rms_norm;
+mod rope;
+mod sum_squares;
+mod swiglu;
+mod zero;
+
+pub use abs_max::AbsMax;
+pub use adamw::AdamW;
+pub use add::Add;
+pub use attention::{Attention, AttentionBackward};
+pub use bias_add::{BiasAdd, BiasBackward};
+pub use cast::Cast;
+pub use clip_scale::ClipScale;
+pub use cross_entropy::{CrossEntropy, CrossEntropyBackward};
+pub use embedding::{Embedding, EmbeddingBackward};
+pub use linear::{Linear, LinearBackwardData, LinearBackwardWeight};
+pub use quantize::Quantize;
+pub use rms_norm::{RmsNorm, RmsNormBackward};
+pub use rope::{Rope, RopeBackward};
+pub use sum_squares::SumSquares;
+pub use swiglu::{SwiGlu, SwiGluBackward};
+pub use zero::Zero;

@@ -1,0 +1,67 @@
+//! `Quantize`: scaled conversion to FP8 with a per-tensor scale from the current abs-max, as in
+//! LLMQ: `scale = fmax / amax` (448 for e4m3, 57344 for e5m2), `q = round(x · scale)`, and the
+//! inverse `descale = amax / fmax` kept for the matmul (cuBLASLt's scale pointers take it).
+
+use crate::op::check;
+use crate::{DType, OpError, OpSpec, TensorType, View, ViewMut};
+use serde::{Deserialize, Serialize};
+
+/// `q = fp8(x · fmax/amax)`, `descale = amax/fmax`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Quantize {
+    /// The FP8 format of `q`.
+    pub to: DType,
+}
+
+/// Largest finite value of an FP8 format.
+pub fn fp8_max(dtype: DType) -> f32 {
+    match dtype {
+        DType::F8E4M3 => 448.0,
+        DType::F8E5M2 => 57344.0,
+        other => panic!("{other} is not an FP8 format"),
+    }
+}
+
+impl OpSpec for Quantize {
+    fn name(&self) -> &'static str {
+        "quantize"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["x", "amax"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["q", "descale"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        check::float("quantize", "x", &inputs[0])?;
+        check::dtype("quantize", "amax", &inputs[1], DType::F32)?;
+        check::shape("quantize", self.to.is_fp8(), || {
+            format!("target {} is not an FP8 format", self.to)
+        })?;
+        Ok(vec![
+            inputs[0].with_dtype(self.to),
+            TensorType::new([1], DType::F32),
+        ])
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        inputs[0].numel() as f64
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let amax = inputs[1].data[0];
+        let fmax = fp8_max(self.to);
+        // An all-zero tensor gets scale 1, so zeros stay zeros and nothing divides by zero.
+        let scale = if amax > 0.0 && amax.is_finite() {
+            fmax / amax
+        } else {
+            1.0
+        };
+        for (q, x) in outputs[0].data.iter_mut().zip(inputs[0].data) {
+            *q = x * scale;
+        }
+        outputs[1].data[0] = 1.0 / scale;
+        Ok(())
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("to", self.to.to_string())]
+    }
+}

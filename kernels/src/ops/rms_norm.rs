@@ -1,0 +1,127 @@
+//! `RmsNorm`: `y = x / sqrt(mean(x²) + eps) · w` over groups of the last dimension.
+//!
+//! The weight's length is the group size: `[hidden]` for the block norms, `[head_dim]` for
+//! Qwen3's per-head QK-norm. The inverse RMS of every group is an output, kept for backward.
+
+use crate::op::check;
+use crate::{BackwardStep, DType, OpError, OpSpec, Ref, TensorType, View, ViewMut};
+use serde::{Deserialize, Serialize};
+
+/// RMS normalisation with a learned scale.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RmsNorm {
+    /// Added to the mean square before the square root.
+    pub eps: f32,
+}
+
+/// Gradients of [`RmsNorm`] for `x` and `w`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RmsNormBackward;
+
+impl OpSpec for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms_norm"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["x", "w"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["y", "rstd"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        let (x, w) = (&inputs[0], &inputs[1]);
+        check::float("rms_norm", "x", x)?;
+        check::same_dtype("rms_norm", "w", x, w)?;
+        check::shape(
+            "rms_norm",
+            w.shape.len() == 1 && x.last_dim() % w.shape[0] == 0,
+            || {
+                format!(
+                    "weight {:?} must be 1-D and divide x's last dimension ({})",
+                    w.shape,
+                    x.last_dim()
+                )
+            },
+        )?;
+        let groups = x.numel() / w.shape[0];
+        Ok(vec![x.clone(), TensorType::new([groups], DType::F32)])
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        4.0 * inputs[0].numel() as f64
+    }
+    fn backward(&self, _: &[TensorType]) -> Option<Vec<BackwardStep>> {
+        use Ref::*;
+        Some(vec![BackwardStep::new(
+            RmsNormBackward,
+            &[GradOutput(0), Input(0), Input(1), Output(1)],
+            &[GradInput(0), GradInput(1)],
+        )])
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let (x, w) = (inputs[0], inputs[1]);
+        let g = w.data.len();
+        let (y, rest) = outputs.split_at_mut(1);
+        for ((yg, xg), rstd) in y[0]
+            .data
+            .chunks_mut(g)
+            .zip(x.data.chunks(g))
+            .zip(rest[0].data.iter_mut())
+        {
+            let mean_sq = xg.iter().map(|v| v * v).sum::<f32>() / g as f32;
+            *rstd = 1.0 / (mean_sq + self.eps).sqrt();
+            for ((yv, xv), wv) in yg.iter_mut().zip(xg).zip(w.data) {
+                *yv = xv * *rstd * wv;
+            }
+        }
+        Ok(())
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("eps", format!("{:e}", self.eps))]
+    }
+}
+
+impl OpSpec for RmsNormBackward {
+    fn name(&self) -> &'static str {
+        "rms_norm_backward"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["dy", "x", "w", "rstd"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["dx", "dw"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        let (dy, x, w) = (&inputs[0], &inputs[1], &inputs[2]);
+        check::same_shape("rms_norm_backward", "dy and x", dy, x)?;
+        Ok(vec![dy.clone(), w.with_dtype(dy.dtype)])
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        8.0 * inputs[0].numel() as f64
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let (dy, x, w, rstd) = (inputs[0], inputs[1], inputs[2], inputs[3]);
+        let g = w.data.len();
+        let (dx, dw) = outputs.split_at_mut(1);
+        let dw = &mut dw[0].data;
+        dw.fill(0.0);
+        for (((dxg, dyg), xg), &r) in dx[0]
+            .data
+            .chunks_mut(g)
+            .zip(dy.data.chunks(g))
+            .zip(x.data.chunks(g))
+            .zip(rstd.data)
+        {
+            // With x̂ = x·r and ĝ = dy·w: dx = r·(ĝ − x̂·mean(ĝ·x̂)), dw = Σ dy·x̂.
+            let mut dot = 0.0f32;
+            for i in 0..g {
+                dot += dyg[i] * w.data[i] * xg[i] * r;
+                dw[i] += dyg[i] * xg[i] * r;
+            }
+            let mean = dot / g as f32;
+            for i in 0..g {
+                dxg[i] = r * (dyg[i] * w.data[i] - xg[i] * r * mean);
+            }
+        }
+        Ok(())
+    }
+}

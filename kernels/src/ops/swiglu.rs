@@ -1,0 +1,86 @@
+//! `SwiGlu`: `h = silu(gate) · up`, the gated activation of the Llama/Qwen MLP.
+
+use crate::op::check;
+use crate::{BackwardStep, OpError, OpSpec, Ref, TensorType, View, ViewMut};
+use serde::{Deserialize, Serialize};
+
+/// `h = gate·σ(gate)·up`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwiGlu;
+
+/// Gradients of [`SwiGlu`] for gate and up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwiGluBackward;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl OpSpec for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["gate", "up"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["h"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        check::float("swiglu", "gate", &inputs[0])?;
+        check::same_dtype("swiglu", "up", &inputs[0], &inputs[1])?;
+        check::same_shape("swiglu", "gate and up", &inputs[0], &inputs[1])?;
+        Ok(vec![inputs[0].clone()])
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        5.0 * inputs[0].numel() as f64
+    }
+    fn backward(&self, _: &[TensorType]) -> Option<Vec<BackwardStep>> {
+        use Ref::*;
+        Some(vec![BackwardStep::new(
+            SwiGluBackward,
+            &[Input(0), Input(1), GradOutput(0)],
+            &[GradInput(0), GradInput(1)],
+        )])
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        for ((h, g), u) in outputs[0]
+            .data
+            .iter_mut()
+            .zip(inputs[0].data)
+            .zip(inputs[1].data)
+        {
+            *h = g * sigmoid(*g) * u;
+        }
+        Ok(())
+    }
+}
+
+impl OpSpec for SwiGluBackward {
+    fn name(&self) -> &'static str {
+        "swiglu_backward"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["gate", "up", "dh"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["dgate", "dup"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        check::same_shape("swiglu_backward", "gate and dh", &inputs[0], &inputs[2])?;
+        Ok(vec![inputs[2].clone(), inputs[2].clone()])
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        10.0 * inputs[0].numel() as f64
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let (gate, up, dh) = (inputs[0].data, inputs[1].data, inputs[2].data);
+        let (dg, du) = outputs.split_at_mut(1);
+        for i in 0..gate.len() {
+            let s = sigmoid(gate[i]);
+            du[0].data[i] = dh[i] * gate[i] * s;
+            dg[0].data[i] = dh[i] * up[i] * s * (1.0 + gate[i] * (1.0 - s));
+        }
+        Ok(())
+    }
+}
