@@ -6,10 +6,10 @@
 //! ops from here; nothing else defines what an op means.
 //!
 //! ```
-//! use llmq_kernels::{DType, Op, TensorType};
+//! use llmq_kernels::{ops::Linear, DType, Op, TensorType};
 //! let x = TensorType::new([4, 16], DType::BF16);
 //! let w = TensorType::new([8, 16], DType::BF16);
-//! let out = Op::Linear.infer(&[x, w]).unwrap();
+//! let out = Op::from(Linear).infer(&[x, w]).unwrap();
 //! assert_eq!(out[0].shape, vec![4, 8]);
 //! ```
 #![warn(missing_docs)]
