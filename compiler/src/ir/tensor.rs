@@ -1,0 +1,155 @@
+//! Tensors: a type, a role in training, and for weights their initialisation and checkpoint name.
+
+use llmq_kernels::TensorType;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What a tensor is for. The role decides its lifetime (state lives across steps) and its
+/// memory category.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Role {
+    /// Written by the host before a step: tokens, targets, the loss gradient, `[lr, step]`.
+    Input,
+    /// A model parameter in its compute dtype.
+    Weight,
+    /// The FP32 copy of a parameter that the optimizer updates.
+    MasterWeight,
+    /// The gradient of a parameter, accumulated over micro-batches.
+    Gradient,
+    /// AdamW's first moment.
+    AdamM,
+    /// AdamW's second moment.
+    AdamV,
+    /// A forward value used only within the forward pass.
+    Activation,
+    /// A forward value kept for the backward pass.
+    Saved,
+    /// A backward temporary (activation gradients).
+    Workspace,
+    /// A small value the host reads or that lives across the step: loss, gradient norm.
+    Scalar,
+}
+
+impl Role {
+    /// True for tensors that live for the whole step (and across steps): they are never
+    /// overlapped with other buffers.
+    pub fn is_persistent(self) -> bool {
+        !matches!(self, Role::Activation | Role::Saved | Role::Workspace)
+    }
+
+    /// The memory category the tensor's bytes count under.
+    pub fn category(self) -> Category {
+        match self {
+            Role::Weight => Category::Weights,
+            Role::MasterWeight => Category::Master,
+            Role::Gradient => Category::Gradients,
+            Role::AdamM => Category::AdamM,
+            Role::AdamV => Category::AdamV,
+            Role::Activation | Role::Saved => Category::Activations,
+            Role::Workspace => Category::Workspace,
+            Role::Input | Role::Scalar => Category::Other,
+        }
+    }
+
+    /// The role's name in dumps.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Input => "input",
+            Role::Weight => "weight",
+            Role::MasterWeight => "master",
+            Role::Gradient => "grad",
+            Role::AdamM => "adam_m",
+            Role::AdamV => "adam_v",
+            Role::Activation => "act",
+            Role::Saved => "saved",
+            Role::Workspace => "work",
+            Role::Scalar => "scalar",
+        }
+    }
+}
+
+/// The categories of the memory table, in the order they are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Category {
+    /// Parameters in compute dtype.
+    Weights,
+    /// FP32 master parameters.
+    Master,
+    /// Parameter gradients.
+    Gradients,
+    /// AdamW first moments.
+    AdamM,
+    /// AdamW second moments.
+    AdamV,
+    /// Forward activations, those saved for backward included.
+    Activations,
+    /// Backward temporaries.
+    Workspace,
+    /// Inputs and scalars.
+    Other,
+}
+
+impl Category {
+    /// Every category, in table order.
+    pub const ALL: [Category; 8] = [
+        Category::Weights,
+        Category::Master,
+        Category::Gradients,
+        Category::AdamM,
+        Category::AdamV,
+        Category::Activations,
+        Category::Workspace,
+        Category::Other,
+    ];
+
+    /// The category's name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::Weights => "weights",
+            Category::Master => "master",
+            Category::Gradients => "gradients",
+            Category::AdamM => "adam m",
+            Category::AdamV => "adam v",
+            Category::Activations => "activations",
+            Category::Workspace => "workspace",
+            Category::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a parameter is initialised before training from scratch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Init {
+    /// All zeros (biases).
+    Zeros,
+    /// All ones (norm scales).
+    Ones,
+    /// Normal with mean zero.
+    Normal {
+        /// Standard deviation.
+        std: f32,
+    },
+}
+
+/// A tensor of the graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tensor {
+    /// A readable, unique name (`layers.3.q`, `grad.layers.3.wq`).
+    pub name: String,
+    /// Shape and dtype.
+    pub ty: TensorType,
+    /// What the tensor is for.
+    pub role: Role,
+    /// The block (repeat iteration) it belongs to, if any.
+    pub layer: Option<u32>,
+    /// For weights: the Hugging Face tensor name used for import and export.
+    pub hf_name: Option<String>,
+    /// For weights: how to initialise them.
+    pub init: Option<Init>,
+}
