@@ -1,1 +1,274 @@
-//! (in progress)
+//! The plan: the contract between the compiler and the runtime.
+//!
+//! Everything the runtime does is in it: the tensors and the buffer each lives in (a fixed
+//! offset in one device arena or one pinned host arena), the steps in order with their stream,
+//! the sections (the micro-batch part runs `grad_accum` times, the optimizer part once), the
+//! CUDA-graph segments, and the compiler's estimates of memory and time, to be compared with
+//! what the runtime measures. `format` reads and writes `plan.bin`; `show` and `diff` print it.
+
+mod diff;
+mod format;
+mod show;
+
+pub use diff::diff_plans;
+pub use format::{FormatError, FORMAT_VERSION, MAGIC};
+pub use show::{fits, group_digits, show_plan, summary, ShowOptions};
+
+use crate::autodiff::{OptimizerOptions, TrainIo};
+use crate::ir::{BufferId, Category, Init, Phase, Role, TensorId};
+use crate::target::{DeviceProfile, Precision};
+use indexmap::IndexMap;
+use llmq_kernels::{Op, TensorType};
+use serde::{Deserialize, Serialize};
+
+/// Where a buffer lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Arena {
+    /// The one device allocation.
+    Device,
+    /// The one pinned host allocation (offloaded tensors).
+    Host,
+}
+
+/// A byte range of an arena.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Buffer {
+    /// Which arena.
+    pub arena: Arena,
+    /// Offset from the arena's start, a multiple of [`ALIGNMENT`].
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// First step that touches it (inclusive).
+    pub first_step: u32,
+    /// Last step that touches it (inclusive).
+    pub last_step: u32,
+}
+
+/// Alignment of every buffer: enough for 16-byte vector loads and cuBLASLt's 256-byte rule.
+pub const ALIGNMENT: u64 = 256;
+
+/// A tensor of the plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanTensor {
+    /// Readable unique name.
+    pub name: String,
+    /// Shape and dtype.
+    pub ty: TensorType,
+    /// Role in training.
+    pub role: Role,
+    /// The block it belongs to.
+    pub layer: Option<u32>,
+    /// Where its bytes live.
+    pub buffer: BufferId,
+    /// For weights: the Hugging Face name, for checkpoint import and export.
+    pub hf_name: Option<String>,
+    /// For weights: the initialisation rule.
+    pub init: Option<Init>,
+}
+
+/// Index of a stream in [`Plan::streams`].
+pub type StreamId = u32;
+
+/// What a stream is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamKind {
+    /// Kernels and matmuls.
+    Compute,
+    /// Prefetches from the host arena.
+    HostToDevice,
+    /// Offloads to the host arena.
+    DeviceToHost,
+    /// Collectives between GPUs.
+    Collective,
+}
+
+/// One op of the schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// The op.
+    pub op: Op,
+    /// Operands.
+    pub inputs: Vec<TensorId>,
+    /// Results.
+    pub outputs: Vec<TensorId>,
+    /// Per output: add into it instead of overwriting.
+    pub accumulate: Vec<bool>,
+    /// Forward, backward or optimizer.
+    pub phase: Phase,
+    /// The block it belongs to.
+    pub layer: Option<u32>,
+    /// The stream it runs on.
+    pub stream: StreamId,
+    /// Events to wait for before it starts.
+    pub waits: Vec<u32>,
+    /// Event to record after it, if any.
+    pub records: Option<u32>,
+    /// The cost model's estimate.
+    pub estimate: StepEstimate,
+}
+
+/// The cost model's view of one step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepEstimate {
+    /// Floating-point operations.
+    pub flops: f64,
+    /// Bytes moved through device memory.
+    pub bytes: f64,
+    /// Estimated seconds.
+    pub seconds: f64,
+}
+
+/// How often a section runs per optimizer step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Repeat {
+    /// Once per micro-batch (`grad_accum` times).
+    PerMicroBatch,
+    /// Once per optimizer step.
+    Once,
+}
+
+/// A contiguous range of steps run as a unit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Section {
+    /// `micro_batch` or `optimizer`.
+    pub name: String,
+    /// First step.
+    pub start: u32,
+    /// One past the last step.
+    pub end: u32,
+    /// How often it runs.
+    pub repeat: Repeat,
+}
+
+/// A range of steps with no host synchronisation inside, captured as one CUDA graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GraphSegment {
+    /// First step.
+    pub start: u32,
+    /// One past the last step.
+    pub end: u32,
+}
+
+/// A collective operation between ranks (none until multi-GPU plans land).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Collective {
+    /// The step it follows.
+    pub after_step: u32,
+    /// What it does (`all_reduce`, `reduce_scatter`, `all_gather`).
+    pub kind: String,
+    /// The tensor it moves.
+    pub tensor: TensorId,
+}
+
+/// The flags a plan was made with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanOptions {
+    /// Sequences per micro-batch.
+    pub batch: u64,
+    /// Tokens per sequence.
+    pub seq: u64,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: u32,
+    /// The numeric recipe.
+    pub precision: Precision,
+    /// Device memory budget in bytes.
+    pub vram_bytes: u64,
+    /// Number of GPUs.
+    pub gpus: u32,
+    /// The optimizer's hyper-parameters.
+    pub optimizer: OptimizerOptions,
+}
+
+/// What the compiler expects, to compare with what the runtime measures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Estimates {
+    /// Bytes per category at the step of peak live memory.
+    pub memory_at_peak: IndexMap<Category, u64>,
+    /// The step at which live bytes peak.
+    pub peak_step: u32,
+    /// Live bytes at that step.
+    pub peak_live_bytes: u64,
+    /// Seconds for one micro-batch (forward and backward).
+    pub micro_batch_seconds: f64,
+    /// Seconds for the optimizer section.
+    pub optimizer_seconds: f64,
+    /// Seconds per optimizer step (all micro-batches and the update).
+    pub step_seconds: f64,
+    /// Tokens per second at that step time.
+    pub tokens_per_second: f64,
+    /// Model FLOPs per token: 6·N plus attention (see docs/benchmarks.md).
+    pub model_flops_per_token: f64,
+}
+
+/// The model a plan trains.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Its name (`qwen2.5-7b`).
+    pub name: String,
+    /// A hash of the spec files, to match checkpoints to models.
+    pub fingerprint: String,
+    /// Bound dimension symbols.
+    pub dims: IndexMap<String, u64>,
+    /// Number of parameters.
+    pub param_count: u64,
+}
+
+/// A compiled training step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The model.
+    pub model: ModelInfo,
+    /// The flags it was planned with.
+    pub options: PlanOptions,
+    /// The device it was planned for.
+    pub device: DeviceProfile,
+    /// Number of ranks (GPUs); every rank runs the same steps on its shard.
+    pub ranks: u32,
+    /// Every tensor, indexed by `TensorId`.
+    pub tensors: Vec<PlanTensor>,
+    /// Every buffer, indexed by `BufferId`.
+    pub buffers: Vec<Buffer>,
+    /// Bytes of the device arena.
+    pub device_arena_bytes: u64,
+    /// Bytes of the pinned host arena.
+    pub host_arena_bytes: u64,
+    /// The schedule.
+    pub steps: Vec<Step>,
+    /// The streams steps run on.
+    pub streams: Vec<StreamKind>,
+    /// Number of events steps record and wait for.
+    pub events: u32,
+    /// Micro-batch and optimizer sections.
+    pub sections: Vec<Section>,
+    /// CUDA-graph capture segments.
+    pub graph_segments: Vec<GraphSegment>,
+    /// Collectives between ranks.
+    pub collectives: Vec<Collective>,
+    /// The tensors the trainer reads and writes.
+    pub io: TrainIo,
+    /// The compiler's estimates.
+    pub estimates: Estimates,
+}
+
+impl Plan {
+    /// The tensor with this ID.
+    pub fn tensor(&self, id: TensorId) -> &PlanTensor {
+        &self.tensors[id.index()]
+    }
+
+    /// The buffer a tensor lives in.
+    pub fn buffer_of(&self, id: TensorId) -> &Buffer {
+        &self.buffers[self.tensor(id).buffer.index()]
+    }
+
+    /// Tokens per optimizer step.
+    pub fn tokens_per_step(&self) -> u64 {
+        self.options.batch * self.options.seq * self.options.grad_accum as u64
+    }
+
+    /// The section of a step.
+    pub fn section_of(&self, step: u32) -> Option<&Section> {
+        self.sections.iter().find(|s| (s.start..s.end).contains(&step))
+    }
+}
