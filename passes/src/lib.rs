@@ -1,1 +1,9 @@
-//! placeholder
+//! The passes of the LLMQ-rs compiler, the pipeline that orders them for a target, and
+//! [`compile`], the whole way from a model spec to a plan.
+#![warn(missing_docs)]
+
+mod compile;
+mod pipeline;
+
+pub use compile::{compile, CompileError, CompileOptions, Compiled};
+pub use pipeline::{pass_names, pipeline};

@@ -1,7 +1,8 @@
 //! Lowering: a training graph becomes a [`Plan`].
 //!
-//! 1. Order: the graph's topological order, the micro-batch part (forward and backward) first,
-//!    then the optimizer part; each becomes a section and a CUDA-graph segment.
+//! 1. Order: the graph's topological order, partitioned by phase into three sections: forward
+//!    and backward (run once per micro-batch; eval runs the forward alone) and the optimizer;
+//!    each is a CUDA-graph segment.
 //! 2. Liveness (`liveness.rs`): every tensor's first and last step; state lives throughout.
 //! 3. Allocation (`allocate.rs`): state packed at the arena's start, transient buffers packed
 //!    above it so that buffers live at the same time never overlap.
@@ -42,7 +43,9 @@ pub struct LowerInput<'a> {
 pub fn lower(input: LowerInput) -> Plan {
     let graph = input.graph;
     let order = schedule_order(graph);
-    let micro_len = order.iter().filter(|&&n| graph.node(n).phase != Phase::Optimizer).count() as u32;
+    let count = |phase| order.iter().filter(|&&n| graph.node(n).phase == phase).count() as u32;
+    let forward_len = count(Phase::Forward);
+    let micro_len = forward_len + count(Phase::Backward);
     let steps: Vec<Step> = order
         .iter()
         .map(|&id| {
@@ -94,7 +97,8 @@ pub fn lower(input: LowerInput) -> Plan {
 
     let n = steps.len() as u32;
     let sections = vec![
-        Section { name: "micro_batch".into(), start: 0, end: micro_len, repeat: Repeat::PerMicroBatch },
+        Section { name: "forward".into(), start: 0, end: forward_len, repeat: Repeat::PerMicroBatch },
+        Section { name: "backward".into(), start: forward_len, end: micro_len, repeat: Repeat::PerMicroBatch },
         Section { name: "optimizer".into(), start: micro_len, end: n, repeat: Repeat::Once },
     ];
     let graph_segments = sections.iter().map(|s| GraphSegment { start: s.start, end: s.end }).collect();
@@ -120,14 +124,14 @@ pub fn lower(input: LowerInput) -> Plan {
     }
 }
 
-/// The topological order with the optimizer's nodes moved after all others (a stable
-/// partition: both parts keep their relative order, and nothing before the optimizer reads
-/// what it writes within the same step).
+/// The topological order, stably partitioned by phase: forward, backward, optimizer. Valid
+/// because no phase reads what a later phase writes within the same step.
 fn schedule_order(graph: &Graph) -> Vec<NodeId> {
-    let (mut micro, optimizer): (Vec<NodeId>, Vec<NodeId>) =
-        graph.topological_order().into_iter().partition(|&n| graph.node(n).phase != Phase::Optimizer);
-    micro.extend(optimizer);
-    micro
+    let order = graph.topological_order();
+    [Phase::Forward, Phase::Backward, Phase::Optimizer]
+        .into_iter()
+        .flat_map(|phase| order.iter().copied().filter(move |&n| graph.node(n).phase == phase))
+        .collect()
 }
 
 fn estimates(

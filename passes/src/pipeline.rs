@@ -1,0 +1,23 @@
+//! The pipeline: which passes run, in which order, for a target. Branches on precision and
+//! GPU count live here and nowhere else.
+//!
+//! No optimisation pass exists yet: FP8 casts, fusion and the memory planner come with their
+//! issue (#5), each as one file here, and are listed below when they land.
+
+use llmq_compiler::pass::{Pass, PassContext};
+
+/// The passes for this target, in run order.
+pub fn pipeline(ctx: &PassContext) -> Vec<&'static dyn Pass> {
+    let _ = ctx;
+    Vec::new()
+}
+
+/// Names accepted by `--dump-after`.
+pub fn pass_names() -> Vec<&'static str> {
+    let all = PassContext {
+        precision: llmq_compiler::target::Precision::Bf16,
+        vram_bytes: u64::MAX,
+        gpus: 1,
+    };
+    pipeline(&all).iter().map(|p| p.name()).collect()
+}

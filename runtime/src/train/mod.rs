@@ -1,0 +1,1 @@
+//! The trainer (in progress).
