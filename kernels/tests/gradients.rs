@@ -69,9 +69,11 @@ fn draw(ty: &TensorType, fill: Fill, seed: u64, stream: u64) -> Tensor {
                 if v == 0.0 { GRID } else { v }
             }
             Fill::Ids { below, ignored } => {
-                // With `ignored`, id 0 of the tensor is always −1 and one in four of the rest.
+                // With `ignored`, the first id is always −1, the last never (so some target
+                // counts), and one in four of the others.
                 let u = rng::uniform(seed, stream, i);
-                if ignored && (i == 0 || rng::uniform(seed, stream + 1000, i) < 0.25) {
+                let coin = rng::uniform(seed, stream + 1000, i) < 0.25;
+                if ignored && (i == 0 || (coin && i + 1 < n)) {
                     -1.0
                 } else {
                     (u * below as f64).floor() as f32
