@@ -80,7 +80,7 @@ fn infer_qkv(
     check::float(op, "q", q)?;
     check::same_dtype(op, "k", q, k)?;
     check::same_dtype(op, "v", q, v)?;
-    check::shape(op, kv_heads > 0 && heads % kv_heads == 0, || {
+    check::shape(op, kv_heads > 0 && heads.is_multiple_of(kv_heads), || {
         format!("kv_heads ({kv_heads}) must divide heads ({heads})")
     })?;
     check::shape(

@@ -30,7 +30,7 @@ fn infer_rope(op: &'static str, head_dim: u64, x: &TensorType) -> Result<Vec<Ten
     })?;
     check::shape(
         op,
-        head_dim % 2 == 0 && x.last_dim() % head_dim == 0,
+        head_dim.is_multiple_of(2) && x.last_dim().is_multiple_of(head_dim),
         || {
             format!(
                 "head_dim {head_dim} must be even and divide x's last dimension ({})",

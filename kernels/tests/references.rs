@@ -1,0 +1,315 @@
+//! The CPU references of the ops that are not differentiated, against independent naive
+//! computations: sum_squares, clip_scale, adamw (PyTorch's AdamW re-done in f64), abs_max,
+//! quantize, cast and zero.
+
+use llmq_kernels::numerics::{decode_fp8, encode_fp8};
+use llmq_kernels::ops::*;
+use llmq_kernels::{DType, Op, TensorType, View, ViewMut, rng};
+
+/// Unit roundoff of FP32.
+const U: f64 = f32::EPSILON as f64 / 2.0;
+
+fn seed() -> u64 {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("seed {s}");
+    s
+}
+
+fn normals(seed: u64, stream: u64, n: usize, scale: f64) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| (rng::normal(seed, stream, i) * scale) as f32)
+        .collect()
+}
+
+/// Runs an op's CPU reference on FP32 data; outputs start as NaN so an unwritten one shows.
+fn run(op: impl Into<Op>, inputs: &[(TensorType, Vec<f32>)]) -> Vec<Vec<f32>> {
+    let op = op.into();
+    let types: Vec<TensorType> = inputs.iter().map(|(t, _)| t.clone()).collect();
+    let out_types = op.infer(&types).unwrap_or_else(|e| panic!("{op}: {e}"));
+    let mut outs: Vec<Vec<f32>> = out_types
+        .iter()
+        .map(|t| vec![f32::NAN; t.numel() as usize])
+        .collect();
+    let views: Vec<View> = inputs
+        .iter()
+        .map(|(t, d)| View {
+            shape: &t.shape,
+            data: d,
+        })
+        .collect();
+    let mut muts: Vec<ViewMut> = out_types
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|(t, d)| ViewMut {
+            shape: &t.shape,
+            data: d,
+        })
+        .collect();
+    op.spec()
+        .cpu(&views, &mut muts)
+        .unwrap_or_else(|e| panic!("{op}: {e}"));
+    outs
+}
+
+fn f32s(data: Vec<f32>) -> (TensorType, Vec<f32>) {
+    (TensorType::new([data.len() as u64], DType::F32), data)
+}
+
+fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got:e}, want {want:e}, error {:e} > tolerance {tol:e}",
+        (got - want).abs()
+    );
+}
+
+#[test]
+fn sum_squares() {
+    let s = seed();
+    for n in [1, 7, 1000] {
+        let x = normals(s, n as u64, n, 3.0);
+        let got = run(SumSquares, &[f32s(x.clone())])[0][0] as f64;
+        // A plain FP32 loop: its error is at most n·u of the sum (all terms are positive), and
+        // the reference's result is off by at most half an ulp, u.
+        let naive = x.iter().fold(0f32, |acc, v| acc + v * v) as f64;
+        assert_close("sum_squares", got, naive, (n as f64 + 2.0) * U * naive);
+    }
+    assert_eq!(run(SumSquares, &[f32s(vec![0.0; 5])])[0][0], 0.0);
+}
+
+#[test]
+fn clip_scale() {
+    let s = seed();
+    for i in 0..50 {
+        let sum_sq = (rng::uniform(s, 0, i) * 100.0) as f32;
+        let norm = (sum_sq as f64).sqrt();
+        // Clipping on (a limit below the norm and above), and off (max_norm of zero or less).
+        for max_norm in [norm * 0.3, norm * 3.0, 0.0, -1.0] {
+            let max_norm = max_norm as f32;
+            let out = run(ClipScale { max_norm }, &[f32s(vec![sum_sq])]);
+            let (got_norm, got_scale) = (out[0][0] as f64, out[1][0] as f64);
+            assert_close("norm", got_norm, norm, 2.0 * U * norm);
+            if max_norm > 0.0 {
+                // PyTorch's clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
+                let want = (max_norm as f64 / (norm + 1e-6)).min(1.0);
+                assert_close("scale", got_scale, want, 4.0 * U);
+                if (max_norm as f64) < norm {
+                    // The clipped norm is the limit (up to the 1e-6 guard).
+                    let clipped = got_scale * norm;
+                    assert_close(
+                        "clipped norm",
+                        clipped,
+                        max_norm as f64,
+                        1e-6 + 8.0 * U * norm,
+                    );
+                }
+            } else {
+                assert_eq!(got_scale, 1.0, "max_norm {max_norm} must disable clipping");
+            }
+        }
+    }
+    // A zero gradient: norm 0, scale 1 (no division by zero).
+    let out = run(ClipScale { max_norm: 1.0 }, &[f32s(vec![0.0])]);
+    assert_eq!((out[0][0], out[1][0]), (0.0, 1.0));
+}
+
+/// PyTorch's `torch.optim.AdamW` step (single-tensor, no amsgrad), in f64, with the gradient
+/// first multiplied by the clipping factor.
+#[allow(clippy::too_many_arguments)]
+fn torch_adamw_step(
+    p: &mut [f64],
+    m: &mut [f64],
+    v: &mut [f64],
+    grad: &[f64],
+    clip: f64,
+    lr: f64,
+    step: i32,
+    (beta1, beta2, eps, weight_decay): (f64, f64, f64, f64),
+) {
+    for i in 0..p.len() {
+        let g = grad[i] * clip;
+        p[i] *= 1.0 - lr * weight_decay;
+        m[i] += (g - m[i]) * (1.0 - beta1); // exp_avg.lerp_(grad, 1 - beta1)
+        v[i] = v[i] * beta2 + (1.0 - beta2) * g * g;
+        let step_size = lr / (1.0 - beta1.powi(step));
+        let denom = v[i].sqrt() / (1.0 - beta2.powi(step)).sqrt() + eps;
+        p[i] -= step_size * m[i] / denom;
+    }
+}
+
+#[test]
+fn adamw_matches_pytorch() {
+    let s = seed();
+    let n = 64;
+    for weight_decay in [0.1f32, 0.0] {
+        let op = AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-4,
+            weight_decay,
+        };
+        let hyper = (
+            op.beta1 as f64,
+            op.beta2 as f64,
+            op.eps as f64,
+            weight_decay as f64,
+        );
+        let clip = 0.7f32;
+        let mut p = normals(s, 0, n, 1.0);
+        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+        let mut p64: Vec<f64> = p.iter().map(|&x| x as f64).collect();
+        let (mut m64, mut v64) = (vec![0f64; n], vec![0f64; n]);
+        let mut max_g = 0f64;
+        let mut update_sum = 0f64;
+        for (step, lr) in [(1, 1e-2f32), (2, 5e-3), (3, 2e-3)] {
+            // Gradients over three decades, so that eps matters for the small ones.
+            let grad: Vec<f32> = (0..n as u64)
+                .map(|i| {
+                    let mag = 10f64.powf(-3.0 * rng::uniform(s, 10 + step as u64, i));
+                    (rng::normal(s, 20 + step as u64, i) * mag) as f32
+                })
+                .collect();
+            let out = run(
+                op.clone(),
+                &[
+                    f32s(p.clone()),
+                    f32s(grad.clone()),
+                    f32s(m.clone()),
+                    f32s(v.clone()),
+                    f32s(vec![clip]),
+                    f32s(vec![lr, step as f32]),
+                ],
+            );
+            let g64: Vec<f64> = grad.iter().map(|&g| g as f64).collect();
+            torch_adamw_step(
+                &mut p64,
+                &mut m64,
+                &mut v64,
+                &g64,
+                clip as f64,
+                lr as f64,
+                step,
+                hyper,
+            );
+            max_g = g64.iter().fold(max_g, |a, g| a.max(g.abs() * clip as f64));
+            // An Adam step moves p by at most about lr (Kingma & Ba §2.1, since
+            // 1 − β1 < √(1 − β2) here); 10·lr bounds it with room to spare.
+            update_sum += 10.0 * lr as f64;
+            [p, m, v] = [out[0].clone(), out[1].clone(), out[2].clone()];
+            // Each value is a dozen FP32 operations deep per step, each off by at most u
+            // relative to the magnitudes involved: 64·u over three steps covers it. p's
+            // magnitudes are p itself and the updates; m's and v's are bounded by max |g|, g².
+            for i in 0..n {
+                let what = format!("step {step}, weight_decay {weight_decay}, element {i}");
+                let tol_p = 64.0 * U * (p64[i].abs() + update_sum);
+                assert_close(&format!("param, {what}"), p[i] as f64, p64[i], tol_p);
+                assert_close(&format!("m, {what}"), m[i] as f64, m64[i], 64.0 * U * max_g);
+                let tol_v = 64.0 * U * max_g * max_g;
+                assert_close(&format!("v, {what}"), v[i] as f64, v64[i], tol_v);
+            }
+        }
+    }
+}
+
+#[test]
+fn abs_max() {
+    let s = seed();
+    let x = normals(s, 0, 257, 5.0);
+    let want = x.iter().map(|v| (*v as f64).abs()).fold(0.0, f64::max);
+    assert_eq!(run(AbsMax, &[f32s(x.clone())])[0][0] as f64, want);
+    // A negative extreme counts by magnitude.
+    let mut y = x.clone();
+    y[100] = -(want as f32) * 2.0;
+    assert_eq!(run(AbsMax, &[f32s(y)])[0][0] as f64, want * 2.0);
+    // A NaN anywhere, first, inside or last, makes the result NaN.
+    for at in [0, 128, 256] {
+        let mut y = x.clone();
+        y[at] = f32::NAN;
+        assert!(run(AbsMax, &[f32s(y)])[0][0].is_nan(), "NaN at {at} hidden");
+    }
+    let mut y = x.clone();
+    y[7] = f32::NEG_INFINITY;
+    assert_eq!(run(AbsMax, &[f32s(y)])[0][0], f32::INFINITY);
+    assert_eq!(run(AbsMax, &[f32s(vec![0.0, -0.0, 0.0])])[0][0], 0.0);
+}
+
+#[test]
+fn quantize() {
+    let s = seed();
+    for (to, fmax) in [(DType::F8E4M3, 448.0f64), (DType::F8E5M2, 57344.0)] {
+        let x = normals(s, 0, 300, 0.02);
+        let amax = x.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        let out = run(Quantize { to }, &[f32s(x.clone()), f32s(vec![amax])]);
+        let (q, descale) = (&out[0], out[1][0] as f64);
+        // scale = fmax / amax: one rounding for the scale, one for the product.
+        let scale = fmax / amax as f64;
+        let mut largest = 0f64;
+        for (i, (&qi, &xi)) in q.iter().zip(&x).enumerate() {
+            let want = xi as f64 * scale;
+            assert_close(
+                &format!("{to} q[{i}]"),
+                qi as f64,
+                want,
+                2.0 * U * want.abs(),
+            );
+            largest = largest.max((qi as f64).abs());
+            // Stored as FP8, the largest lands on (or, through the scale's rounding, right
+            // below) the largest finite value, never beyond it and never NaN.
+            let stored = decode_fp8(to, encode_fp8(to, qi)) as f64;
+            assert!(
+                stored.abs() <= fmax,
+                "{to}: q[{i}] = {qi} stores as {stored}"
+            );
+        }
+        assert_close(&format!("{to} max |q|"), largest, fmax, 2.0 * U * fmax);
+        // descale undoes the scale: amax / fmax.
+        let want = amax as f64 / fmax;
+        assert_close(&format!("{to} descale"), descale, want, 3.0 * U * want);
+
+        // amax = 0 (an all-zero tensor): scale 1, values unchanged, descale 1.
+        let zeros = vec![0f32; 16];
+        let out = run(Quantize { to }, &[f32s(zeros.clone()), f32s(vec![0.0])]);
+        assert_eq!((out[0].clone(), out[1][0]), (zeros, 1.0));
+        let out = run(Quantize { to }, &[f32s(x.clone()), f32s(vec![0.0])]);
+        assert_eq!((out[0].clone(), out[1][0]), (x.clone(), 1.0));
+    }
+}
+
+#[test]
+fn cast() {
+    let s = seed();
+    let mut x = normals(s, 0, 64, 100.0);
+    x.extend([
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        1e-40,
+        3e38,
+    ]);
+    for to in [DType::F32, DType::BF16, DType::F8E4M3, DType::F8E5M2] {
+        let ty = TensorType::new([x.len() as u64], DType::F32);
+        let out_ty = Op::from(Cast { to })
+            .infer(std::slice::from_ref(&ty))
+            .unwrap();
+        assert_eq!(out_ty, vec![ty.with_dtype(to)]);
+        // The value passes unchanged; rounding to `to` happens when the backend stores it.
+        let y = &run(Cast { to }, &[(ty, x.clone())])[0];
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(y), bits(&x), "cast to {to} changed a value");
+    }
+}
+
+#[test]
+fn zero() {
+    let s = seed();
+    let x = normals(s, 0, 33, 1.0);
+    let ty = TensorType::new([3, 11], DType::BF16);
+    let out_ty = Op::from(Zero).infer(std::slice::from_ref(&ty)).unwrap();
+    assert_eq!(out_ty, vec![ty.clone()]);
+    let y = &run(Zero, &[(ty, x)])[0];
+    assert!(y.iter().all(|v| v.to_bits() == 0), "zero left {y:?}");
+}
