@@ -1,1 +1,195 @@
-fn main() {}
+//! `llmqc`: the LLMQ-rs compiler. Plans a training step for a model and a GPU, ahead of time,
+//! and shows or compares plans.
+
+use clap::{Parser, Subcommand};
+use llmq_compiler::autodiff::OptimizerOptions;
+use llmq_compiler::plan::{diff_plans, fits, show_plan, summary, Plan, ShowOptions};
+use llmq_compiler::target::{device, known_devices, parse_size, DeviceProfile, Precision};
+use llmq_passes::{compile, CompileOptions};
+use miette::{miette, Context, IntoDiagnostic, Result};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// The LLMQ-rs compiler: decides, before anything runs, how a model trains on a GPU.
+///
+/// Examples:
+///   llmqc plan models/qwen2.5-0.5b.ron --vram 80G --batch 8 -o plan.bin
+///   llmqc plan models/qwen2.5-7b.ron --vram 16G --device rtx4060ti-16g
+///   llmqc show plan.bin --detail 2 --layer 3
+///   llmqc diff a.bin b.bin
+#[derive(Parser)]
+#[command(name = "llmqc", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Plan a training step: memory by category, peak against the budget, estimated speed.
+    ///
+    /// Exits with status 1 when the plan does not fit the budget, and says by how much.
+    Plan(PlanArgs),
+    /// Print a plan: the summary, then sections (--detail 1), steps (2) and buffers (3).
+    Show {
+        /// A plan written by `llmqc plan -o`.
+        plan: PathBuf,
+        /// 0: summary; 1: sections; 2: every step; 3: every buffer.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=3))]
+        detail: u8,
+        /// Only the steps and buffers of this block (layer index).
+        #[arg(long)]
+        layer: Option<u32>,
+    },
+    /// What changed between two plans: flags, memory per category, peak, step time, steps.
+    Diff {
+        /// The first plan.
+        a: PathBuf,
+        /// The second plan.
+        b: PathBuf,
+    },
+    /// List the known devices and their rates.
+    Devices,
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// The model spec (a RON file under models/).
+    spec: PathBuf,
+    /// Device memory budget: 16G, 16GiB, 24000M. Default: the device's memory.
+    #[arg(long, value_parser = parse_size)]
+    vram: Option<u64>,
+    /// Number of GPUs (only 1 for now).
+    #[arg(long, default_value_t = 1)]
+    gpus: u32,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    batch: u64,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 1024)]
+    seq: u64,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: u32,
+    /// Numeric recipe: fp8 (LLMQ's; needs the precision pass, not yet available), bf16, fp32.
+    #[arg(long, default_value = "bf16", value_parser = parse_precision)]
+    precision: Precision,
+    /// Device the estimates are for (`llmqc devices` lists them).
+    #[arg(long, default_value = "h100", conflicts_with = "device_file")]
+    device: String,
+    /// Your own device profile, a RON file with the fields `llmqc devices` prints.
+    #[arg(long)]
+    device_file: Option<PathBuf>,
+    /// Write the plan here.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Print the graph after this pass (or `autodiff`).
+    #[arg(long)]
+    dump_after: Option<String>,
+    /// Print how long each compiler stage took.
+    #[arg(long)]
+    timings: bool,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    match s {
+        "fp8" => Ok(Precision::Fp8),
+        "bf16" => Ok(Precision::Bf16),
+        "fp32" => Ok(Precision::Fp32),
+        other => Err(format!("unknown precision `{other}`: use fp8, bf16 or fp32")),
+    }
+}
+
+fn load_device(args: &PlanArgs) -> Result<DeviceProfile> {
+    match &args.device_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .into_diagnostic()
+                .wrap_err_with(|| format!("reading device file {}", path.display()))?;
+            ron::from_str(&text).map_err(|e| miette!("{}: {e}", path.display()))
+        }
+        None => device(&args.device).ok_or_else(|| {
+            let names: Vec<String> = known_devices().into_iter().map(|d| d.name).collect();
+            miette!("unknown device `{}`; known: {} (or give --device-file)", args.device, names.join(", "))
+        }),
+    }
+}
+
+fn read_plan(path: &Path) -> Result<Plan> {
+    let bytes = std::fs::read(path).into_diagnostic().wrap_err_with(|| format!("reading {}", path.display()))?;
+    Plan::from_bytes(&bytes).map_err(|e| miette!("{}: {e}", path.display()))
+}
+
+fn plan(args: PlanArgs) -> Result<ExitCode> {
+    let device = load_device(&args)?;
+    let vram_bytes = args.vram.unwrap_or((device.memory_gib * (1u64 << 30) as f64) as u64);
+    let opts = CompileOptions {
+        batch: args.batch,
+        seq: args.seq,
+        grad_accum: args.grad_accum,
+        precision: args.precision,
+        vram_bytes,
+        gpus: args.gpus,
+        device,
+        optimizer: OptimizerOptions::default(),
+        dump_after: args.dump_after.clone(),
+    };
+    let start = Instant::now();
+    let compiled = compile(&args.spec, &opts)?;
+    let elapsed = start.elapsed();
+    if let Some(dump) = &compiled.report.dump {
+        println!("{dump}");
+    }
+    print!("{}", summary(&compiled.plan));
+    if args.timings {
+        println!("\ncompiled in {:.1} ms", elapsed.as_secs_f64() * 1e3);
+        for (pass, t) in &compiled.report.timings {
+            println!("  {pass:<24} {:.1} ms", t.as_secs_f64() * 1e3);
+        }
+    }
+    if let Some(out) = &args.output {
+        write_atomically(out, &compiled.plan.to_bytes())?;
+        println!("wrote {}", out.display());
+    }
+    Ok(if fits(&compiled.plan) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Writes a file through a temporary name, so a crash never leaves half a plan.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).into_diagnostic().wrap_err_with(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).into_diagnostic().wrap_err_with(|| format!("renaming to {}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Plan(args) => plan(args),
+        Command::Show { plan, detail, layer } => {
+            read_plan(&plan).map(|p| {
+                print!("{}", show_plan(&p, ShowOptions { detail, layer }));
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Diff { a, b } => read_plan(&a).and_then(|pa| {
+            let pb = read_plan(&b)?;
+            let d = diff_plans(&pa, &pb);
+            if d.is_empty() {
+                println!("the plans are equivalent");
+            } else {
+                print!("{d}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Devices => {
+            for d in known_devices() {
+                println!("{}", ron::ser::to_string(&d).expect("profiles serialise"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("{e:?}");
+        ExitCode::from(2)
+    })
+}

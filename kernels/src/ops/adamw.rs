@@ -1,7 +1,9 @@
 //! `AdamW`: one update of a parameter and its two moments, in place, as PyTorch's `AdamW`
 //! computes it (decoupled weight decay first, then the bias-corrected Adam step). The learning
 //! rate and step number come from a device tensor `hyper = [lr, step]`, so captured CUDA graphs
-//! stay valid as they change; the gradient is multiplied by the clipping factor first.
+//! stay valid as they change; the gradient is multiplied by the clipping factor first. A
+//! clipping factor of exactly 0 (a non-finite gradient norm) leaves parameter and moments as
+//! they are: the step is skipped.
 
 use crate::op::check;
 use crate::{DType, OpError, OpSpec, TensorType, View, ViewMut};
@@ -58,6 +60,12 @@ impl OpSpec for AdamW {
         let bias2_sqrt = (1.0 - self.beta2.powf(step)).sqrt();
         let (po, rest) = outputs.split_at_mut(1);
         let (mo, vo) = rest.split_at_mut(1);
+        if clip == 0.0 {
+            po[0].data.copy_from_slice(p);
+            mo[0].data.copy_from_slice(m);
+            vo[0].data.copy_from_slice(v);
+            return Ok(());
+        }
         for i in 0..p.len() {
             let grad = g[i] * clip;
             let m_new = self.beta1 * m[i] + (1.0 - self.beta1) * grad;

@@ -1,5 +1,8 @@
 //! `ClipScale`: from the squared global norm, the norm itself and the factor that clips it to
 //! `max_norm` (PyTorch's `clip_grad_norm_`: `min(1, max_norm / (norm + 1e-6))`).
+//!
+//! A non-finite norm gives the factor 0, which [`AdamW`](super::AdamW) reads as "skip this
+//! step": the update is skipped on the device, and the host sees the norm and counts the step.
 
 use crate::op::check;
 use crate::{DType, OpError, OpSpec, TensorType, View, ViewMut};
