@@ -4,7 +4,7 @@
 //! pass that broke it), records each pass's time, and hands the text of the graph after a pass
 //! to whoever asked for it (`llmqc plan --dump-after NAME`). Passes themselves print nothing.
 
-use crate::ir::{write_graph, Graph, GraphError};
+use crate::ir::{Graph, GraphError, write_graph};
 use crate::target::Precision;
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,10 @@ pub fn run_passes(
         let start = Instant::now();
         pass.run(graph, ctx)?;
         report.timings.push((pass.name(), start.elapsed()));
-        graph.verify().map_err(|source| PassError::Invalid { pass: pass.name(), source })?;
+        graph.verify().map_err(|source| PassError::Invalid {
+            pass: pass.name(),
+            source,
+        })?;
         if dump_after == Some(pass.name()) {
             report.dump = Some(write_graph(graph));
         }

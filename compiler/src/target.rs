@@ -106,16 +106,24 @@ impl fmt::Display for Precision {
 /// and `GiB` all mean 2³⁰ bytes, as cards are sold in binary gigabytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a size (try 16G, 24GiB or 24000M)"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (try 16G, 24GiB or 24000M)"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        other => return Err(format!("unknown size unit `{other}` in `{text}` (use K, M, G or T)")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}` (use K, M, G or T)"
+            ));
+        }
     };
     Ok((value * (1u64 << shift) as f64).round() as u64)
 }
@@ -151,7 +159,16 @@ mod tests {
 
     #[test]
     fn every_card_the_cli_names_is_known() {
-        for name in ["h100", "h200", "a100", "rtx4090", "rtx4060ti-16g", "rtx5060ti-16g", "rtx5090", "l40s"] {
+        for name in [
+            "h100",
+            "h200",
+            "a100",
+            "rtx4090",
+            "rtx4060ti-16g",
+            "rtx5060ti-16g",
+            "rtx5090",
+            "l40s",
+        ] {
             assert!(device(name).is_some(), "{name} missing");
         }
     }

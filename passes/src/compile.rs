@@ -1,11 +1,11 @@
 //! From a spec file to a plan: front-end, autodiff, passes, lowering.
 
 use crate::pipeline::{pass_names, pipeline};
-use llmq_compiler::autodiff::{differentiate, AutodiffError, OptimizerOptions, TrainOptions};
+use llmq_compiler::autodiff::{AutodiffError, OptimizerOptions, TrainOptions, differentiate};
 use llmq_compiler::ir::write_graph;
 use llmq_compiler::kernels::DType;
-use llmq_compiler::lower::{lower, LowerInput};
-use llmq_compiler::pass::{run_passes, PassContext, PassError, PassReport};
+use llmq_compiler::lower::{LowerInput, lower};
+use llmq_compiler::pass::{PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions};
 use llmq_compiler::spec::{self, SpecError, SpecOptions};
 use llmq_compiler::target::{DeviceProfile, Precision};
@@ -104,21 +104,46 @@ pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileEr
             )));
         }
     }
-    let weight_dtype = if opts.precision == Precision::Fp32 { DType::F32 } else { DType::BF16 };
-    let model = spec::load(path, &SpecOptions { batch: opts.batch, seq: opts.seq, weight_dtype })?;
+    let weight_dtype = if opts.precision == Precision::Fp32 {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+    let model = spec::load(
+        path,
+        &SpecOptions {
+            batch: opts.batch,
+            seq: opts.seq,
+            weight_dtype,
+        },
+    )?;
     let param_count = model.param_count();
     let mut graph = model.graph;
     let train = train_options(opts.precision, opts.optimizer.clone());
     let io = differentiate(&mut graph, model.tokens, model.targets, model.loss, &train)?;
-    let ctx = PassContext { precision: opts.precision, vram_bytes: opts.vram_bytes, gpus: opts.gpus };
-    let mut report = run_passes(&mut graph, &pipeline(&ctx), &ctx, opts.dump_after.as_deref())?;
+    let ctx = PassContext {
+        precision: opts.precision,
+        vram_bytes: opts.vram_bytes,
+        gpus: opts.gpus,
+    };
+    let mut report = run_passes(
+        &mut graph,
+        &pipeline(&ctx),
+        &ctx,
+        opts.dump_after.as_deref(),
+    )?;
     if opts.dump_after.as_deref() == Some("autodiff") {
         report.dump = Some(write_graph(&graph));
     }
     let plan = lower(LowerInput {
         graph: &graph,
         io: &io,
-        model: ModelInfo { name: model.name, fingerprint: model.fingerprint, dims: model.dims, param_count },
+        model: ModelInfo {
+            name: model.name,
+            fingerprint: model.fingerprint,
+            dims: model.dims,
+            param_count,
+        },
         options: PlanOptions {
             batch: opts.batch,
             seq: opts.seq,

@@ -5,5 +5,5 @@
 mod compile;
 mod pipeline;
 
-pub use compile::{compile, CompileError, CompileOptions, Compiled};
+pub use compile::{CompileError, CompileOptions, Compiled, compile};
 pub use pipeline::{pass_names, pipeline};

@@ -6,5 +6,6 @@
 pub mod backend;
 pub mod storage;
 pub mod train;
+pub mod trainer;
 
 pub use backend::{Backend, BackendError};

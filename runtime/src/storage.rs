@@ -2,8 +2,8 @@
 //! stores them (round to nearest even; FP8 saturating). Shared by the CPU backend and
 //! checkpoints.
 
-use llmq_kernels::numerics::{decode_fp8, encode_fp8};
 use llmq_kernels::DType;
+use llmq_kernels::numerics::{decode_fp8, encode_fp8};
 
 /// Stores `values` as `dtype` into `out` (which holds `values.len()` elements of `dtype`).
 pub fn encode(dtype: DType, values: &[f32], out: &mut [u8]) {
@@ -70,7 +70,11 @@ mod tests {
             let mut back = vec![0f32; values.len()];
             decode(dtype, &bytes, &mut back);
             for (v, b) in values.iter().zip(&back) {
-                assert_eq!(*b, llmq_kernels::numerics::round_to(dtype, *v), "{dtype} {v}");
+                assert_eq!(
+                    *b,
+                    llmq_kernels::numerics::round_to(dtype, *v),
+                    "{dtype} {v}"
+                );
             }
         }
     }

@@ -3,10 +3,10 @@
 
 use clap::{Parser, Subcommand};
 use llmq_compiler::autodiff::OptimizerOptions;
-use llmq_compiler::plan::{diff_plans, fits, show_plan, summary, Plan, ShowOptions};
-use llmq_compiler::target::{device, known_devices, parse_size, DeviceProfile, Precision};
-use llmq_passes::{compile, CompileOptions};
-use miette::{miette, Context, IntoDiagnostic, Result};
+use llmq_compiler::plan::{Plan, ShowOptions, diff_plans, fits, show_plan, summary};
+use llmq_compiler::target::{DeviceProfile, Precision, device, known_devices, parse_size};
+use llmq_passes::{CompileOptions, compile};
+use miette::{Context, IntoDiagnostic, Result, miette};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -97,7 +97,9 @@ fn parse_precision(s: &str) -> Result<Precision, String> {
         "fp8" => Ok(Precision::Fp8),
         "bf16" => Ok(Precision::Bf16),
         "fp32" => Ok(Precision::Fp32),
-        other => Err(format!("unknown precision `{other}`: use fp8, bf16 or fp32")),
+        other => Err(format!(
+            "unknown precision `{other}`: use fp8, bf16 or fp32"
+        )),
     }
 }
 
@@ -111,19 +113,27 @@ fn load_device(args: &PlanArgs) -> Result<DeviceProfile> {
         }
         None => device(&args.device).ok_or_else(|| {
             let names: Vec<String> = known_devices().into_iter().map(|d| d.name).collect();
-            miette!("unknown device `{}`; known: {} (or give --device-file)", args.device, names.join(", "))
+            miette!(
+                "unknown device `{}`; known: {} (or give --device-file)",
+                args.device,
+                names.join(", ")
+            )
         }),
     }
 }
 
 fn read_plan(path: &Path) -> Result<Plan> {
-    let bytes = std::fs::read(path).into_diagnostic().wrap_err_with(|| format!("reading {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("reading {}", path.display()))?;
     Plan::from_bytes(&bytes).map_err(|e| miette!("{}: {e}", path.display()))
 }
 
 fn plan(args: PlanArgs) -> Result<ExitCode> {
     let device = load_device(&args)?;
-    let vram_bytes = args.vram.unwrap_or((device.memory_gib * (1u64 << 30) as f64) as u64);
+    let vram_bytes = args
+        .vram
+        .unwrap_or((device.memory_gib * (1u64 << 30) as f64) as u64);
     let opts = CompileOptions {
         batch: args.batch,
         seq: args.seq,
@@ -152,25 +162,35 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
         write_atomically(out, &compiled.plan.to_bytes())?;
         println!("wrote {}", out.display());
     }
-    Ok(if fits(&compiled.plan) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if fits(&compiled.plan) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Writes a file through a temporary name, so a crash never leaves half a plan.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).into_diagnostic().wrap_err_with(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).into_diagnostic().wrap_err_with(|| format!("renaming to {}", path.display()))
+    std::fs::write(&tmp, bytes)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("renaming to {}", path.display()))
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Plan(args) => plan(args),
-        Command::Show { plan, detail, layer } => {
-            read_plan(&plan).map(|p| {
-                print!("{}", show_plan(&p, ShowOptions { detail, layer }));
-                ExitCode::SUCCESS
-            })
-        }
+        Command::Show {
+            plan,
+            detail,
+            layer,
+        } => read_plan(&plan).map(|p| {
+            print!("{}", show_plan(&p, ShowOptions { detail, layer }));
+            ExitCode::SUCCESS
+        }),
         Command::Diff { a, b } => read_plan(&a).and_then(|pa| {
             let pb = read_plan(&b)?;
             let d = diff_plans(&pa, &pb);

@@ -103,18 +103,36 @@ pub fn differentiate(
         .collect();
     let dloss = scalar_tensor(graph, "dloss", [1], Role::Input);
 
-    let mut backward = Backward { graph, needs_grad, weight_grads: &grads, act_grads: IndexMap::new() };
+    let mut backward = Backward {
+        graph,
+        needs_grad,
+        weight_grads: &grads,
+        act_grads: IndexMap::new(),
+    };
     backward.act_grads.insert(loss, dloss);
     for &node_id in forward.iter().rev() {
         backward.node(node_id)?;
     }
 
     let (hyper, grad_norm, params) = optimizer::append(graph, &grads, opts);
-    Ok(TrainIo { tokens, targets, loss, dloss, hyper, grad_norm, params })
+    Ok(TrainIo {
+        tokens,
+        targets,
+        loss,
+        dloss,
+        hyper,
+        grad_norm,
+        params,
+    })
 }
 
 /// A new F32 tensor outside any block.
-fn scalar_tensor(graph: &mut Graph, name: &str, shape: impl Into<Vec<u64>>, role: Role) -> TensorId {
+fn scalar_tensor(
+    graph: &mut Graph,
+    name: &str,
+    shape: impl Into<Vec<u64>>,
+    role: Role,
+) -> TensorId {
     graph.add_tensor(Tensor {
         name: name.into(),
         ty: TensorType::new(shape, DType::F32),
@@ -127,7 +145,10 @@ fn scalar_tensor(graph: &mut Graph, name: &str, shape: impl Into<Vec<u64>>, role
 
 /// Per tensor: true when it is a weight or computed from one (so a gradient flows to it).
 fn tensors_needing_grad(graph: &Graph, forward: &[crate::ir::NodeId]) -> Vec<bool> {
-    let mut needs: Vec<bool> = graph.tensors().map(|(_, t)| t.role == Role::Weight).collect();
+    let mut needs: Vec<bool> = graph
+        .tensors()
+        .map(|(_, t)| t.role == Role::Weight)
+        .collect();
     for &id in forward {
         let node = graph.node(id);
         if node.inputs.iter().any(|t| needs[t.index()]) {
@@ -154,8 +175,14 @@ impl Backward<'_> {
         if !node.outputs.iter().any(|t| self.act_grads.contains_key(t)) {
             return Ok(());
         }
-        let input_types: Vec<TensorType> = node.inputs.iter().map(|&t| self.graph.tensor(t).ty.clone()).collect();
-        let Some(rule) = node.op.spec().backward(&input_types) else { return Ok(()) };
+        let input_types: Vec<TensorType> = node
+            .inputs
+            .iter()
+            .map(|&t| self.graph.tensor(t).ty.clone())
+            .collect();
+        let Some(rule) = node.op.spec().backward(&input_types) else {
+            return Ok(());
+        };
         let mut temps: IndexMap<u8, TensorId> = IndexMap::new();
         for step in rule {
             match step {
@@ -166,7 +193,11 @@ impl Backward<'_> {
                         self.contribute(target, grad, node.layer);
                     }
                 }
-                BackwardStep::Apply { op, inputs, outputs } => {
+                BackwardStep::Apply {
+                    op,
+                    inputs,
+                    outputs,
+                } => {
                     self.apply(&node, id, op, &inputs, &outputs, &mut temps)?;
                 }
             }
@@ -174,12 +205,20 @@ impl Backward<'_> {
         Ok(())
     }
 
-    fn grad_output(&self, node: &Node, id: crate::ir::NodeId, output: u8) -> Result<TensorId, AutodiffError> {
-        self.act_grads.get(&node.outputs[output as usize]).copied().ok_or(AutodiffError::MissingGradient {
-            op: node.op.name(),
-            node: id.to_string(),
-            output,
-        })
+    fn grad_output(
+        &self,
+        node: &Node,
+        id: crate::ir::NodeId,
+        output: u8,
+    ) -> Result<TensorId, AutodiffError> {
+        self.act_grads
+            .get(&node.outputs[output as usize])
+            .copied()
+            .ok_or(AutodiffError::MissingGradient {
+                op: node.op.name(),
+                node: id.to_string(),
+                output,
+            })
     }
 
     fn apply(
@@ -205,10 +244,15 @@ impl Backward<'_> {
                 Ref::Output(i) => self.saved(node.outputs[i as usize]),
                 Ref::GradOutput(i) => self.grad_output(node, id, i)?,
                 Ref::Temp(i) => temps[&i],
-                Ref::GradInput(i) => panic!("backward rule of {} reads GradInput({i})", node.op.name()),
+                Ref::GradInput(i) => {
+                    panic!("backward rule of {} reads GradInput({i})", node.op.name())
+                }
             });
         }
-        let arg_types: Vec<TensorType> = args.iter().map(|&t| self.graph.tensor(t).ty.clone()).collect();
+        let arg_types: Vec<TensorType> = args
+            .iter()
+            .map(|&t| self.graph.tensor(t).ty.clone())
+            .collect();
         let out_types = op.infer(&arg_types).map_err(|source| AutodiffError::Rule {
             op: node.op.name(),
             node: id.to_string(),
@@ -246,7 +290,9 @@ impl Backward<'_> {
                 (Ref::Temp(i), _) => {
                     temps.insert(i, t);
                 }
-                (_, Some(input)) if self.needs_grad[input.index()] => contributions.push((input, t)),
+                (_, Some(input)) if self.needs_grad[input.index()] => {
+                    contributions.push((input, t))
+                }
                 _ => {}
             }
             outs.push(t);
@@ -282,7 +328,14 @@ impl Backward<'_> {
             Some(&previous) => {
                 let name = format!("d.{}", self.graph.tensor(t).name);
                 self.graph
-                    .apply(Op::from(llmq_kernels::ops::Add), &[previous, grad], &[name], Role::Workspace, Phase::Backward, layer)
+                    .apply(
+                        Op::from(llmq_kernels::ops::Add),
+                        &[previous, grad],
+                        &[name],
+                        Role::Workspace,
+                        Phase::Backward,
+                        layer,
+                    )
                     .expect("gradients of one tensor have one type")[0]
             }
         };

@@ -1,11 +1,11 @@
 //! The optimizer phase: global gradient norm, clipping factor, AdamW per parameter, and the
 //! gradients zeroed for the next step.
 
-use super::{scalar_tensor, TrainOptions};
+use super::{TrainOptions, scalar_tensor};
 use crate::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
 use indexmap::IndexMap;
-use llmq_kernels::ops::{AdamW, Cast, ClipScale, SumSquares, Zero};
 use llmq_kernels::Op;
+use llmq_kernels::ops::{AdamW, Cast, ClipScale, SumSquares, Zero};
 
 /// The tensors the optimizer keeps for one parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -39,7 +39,13 @@ pub struct OptimizerOptions {
 
 impl Default for OptimizerOptions {
     fn default() -> Self {
-        OptimizerOptions { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, max_grad_norm: 1.0 }
+        OptimizerOptions {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            max_grad_norm: 1.0,
+        }
     }
 }
 
@@ -53,12 +59,28 @@ pub(super) fn append(
     let o = &opts.optimizer;
     let sum_squares = scalar_tensor(graph, "grad_sum_squares", [1], Role::Scalar);
     for (i, &grad) in grads.values().enumerate() {
-        node(graph, SumSquares.into(), vec![grad], vec![sum_squares], vec![i > 0], None);
+        node(
+            graph,
+            SumSquares.into(),
+            vec![grad],
+            vec![sum_squares],
+            vec![i > 0],
+            None,
+        );
     }
     let grad_norm = scalar_tensor(graph, "grad_norm", [1], Role::Scalar);
     let clip = scalar_tensor(graph, "clip_scale", [1], Role::Scalar);
-    let clip_op = ClipScale { max_norm: o.max_grad_norm };
-    node(graph, clip_op.into(), vec![sum_squares], vec![grad_norm, clip], vec![false, false], None);
+    let clip_op = ClipScale {
+        max_norm: o.max_grad_norm,
+    };
+    node(
+        graph,
+        clip_op.into(),
+        vec![sum_squares],
+        vec![grad_norm, clip],
+        vec![false, false],
+        None,
+    );
     let hyper = scalar_tensor(graph, "hyper", [2], Role::Input);
     let mut params = Vec::with_capacity(grads.len());
 
@@ -80,16 +102,52 @@ pub(super) fn append(
             Some(dtype) => state(graph, "master", Role::MasterWeight, dtype),
             None => weight,
         };
-        let weight_decay = if w.ty.shape.len() >= 2 { o.weight_decay } else { 0.0 };
-        let adamw = AdamW { beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay };
+        let weight_decay = if w.ty.shape.len() >= 2 {
+            o.weight_decay
+        } else {
+            0.0
+        };
+        let adamw = AdamW {
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay,
+        };
         let inputs = vec![param, grad, m, v, clip, hyper];
-        node(graph, adamw.into(), inputs, vec![param, m, v], vec![false; 3], w.layer);
+        node(
+            graph,
+            adamw.into(),
+            inputs,
+            vec![param, m, v],
+            vec![false; 3],
+            w.layer,
+        );
         if param != weight {
-            node(graph, Cast { to: w.ty.dtype }.into(), vec![param], vec![weight], vec![false], w.layer);
+            node(
+                graph,
+                Cast { to: w.ty.dtype }.into(),
+                vec![param],
+                vec![weight],
+                vec![false],
+                w.layer,
+            );
         }
-        node(graph, Zero.into(), vec![grad], vec![grad], vec![false], w.layer);
+        node(
+            graph,
+            Zero.into(),
+            vec![grad],
+            vec![grad],
+            vec![false],
+            w.layer,
+        );
         let master = (param != weight).then_some(param);
-        params.push(ParamState { weight, grad, master, m, v });
+        params.push(ParamState {
+            weight,
+            grad,
+            master,
+            m,
+            v,
+        });
     }
     (hyper, grad_norm, params)
 }
@@ -102,5 +160,12 @@ fn node(
     accumulate: Vec<bool>,
     layer: Option<u32>,
 ) {
-    graph.add_node(Node { op, inputs, outputs, accumulate, phase: Phase::Optimizer, layer });
+    graph.add_node(Node {
+        op,
+        inputs,
+        outputs,
+        accumulate,
+        phase: Phase::Optimizer,
+        layer,
+    });
 }

@@ -6,7 +6,12 @@ use crate::target::{DeviceProfile, LAUNCH_SECONDS, MATRIX_EFFICIENCY, MEMORY_EFF
 use llmq_kernels::{DType, Op, TensorType};
 
 /// The estimate for `op` on operands of these types.
-pub fn estimate(op: &Op, inputs: &[TensorType], outputs: &[TensorType], device: &DeviceProfile) -> StepEstimate {
+pub fn estimate(
+    op: &Op,
+    inputs: &[TensorType],
+    outputs: &[TensorType],
+    device: &DeviceProfile,
+) -> StepEstimate {
     let cost = op.cost(inputs, outputs);
     let flops_per_second = if cost.matrix_units {
         let tflops = match inputs.first().map(|t| t.dtype) {
@@ -20,5 +25,9 @@ pub fn estimate(op: &Op, inputs: &[TensorType], outputs: &[TensorType], device: 
     };
     let compute = cost.flops / flops_per_second;
     let memory = cost.bytes / (device.memory_gbps * 1e9 * MEMORY_EFFICIENCY);
-    StepEstimate { flops: cost.flops, bytes: cost.bytes, seconds: compute.max(memory) + LAUNCH_SECONDS }
+    StepEstimate {
+        flops: cost.flops,
+        bytes: cost.bytes,
+        seconds: compute.max(memory) + LAUNCH_SECONDS,
+    }
 }

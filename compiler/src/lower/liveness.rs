@@ -30,7 +30,10 @@ pub fn liveness(graph: &Graph, steps: &[Step]) -> Vec<Interval> {
             let s = s as u32;
             *slot = Some(match *slot {
                 None => Interval { first: s, last: s },
-                Some(i) => Interval { first: i.first.min(s), last: i.last.max(s) },
+                Some(i) => Interval {
+                    first: i.first.min(s),
+                    last: i.last.max(s),
+                },
             });
         }
     }
@@ -38,7 +41,10 @@ pub fn liveness(graph: &Graph, steps: &[Step]) -> Vec<Interval> {
         .tensors()
         .map(|(id, t)| {
             if t.role.is_persistent() {
-                Interval { first: 0, last: last_step }
+                Interval {
+                    first: 0,
+                    last: last_step,
+                }
             } else {
                 intervals[id.index()].unwrap_or(Interval { first: 0, last: 0 })
             }

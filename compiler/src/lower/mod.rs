@@ -13,13 +13,13 @@ mod cost;
 mod liveness;
 
 pub use allocate::allocate;
-pub use liveness::{liveness, Interval};
+pub use liveness::{Interval, liveness};
 
 use crate::autodiff::TrainIo;
 use crate::ir::{BufferId, Category, Graph, NodeId, Phase};
 use crate::plan::{
-    Arena, Buffer, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor, Repeat, Section, Step,
-    StreamKind,
+    Arena, Buffer, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor, Repeat,
+    Section, Step, StreamKind,
 };
 use crate::target::DeviceProfile;
 use indexmap::IndexMap;
@@ -43,15 +43,28 @@ pub struct LowerInput<'a> {
 pub fn lower(input: LowerInput) -> Plan {
     let graph = input.graph;
     let order = schedule_order(graph);
-    let count = |phase| order.iter().filter(|&&n| graph.node(n).phase == phase).count() as u32;
+    let count = |phase| {
+        order
+            .iter()
+            .filter(|&&n| graph.node(n).phase == phase)
+            .count() as u32
+    };
     let forward_len = count(Phase::Forward);
     let micro_len = forward_len + count(Phase::Backward);
     let steps: Vec<Step> = order
         .iter()
         .map(|&id| {
             let node = graph.node(id);
-            let ins: Vec<TensorType> = node.inputs.iter().map(|&t| graph.tensor(t).ty.clone()).collect();
-            let outs: Vec<TensorType> = node.outputs.iter().map(|&t| graph.tensor(t).ty.clone()).collect();
+            let ins: Vec<TensorType> = node
+                .inputs
+                .iter()
+                .map(|&t| graph.tensor(t).ty.clone())
+                .collect();
+            let outs: Vec<TensorType> = node
+                .outputs
+                .iter()
+                .map(|&t| graph.tensor(t).ty.clone())
+                .collect();
             Step {
                 op: node.op.clone(),
                 inputs: node.inputs.clone(),
@@ -69,7 +82,10 @@ pub fn lower(input: LowerInput) -> Plan {
 
     let intervals = liveness(graph, &steps);
     let sizes: Vec<u64> = graph.tensors().map(|(_, t)| t.ty.bytes()).collect();
-    let persistent: Vec<bool> = graph.tensors().map(|(_, t)| t.role.is_persistent()).collect();
+    let persistent: Vec<bool> = graph
+        .tensors()
+        .map(|(_, t)| t.role.is_persistent())
+        .collect();
     let categories: Vec<Category> = graph.tensors().map(|(_, t)| t.role.category()).collect();
     let (offsets, arena_bytes) = allocate(&sizes, &intervals, &persistent, &categories);
 
@@ -97,12 +113,40 @@ pub fn lower(input: LowerInput) -> Plan {
 
     let n = steps.len() as u32;
     let sections = vec![
-        Section { name: "forward".into(), start: 0, end: forward_len, repeat: Repeat::PerMicroBatch },
-        Section { name: "backward".into(), start: forward_len, end: micro_len, repeat: Repeat::PerMicroBatch },
-        Section { name: "optimizer".into(), start: micro_len, end: n, repeat: Repeat::Once },
+        Section {
+            name: "forward".into(),
+            start: 0,
+            end: forward_len,
+            repeat: Repeat::PerMicroBatch,
+        },
+        Section {
+            name: "backward".into(),
+            start: forward_len,
+            end: micro_len,
+            repeat: Repeat::PerMicroBatch,
+        },
+        Section {
+            name: "optimizer".into(),
+            start: micro_len,
+            end: n,
+            repeat: Repeat::Once,
+        },
     ];
-    let graph_segments = sections.iter().map(|s| GraphSegment { start: s.start, end: s.end }).collect();
-    let estimates = estimates(&steps, &buffers, &categories, &input.options, micro_len, input.model.param_count);
+    let graph_segments = sections
+        .iter()
+        .map(|s| GraphSegment {
+            start: s.start,
+            end: s.end,
+        })
+        .collect();
+    let estimates = estimates(
+        &steps,
+        &buffers,
+        &categories,
+        &input.options,
+        micro_len,
+        input.model.param_count,
+    );
 
     Plan {
         model: input.model,
@@ -130,7 +174,12 @@ fn schedule_order(graph: &Graph) -> Vec<NodeId> {
     let order = graph.topological_order();
     [Phase::Forward, Phase::Backward, Phase::Optimizer]
         .into_iter()
-        .flat_map(|phase| order.iter().copied().filter(move |&n| graph.node(n).phase == phase))
+        .flat_map(|phase| {
+            order
+                .iter()
+                .copied()
+                .filter(move |&n| graph.node(n).phase == phase)
+        })
         .collect()
 }
 
@@ -156,15 +205,22 @@ fn estimates(
             (peak, peak_step) = (live, s);
         }
     }
-    let mut memory_at_peak: IndexMap<Category, u64> = Category::ALL.iter().map(|&c| (c, 0)).collect();
+    let mut memory_at_peak: IndexMap<Category, u64> =
+        Category::ALL.iter().map(|&c| (c, 0)).collect();
     for (b, &c) in buffers.iter().zip(categories) {
         if (b.first_step as usize..=b.last_step as usize).contains(&peak_step) {
             memory_at_peak[&c] += b.size;
         }
     }
 
-    let micro: f64 = steps[..micro_len as usize].iter().map(|s| s.estimate.seconds).sum();
-    let optimizer: f64 = steps[micro_len as usize..].iter().map(|s| s.estimate.seconds).sum();
+    let micro: f64 = steps[..micro_len as usize]
+        .iter()
+        .map(|s| s.estimate.seconds)
+        .sum();
+    let optimizer: f64 = steps[micro_len as usize..]
+        .iter()
+        .map(|s| s.estimate.seconds)
+        .sum();
     let step_seconds = micro * options.grad_accum as f64 + optimizer;
     let tokens = (options.batch * options.seq * options.grad_accum as u64) as f64;
     // Model FLOPs: the forward's matrix work (every matmul and attention) times three.
@@ -181,7 +237,11 @@ fn estimates(
         micro_batch_seconds: micro,
         optimizer_seconds: optimizer,
         step_seconds,
-        tokens_per_second: if step_seconds > 0.0 { tokens / step_seconds } else { 0.0 },
+        tokens_per_second: if step_seconds > 0.0 {
+            tokens / step_seconds
+        } else {
+            0.0
+        },
         model_flops_per_token: 3.0 * forward_matrix_flops / micro_tokens,
     }
 }

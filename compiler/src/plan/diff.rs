@@ -15,15 +15,30 @@ pub fn diff_plans(a: &Plan, b: &Plan) -> String {
         out.push('\n');
     };
     if a.model.name != b.model.name || a.model.fingerprint != b.model.fingerprint {
-        line(format!("model: {} ({}) → {} ({})", a.model.name, a.model.fingerprint, b.model.name, b.model.fingerprint));
+        line(format!(
+            "model: {} ({}) → {} ({})",
+            a.model.name, a.model.fingerprint, b.model.name, b.model.fingerprint
+        ));
     }
     let (oa, ob) = (&a.options, &b.options);
     let flags = [
         ("batch", oa.batch.to_string(), ob.batch.to_string()),
         ("seq", oa.seq.to_string(), ob.seq.to_string()),
-        ("grad_accum", oa.grad_accum.to_string(), ob.grad_accum.to_string()),
-        ("precision", oa.precision.to_string(), ob.precision.to_string()),
-        ("vram", format_bytes(oa.vram_bytes), format_bytes(ob.vram_bytes)),
+        (
+            "grad_accum",
+            oa.grad_accum.to_string(),
+            ob.grad_accum.to_string(),
+        ),
+        (
+            "precision",
+            oa.precision.to_string(),
+            ob.precision.to_string(),
+        ),
+        (
+            "vram",
+            format_bytes(oa.vram_bytes),
+            format_bytes(ob.vram_bytes),
+        ),
         ("gpus", oa.gpus.to_string(), ob.gpus.to_string()),
         ("device", a.device.name.clone(), b.device.name.clone()),
     ];
@@ -36,7 +51,13 @@ pub fn diff_plans(a: &Plan, b: &Plan) -> String {
         let x = a.estimates.memory_at_peak.get(&c).copied().unwrap_or(0);
         let y = b.estimates.memory_at_peak.get(&c).copied().unwrap_or(0);
         if x != y {
-            line(format!("memory {}: {} → {} ({})", c.name(), format_bytes(x), format_bytes(y), signed_bytes(y as i64 - x as i64)));
+            line(format!(
+                "memory {}: {} → {} ({})",
+                c.name(),
+                format_bytes(x),
+                format_bytes(y),
+                signed_bytes(y as i64 - x as i64)
+            ));
         }
     }
     if a.device_arena_bytes != b.device_arena_bytes {
@@ -60,17 +81,30 @@ pub fn diff_plans(a: &Plan, b: &Plan) -> String {
         ));
     }
     let (ca, cb) = (step_counts(a), step_counts(b));
-    let keys: Vec<&String> = ca.keys().chain(cb.keys().filter(|k| !ca.contains_key(*k))).collect();
+    let keys: Vec<&String> = ca
+        .keys()
+        .chain(cb.keys().filter(|k| !ca.contains_key(*k)))
+        .collect();
     for k in keys {
-        let (x, y) = (ca.get(k).copied().unwrap_or(0), cb.get(k).copied().unwrap_or(0));
+        let (x, y) = (
+            ca.get(k).copied().unwrap_or(0),
+            cb.get(k).copied().unwrap_or(0),
+        );
         if x != y {
             line(format!("steps {k}: {x} → {y} ({:+})", y as i64 - x as i64));
         }
     }
-    let by_name: IndexMap<&str, usize> = b.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let by_name: IndexMap<&str, usize> = b
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
     let mut changed = 0;
     for t in &a.tensors {
-        let Some(&j) = by_name.get(t.name.as_str()) else { continue };
+        let Some(&j) = by_name.get(t.name.as_str()) else {
+            continue;
+        };
         let u = &b.tensors[j];
         let (ba, bb) = (&a.buffers[t.buffer.index()], &b.buffers[u.buffer.index()]);
         let mut what = Vec::new();
@@ -93,7 +127,12 @@ pub fn diff_plans(a: &Plan, b: &Plan) -> String {
     if changed > 50 {
         line(format!("… and {} more tensors changed", changed - 50));
     }
-    let only = |x: &Plan, y: &Plan| x.tensors.iter().filter(|t| !y.tensors.iter().any(|u| u.name == t.name)).count();
+    let only = |x: &Plan, y: &Plan| {
+        x.tensors
+            .iter()
+            .filter(|t| !y.tensors.iter().any(|u| u.name == t.name))
+            .count()
+    };
     let (removed, added) = (only(a, b), only(b, a));
     if removed + added > 0 {
         line(format!("tensors: {removed} removed, {added} added"));
@@ -104,7 +143,9 @@ pub fn diff_plans(a: &Plan, b: &Plan) -> String {
 fn step_counts(plan: &Plan) -> IndexMap<String, usize> {
     let mut counts = IndexMap::new();
     for s in &plan.steps {
-        *counts.entry(format!("{} {}", s.phase.name(), s.op.name())).or_insert(0) += 1;
+        *counts
+            .entry(format!("{} {}", s.phase.name(), s.op.name()))
+            .or_insert(0) += 1;
     }
     counts
 }

@@ -24,7 +24,9 @@ pub enum FormatError {
     #[error("not an LLMQ plan file (the first bytes are not `LLMQPLAN`)")]
     BadMagic,
     /// A plan from another version of the compiler.
-    #[error("plan format version {found}, but this build reads version {expected}: re-run `llmqc plan`")]
+    #[error(
+        "plan format version {found}, but this build reads version {expected}: re-run `llmqc plan`"
+    )]
     Version {
         /// The file's version.
         found: u32,
@@ -40,7 +42,9 @@ pub enum FormatError {
         expected: u64,
     },
     /// The payload does not match its checksum.
-    #[error("corrupted plan file: checksum {found:08x} does not match the payload's {computed:08x}")]
+    #[error(
+        "corrupted plan file: checksum {found:08x} does not match the payload's {computed:08x}"
+    )]
     Checksum {
         /// The stored checksum.
         found: u32,
@@ -71,17 +75,26 @@ impl Plan {
             return Err(FormatError::BadMagic);
         }
         if bytes.len() < HEADER {
-            return Err(FormatError::Truncated { got: bytes.len() as u64, expected: HEADER as u64 });
+            return Err(FormatError::Truncated {
+                got: bytes.len() as u64,
+                expected: HEADER as u64,
+            });
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
         if version != FORMAT_VERSION {
-            return Err(FormatError::Version { found: version, expected: FORMAT_VERSION });
+            return Err(FormatError::Version {
+                found: version,
+                expected: FORMAT_VERSION,
+            });
         }
         let len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
         let found = u32::from_le_bytes(bytes[20..24].try_into().unwrap());
         let expected = HEADER as u64 + len;
         if (bytes.len() as u64) < expected {
-            return Err(FormatError::Truncated { got: bytes.len() as u64, expected });
+            return Err(FormatError::Truncated {
+                got: bytes.len() as u64,
+                expected,
+            });
         }
         let payload = &bytes[HEADER..expected as usize];
         let computed = crc32fast::hash(payload);

@@ -11,8 +11,8 @@ mod format;
 mod show;
 
 pub use diff::diff_plans;
-pub use format::{FormatError, FORMAT_VERSION, MAGIC};
-pub use show::{fits, group_digits, show_plan, summary, ShowOptions};
+pub use format::{FORMAT_VERSION, FormatError, MAGIC};
+pub use show::{ShowOptions, fits, group_digits, show_plan, summary};
 
 use crate::autodiff::{OptimizerOptions, TrainIo};
 use crate::ir::{BufferId, Category, Init, Phase, Role, TensorId};
@@ -269,6 +269,8 @@ impl Plan {
 
     /// The section of a step.
     pub fn section_of(&self, step: u32) -> Option<&Section> {
-        self.sections.iter().find(|s| (s.start..s.end).contains(&step))
+        self.sections
+            .iter()
+            .find(|s| (s.start..s.end).contains(&step))
     }
 }

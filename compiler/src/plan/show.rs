@@ -6,7 +6,7 @@
 
 use super::{Plan, Repeat};
 use crate::ir::{Category, Phase};
-use crate::target::{format_bytes, RESERVE_BYTES};
+use crate::target::{RESERVE_BYTES, format_bytes};
 use std::fmt::Write;
 
 /// What to print.
@@ -23,7 +23,12 @@ pub fn summary(plan: &Plan) -> String {
     let mut out = String::new();
     let o = &plan.options;
     let e = &plan.estimates;
-    let _ = writeln!(out, "model      {} ({} parameters)", plan.model.name, group_digits(plan.model.param_count));
+    let _ = writeln!(
+        out,
+        "model      {} ({} parameters)",
+        plan.model.name,
+        group_digits(plan.model.param_count)
+    );
     let _ = writeln!(
         out,
         "step       batch {} × seq {} × {} micro-batch{} = {} tokens, precision {}, {} GPU{}",
@@ -36,19 +41,44 @@ pub fn summary(plan: &Plan) -> String {
         o.gpus,
         if o.gpus == 1 { "" } else { "s" },
     );
-    let _ = writeln!(out, "device     {} (budget {})", plan.device.name, format_bytes(o.vram_bytes));
+    let _ = writeln!(
+        out,
+        "device     {} (budget {})",
+        plan.device.name,
+        format_bytes(o.vram_bytes)
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "memory at peak (step {}):", e.peak_step);
     for c in Category::ALL {
         let bytes = e.memory_at_peak.get(&c).copied().unwrap_or(0);
         let _ = writeln!(out, "  {:<12} {:>12}", c.name(), format_bytes(bytes));
     }
-    let _ = writeln!(out, "  {:<12} {:>12}", "live total", format_bytes(e.peak_live_bytes));
-    let _ = writeln!(out, "  {:<12} {:>12}", "arena", format_bytes(plan.device_arena_bytes));
-    let _ = writeln!(out, "  {:<12} {:>12}", "reserve", format_bytes(RESERVE_BYTES));
+    let _ = writeln!(
+        out,
+        "  {:<12} {:>12}",
+        "live total",
+        format_bytes(e.peak_live_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "  {:<12} {:>12}",
+        "arena",
+        format_bytes(plan.device_arena_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "  {:<12} {:>12}",
+        "reserve",
+        format_bytes(RESERVE_BYTES)
+    );
     let needed = plan.device_arena_bytes + RESERVE_BYTES;
     let verdict = if needed <= o.vram_bytes {
-        format!("fits: {} of {} ({} free)", format_bytes(needed), format_bytes(o.vram_bytes), format_bytes(o.vram_bytes - needed))
+        format!(
+            "fits: {} of {} ({} free)",
+            format_bytes(needed),
+            format_bytes(o.vram_bytes),
+            format_bytes(o.vram_bytes - needed)
+        )
     } else {
         format!(
             "DOES NOT FIT: needs {} of {}, short by {}",
@@ -92,10 +122,16 @@ pub fn show_plan(plan: &Plan, opts: ShowOptions) -> String {
                 Repeat::PerMicroBatch => format!("× {} micro-batches", plan.options.grad_accum),
                 Repeat::Once => "once".to_string(),
             };
-            let _ = writeln!(out, "section {:<12} steps {}..{} ({runs})", s.name, s.start, s.end);
+            let _ = writeln!(
+                out,
+                "section {:<12} steps {}..{} ({runs})",
+                s.name, s.start, s.end
+            );
             for phase in [Phase::Forward, Phase::Backward, Phase::Optimizer] {
-                let steps: Vec<_> =
-                    plan.steps[s.start as usize..s.end as usize].iter().filter(|st| st.phase == phase).collect();
+                let steps: Vec<_> = plan.steps[s.start as usize..s.end as usize]
+                    .iter()
+                    .filter(|st| st.phase == phase)
+                    .collect();
                 if steps.is_empty() {
                     continue;
                 }
@@ -124,7 +160,13 @@ pub fn show_plan(plan: &Plan, opts: ShowOptions) -> String {
                 .outputs
                 .iter()
                 .zip(&step.accumulate)
-                .map(|(t, &acc)| if acc { format!("+={}", name(t)) } else { name(t) })
+                .map(|(t, &acc)| {
+                    if acc {
+                        format!("+={}", name(t))
+                    } else {
+                        name(t)
+                    }
+                })
                 .collect();
             let layer = step.layer.map(|l| format!("L{l}")).unwrap_or_default();
             let _ = writeln!(

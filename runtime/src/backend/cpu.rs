@@ -62,25 +62,38 @@ impl CpuBackend {
     fn run_step(&mut self, index: u32) -> Result<(), BackendError> {
         let step = &self.plan.steps[index as usize];
         let inputs: Vec<Vec<f32>> = step.inputs.iter().map(|&t| self.load(t)).collect();
-        let mut outputs: Vec<Vec<f32>> =
-            step.outputs.iter().map(|&t| vec![0f32; self.plan.tensor(t).ty.numel() as usize]).collect();
+        let mut outputs: Vec<Vec<f32>> = step
+            .outputs
+            .iter()
+            .map(|&t| vec![0f32; self.plan.tensor(t).ty.numel() as usize])
+            .collect();
         {
             let views: Vec<View> = step
                 .inputs
                 .iter()
                 .zip(&inputs)
-                .map(|(&t, data)| View { shape: &self.plan.tensor(t).ty.shape, data })
+                .map(|(&t, data)| View {
+                    shape: &self.plan.tensor(t).ty.shape,
+                    data,
+                })
                 .collect();
             let mut outs: Vec<ViewMut> = step
                 .outputs
                 .iter()
                 .zip(outputs.iter_mut())
-                .map(|(&t, data)| ViewMut { shape: &self.plan.tensor(t).ty.shape, data })
+                .map(|(&t, data)| ViewMut {
+                    shape: &self.plan.tensor(t).ty.shape,
+                    data,
+                })
                 .collect();
             step.op
                 .spec()
                 .cpu(&views, &mut outs)
-                .map_err(|source| BackendError::Op { step: index, op: step.op.name(), source })?;
+                .map_err(|source| BackendError::Op {
+                    step: index,
+                    op: step.op.name(),
+                    source,
+                })?;
         }
         let step = self.plan.steps[index as usize].clone();
         for ((&t, mut values), &acc) in step.outputs.iter().zip(outputs).zip(&step.accumulate) {

@@ -55,7 +55,12 @@ pub trait Backend {
         let t = self.plan().tensor(tensor);
         let expected = t.ty.numel() as usize;
         if values.len() != expected {
-            return Err(BackendError::Size { tensor, name: t.name.clone(), expected, got: values.len() });
+            return Err(BackendError::Size {
+                tensor,
+                name: t.name.clone(),
+                expected,
+                got: values.len(),
+            });
         }
         let mut bytes = vec![0u8; t.ty.bytes() as usize];
         crate::storage::encode(t.ty.dtype, values, &mut bytes);
@@ -79,7 +84,9 @@ pub trait Backend {
             .iter()
             .find(|s| s.name == name)
             .map(|s| (s.start, s.end))
-            .ok_or_else(|| BackendError::Unavailable(format!("the plan has no section `{name}`")))?;
+            .ok_or_else(|| {
+                BackendError::Unavailable(format!("the plan has no section `{name}`"))
+            })?;
         self.run_steps(section.0, section.1)
     }
 }

@@ -474,6 +474,22 @@ impl DataLoader {
         })
     }
 
+    /// Moves the loader to `position` (same files, batch and sequence length), as
+    /// [`Self::from_position`] would have built it.
+    pub fn seek(&mut self, position: DataPosition) -> Result<(), TrainError> {
+        let batches_per_epoch = self.batches_per_epoch();
+        if position.index > batches_per_epoch {
+            return Err(TrainError::BadDataPosition {
+                epoch: position.epoch,
+                index: position.index,
+                batches_per_epoch,
+            });
+        }
+        self.order = epoch_order(position.seed, position.epoch, self.num_windows());
+        self.position = position;
+        Ok(())
+    }
+
     /// Where the loader stands; save it in a checkpoint to resume with [`Self::from_position`].
     pub fn position(&self) -> DataPosition {
         self.position

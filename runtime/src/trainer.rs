@@ -1,0 +1,472 @@
+//! The training loop around a backend: initialisation, micro-batches, the optimizer step,
+//! evaluation, logging and checkpoints.
+//!
+//! A step: for each of the plan's `grad_accum` micro-batches, write the tokens, targets and
+//! `dloss = 1/grad_accum`, run the forward and backward sections; then write `[lr, step]` and
+//! run the optimizer section. The learning rate and step counter are device tensors, so the
+//! backend's captured graphs never change. A non-finite gradient norm makes the optimizer skip
+//! the update on the device (see `ClipScale`); the trainer counts such steps and stops after
+//! `max_bad_steps` of them, never checkpointing a broken state.
+
+use crate::backend::{Backend, BackendError};
+use crate::train::TrainError;
+use crate::train::checkpoint::{
+    CheckpointMeta, TensorDtype, TensorRef, load_checkpoint, save_checkpoint,
+};
+use crate::train::data::DataLoader;
+use crate::train::schedule::Schedule;
+use llmq_compiler::ir::{Init, TensorId};
+use llmq_compiler::plan::Plan;
+use llmq_kernels::{DType, rng};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Why training stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainerError {
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Data, schedule or checkpoint trouble.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// Too many steps with a non-finite loss or gradient norm.
+    #[error(
+        "stopping: {count} steps had a non-finite loss or gradient norm (last at step {step}); no checkpoint was written from them"
+    )]
+    NonFinite {
+        /// How many.
+        count: u32,
+        /// The last one.
+        step: u64,
+    },
+    /// A checkpoint does not fit the plan.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What does not fit.
+        message: String,
+    },
+    /// Writing the log failed.
+    #[error("writing the log {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// How to train.
+#[derive(Clone, Debug)]
+pub struct TrainerOptions {
+    /// Optimizer steps in the whole run (the schedule's length).
+    pub total_steps: u64,
+    /// Learning rate over steps.
+    pub schedule: Schedule,
+    /// Seed of initialisation and data order.
+    pub seed: u64,
+    /// Evaluate every this many steps (0: never).
+    pub eval_every: u64,
+    /// Micro-batches per evaluation.
+    pub eval_batches: u64,
+    /// Where checkpoints go (None: none are written).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+    /// Keep this many checkpoints (0: all).
+    pub keep_last: usize,
+    /// Stop after this many non-finite steps.
+    pub max_bad_steps: u32,
+    /// Peak FLOP/s of the device the run is on, for model FLOP utilisation (None on the CPU).
+    pub peak_flops: Option<f64>,
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepRecord {
+    /// The step number, from 1.
+    pub step: u64,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Learning rate used.
+    pub lr: f32,
+    /// Wall-clock seconds of the step.
+    pub seconds: f64,
+    /// Training tokens per second.
+    pub tokens_per_second: f64,
+    /// Model FLOP utilisation (6·N plus attention, over the device's peak), when known.
+    pub mfu: Option<f64>,
+    /// Evaluation loss, on the steps that evaluate.
+    pub eval_loss: Option<f32>,
+    /// False when the step was skipped for a non-finite loss or norm.
+    pub applied: bool,
+}
+
+/// A backend, its data, and where training stands.
+pub struct Trainer {
+    backend: Box<dyn Backend>,
+    train: DataLoader,
+    eval: Option<DataLoader>,
+    opts: TrainerOptions,
+    /// Optimizer steps completed (the next step is `step + 1`).
+    pub step: u64,
+    /// Updates actually applied (AdamW's step counter).
+    applied: u64,
+    bad_steps: u32,
+}
+
+impl Trainer {
+    /// A trainer at step 0; call [`Trainer::init_weights`] or [`Trainer::resume`] next.
+    pub fn new(
+        backend: Box<dyn Backend>,
+        train: DataLoader,
+        eval: Option<DataLoader>,
+        opts: TrainerOptions,
+    ) -> Self {
+        Trainer {
+            backend,
+            train,
+            eval,
+            opts,
+            step: 0,
+            applied: 0,
+            bad_steps: 0,
+        }
+    }
+
+    /// The plan being trained.
+    pub fn plan(&self) -> &Plan {
+        self.backend.plan()
+    }
+
+    /// The backend, to read tensors.
+    pub fn backend(&mut self) -> &mut dyn Backend {
+        self.backend.as_mut()
+    }
+
+    /// Initialises every parameter by its rule from the seed (and its master copy alike).
+    /// Values depend only on the seed, the tensor's name and the element's index.
+    pub fn init_weights(&mut self) -> Result<(), TrainerError> {
+        let params = self.plan().io.params.clone();
+        for p in params {
+            let t = self.plan().tensor(p.weight).clone();
+            let stream = name_stream(&t.name);
+            let n = t.ty.numel();
+            let values: Vec<f32> = match t.init.unwrap_or(Init::Zeros) {
+                Init::Zeros => vec![0.0; n as usize],
+                Init::Ones => vec![1.0; n as usize],
+                Init::Normal { std } => (0..n)
+                    .map(|i| (std as f64 * rng::normal(self.opts.seed, stream, i)) as f32)
+                    .collect(),
+            };
+            if let Some(master) = p.master {
+                self.backend.write_f32(master, &values)?;
+            }
+            self.backend.write_f32(p.weight, &values)?;
+        }
+        Ok(())
+    }
+
+    fn write_micro_batch(
+        &mut self,
+        tokens: &[i32],
+        targets: &[i32],
+        dloss: f32,
+    ) -> Result<(), BackendError> {
+        let io = self.plan().io.clone();
+        let as_f32 = |v: &[i32]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        self.backend.write_f32(io.tokens, &as_f32(tokens))?;
+        self.backend.write_f32(io.targets, &as_f32(targets))?;
+        self.backend.write_f32(io.dloss, &[dloss])
+    }
+
+    fn read_scalar(&mut self, t: TensorId) -> Result<f32, BackendError> {
+        Ok(self.backend.read_f32(t)?[0])
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches.
+    pub fn train_step(&mut self) -> Result<StepRecord, TrainerError> {
+        let start = Instant::now();
+        let accum = self.plan().options.grad_accum;
+        let io = self.plan().io.clone();
+        let mut loss = 0.0f32;
+        for _ in 0..accum {
+            let batch = self.train.next_batch();
+            self.write_micro_batch(&batch.inputs, &batch.targets, 1.0 / accum as f32)?;
+            self.backend.run_section("forward")?;
+            self.backend.run_section("backward")?;
+            loss += self.read_scalar(io.loss)? / accum as f32;
+        }
+        let lr = self.opts.schedule.lr(self.step, self.opts.total_steps);
+        self.backend
+            .write_f32(io.hyper, &[lr, (self.applied + 1) as f32])?;
+        self.backend.run_section("optimizer")?;
+        let grad_norm = self.read_scalar(io.grad_norm)?;
+        self.step += 1;
+        let applied = loss.is_finite() && grad_norm.is_finite();
+        if applied {
+            self.applied += 1;
+        } else {
+            self.bad_steps += 1;
+            if self.bad_steps >= self.opts.max_bad_steps {
+                return Err(TrainerError::NonFinite {
+                    count: self.bad_steps,
+                    step: self.step,
+                });
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let tokens_per_second = self.plan().tokens_per_step() as f64 / seconds;
+        let mfu = self
+            .opts
+            .peak_flops
+            .map(|peak| self.plan().estimates.model_flops_per_token * tokens_per_second / peak);
+        let eval_loss = if self.opts.eval_every > 0 && self.step % self.opts.eval_every == 0 {
+            self.evaluate()?
+        } else {
+            None
+        };
+        Ok(StepRecord {
+            step: self.step,
+            loss,
+            grad_norm,
+            lr,
+            seconds,
+            tokens_per_second,
+            mfu,
+            eval_loss,
+            applied,
+        })
+    }
+
+    /// Mean loss over `eval_batches` micro-batches of the eval data (forward only), if any.
+    pub fn evaluate(&mut self) -> Result<Option<f32>, TrainerError> {
+        let Some(mut eval) = self.eval.take() else {
+            return Ok(None);
+        };
+        let loss_tensor = self.plan().io.loss;
+        let mut sum = 0.0f32;
+        let n = self.opts.eval_batches.max(1);
+        let result = (|| {
+            for _ in 0..n {
+                let batch = eval.next_batch();
+                self.write_micro_batch(&batch.inputs, &batch.targets, 0.0)?;
+                self.backend.run_section("forward")?;
+                sum += self.read_scalar(loss_tensor)?;
+            }
+            Ok::<_, BackendError>(())
+        })();
+        // Each evaluation reads the same batches: a fixed yardstick across the run.
+        let start = crate::train::data::DataPosition {
+            index: 0,
+            epoch: 0,
+            ..eval.position()
+        };
+        eval.seek(start)?;
+        self.eval = Some(eval);
+        result?;
+        Ok(Some(sum / n as f32))
+    }
+
+    /// The fingerprint checkpoints are matched by: model, precision and shapes.
+    fn fingerprint(&self) -> String {
+        let p = self.plan();
+        format!(
+            "{}:{}:{}",
+            p.model.name, p.model.fingerprint, p.options.precision
+        )
+    }
+
+    /// Writes a checkpoint of the current state if a directory was given; returns its path.
+    pub fn save(&mut self) -> Result<Option<PathBuf>, TrainerError> {
+        let Some(root) = self.opts.checkpoint_dir.clone() else {
+            return Ok(None);
+        };
+        let params = self.plan().io.params.clone();
+        let mut model = Vec::new();
+        let mut optimizer = Vec::new();
+        for p in &params {
+            model.push(self.snapshot(p.weight, true)?);
+            for t in p.master.iter().chain([&p.m, &p.v]) {
+                optimizer.push(self.snapshot(*t, false)?);
+            }
+        }
+        let meta = CheckpointMeta {
+            step: self.step,
+            data_position: self.train.position(),
+            seed: self.opts.seed,
+            fingerprint: self.fingerprint(),
+            extra: serde_json::json!({
+                "applied_updates": self.applied,
+                "bad_steps": self.bad_steps,
+                "batch": self.plan().options.batch,
+                "seq": self.plan().options.seq,
+                "grad_accum": self.plan().options.grad_accum,
+            }),
+        };
+        let path = save_checkpoint(
+            &root,
+            &meta,
+            &views(&model),
+            &views(&optimizer),
+            self.opts.keep_last,
+        )?;
+        Ok(Some(path))
+    }
+
+    /// A tensor's bytes under its checkpoint name: weights by their Hugging Face name.
+    fn snapshot(&mut self, t: TensorId, model: bool) -> Result<Snapshot, TrainerError> {
+        let pt = self.plan().tensor(t).clone();
+        let name = if model {
+            pt.hf_name.clone().unwrap_or(pt.name.clone())
+        } else {
+            pt.name.clone()
+        };
+        let shape = pt.ty.shape.iter().map(|&d| d as usize).collect();
+        Ok((
+            name,
+            checkpoint_dtype(pt.ty.dtype),
+            shape,
+            self.backend.read_bytes(t)?,
+        ))
+    }
+
+    /// Restores weights, optimizer state, step and data position from a checkpoint.
+    pub fn resume(&mut self, path: &Path) -> Result<(), TrainerError> {
+        let ckpt = load_checkpoint(path, &self.fingerprint())?;
+        let params = self.plan().io.params.clone();
+        for p in &params {
+            let w = self.plan().tensor(p.weight).clone();
+            let name = w.hf_name.clone().unwrap_or(w.name.clone());
+            let tensor = ckpt.model_tensor(&name);
+            self.restore(path, p.weight, tensor.map(|t| t.data.as_slice()), &name)?;
+            for t in p.master.iter().chain([&p.m, &p.v]) {
+                let name = self.plan().tensor(*t).name.clone();
+                let tensor = ckpt.optimizer_tensor(&name);
+                self.restore(path, *t, tensor.map(|t| t.data.as_slice()), &name)?;
+            }
+        }
+        self.step = ckpt.meta.step;
+        self.applied = ckpt.meta.extra["applied_updates"]
+            .as_u64()
+            .unwrap_or(ckpt.meta.step);
+        self.bad_steps = ckpt.meta.extra["bad_steps"].as_u64().unwrap_or(0) as u32;
+        self.train.seek(ckpt.meta.data_position)?;
+        Ok(())
+    }
+
+    fn restore(
+        &mut self,
+        path: &Path,
+        t: TensorId,
+        data: Option<&[u8]>,
+        name: &str,
+    ) -> Result<(), TrainerError> {
+        let data = data.ok_or_else(|| TrainerError::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("has no tensor `{name}`"),
+        })?;
+        let expected = self.plan().tensor(t).ty.bytes() as usize;
+        if data.len() != expected {
+            return Err(TrainerError::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!(
+                    "tensor `{name}` has {} bytes, the plan needs {expected}",
+                    data.len()
+                ),
+            });
+        }
+        self.backend.write_bytes(t, data)?;
+        Ok(())
+    }
+
+    /// Trains until `total_steps`, calling `report` after every step, checkpointing as asked.
+    pub fn run(
+        &mut self,
+        mut report: impl FnMut(&StepRecord),
+    ) -> Result<Vec<StepRecord>, TrainerError> {
+        let mut records = Vec::new();
+        while self.step < self.opts.total_steps {
+            let record = self.train_step()?;
+            report(&record);
+            let due = self.opts.checkpoint_every > 0 && self.step % self.opts.checkpoint_every == 0;
+            if record.applied && (due || self.step == self.opts.total_steps) {
+                self.save()?;
+            }
+            records.push(record);
+        }
+        Ok(records)
+    }
+}
+
+/// A tensor read out for a checkpoint: name, dtype, shape, bytes.
+type Snapshot = (String, TensorDtype, Vec<usize>, Vec<u8>);
+
+fn views(snapshots: &[Snapshot]) -> Vec<TensorRef<'_>> {
+    snapshots
+        .iter()
+        .map(|(name, dtype, shape, data)| TensorRef {
+            name,
+            dtype: *dtype,
+            shape,
+            data,
+        })
+        .collect()
+}
+
+/// The checkpoint dtype of a storage dtype.
+fn checkpoint_dtype(dtype: DType) -> TensorDtype {
+    match dtype {
+        DType::F32 => TensorDtype::F32,
+        DType::BF16 => TensorDtype::BF16,
+        DType::F8E4M3 => TensorDtype::F8E4M3,
+        DType::F8E5M2 => TensorDtype::F8E5M2,
+        DType::I32 => TensorDtype::I32,
+    }
+}
+
+/// A stable random stream per tensor name (FNV-1a), so initial values do not depend on the
+/// order of tensors in a plan.
+fn name_stream(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Appends one JSON line per step to a log file.
+pub struct JsonLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl JsonLog {
+    /// Opens (appending) the log at `path`.
+    pub fn open(path: &Path) -> Result<Self, TrainerError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| TrainerError::Log {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(JsonLog {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Writes one record as a line.
+    pub fn write(&mut self, record: &StepRecord) -> Result<(), TrainerError> {
+        let line = serde_json::to_string(record).expect("records serialise");
+        writeln!(self.file, "{line}").map_err(|source| TrainerError::Log {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
