@@ -1,1 +1,289 @@
-fn main() {}
+//! `llmq-run`: trains a model by replaying a plan on a backend.
+//!
+//! With no arguments it trains the embedded tiny model on the bundled corpus (Jane Austen's
+//! "Pride and Prejudice", byte-level) on the CPU: the quickest way to see the system work.
+
+use clap::{Parser, ValueEnum};
+use llmq_compiler::autodiff::OptimizerOptions;
+use llmq_compiler::plan::Plan;
+use llmq_compiler::target::{device, Precision};
+use llmq_passes::{compile, CompileOptions};
+use llmq_runtime::backend::cpu::CpuBackend;
+use llmq_runtime::backend::Backend;
+use llmq_runtime::train::checkpoint::latest_checkpoint;
+use llmq_runtime::train::data::{write_token_file, DataLoader, TokenDataset, TokenVersion};
+use llmq_runtime::train::schedule::{Schedule, ScheduleParams};
+use llmq_runtime::train::tokenizer::bundled_train_eval;
+use llmq_runtime::trainer::{JsonLog, StepRecord, Trainer, TrainerOptions};
+use miette::{miette, Context, IntoDiagnostic, Result};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const TINY_SPEC: &str = include_str!("../../models/tiny.ron");
+const LLAMA_ARCH: &str = include_str!("../../models/arch/llama.ron");
+
+/// Train a language model from a plan (`llmqc plan -o plan.bin`) or a model spec.
+///
+/// Examples:
+///   llmq-run                                    # tiny model, bundled corpus, CPU
+///   llmq-run models/tiny.ron --steps 1000 --data 'data/*.bin'
+///   llmq-run plan.bin --data 'train/*.bin' --eval-data val.bin --resume
+#[derive(Parser)]
+#[command(name = "llmq-run", version, verbatim_doc_comment)]
+struct Args {
+    /// A plan file (.bin) or a model spec (.ron). Default: the embedded tiny model.
+    model: Option<PathBuf>,
+    /// Where to run: cuda when a GPU is found, else cpu.
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    backend: BackendKind,
+    /// Training token files (llm.c format, see docs/data.md); globs allowed, repeatable.
+    /// Default: the bundled corpus.
+    #[arg(long)]
+    data: Vec<String>,
+    /// Evaluation token files. Default: the bundled corpus's last 5% (with the default data).
+    #[arg(long)]
+    eval_data: Vec<String>,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 300)]
+    steps: u64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f32,
+    /// Final learning rate of decaying schedules.
+    #[arg(long, default_value_t = 3e-4)]
+    min_lr: f32,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
+    /// Learning-rate schedule: cosine, linear, wsd or constant.
+    #[arg(long, default_value = "cosine")]
+    schedule: String,
+    /// WSD: share of the steps, at the end, spent decaying.
+    #[arg(long, default_value_t = 0.2)]
+    decay_fraction: f32,
+    /// Sequences per micro-batch (when planning a spec).
+    #[arg(long, default_value_t = 8)]
+    batch: u64,
+    /// Tokens per sequence (when planning a spec).
+    #[arg(long, default_value_t = 64)]
+    seq: u64,
+    /// Micro-batches per optimizer step (when planning a spec).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: u32,
+    /// Numeric recipe (when planning a spec): bf16 or fp32.
+    #[arg(long, default_value = "bf16")]
+    precision: String,
+    /// AdamW weight decay on matrices (when planning a spec).
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f32,
+    /// Global gradient-norm clipping threshold, 0 to disable (when planning a spec).
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f32,
+    /// Seed of initialisation and data order.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Run directory: checkpoints, the JSON-lines log, the bundled corpus's token files.
+    #[arg(long, default_value = "runs/default")]
+    out_dir: PathBuf,
+    /// Checkpoint every N steps (and at the end); 0 for only at the end.
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u64,
+    /// Keep the last K checkpoints (0 keeps all).
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+    /// Continue from the newest checkpoint in the run directory (or from the one given).
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    resume: Option<PathBuf>,
+    /// Evaluate every N steps (0: never).
+    #[arg(long, default_value_t = 50)]
+    eval_every: u64,
+    /// Micro-batches per evaluation.
+    #[arg(long, default_value_t = 4)]
+    eval_batches: u64,
+    /// Stop after this many steps with a non-finite loss or gradient norm.
+    #[arg(long, default_value_t = 5)]
+    max_bad_steps: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+fn parse_precision(s: &str) -> Result<Precision> {
+    match s {
+        "bf16" => Ok(Precision::Bf16),
+        "fp32" => Ok(Precision::Fp32),
+        "fp8" => Ok(Precision::Fp8),
+        other => Err(miette!("unknown precision `{other}`: use bf16 or fp32")),
+    }
+}
+
+/// The plan: read from a .bin, planned from a .ron, or planned from the embedded tiny model.
+fn load_plan(args: &Args) -> Result<Plan> {
+    let spec_path = match &args.model {
+        Some(path) if path.extension().is_some_and(|e| e == "bin") => {
+            let bytes = std::fs::read(path).into_diagnostic().wrap_err_with(|| format!("reading {}", path.display()))?;
+            return Plan::from_bytes(&bytes).map_err(|e| miette!("{}: {e}", path.display()));
+        }
+        Some(path) => path.clone(),
+        None => {
+            let dir = args.out_dir.join("spec");
+            std::fs::create_dir_all(dir.join("arch")).into_diagnostic()?;
+            std::fs::write(dir.join("tiny.ron"), TINY_SPEC).into_diagnostic()?;
+            std::fs::write(dir.join("arch/llama.ron"), LLAMA_ARCH).into_diagnostic()?;
+            dir.join("tiny.ron")
+        }
+    };
+    let device = device("h100").expect("h100 is a known device");
+    let opts = CompileOptions {
+        batch: args.batch,
+        seq: args.seq,
+        grad_accum: args.grad_accum,
+        precision: parse_precision(&args.precision)?,
+        vram_bytes: (device.memory_gib * (1u64 << 30) as f64) as u64,
+        gpus: 1,
+        device,
+        optimizer: OptimizerOptions { weight_decay: args.weight_decay, max_grad_norm: args.grad_clip, ..Default::default() },
+        dump_after: None,
+    };
+    Ok(compile(&spec_path, &opts)?.plan)
+}
+
+/// Token file patterns for training and eval; the bundled corpus written once when none given.
+fn data_patterns(args: &Args, vocab: u64) -> Result<(Vec<String>, Vec<String>)> {
+    if !args.data.is_empty() {
+        return Ok((args.data.clone(), args.eval_data.clone()));
+    }
+    if vocab < 256 {
+        return Err(miette!("the bundled corpus is byte-level (256 tokens); this model's vocabulary is {vocab}: give --data"));
+    }
+    let dir = args.out_dir.join("data");
+    let (train, eval) = (dir.join("austen-train.bin"), dir.join("austen-eval.bin"));
+    if !train.exists() || !eval.exists() {
+        std::fs::create_dir_all(&dir).into_diagnostic()?;
+        let split = bundled_train_eval();
+        write_token_file(&train, &split.train, TokenVersion::U16).into_diagnostic()?;
+        write_token_file(&eval, &split.eval, TokenVersion::U16).into_diagnostic()?;
+    }
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let eval = if args.eval_data.is_empty() { vec![path(&eval)] } else { args.eval_data.clone() };
+    Ok((vec![path(&train)], eval))
+}
+
+fn make_backend(kind: BackendKind, plan: Plan) -> Result<Box<dyn Backend>> {
+    match kind {
+        BackendKind::Cuda => Err(miette!(
+            "the CUDA backend is not available in this build yet (its kernels and NVRTC loading exist; the step executor does not); use --backend cpu"
+        )),
+        BackendKind::Auto | BackendKind::Cpu => Ok(Box::new(CpuBackend::new(plan))),
+    }
+}
+
+fn format_record(r: &StepRecord, total: u64) -> String {
+    let mut line = format!(
+        "step {:>5}/{total} ({:>3.0}%) | loss {:.4} | grad norm {:.3} | lr {:.2e} | {:>8.0} tok/s",
+        r.step,
+        100.0 * r.step as f64 / total as f64,
+        r.loss,
+        r.grad_norm,
+        r.lr,
+        r.tokens_per_second
+    );
+    match r.mfu {
+        Some(mfu) => line.push_str(&format!(" | MFU {:.1}%", 100.0 * mfu)),
+        None => line.push_str(" | MFU n/a (cpu)"),
+    }
+    if let Some(e) = r.eval_loss {
+        line.push_str(&format!(" | eval loss {e:.4}"));
+    }
+    if !r.applied {
+        line.push_str(" | SKIPPED: non-finite");
+    }
+    line
+}
+
+fn run(args: Args) -> Result<()> {
+    let plan = load_plan(&args)?;
+    let vocab = plan.model.dims.get("vocab").copied().unwrap_or(0);
+    let (train_patterns, eval_patterns) = data_patterns(&args, vocab)?;
+    let (batch, seq) = (plan.options.batch as usize, plan.options.seq as usize);
+    let train_set = TokenDataset::open(&train_patterns, vocab as u32).into_diagnostic()?;
+    let train = DataLoader::new(train_set, batch, seq, args.seed).into_diagnostic()?;
+    let eval = if eval_patterns.is_empty() {
+        None
+    } else {
+        let set = TokenDataset::open(&eval_patterns, vocab as u32).into_diagnostic()?;
+        Some(DataLoader::new(set, batch, seq, args.seed).into_diagnostic()?)
+    };
+    let params = ScheduleParams { lr: args.lr, min_lr: args.min_lr, warmup_steps: args.warmup, decay_fraction: args.decay_fraction };
+    let schedule = Schedule::parse(&args.schedule, params).into_diagnostic()?;
+    let checkpoints = args.out_dir.join("checkpoints");
+    let opts = TrainerOptions {
+        total_steps: args.steps,
+        schedule,
+        seed: args.seed,
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        checkpoint_dir: Some(checkpoints.clone()),
+        checkpoint_every: args.checkpoint_every,
+        keep_last: args.keep,
+        max_bad_steps: args.max_bad_steps,
+        peak_flops: None,
+    };
+    println!(
+        "training {} ({} parameters) on {}: {} steps of {} tokens, run directory {}",
+        plan.model.name,
+        llmq_compiler::plan::group_digits(plan.model.param_count),
+        "cpu",
+        args.steps,
+        plan.tokens_per_step(),
+        args.out_dir.display()
+    );
+    let backend = make_backend(args.backend, plan)?;
+    let mut trainer = Trainer::new(backend, train, eval, opts);
+    match &args.resume {
+        Some(path) => {
+            let path = if path.as_os_str().is_empty() {
+                latest_checkpoint(&checkpoints)
+                    .into_diagnostic()?
+                    .ok_or_else(|| miette!("--resume: no checkpoint in {}", checkpoints.display()))?
+            } else {
+                path.clone()
+            };
+            trainer.resume(&path).into_diagnostic()?;
+            println!("resumed from {} at step {}", path.display(), trainer.step);
+        }
+        None => trainer.init_weights().into_diagnostic()?,
+    }
+    let mut log = JsonLog::open(&args.out_dir.join("log.jsonl")).into_diagnostic()?;
+    let bar = indicatif::ProgressBar::new(args.steps);
+    bar.set_position(trainer.step);
+    let mut log_error = None;
+    let result = trainer.run(|r| {
+        bar.set_position(r.step);
+        bar.println(format_record(r, args.steps));
+        if let Err(e) = log.write(r) {
+            log_error.get_or_insert(e);
+        }
+    });
+    bar.finish_and_clear();
+    result.into_diagnostic()?;
+    if let Some(e) = log_error {
+        return Err(e).into_diagnostic();
+    }
+    println!("done: checkpoints in {}, log in {}", checkpoints.display(), args.out_dir.join("log.jsonl").display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
