@@ -1,0 +1,2 @@
+//! Backends that execute plan steps.
+pub mod cuda;
