@@ -49,10 +49,10 @@ __device__ void attention(const T* q, const T* k, const T* v, T* o, float* lse, 
         acc[i] = 0.0f;
     }
     __syncthreads();
-    float m = -INFINITY, l = 0.0f;
+    float m = -CUDART_INF_F, l = 0.0f;
     for (int s0 = 0; s0 <= t; s0 += blockDim.x) {
         const int s = s0 + threadIdx.x;
-        float score = -INFINITY;
+        float score = -CUDART_INF_F;
         if (s <= t) score = dot(q_row, k + g.at(g.kv_heads, b, s, kh), g.d) * g.scale();
         const float m_new = fmaxf(m, block_max(score));
         const float correction = expf(m - m_new);

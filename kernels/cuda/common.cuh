@@ -29,6 +29,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
+#include <math_constants.h>  // CUDART_INF_F (NVRTC has no <cmath> INFINITY)
 
 typedef __nv_bfloat16 bf16;
 typedef __nv_fp8_e4m3 e4m3;
@@ -97,7 +98,7 @@ __device__ float block_max(float v) {
     if (lane == 0) partial[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float w = lane < (int)(blockDim.x >> 5) ? partial[lane] : -INFINITY;
+        float w = lane < (int)(blockDim.x >> 5) ? partial[lane] : -CUDART_INF_F;
         w = warp_max(w);
         if (lane == 0) total = w;
     }

@@ -19,7 +19,7 @@ __device__ float count_valid(const int* targets, long long rows, int vocab) {
 // The row's log-sum-exp, with its maximum subtracted.
 template <typename T>
 __device__ float row_lse(const T* row, int vocab) {
-    float m = -INFINITY;
+    float m = -CUDART_INF_F;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, load(row, i));
     m = block_max(m);
     float s = 0.0f;
