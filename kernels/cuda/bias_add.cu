@@ -13,16 +13,13 @@ __device__ void bias_add(const T* x, const T* b, T* y, long long rows, int cols)
 }
 
 // bias_backward_{f32,bf16}(const T* dy, T* db, long long rows, int cols, int accumulate)
-// grid: ceil(cols / blockDim.x), block: any. One thread per column sums the rows in order, so
-// the result is deterministic (a simple first kernel: a split over rows is faster for few
-// columns).
+// grid: ceil(cols / 32) (32 columns per block), block: a multiple of 32, at most 1024.
+// Deterministic: see column_sum in common.cuh (a simple first kernel).
 template <typename T>
 __device__ void bias_backward(const T* dy, T* db, long long rows, int cols, int accumulate) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    float acc = 0.0f;
-    for (long long r = 0; r < rows; ++r) acc += load(dy, r * cols + c);
-    store_acc(db, c, acc, accumulate);
+    const int c = blockIdx.x * 32 + (threadIdx.x & 31);
+    const float total = column_sum(rows, c < cols, [&](long long r) { return load(dy, r * cols + c); });
+    if (threadIdx.x < 32 && c < cols) store_acc(db, c, total, accumulate);
 }
 
 extern "C" __global__ void bias_add_f32(const float* x, const float* b, float* y, long long rows, int cols) {

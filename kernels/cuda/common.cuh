@@ -106,6 +106,28 @@ __device__ float block_max(float v) {
     return total;
 }
 
+// Column sums over many rows, deterministically: the block owns 32 consecutive columns, lane l
+// of every warp takes column l, the warps take rows round-robin, then warp 0 adds the warps'
+// partial sums in warp order. Returns Σ_r term(r) to the threads of warp 0 (other warps get 0);
+// `active` is false for lanes past the last column (they still reach the barrier).
+// Every thread of the block must call it; blockDim a multiple of 32.
+template <typename Term>
+__device__ float column_sum(long long rows, bool active, Term term) {
+    __shared__ float partial[32][33];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float acc = 0.0f;
+    if (active) {
+        for (long long r = warp; r < rows; r += warps) acc += term(r);
+    }
+    partial[warp][lane] = acc;
+    __syncthreads();
+    float total = 0.0f;
+    if (warp == 0) {
+        for (int w = 0; w < warps; ++w) total += partial[w][lane];
+    }
+    return total;
+}
+
 // atomicMax for FP32 values that are non-negative or NaN (with the sign bit clear): their bit
 // patterns order as signed integers, and a NaN's pattern is above +inf, so a NaN wins.
 __device__ __forceinline__ void atomic_max_nonneg(float* addr, float v) {

@@ -27,10 +27,10 @@ __device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, long long gr
 
 // rms_norm_backward_{f32,bf16}(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
 //                              T* dw, long long groups, int group_size, int accumulate)
-// grid: groups + ceil(group_size / blockDim.x), block: multiple of 32.
+// grid: groups + ceil(group_size / 32), block: a multiple of 32, at most 1024.
 // Blocks [0, groups) each write one group of dx: with x̂ = x·r and ĝ = dy·w,
-// dx = r·(ĝ − x̂·mean(ĝ·x̂)). The blocks after them write dw = Σ_groups dy·x̂, one thread per
-// weight element summing the groups in order (deterministic; a simple first kernel).
+// dx = r·(ĝ − x̂·mean(ĝ·x̂)). The blocks after them write dw = Σ_groups dy·x̂, 32 weight
+// elements each (deterministic: see column_sum in common.cuh; a simple first kernel).
 template <typename T>
 __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
                                   T* dw, long long groups, int group_size, int accumulate) {
@@ -48,14 +48,12 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const flo
             store_acc(dx, base + i, r * (load(dy, base + i) * load(w, i) - xv * r * mean), accumulate);
         }
     } else {
-        const int i = (blockIdx.x - groups) * blockDim.x + threadIdx.x;
-        if (i >= group_size) return;
-        float acc = 0.0f;
-        for (long long g = 0; g < groups; ++g) {
+        const int i = (blockIdx.x - groups) * 32 + (threadIdx.x & 31);
+        const float total = column_sum(groups, i < group_size, [&](long long g) {
             const long long at = g * group_size + i;
-            acc += load(dy, at) * load(x, at) * rstd[g];
-        }
-        store_acc(dw, i, acc, accumulate);
+            return load(dy, at) * load(x, at) * rstd[g];
+        });
+        if (threadIdx.x < 32 && i < group_size) store_acc(dw, i, total, accumulate);
     }
 }
 
