@@ -8,8 +8,9 @@
 #   LLMQ_CUDA_INCLUDE     = <cache>/nvidia/cu13/include
 #   LLMQ_REQUIRE_NVRTC    = 1   (the test fails instead of skipping when NVRTC is missing)
 # Pinned to 13.0.x: a newer NVRTC writes PTX whose ISA version the lent GPUs' driver cannot load.
-# cudarc's dynamic loader asks for unversioned names (libnvrtc.so), which the wheels do not ship,
-# so the script adds those symlinks in the lib folder.
+# The wheels ship versioned names only (libnvrtc.so.13, libnvrtc-builtins.so.13.0, libcudart.so.13).
+# cudarc's loader (feature cuda-13000) tries libnvrtc.so.13 among its candidates and finds it; the
+# script adds unversioned symlinks (libnvrtc.so, ...) too, for loaders that only try those.
 
 _llmq_nvrtc_setup() {
     local root cache lib
