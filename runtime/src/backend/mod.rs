@@ -2,6 +2,7 @@
 //! a backend looks each step's op up in the catalogue (CPU reference or CUDA kernel).
 
 pub mod cpu;
+pub mod cuda;
 
 use llmq_compiler::ir::TensorId;
 use llmq_compiler::plan::Plan;

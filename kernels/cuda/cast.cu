@@ -1,0 +1,25 @@
+// cast: conversion to another storage dtype; the value is unchanged, the store rounds to nearest
+// even (FP8 saturating to its largest finite value) (ops/cast.rs).
+#include "common.cuh"
+
+// cast_{from}_{to}(const F* x, T* y, long long n)
+// from → to: f32 ↔ bf16; f32, bf16 → e4m3, e5m2; e4m3, e5m2 → f32, bf16.
+// grid: any (grid-stride), block: any.
+template <typename F, typename T>
+__device__ void cast(const F* x, T* y, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        store(y, i, load(x, i));
+    }
+}
+
+extern "C" __global__ void cast_f32_bf16(const float* x, bf16* y, long long n) { cast(x, y, n); }
+extern "C" __global__ void cast_bf16_f32(const bf16* x, float* y, long long n) { cast(x, y, n); }
+extern "C" __global__ void cast_f32_e4m3(const float* x, e4m3* y, long long n) { cast(x, y, n); }
+extern "C" __global__ void cast_f32_e5m2(const float* x, e5m2* y, long long n) { cast(x, y, n); }
+extern "C" __global__ void cast_bf16_e4m3(const bf16* x, e4m3* y, long long n) { cast(x, y, n); }
+extern "C" __global__ void cast_bf16_e5m2(const bf16* x, e5m2* y, long long n) { cast(x, y, n); }
+extern "C" __global__ void cast_e4m3_f32(const e4m3* x, float* y, long long n) { cast(x, y, n); }
+extern "C" __global__ void cast_e4m3_bf16(const e4m3* x, bf16* y, long long n) { cast(x, y, n); }
+extern "C" __global__ void cast_e5m2_f32(const e5m2* x, float* y, long long n) { cast(x, y, n); }
+extern "C" __global__ void cast_e5m2_bf16(const e5m2* x, bf16* y, long long n) { cast(x, y, n); }

@@ -1,0 +1,135 @@
+// common.cuh: dtype load/store and reductions shared by every kernel of kernels/cuda/.
+//
+// Kernel naming rule (the Rust launcher builds these names from the op and its operand dtypes):
+//   * `{op}_{dtype}`: `op` is the catalogue op's `name()` (`rms_norm`, `rms_norm_backward`) and
+//     `dtype` the storage dtype of its float activations, `f32` or `bf16` (`rms_norm_bf16`).
+//     Ops whose only float operands are FP32 scalars use `_f32` (`clip_scale_f32`).
+//   * Ops that convert between dtypes name the source and the result, in that order:
+//     `cast_{from}_{to}` (`cast_bf16_e4m3`), `quantize_{from}_{to}` (`quantize_bf16_e4m3`).
+//   * `adamw_{param}_{grad}_{moments}` (`adamw_f32_bf16_f32`: FP32 master weights, BF16
+//     gradient, FP32 moments).
+//   * FP8 dtypes are spelled `e4m3` and `e5m2`; FP8 appears only where the op reads or writes it.
+//
+// Argument conventions (each kernel documents its own order above it):
+//   * raw pointers first (inputs, then outputs, in the op's signature order), then sizes, then
+//     attributes, then `int accumulate` where the kernel has it;
+//   * element counts are `long long`, per-row sizes `int`;
+//   * `accumulate != 0` means every output of the kernel is `out += result` instead of
+//     `out = result` (gradient accumulation); the sum is formed in FP32 and rounded once;
+//   * kernels that reduce a whole tensor to one FP32 scalar (`abs_max`, `sum_squares`,
+//     `cross_entropy`) combine their blocks with atomics into that scalar: the launcher sets it
+//     to zero first (cuMemsetD32Async) unless the plan accumulates into it;
+//   * block sizes: a multiple of 32, at most 1024, unless a kernel says otherwise.
+//
+// Numerics: every value is widened to FP32 and every sum is accumulated in FP32; stores round to
+// nearest even, FP8 saturating to the largest finite value (as the CPU backend's `round_to`).
+// Precise `expf`, `logf`, `sqrtf` and divisions (no fast-math intrinsics), as the CPU reference.
+
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <math_constants.h>  // CUDART_INF_F (NVRTC has no <cmath> INFINITY)
+
+typedef __nv_bfloat16 bf16;
+typedef __nv_fp8_e4m3 e4m3;
+typedef __nv_fp8_e5m2 e5m2;
+
+// ---- loads: any storage dtype to FP32 ------------------------------------------------------
+
+__device__ __forceinline__ float load(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float load(const bf16* p, long long i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ float load(const e4m3* p, long long i) { return float(p[i]); }
+__device__ __forceinline__ float load(const e5m2* p, long long i) { return float(p[i]); }
+
+// ---- stores: FP32 to any storage dtype, round to nearest even (FP8 saturating) ---------------
+
+__device__ __forceinline__ void store(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void store(bf16* p, long long i, float v) { p[i] = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store(e4m3* p, long long i, float v) {
+    p[i].__x = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+}
+__device__ __forceinline__ void store(e5m2* p, long long i, float v) {
+    p[i].__x = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E5M2);
+}
+
+// `out = v`, or `out += v` (in FP32, rounded once) when `accumulate` is set.
+template <typename T>
+__device__ __forceinline__ void store_acc(T* p, long long i, float v, int accumulate) {
+    if (accumulate) v += load(p, i);
+    store(p, i, v);
+}
+
+// ---- warp and block reductions ---------------------------------------------------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// The block's sum of `v`, returned to every thread. Every thread of the block must call it.
+__device__ float block_sum(float v) {
+    __shared__ float partial[32];
+    __shared__ float total;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0f;
+        w = warp_sum(w);
+        if (lane == 0) total = w;
+    }
+    __syncthreads();
+    return total;
+}
+
+// The block's maximum of `v`, returned to every thread. Every thread of the block must call it.
+__device__ float block_max(float v) {
+    __shared__ float partial[32];
+    __shared__ float total;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < (int)(blockDim.x >> 5) ? partial[lane] : -CUDART_INF_F;
+        w = warp_max(w);
+        if (lane == 0) total = w;
+    }
+    __syncthreads();
+    return total;
+}
+
+// Column sums over many rows, deterministically: the block owns 32 consecutive columns, lane l
+// of every warp takes column l, the warps take rows round-robin, then warp 0 adds the warps'
+// partial sums in warp order. Returns Σ_r term(r) to the threads of warp 0 (other warps get 0);
+// `active` is false for lanes past the last column (they still reach the barrier).
+// Every thread of the block must call it; blockDim a multiple of 32.
+template <typename Term>
+__device__ float column_sum(long long rows, bool active, Term term) {
+    __shared__ float partial[32][33];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float acc = 0.0f;
+    if (active) {
+        for (long long r = warp; r < rows; r += warps) acc += term(r);
+    }
+    partial[warp][lane] = acc;
+    __syncthreads();
+    float total = 0.0f;
+    if (warp == 0) {
+        for (int w = 0; w < warps; ++w) total += partial[w][lane];
+    }
+    return total;
+}
+
+// atomicMax for FP32 values that are non-negative or NaN (with the sign bit clear): their bit
+// patterns order as signed integers, and a NaN's pattern is above +inf, so a NaN wins.
+__device__ __forceinline__ void atomic_max_nonneg(float* addr, float v) {
+    atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));
+}

@@ -1,0 +1,77 @@
+// rms_norm: `y = x · rstd · w` with `rstd = 1/√(mean(x²) + eps)` over groups of `group_size`
+// consecutive elements (the weight's length), and its backward (ops/rms_norm.rs).
+#include "common.cuh"
+
+// rms_norm_{f32,bf16}(const T* x, const T* w, T* y, float* rstd, long long groups,
+//                     int group_size, float eps)
+// grid: groups (one block per group), block: multiple of 32.
+template <typename T>
+__device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, long long groups,
+                         int group_size, float eps) {
+    const long long g = blockIdx.x;
+    if (g >= groups) return;
+    const T* xg = x + g * group_size;
+    T* yg = y + g * group_size;
+    float sq = 0.0f;
+    for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
+        const float v = load(xg, i);
+        sq += v * v;
+    }
+    const float mean_sq = block_sum(sq) / (float)group_size;
+    const float r = 1.0f / sqrtf(mean_sq + eps);
+    for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
+        store(yg, i, load(xg, i) * r * load(w, i));
+    }
+    if (threadIdx.x == 0) rstd[g] = r;
+}
+
+// rms_norm_backward_{f32,bf16}(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
+//                              T* dw, long long groups, int group_size, int accumulate)
+// grid: groups + ceil(group_size / 32), block: a multiple of 32, at most 1024.
+// Blocks [0, groups) each write one group of dx: with x̂ = x·r and ĝ = dy·w,
+// dx = r·(ĝ − x̂·mean(ĝ·x̂)). The blocks after them write dw = Σ_groups dy·x̂, 32 weight
+// elements each (deterministic: see column_sum in common.cuh; a simple first kernel).
+template <typename T>
+__device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
+                                  T* dw, long long groups, int group_size, int accumulate) {
+    if (blockIdx.x < groups) {
+        const long long g = blockIdx.x;
+        const long long base = g * group_size;
+        const float r = rstd[g];
+        float dot = 0.0f;
+        for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
+            dot += load(dy, base + i) * load(w, i) * load(x, base + i) * r;
+        }
+        const float mean = block_sum(dot) / (float)group_size;
+        for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
+            const float xv = load(x, base + i);
+            store_acc(dx, base + i, r * (load(dy, base + i) * load(w, i) - xv * r * mean), accumulate);
+        }
+    } else {
+        const int i = (blockIdx.x - groups) * 32 + (threadIdx.x & 31);
+        const float total = column_sum(groups, i < group_size, [&](long long g) {
+            const long long at = g * group_size + i;
+            return load(dy, at) * load(x, at) * rstd[g];
+        });
+        if (threadIdx.x < 32 && i < group_size) store_acc(dw, i, total, accumulate);
+    }
+}
+
+extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y, float* rstd,
+                                        long long groups, int group_size, float eps) {
+    rms_norm(x, w, y, rstd, groups, group_size, eps);
+}
+extern "C" __global__ void rms_norm_bf16(const bf16* x, const bf16* w, bf16* y, float* rstd,
+                                         long long groups, int group_size, float eps) {
+    rms_norm(x, w, y, rstd, groups, group_size, eps);
+}
+extern "C" __global__ void rms_norm_backward_f32(const float* dy, const float* x, const float* w,
+                                                 const float* rstd, float* dx, float* dw,
+                                                 long long groups, int group_size, int accumulate) {
+    rms_norm_backward(dy, x, w, rstd, dx, dw, groups, group_size, accumulate);
+}
+extern "C" __global__ void rms_norm_backward_bf16(const bf16* dy, const bf16* x, const bf16* w,
+                                                  const float* rstd, bf16* dx, bf16* dw,
+                                                  long long groups, int group_size, int accumulate) {
+    rms_norm_backward(dy, x, w, rstd, dx, dw, groups, group_size, accumulate);
+}

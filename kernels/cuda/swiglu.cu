@@ -1,0 +1,46 @@
+// swiglu: `h = gate·σ(gate)·up` and its backward (ops/swiglu.rs).
+#include "common.cuh"
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// swiglu_{f32,bf16}(const T* gate, const T* up, T* h, long long n)
+// grid: any (grid-stride), block: any.
+template <typename T>
+__device__ void swiglu(const T* gate, const T* up, T* h, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float g = load(gate, i);
+        store(h, i, g * sigmoid(g) * load(up, i));
+    }
+}
+
+// swiglu_backward_{f32,bf16}(const T* gate, const T* up, const T* dh, T* dgate, T* dup,
+//                            long long n, int accumulate)
+// grid: any (grid-stride), block: any.
+// dup = dh·g·σ(g), dgate = dh·up·σ(g)·(1 + g·(1 − σ(g))).
+template <typename T>
+__device__ void swiglu_backward(const T* gate, const T* up, const T* dh, T* dgate, T* dup,
+                                long long n, int accumulate) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float g = load(gate, i), u = load(up, i), d = load(dh, i);
+        const float s = sigmoid(g);
+        store_acc(dup, i, d * g * s, accumulate);
+        store_acc(dgate, i, d * u * s * (1.0f + g * (1.0f - s)), accumulate);
+    }
+}
+
+extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float* h, long long n) {
+    swiglu(gate, up, h, n);
+}
+extern "C" __global__ void swiglu_bf16(const bf16* gate, const bf16* up, bf16* h, long long n) {
+    swiglu(gate, up, h, n);
+}
+extern "C" __global__ void swiglu_backward_f32(const float* gate, const float* up, const float* dh,
+                                               float* dgate, float* dup, long long n, int accumulate) {
+    swiglu_backward(gate, up, dh, dgate, dup, n, accumulate);
+}
+extern "C" __global__ void swiglu_backward_bf16(const bf16* gate, const bf16* up, const bf16* dh,
+                                                bf16* dgate, bf16* dup, long long n, int accumulate) {
+    swiglu_backward(gate, up, dh, dgate, dup, n, accumulate);
+}
