@@ -70,12 +70,15 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
+/// Maps an `arch` path to the architecture file's display path and text.
+type Resolver<'a> = dyn Fn(&str) -> Result<(PathBuf, String), std::io::Error> + 'a;
+
 /// Loads a model file's text and its architecture (found through `resolver`).
 pub(crate) fn load(
     name: &str,
     text: &str,
     opts: &SpecOptions,
-    resolver: &dyn Fn(&str) -> Result<(PathBuf, String), std::io::Error>,
+    resolver: &Resolver,
 ) -> Result<ForwardModel, SpecError> {
     let mfile = SourceFile {
         name: name.to_owned(),

@@ -76,21 +76,21 @@ impl ErrorKind {
 pub struct SpecError {
     /// What kind of error.
     pub kind: ErrorKind,
-    /// The one-line message.
-    pub message: String,
-    /// The text of the label under the offending span.
-    pub label: String,
-    /// A hint on how to fix it.
-    pub help: Option<String>,
-    /// The file's name as given (for messages).
-    pub file: String,
-    /// The byte range in the file, when known.
-    pub span: Option<Range<usize>>,
+    inner: Box<Detail>,
+}
+
+#[derive(Debug)]
+struct Detail {
+    message: String,
+    label: String,
+    help: Option<String>,
+    file: String,
+    span: Option<Range<usize>>,
     source: Option<NamedSource<String>>,
 }
 
 impl SpecError {
-    /// An error about bytes `span` of `file`, whose text is `text`.
+    /// An error about bytes `span` of `file`.
     pub(crate) fn new(
         kind: ErrorKind,
         file: &SourceFile,
@@ -100,12 +100,14 @@ impl SpecError {
     ) -> Self {
         SpecError {
             kind,
-            message: message.into(),
-            label: label.into(),
-            help: None,
-            file: file.name.clone(),
-            span,
-            source: Some(NamedSource::new(file.name.clone(), file.text.clone())),
+            inner: Box::new(Detail {
+                message: message.into(),
+                label: label.into(),
+                help: None,
+                file: file.name.clone(),
+                span,
+                source: Some(NamedSource::new(file.name.clone(), file.text.clone())),
+            }),
         }
     }
 
@@ -113,24 +115,46 @@ impl SpecError {
     pub(crate) fn without_source(kind: ErrorKind, file: &str, message: impl Into<String>) -> Self {
         SpecError {
             kind,
-            message: message.into(),
-            label: String::new(),
-            help: None,
-            file: file.to_owned(),
-            span: None,
-            source: None,
+            inner: Box::new(Detail {
+                message: message.into(),
+                label: String::new(),
+                help: None,
+                file: file.to_owned(),
+                span: None,
+                source: None,
+            }),
         }
     }
 
     /// Adds a hint.
     pub(crate) fn with_help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
+        self.inner.help = Some(help.into());
         self
+    }
+
+    /// The one-line message.
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+
+    /// The text of the label under the offending span (what was expected).
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    /// The file the error is about, as named in messages.
+    pub fn file(&self) -> &str {
+        &self.inner.file
+    }
+
+    /// The byte range in that file, when known.
+    pub fn span(&self) -> Option<Range<usize>> {
+        self.inner.span.clone()
     }
 
     /// The 1-based line and column of the span's start, when known.
     pub fn line_col(&self) -> Option<(usize, usize)> {
-        let (span, src) = (self.span.as_ref()?, self.source.as_ref()?);
+        let (span, src) = (self.inner.span.as_ref()?, self.inner.source.as_ref()?);
         let text = src.inner();
         let before = &text[..span.start.min(text.len())];
         let line = before.matches('\n').count() + 1;
@@ -141,7 +165,7 @@ impl SpecError {
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.inner.message)
     }
 }
 
@@ -153,22 +177,23 @@ impl Diagnostic for SpecError {
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.help
+        self.inner
+            .help
             .as_ref()
             .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn SourceCode> {
-        match (&self.source, &self.span) {
+        match (&self.inner.source, &self.inner.span) {
             (Some(s), Some(_)) => Some(s as &dyn SourceCode),
             _ => None,
         }
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        let span = self.span.clone()?;
-        self.source.as_ref()?;
-        let label = (!self.label.is_empty()).then(|| self.label.clone());
+        let span = self.inner.span.clone()?;
+        self.inner.source.as_ref()?;
+        let label = (!self.inner.label.is_empty()).then(|| self.inner.label.clone());
         Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
             label,
             SourceSpan::from(span),

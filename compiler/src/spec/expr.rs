@@ -113,7 +113,11 @@ impl Parser<'_> {
                 self.pos += 1;
                 let e = self.sum()?;
                 if self.peek() != Some(')') {
-                    let at = self.pos..(self.pos + 1).min(self.src.len()).max(self.pos);
+                    let len = self.src[self.pos..]
+                        .chars()
+                        .next()
+                        .map_or(0, char::len_utf8);
+                    let at = self.pos..self.pos + len;
                     return Err(err(ExprErrorKind::Syntax, "expected `)`", at));
                 }
                 self.pos += 1;

@@ -152,7 +152,7 @@ pub enum InitSpec {
 
 /// The forward ops of the catalogue, with attributes as expressions or scalar names.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename = "Op", deny_unknown_fields)]
 pub enum OpSpecSyntax {
     /// Row lookup.
     Embedding,
