@@ -264,7 +264,12 @@ fn run(args: Args) -> Result<()> {
     let mut log_error = None;
     let result = trainer.run(|r| {
         bar.set_position(r.step);
-        bar.println(format_record(r, args.steps));
+        // A hidden bar (output not a terminal) drops println: print the line ourselves.
+        if bar.is_hidden() {
+            println!("{}", format_record(r, args.steps));
+        } else {
+            bar.println(format_record(r, args.steps));
+        }
         if let Err(e) = log.write(r) {
             log_error.get_or_insert(e);
         }
