@@ -6,16 +6,16 @@
 use clap::{Parser, ValueEnum};
 use llmq_compiler::autodiff::OptimizerOptions;
 use llmq_compiler::plan::Plan;
-use llmq_compiler::target::{device, Precision};
-use llmq_passes::{compile, CompileOptions};
-use llmq_runtime::backend::cpu::CpuBackend;
+use llmq_compiler::target::{Precision, device};
+use llmq_passes::{CompileOptions, compile};
 use llmq_runtime::backend::Backend;
+use llmq_runtime::backend::cpu::CpuBackend;
 use llmq_runtime::train::checkpoint::latest_checkpoint;
-use llmq_runtime::train::data::{write_token_file, DataLoader, TokenDataset, TokenVersion};
+use llmq_runtime::train::data::{DataLoader, TokenDataset, TokenVersion, write_token_file};
 use llmq_runtime::train::schedule::{Schedule, ScheduleParams};
 use llmq_runtime::train::tokenizer::bundled_train_eval;
 use llmq_runtime::trainer::{JsonLog, StepRecord, Trainer, TrainerOptions};
-use miette::{miette, Context, IntoDiagnostic, Result};
+use miette::{Context, IntoDiagnostic, Result, miette};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -125,7 +125,9 @@ fn parse_precision(s: &str) -> Result<Precision> {
 fn load_plan(args: &Args) -> Result<Plan> {
     let spec_path = match &args.model {
         Some(path) if path.extension().is_some_and(|e| e == "bin") => {
-            let bytes = std::fs::read(path).into_diagnostic().wrap_err_with(|| format!("reading {}", path.display()))?;
+            let bytes = std::fs::read(path)
+                .into_diagnostic()
+                .wrap_err_with(|| format!("reading {}", path.display()))?;
             return Plan::from_bytes(&bytes).map_err(|e| miette!("{}: {e}", path.display()));
         }
         Some(path) => path.clone(),
@@ -146,7 +148,11 @@ fn load_plan(args: &Args) -> Result<Plan> {
         vram_bytes: (device.memory_gib * (1u64 << 30) as f64) as u64,
         gpus: 1,
         device,
-        optimizer: OptimizerOptions { weight_decay: args.weight_decay, max_grad_norm: args.grad_clip, ..Default::default() },
+        optimizer: OptimizerOptions {
+            weight_decay: args.weight_decay,
+            max_grad_norm: args.grad_clip,
+            ..Default::default()
+        },
         dump_after: None,
     };
     Ok(compile(&spec_path, &opts)?.plan)
@@ -158,7 +164,9 @@ fn data_patterns(args: &Args, vocab: u64) -> Result<(Vec<String>, Vec<String>)> 
         return Ok((args.data.clone(), args.eval_data.clone()));
     }
     if vocab < 256 {
-        return Err(miette!("the bundled corpus is byte-level (256 tokens); this model's vocabulary is {vocab}: give --data"));
+        return Err(miette!(
+            "the bundled corpus is byte-level (256 tokens); this model's vocabulary is {vocab}: give --data"
+        ));
     }
     let dir = args.out_dir.join("data");
     let (train, eval) = (dir.join("austen-train.bin"), dir.join("austen-eval.bin"));
@@ -169,7 +177,11 @@ fn data_patterns(args: &Args, vocab: u64) -> Result<(Vec<String>, Vec<String>)> 
         write_token_file(&eval, &split.eval, TokenVersion::U16).into_diagnostic()?;
     }
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    let eval = if args.eval_data.is_empty() { vec![path(&eval)] } else { args.eval_data.clone() };
+    let eval = if args.eval_data.is_empty() {
+        vec![path(&eval)]
+    } else {
+        args.eval_data.clone()
+    };
     Ok((vec![path(&train)], eval))
 }
 
@@ -218,7 +230,12 @@ fn run(args: Args) -> Result<()> {
         let set = TokenDataset::open(&eval_patterns, vocab as u32).into_diagnostic()?;
         Some(DataLoader::new(set, batch, seq, args.seed).into_diagnostic()?)
     };
-    let params = ScheduleParams { lr: args.lr, min_lr: args.min_lr, warmup_steps: args.warmup, decay_fraction: args.decay_fraction };
+    let params = ScheduleParams {
+        lr: args.lr,
+        min_lr: args.min_lr,
+        warmup_steps: args.warmup,
+        decay_fraction: args.decay_fraction,
+    };
     let schedule = Schedule::parse(&args.schedule, params).into_diagnostic()?;
     let checkpoints = args.out_dir.join("checkpoints");
     let opts = TrainerOptions {
@@ -249,7 +266,9 @@ fn run(args: Args) -> Result<()> {
             let path = if path.as_os_str().is_empty() {
                 latest_checkpoint(&checkpoints)
                     .into_diagnostic()?
-                    .ok_or_else(|| miette!("--resume: no checkpoint in {}", checkpoints.display()))?
+                    .ok_or_else(|| {
+                        miette!("--resume: no checkpoint in {}", checkpoints.display())
+                    })?
             } else {
                 path.clone()
             };
@@ -279,7 +298,11 @@ fn run(args: Args) -> Result<()> {
     if let Some(e) = log_error {
         return Err(e).into_diagnostic();
     }
-    println!("done: checkpoints in {}, log in {}", checkpoints.display(), args.out_dir.join("log.jsonl").display());
+    println!(
+        "done: checkpoints in {}, log in {}",
+        checkpoints.display(),
+        args.out_dir.join("log.jsonl").display()
+    );
     Ok(())
 }
 

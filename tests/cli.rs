@@ -1,0 +1,149 @@
+//! The two binaries as a user runs them.
+
+use std::process::Command;
+
+fn llmqc(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_llmqc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("llmqc runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_small_model_fits_and_a_7b_in_16g_is_refused_with_the_shortfall() {
+    let (code, text) = llmqc(&[
+        "plan",
+        "models/qwen2.5-0.5b.ron",
+        "--vram",
+        "80G",
+        "--gpus",
+        "1",
+        "--batch",
+        "8",
+        "--seq",
+        "1024",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("494,032,768 parameters"), "{text}");
+    assert!(text.contains("fits:"), "{text}");
+    for category in [
+        "weights",
+        "master",
+        "gradients",
+        "adam m",
+        "adam v",
+        "activations",
+        "workspace",
+    ] {
+        assert!(text.contains(category), "missing {category}: {text}");
+    }
+    let (code, text) = llmqc(&[
+        "plan",
+        "models/qwen2.5-7b.ron",
+        "--vram",
+        "16G",
+        "--gpus",
+        "1",
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("DOES NOT FIT") && text.contains("short by"),
+        "{text}"
+    );
+}
+
+#[test]
+fn show_and_diff_read_plan_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.bin");
+    let b = dir.path().join("b.bin");
+    let a_s = a.to_str().unwrap();
+    let b_s = b.to_str().unwrap();
+    assert_eq!(
+        llmqc(&[
+            "plan",
+            "models/tiny.ron",
+            "--batch",
+            "2",
+            "--seq",
+            "32",
+            "-o",
+            a_s
+        ])
+        .0,
+        0
+    );
+    assert_eq!(
+        llmqc(&[
+            "plan",
+            "models/tiny.ron",
+            "--batch",
+            "4",
+            "--seq",
+            "32",
+            "-o",
+            b_s
+        ])
+        .0,
+        0
+    );
+    let (code, text) = llmqc(&["show", a_s, "--detail", "2", "--layer", "1"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("attention") && text.contains("L1"), "{text}");
+    assert!(
+        !text.contains(" L0 "),
+        "the layer filter let layer 0 through: {text}"
+    );
+    let (code, text) = llmqc(&["diff", a_s, b_s]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("flag batch: 2 → 4") && text.contains("memory activations"),
+        "{text}"
+    );
+    let (_, same) = llmqc(&["diff", a_s, a_s]);
+    assert!(same.contains("equivalent"), "{same}");
+    std::fs::write(&b, &std::fs::read(&a).unwrap()[..100]).unwrap();
+    let (code, text) = llmqc(&["show", b_s]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("truncated plan file"), "{text}");
+}
+
+#[test]
+fn unsupported_flags_are_refused_clearly() {
+    let (code, text) = llmqc(&["plan", "models/tiny.ron", "--gpus", "2"]);
+    assert_eq!(code, 2);
+    assert!(text.contains("multi-GPU"), "{text}");
+    let (code, text) = llmqc(&["plan", "models/tiny.ron", "--vram", "16Q"]);
+    assert_ne!(code, 0);
+    assert!(text.contains("unknown size unit"), "{text}");
+}
+
+#[test]
+fn planning_the_32b_model_takes_under_a_second() {
+    // Timed inside the process by `--timings`, so the debug build's start-up is not counted;
+    // the limit holds in a debug build, with margin in release.
+    let (code, text) = llmqc(&[
+        "plan",
+        "models/qwen2.5-32b.ron",
+        "--vram",
+        "24G",
+        "--timings",
+    ]);
+    assert_eq!(
+        code, 1,
+        "the 32B does not fit 24G without the memory planner: {text}"
+    );
+    let ms: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("compiled in ")
+                .and_then(|r| r.strip_suffix(" ms"))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no timing in {text}"));
+    assert!(ms < 1000.0, "planning took {ms} ms");
+}

@@ -1,0 +1,39 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use llmq_compiler::autodiff::OptimizerOptions;
+use llmq_compiler::plan::Plan;
+use llmq_compiler::target::{Precision, device};
+use llmq_passes::{CompileOptions, compile};
+use std::path::Path;
+
+/// Options for planning `batch × seq` in `precision` on an H100 with `vram` bytes.
+pub fn options(
+    batch: u64,
+    seq: u64,
+    grad_accum: u32,
+    precision: Precision,
+    vram: u64,
+) -> CompileOptions {
+    CompileOptions {
+        batch,
+        seq,
+        grad_accum,
+        precision,
+        vram_bytes: vram,
+        gpus: 1,
+        device: device("h100").unwrap(),
+        optimizer: OptimizerOptions::default(),
+        dump_after: None,
+    }
+}
+
+/// Plans a model file of `models/`.
+pub fn plan(model: &str, opts: &CompileOptions) -> Plan {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(model);
+    compile(&path, opts)
+        .unwrap_or_else(|e| panic!("planning {model}: {e}"))
+        .plan
+}
