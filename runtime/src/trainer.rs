@@ -226,11 +226,12 @@ impl Trainer {
             .opts
             .peak_flops
             .map(|peak| self.plan().estimates.model_flops_per_token * tokens_per_second / peak);
-        let eval_loss = if self.opts.eval_every > 0 && self.step % self.opts.eval_every == 0 {
-            self.evaluate()?
-        } else {
-            None
-        };
+        let eval_loss =
+            if self.opts.eval_every > 0 && self.step.is_multiple_of(self.opts.eval_every) {
+                self.evaluate()?
+            } else {
+                None
+            };
         Ok(StepRecord {
             step: self.step,
             loss,
@@ -394,7 +395,8 @@ impl Trainer {
         while self.step < self.opts.total_steps {
             let record = self.train_step()?;
             report(&record);
-            let due = self.opts.checkpoint_every > 0 && self.step % self.opts.checkpoint_every == 0;
+            let due = self.opts.checkpoint_every > 0
+                && self.step.is_multiple_of(self.opts.checkpoint_every);
             if record.applied && (due || self.step == self.opts.total_steps) {
                 self.save()?;
             }

@@ -251,10 +251,9 @@ fn run(args: Args) -> Result<()> {
         peak_flops: None,
     };
     println!(
-        "training {} ({} parameters) on {}: {} steps of {} tokens, run directory {}",
+        "training {} ({} parameters) on cpu: {} steps of {} tokens, run directory {}",
         plan.model.name,
         llmq_compiler::plan::group_digits(plan.model.param_count),
-        "cpu",
         args.steps,
         plan.tokens_per_step(),
         args.out_dir.display()
