@@ -13,6 +13,7 @@ template <typename P, typename G, typename M>
 __device__ void adamw(P* param, const G* grad, M* m, M* v, const float* clip, const float* hyper,
                       long long n, float beta1, float beta2, float eps, float weight_decay) {
     const float c = clip[0];
+    if (c == 0.0f) return;  // non-finite gradient norm: the step is skipped (ops/adamw.rs)
     const float lr = hyper[0], step = hyper[1];
     const float bias1 = 1.0f - powf(beta1, step);
     const float bias2_sqrt = sqrtf(1.0f - powf(beta2, step));

@@ -1,5 +1,5 @@
 // clip_scale: `norm = √s`, `scale = min(1, max_norm / (norm + 1e-6))`, or 1 when max_norm ≤ 0
-// (ops/clip_scale.rs, PyTorch's clip_grad_norm_).
+// (ops/clip_scale.rs, PyTorch's clip_grad_norm_); 0 for a non-finite norm.
 #include "common.cuh"
 
 // clip_scale_f32(const float* sum_squares, float* norm, float* scale, float max_norm)
@@ -9,5 +9,6 @@ extern "C" __global__ void clip_scale_f32(const float* sum_squares, float* norm,
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     const float n = sqrtf(sum_squares[0]);
     norm[0] = n;
-    scale[0] = max_norm > 0.0f ? fminf(max_norm / (n + 1e-6f), 1.0f) : 1.0f;
+    // A non-finite norm gives 0, which adamw reads as "skip this step".
+    scale[0] = !isfinite(n) ? 0.0f : max_norm > 0.0f ? fminf(max_norm / (n + 1e-6f), 1.0f) : 1.0f;
 }
