@@ -12,7 +12,8 @@
 //
 // Argument conventions (each kernel documents its own order above it):
 //   * raw pointers first (inputs, then outputs, in the op's signature order), then sizes, then
-//     attributes, then `int accumulate` where the kernel has it;
+//     attributes, then `int accumulate` where the kernel has it (one flag per output,
+//     `accumulate_dx`, `accumulate_dw`, where a plan can ask for different ones);
 //   * element counts are `long long`, per-row sizes `int`;
 //   * `accumulate != 0` means every output of the kernel is `out += result` instead of
 //     `out = result` (gradient accumulation); the sum is formed in FP32 and rounded once;

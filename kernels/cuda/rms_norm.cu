@@ -26,14 +26,17 @@ __device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, long long gr
 }
 
 // rms_norm_backward_{f32,bf16}(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
-//                              T* dw, long long groups, int group_size, int accumulate)
+//                              T* dw, long long groups, int group_size, int accumulate_dx,
+//                              int accumulate_dw)
+// One flag per output: the weight gradient accumulates over micro-batches, dx usually not.
 // grid: groups + ceil(group_size / 32), block: a multiple of 32, at most 1024.
 // Blocks [0, groups) each write one group of dx: with x̂ = x·r and ĝ = dy·w,
 // dx = r·(ĝ − x̂·mean(ĝ·x̂)). The blocks after them write dw = Σ_groups dy·x̂, 32 weight
 // elements each (deterministic: see column_sum in common.cuh; a simple first kernel).
 template <typename T>
 __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
-                                  T* dw, long long groups, int group_size, int accumulate) {
+                                  T* dw, long long groups, int group_size, int accumulate_dx,
+                                  int accumulate_dw) {
     if (blockIdx.x < groups) {
         const long long g = blockIdx.x;
         const long long base = g * group_size;
@@ -45,7 +48,7 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const flo
         const float mean = block_sum(dot) / (float)group_size;
         for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
             const float xv = load(x, base + i);
-            store_acc(dx, base + i, r * (load(dy, base + i) * load(w, i) - xv * r * mean), accumulate);
+            store_acc(dx, base + i, r * (load(dy, base + i) * load(w, i) - xv * r * mean), accumulate_dx);
         }
     } else {
         const int i = (blockIdx.x - groups) * 32 + (threadIdx.x & 31);
@@ -53,7 +56,7 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const flo
             const long long at = g * group_size + i;
             return load(dy, at) * load(x, at) * rstd[g];
         });
-        if (threadIdx.x < 32 && i < group_size) store_acc(dw, i, total, accumulate);
+        if (threadIdx.x < 32 && i < group_size) store_acc(dw, i, total, accumulate_dw);
     }
 }
 
@@ -67,11 +70,13 @@ extern "C" __global__ void rms_norm_bf16(const bf16* x, const bf16* w, bf16* y, 
 }
 extern "C" __global__ void rms_norm_backward_f32(const float* dy, const float* x, const float* w,
                                                  const float* rstd, float* dx, float* dw,
-                                                 long long groups, int group_size, int accumulate) {
-    rms_norm_backward(dy, x, w, rstd, dx, dw, groups, group_size, accumulate);
+                                                 long long groups, int group_size, int accumulate_dx,
+                                                 int accumulate_dw) {
+    rms_norm_backward(dy, x, w, rstd, dx, dw, groups, group_size, accumulate_dx, accumulate_dw);
 }
 extern "C" __global__ void rms_norm_backward_bf16(const bf16* dy, const bf16* x, const bf16* w,
                                                   const float* rstd, bf16* dx, bf16* dw,
-                                                  long long groups, int group_size, int accumulate) {
-    rms_norm_backward(dy, x, w, rstd, dx, dw, groups, group_size, accumulate);
+                                                  long long groups, int group_size, int accumulate_dx,
+                                                  int accumulate_dw) {
+    rms_norm_backward(dy, x, w, rstd, dx, dw, groups, group_size, accumulate_dx, accumulate_dw);
 }

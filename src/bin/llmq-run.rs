@@ -10,6 +10,7 @@ use llmq_compiler::target::{Precision, device};
 use llmq_passes::{CompileOptions, compile};
 use llmq_runtime::backend::Backend;
 use llmq_runtime::backend::cpu::CpuBackend;
+use llmq_runtime::backend::cuda::{self, CudaBackend, CudaOptions};
 use llmq_runtime::train::checkpoint::latest_checkpoint;
 use llmq_runtime::train::data::{DataLoader, TokenDataset, TokenVersion, write_token_file};
 use llmq_runtime::train::schedule::{Schedule, ScheduleParams};
@@ -103,6 +104,9 @@ struct Args {
     /// Stop after this many steps with a non-finite loss or gradient norm.
     #[arg(long, default_value_t = 5)]
     max_bad_steps: u32,
+    /// CUDA: launch every step every time instead of replaying captured CUDA graphs.
+    #[arg(long)]
+    no_graphs: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -185,13 +189,22 @@ fn data_patterns(args: &Args, vocab: u64) -> Result<(Vec<String>, Vec<String>)> 
     Ok((vec![path(&train)], eval))
 }
 
-fn make_backend(kind: BackendKind, plan: Plan) -> Result<Box<dyn Backend>> {
-    match kind {
-        BackendKind::Cuda => Err(miette!(
-            "the CUDA backend is not available in this build yet (its kernels and NVRTC loading exist; the step executor does not); use --backend cpu"
-        )),
-        BackendKind::Auto | BackendKind::Cpu => Ok(Box::new(CpuBackend::new(plan))),
+/// The backend asked for; `auto` takes cuda when [`cuda::probe`] finds a GPU, else cpu.
+fn make_backend(kind: BackendKind, plan: Plan, graphs: bool) -> Result<Box<dyn Backend>> {
+    let use_cuda = match kind {
+        BackendKind::Cpu => false,
+        BackendKind::Cuda => true,
+        BackendKind::Auto => cuda::probe().is_ok(),
+    };
+    if !use_cuda {
+        return Ok(Box::new(CpuBackend::new(plan)));
     }
+    let options = CudaOptions {
+        graphs,
+        ..CudaOptions::default()
+    };
+    let backend = CudaBackend::new(plan, options).map_err(|e| miette!("--backend cuda: {e}"))?;
+    Ok(Box::new(backend))
 }
 
 fn format_record(r: &StepRecord, total: u64) -> String {
@@ -238,6 +251,19 @@ fn run(args: Args) -> Result<()> {
     };
     let schedule = Schedule::parse(&args.schedule, params).into_diagnostic()?;
     let checkpoints = args.out_dir.join("checkpoints");
+    let (model, params, tokens) = (
+        plan.model.name.clone(),
+        llmq_compiler::plan::group_digits(plan.model.param_count),
+        plan.tokens_per_step(),
+    );
+    let peak_flops = plan.device.bf16_tflops * 1e12;
+    let backend = make_backend(args.backend, plan, !args.no_graphs)?;
+    println!(
+        "training {model} ({params} parameters) on {}: {} steps of {tokens} tokens, run directory {}",
+        backend.name(),
+        args.steps,
+        args.out_dir.display()
+    );
     let opts = TrainerOptions {
         total_steps: args.steps,
         schedule,
@@ -248,17 +274,9 @@ fn run(args: Args) -> Result<()> {
         checkpoint_every: args.checkpoint_every,
         keep_last: args.keep,
         max_bad_steps: args.max_bad_steps,
-        peak_flops: None,
+        // MFU against the planned device's BF16 peak, on the GPU only.
+        peak_flops: (backend.name() == "cuda").then_some(peak_flops),
     };
-    println!(
-        "training {} ({} parameters) on cpu: {} steps of {} tokens, run directory {}",
-        plan.model.name,
-        llmq_compiler::plan::group_digits(plan.model.param_count),
-        args.steps,
-        plan.tokens_per_step(),
-        args.out_dir.display()
-    );
-    let backend = make_backend(args.backend, plan)?;
     let mut trainer = Trainer::new(backend, train, eval, opts);
     match &args.resume {
         Some(path) => {

@@ -24,6 +24,9 @@ pub enum BackendError {
     /// The backend cannot run here (no GPU, a missing library, not enough memory).
     #[error("{0}")]
     Unavailable(String),
+    /// A call to the GPU failed while running (a driver, kernel or cuBLASLt error).
+    #[error("CUDA: {0}")]
+    Device(String),
     /// A value of the wrong size was written to a tensor.
     #[error("tensor {tensor} `{name}` holds {expected} values, got {got}")]
     Size {

@@ -1,0 +1,494 @@
+//! One launch per plan step, built once when the backend starts: the kernel (named by the rule
+//! of `kernels/cuda/common.cuh`), its arguments in the order documented above each kernel, its
+//! grid and block, or a cuBLASLt matmul, or a memset. Shape preconditions of the kernels are
+//! checked here, at start-up, so that a plan the kernels cannot run fails before any step.
+
+use super::matmul::{GemmShape, Gemms};
+use super::modules::Modules;
+use llmq_compiler::ir::TensorId;
+use llmq_compiler::plan::{Plan, Step};
+use llmq_kernels::{DType, Op, TensorType};
+
+/// Threads per block of the grid-stride and per-row kernels.
+const BLOCK: u32 = 256;
+/// Threads per block of the attention kernels (their key or query tile).
+const ATTENTION_BLOCK: u32 = 128;
+/// The attention kernels' largest head (ATTN_MAX_HEAD_DIM in attention.cu).
+const ATTENTION_MAX_HEAD_DIM: u64 = 256;
+/// Columns each thread of embedding_backward keeps (EMB_COLS_PER_THREAD in embedding.cu).
+const EMBEDDING_COLS_PER_THREAD: u64 = 16;
+
+/// One kernel argument, passed to the driver by address.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// A device pointer.
+    Ptr(u64),
+    /// `long long`.
+    I64(i64),
+    /// `int`.
+    I32(i32),
+    /// `float`.
+    F32(f32),
+}
+
+impl Arg {
+    /// The value's bytes at the start of an 8-byte slot (the driver reads as many bytes as the
+    /// kernel's parameter has, from the slot's address).
+    pub fn slot(self) -> u64 {
+        match self {
+            Arg::Ptr(p) => p,
+            Arg::I64(v) => v as u64,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        }
+    }
+}
+
+/// What one step does on its stream.
+pub enum Action {
+    /// A kernel launch.
+    Kernel {
+        /// The kernel's name, for messages.
+        name: String,
+        /// The function.
+        function: cudarc::driver::CudaFunction,
+        /// Blocks.
+        grid: u32,
+        /// Threads per block.
+        block: u32,
+        /// Argument slots (see [`Arg::slot`]).
+        slots: Vec<u64>,
+    },
+    /// A prepared cuBLASLt matmul `d (+)= a·b`.
+    Matmul {
+        /// Index into [`Gemms`].
+        gemm: usize,
+        /// Operand A's address.
+        a: u64,
+        /// Operand B's address.
+        b: u64,
+        /// The result's address.
+        d: u64,
+    },
+    /// `bytes` zero bytes at `ptr`.
+    Memset {
+        /// Address.
+        ptr: u64,
+        /// Length.
+        bytes: usize,
+    },
+}
+
+/// A step's launch: scalars to zero first (reductions that combine blocks with atomics and do
+/// not accumulate across steps), then the action.
+pub struct Launch {
+    /// FP32 scalars set to zero before the action.
+    pub zero_first: Vec<u64>,
+    /// The work.
+    pub action: Action,
+}
+
+/// Why a step cannot be launched.
+#[derive(Debug, thiserror::Error)]
+#[error("step {step} ({op}): {message}")]
+pub struct LaunchError {
+    /// The step.
+    pub step: u32,
+    /// Its op.
+    pub op: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Builds the launch of every step. `address` gives a tensor's device address.
+pub fn build(
+    plan: &Plan,
+    modules: &Modules,
+    gemms: &mut Gemms,
+    sm_count: u32,
+    address: &dyn Fn(TensorId) -> u64,
+) -> Result<Vec<Launch>, LaunchError> {
+    plan.steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let fail = |message: String| LaunchError {
+                step: i as u32,
+                op: step.op.to_string(),
+                message,
+            };
+            let ctx = StepContext {
+                plan,
+                step,
+                address,
+                sm_count,
+            };
+            ctx.launch(modules, gemms).map_err(fail)
+        })
+        .collect()
+}
+
+struct StepContext<'a> {
+    plan: &'a Plan,
+    step: &'a Step,
+    address: &'a dyn Fn(TensorId) -> u64,
+    sm_count: u32,
+}
+
+/// A kernel launch before its function is looked up.
+struct KernelCall {
+    name: String,
+    grid: u64,
+    block: u32,
+    args: Vec<Arg>,
+    zero_first: Vec<u64>,
+}
+
+impl StepContext<'_> {
+    fn in_ty(&self, i: usize) -> &TensorType {
+        &self.plan.tensor(self.step.inputs[i]).ty
+    }
+    fn out_ty(&self, i: usize) -> &TensorType {
+        &self.plan.tensor(self.step.outputs[i]).ty
+    }
+    fn input(&self, i: usize) -> Arg {
+        Arg::Ptr((self.address)(self.step.inputs[i]))
+    }
+    fn output(&self, i: usize) -> Arg {
+        Arg::Ptr((self.address)(self.step.outputs[i]))
+    }
+    fn acc(&self, i: usize) -> bool {
+        self.step.accumulate[i]
+    }
+    /// The kernel's single `accumulate` flag, when every output agrees.
+    fn acc_all(&self) -> Result<Arg, String> {
+        let first = self.acc(0);
+        if self.step.accumulate.iter().all(|&a| a == first) {
+            Ok(Arg::I32(first as i32))
+        } else {
+            Err(format!(
+                "the kernel takes one accumulate flag for all outputs, the plan asks for {:?}",
+                self.step.accumulate
+            ))
+        }
+    }
+    fn no_acc(&self) -> Result<(), String> {
+        if self.step.accumulate.iter().any(|&a| a) {
+            Err("the kernel cannot accumulate into its output".into())
+        } else {
+            Ok(())
+        }
+    }
+    /// The first float operand's dtype: the `{dtype}` of `{op}_{dtype}`.
+    fn float_dtype(&self) -> Result<DType, String> {
+        let ins = self.step.inputs.iter().chain(&self.step.outputs);
+        ins.map(|&t| self.plan.tensor(t).ty.dtype)
+            .find(|d| d.is_float())
+            .ok_or_else(|| "no float operand".to_string())
+    }
+    /// Blocks of a grid-stride kernel over `n` elements.
+    fn stride_grid(&self, n: u64) -> u64 {
+        n.div_ceil(BLOCK as u64).clamp(1, self.sm_count as u64 * 16)
+    }
+    /// The output scalar `i`, zeroed first unless the plan accumulates into it.
+    fn scalar_out(&self, i: usize) -> Vec<u64> {
+        if self.acc(i) {
+            Vec::new()
+        } else {
+            vec![(self.address)(self.step.outputs[i])]
+        }
+    }
+
+    fn launch(&self, modules: &Modules, gemms: &mut Gemms) -> Result<Launch, String> {
+        let op = &self.step.op;
+        if let Op::Zero(_) = op {
+            return Ok(Launch {
+                zero_first: Vec::new(),
+                action: Action::Memset {
+                    ptr: (self.address)(self.step.outputs[0]),
+                    bytes: self.out_ty(0).bytes() as usize,
+                },
+            });
+        }
+        let dtype = self.float_dtype()?;
+        let shapes = [
+            self.in_ty(0).shape.as_slice(),
+            self.step
+                .inputs
+                .get(1)
+                .map(|&t| self.plan.tensor(t).ty.shape.as_slice())
+                .unwrap_or(&[]),
+        ];
+        if let Some(shape) = GemmShape::of(op, shapes, dtype, self.acc(0)) {
+            if !matches!(dtype, DType::BF16 | DType::F32) {
+                return Err(format!(
+                    "cuBLASLt matmuls take bf16 or f32 here, not {dtype}"
+                ));
+            }
+            let gemm = gemms.prepare(shape).map_err(|e| e.to_string())?;
+            let ptr = |a: Arg| a.slot();
+            return Ok(Launch {
+                zero_first: Vec::new(),
+                action: Action::Matmul {
+                    gemm,
+                    a: ptr(self.input(1)),
+                    b: ptr(self.input(0)),
+                    d: ptr(self.output(0)),
+                },
+            });
+        }
+        let call = self.kernel_call(dtype)?;
+        let function = modules.function(&call.name).map_err(|e| e.to_string())?;
+        let grid = u32::try_from(call.grid)
+            .map_err(|_| format!("{} blocks do not fit a grid", call.grid))?;
+        Ok(Launch {
+            zero_first: call.zero_first,
+            action: Action::Kernel {
+                name: call.name,
+                function,
+                grid,
+                block: call.block,
+                slots: call.args.into_iter().map(Arg::slot).collect(),
+            },
+        })
+    }
+
+    fn kernel_call(&self, dtype: DType) -> Result<KernelCall, String> {
+        use Arg::{F32, I32, I64};
+        let op = &self.step.op;
+        let base = op.spec().cuda_kernel();
+        let mut call = KernelCall {
+            name: format!("{base}_{dtype}"),
+            grid: 1,
+            block: BLOCK,
+            args: Vec::new(),
+            zero_first: Vec::new(),
+        };
+        let x = self.in_ty(0);
+        let n = x.numel();
+        let (i, o) = (|k| self.input(k), |k| self.output(k));
+        match op {
+            Op::Embedding(_) => {
+                self.no_acc()?;
+                let table = self.in_ty(1);
+                let (vocab, cols) = (table.shape[0], table.shape[1]);
+                call.args = vec![
+                    i(0),
+                    i(1),
+                    o(0),
+                    I64(n as i64),
+                    I32(vocab as i32),
+                    I32(cols as i32),
+                ];
+                call.grid = self.stride_grid(n * cols);
+            }
+            Op::EmbeddingBackward(e) => {
+                let cols = self.in_ty(1).last_dim();
+                let threads = cols
+                    .div_ceil(EMBEDDING_COLS_PER_THREAD)
+                    .next_multiple_of(32);
+                if threads > 1024 {
+                    return Err(format!(
+                        "embedding_backward takes at most 16384 columns, got {cols}"
+                    ));
+                }
+                call.args = vec![
+                    i(0),
+                    i(1),
+                    o(0),
+                    I64(n as i64),
+                    I32(e.vocab as i32),
+                    I32(cols as i32),
+                    self.acc_all()?,
+                ];
+                call.grid = e.vocab;
+                call.block = (threads as u32).max(BLOCK);
+            }
+            Op::RmsNorm(r) => {
+                self.no_acc()?;
+                let group = self.in_ty(1).numel();
+                call.args = vec![
+                    i(0),
+                    i(1),
+                    o(0),
+                    o(1),
+                    I64((n / group) as i64),
+                    I32(group as i32),
+                    F32(r.eps),
+                ];
+                call.grid = n / group;
+            }
+            Op::RmsNormBackward(_) => {
+                let group = self.in_ty(2).numel();
+                let groups = n / group;
+                call.args = vec![
+                    i(0),
+                    i(1),
+                    i(2),
+                    i(3),
+                    o(0),
+                    o(1),
+                    I64(groups as i64),
+                    I32(group as i32),
+                    I32(self.acc(0) as i32),
+                    I32(self.acc(1) as i32),
+                ];
+                call.grid = groups + group.div_ceil(32);
+            }
+            Op::BiasAdd(_) => {
+                self.no_acc()?;
+                let cols = self.in_ty(1).numel();
+                call.args = vec![i(0), i(1), o(0), I64((n / cols) as i64), I32(cols as i32)];
+                call.grid = self.stride_grid(n);
+            }
+            Op::BiasBackward(_) => {
+                let cols = x.last_dim();
+                call.args = vec![
+                    i(0),
+                    o(0),
+                    I64((n / cols) as i64),
+                    I32(cols as i32),
+                    self.acc_all()?,
+                ];
+                call.grid = cols.div_ceil(32);
+            }
+            Op::Rope(_) | Op::RopeBackward(_) => {
+                let (head_dim, theta) = match op {
+                    Op::Rope(r) => (r.head_dim, r.theta),
+                    Op::RopeBackward(r) => (r.head_dim, r.theta),
+                    _ => unreachable!("matched above"),
+                };
+                let channels = x.last_dim();
+                let seq = x.shape[x.shape.len() - 2];
+                call.args = vec![
+                    i(0),
+                    o(0),
+                    I64((n / channels) as i64),
+                    I32(seq as i32),
+                    I32(channels as i32),
+                    I32(head_dim as i32),
+                    F32(theta),
+                ];
+                if let Op::RopeBackward(_) = op {
+                    call.args.push(self.acc_all()?);
+                } else {
+                    self.no_acc()?;
+                }
+                call.grid = self.stride_grid(n / 2);
+            }
+            Op::Attention(_) | Op::AttentionBackward(_) => {
+                let (heads, kv_heads, head_dim) = match op {
+                    Op::Attention(a) => (a.heads, a.kv_heads, a.head_dim),
+                    Op::AttentionBackward(a) => (a.heads, a.kv_heads, a.head_dim),
+                    _ => unreachable!("matched above"),
+                };
+                if head_dim > ATTENTION_MAX_HEAD_DIM {
+                    return Err(format!(
+                        "attention takes head_dim ≤ {ATTENTION_MAX_HEAD_DIM}, got {head_dim}"
+                    ));
+                }
+                let seq = x.shape[x.shape.len() - 2];
+                let batch = n / (seq * x.last_dim());
+                let dims = [batch, seq, heads, kv_heads, head_dim].map(|d| I32(d as i32));
+                call.block = ATTENTION_BLOCK;
+                if let Op::Attention(_) = op {
+                    self.no_acc()?;
+                    call.args = vec![i(0), i(1), i(2), o(0), o(1)];
+                    call.args.extend(dims);
+                    call.grid = batch * heads * seq;
+                } else {
+                    call.args = vec![i(0), i(1), i(2), i(3), i(4), i(5), o(0), o(1), o(2)];
+                    call.args.extend(dims);
+                    call.args.push(self.acc_all()?);
+                    call.grid = batch * heads * seq + batch * kv_heads * seq;
+                }
+            }
+            Op::SwiGlu(_) | Op::Add(_) => {
+                self.no_acc()?;
+                call.args = vec![i(0), i(1), o(0), I64(n as i64)];
+                call.grid = self.stride_grid(n);
+            }
+            Op::SwiGluBackward(_) => {
+                call.args = vec![i(0), i(1), i(2), o(0), o(1), I64(n as i64), self.acc_all()?];
+                call.grid = self.stride_grid(n);
+            }
+            Op::CrossEntropy(_) => {
+                let vocab = x.last_dim();
+                call.args = vec![i(0), i(1), o(0), I64((n / vocab) as i64), I32(vocab as i32)];
+                call.grid = n / vocab;
+                call.zero_first = self.scalar_out(0);
+            }
+            Op::CrossEntropyBackward(_) => {
+                let vocab = x.last_dim();
+                call.args = vec![
+                    i(0),
+                    i(1),
+                    i(2),
+                    o(0),
+                    I64((n / vocab) as i64),
+                    I32(vocab as i32),
+                    self.acc_all()?,
+                ];
+                call.grid = n / vocab;
+            }
+            Op::SumSquares(_) | Op::AbsMax(_) => {
+                call.args = vec![i(0), I64(n as i64), o(0)];
+                call.grid = self.stride_grid(n);
+                call.zero_first = self.scalar_out(0);
+            }
+            Op::ClipScale(c) => {
+                self.no_acc()?;
+                call.args = vec![i(0), o(0), o(1), F32(c.max_norm)];
+                call.block = 32;
+            }
+            Op::AdamW(a) => {
+                self.no_acc()?;
+                if self.step.outputs
+                    != [
+                        self.step.inputs[0],
+                        self.step.inputs[2],
+                        self.step.inputs[3],
+                    ]
+                {
+                    return Err(
+                        "adamw updates param, m and v in place; the plan names other outputs"
+                            .into(),
+                    );
+                }
+                let d = |k| self.in_ty(k).dtype;
+                call.name = format!("{base}_{}_{}_{}", d(0), d(1), d(2));
+                call.args = vec![
+                    i(0),
+                    i(1),
+                    i(2),
+                    i(3),
+                    i(4),
+                    i(5),
+                    I64(n as i64),
+                    F32(a.beta1),
+                    F32(a.beta2),
+                    F32(a.eps),
+                    F32(a.weight_decay),
+                ];
+                call.grid = self.stride_grid(n);
+            }
+            Op::Cast(_) | Op::Quantize(_) => {
+                self.no_acc()?;
+                call.name = format!("{base}_{}_{}", x.dtype, self.out_ty(0).dtype);
+                call.args = if let Op::Cast(_) = op {
+                    vec![i(0), o(0), I64(n as i64)]
+                } else {
+                    vec![i(0), i(1), o(0), o(1), I64(n as i64)]
+                };
+                call.grid = self.stride_grid(n);
+            }
+            Op::Zero(_)
+            | Op::Linear(_)
+            | Op::LinearBackwardData(_)
+            | Op::LinearBackwardWeight(_) => {
+                unreachable!("memset and cuBLASLt steps are built by the caller")
+            }
+        }
+        Ok(call)
+    }
+}

@@ -1,0 +1,328 @@
+//! The CUDA backend against the CPU reference, on a GPU. Without one (CI) each test prints why
+//! it skips and passes.
+//!
+//! * Every step of several small plans (BF16 and FP32, with and without biases, with gradient
+//!   accumulation) runs alone on both backends from the same random inputs, fresh each run
+//!   (the seed is printed; `LLMQ_TEST_SEED` repeats one), and every output is compared.
+//! * A whole training step of the tiny model (forward, backward, optimizer, twice, so the
+//!   second replays the captured CUDA graphs) gives the same loss, gradients and update.
+//!
+//! On the device: `LLMQ_MODELS_DIR=models ./cuda_conformance --nocapture --test-threads=1`.
+//!
+//! Tolerance rule, per element: |gpu − cpu| ≤ u·(2·|cpu| + 8·rms(cpu)), where u is the unit
+//! roundoff of the output's dtype (2⁻⁸ for BF16; for FP32 2⁻¹⁷, leaving 2⁷ ulps for the
+//! different summation order and the device's `expf`/`powf`). The first term allows the two
+//! backends' FP32 results to round to neighbouring values of the storage dtype (one ulp is at
+//! most 2u·|x|); the second allows cancellation in sums over many terms, whose error scales
+//! with the size of the terms rather than the result.
+
+use llmq_compiler::autodiff::OptimizerOptions;
+use llmq_compiler::plan::Plan;
+use llmq_compiler::target::{Precision, device};
+use llmq_kernels::{DType, Op, rng};
+use llmq_passes::{CompileOptions, compile};
+use llmq_runtime::backend::Backend;
+use llmq_runtime::backend::cpu::CpuBackend;
+use llmq_runtime::backend::cuda::{self, CudaBackend, CudaOptions};
+use std::path::Path;
+
+/// True when a GPU is usable; otherwise says why the test skips.
+fn gpu_present(test: &str) -> bool {
+    match cuda::probe() {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("{test}: skipped, no GPU: {why}");
+            false
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("LLMQ_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("seed {seed} (LLMQ_TEST_SEED={seed} repeats this run)");
+    seed
+}
+
+fn plan(model: &str, batch: u64, seq: u64, grad_accum: u32, precision: Precision) -> Plan {
+    let opts = CompileOptions {
+        batch,
+        seq,
+        grad_accum,
+        precision,
+        vram_bytes: 1 << 30,
+        gpus: 1,
+        device: device("h100").unwrap(),
+        optimizer: OptimizerOptions::default(),
+        dump_after: None,
+    };
+    // LLMQ_MODELS_DIR: where the test binary runs away from its source tree (the device).
+    let dir = std::env::var_os("LLMQ_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"));
+    let path = dir.join(model);
+    compile(&path, &opts)
+        .unwrap_or_else(|e| panic!("planning {model}: {e}"))
+        .plan
+}
+
+/// Random values for input `index` of `op`, in the range the op meets in training
+/// (`usize::MAX`: an output's old value).
+fn random_input(plan: &Plan, op: &Op, index: usize, n: usize, seed: u64, stream: u64) -> Vec<f32> {
+    let vocab = plan.model.dims["vocab"] as f64;
+    let u = |i: usize| rng::uniform(seed, stream, i as u64);
+    let range = |lo: f64, hi: f64| (0..n).map(|i| (lo + (hi - lo) * u(i)) as f32).collect();
+    match (op, index) {
+        (Op::Embedding(_) | Op::EmbeddingBackward(_), 0) => {
+            (0..n).map(|i| (u(i) * vocab).floor() as f32).collect()
+        }
+        // Targets, about one in sixteen ignored (negative).
+        (Op::CrossEntropy(_) | Op::CrossEntropyBackward(_), 1) => (0..n)
+            .map(|i| ((u(i) * (vocab + vocab / 15.0)).floor() - vocab / 15.0).max(-1.0) as f32)
+            .collect(),
+        (Op::CrossEntropyBackward(_), 2) => range(0.5, 1.0),
+        (Op::RmsNormBackward(_), 3) => range(0.5, 2.0),
+        (Op::AttentionBackward(_), 4) => range(1.0, 3.0),
+        (Op::ClipScale(_), 0) => range(0.5, 4.0),
+        (Op::AdamW(_), 3) => range(0.0, 1e-2),
+        (Op::AdamW(_), 4) => range(0.5, 1.0),
+        (Op::AdamW(_), 5) => vec![1e-3, (1.0 + (u(0) * 5.0).floor()) as f32],
+        (Op::Quantize(_), 1) => range(0.5, 2.0),
+        _ => range(-1.0, 1.0),
+    }
+}
+
+fn unit_roundoff(dtype: DType) -> f32 {
+    match dtype {
+        DType::BF16 => 2f32.powi(-8),
+        DType::F8E4M3 => 2f32.powi(-4),
+        DType::F8E5M2 => 2f32.powi(-3),
+        _ => 2f32.powi(-17),
+    }
+}
+
+/// `None` when `gpu` is within the tolerance rule of `cpu`, else a description of the worst
+/// element and the first values.
+fn compare(dtype: DType, cpu: &[f32], gpu: &[f32]) -> Option<String> {
+    let u = unit_roundoff(dtype);
+    let rms =
+        (cpu.iter().map(|v| (v * v) as f64).sum::<f64>() / cpu.len().max(1) as f64).sqrt() as f32;
+    let mut worst: Option<(usize, f32)> = None;
+    for (i, (&c, &g)) in cpu.iter().zip(gpu).enumerate() {
+        let tol = u * (2.0 * c.abs() + 8.0 * rms);
+        let err = (g - c).abs();
+        // Equal values (infinities included) and NaN against NaN agree; a NaN error does not.
+        let agree = err <= tol || c == g || (c.is_nan() && g.is_nan());
+        let bad = !agree;
+        if bad && worst.is_none_or(|(_, e)| err / tol > e) {
+            worst = Some((i, err / tol));
+        }
+    }
+    worst.map(|(i, ratio)| {
+        format!(
+            "element {i}: gpu {} cpu {} ({ratio:.1}× the tolerance u={u:e}, rms {rms:e}); \
+             first gpu {:?} cpu {:?}",
+            gpu[i],
+            cpu[i],
+            &gpu[..gpu.len().min(4)],
+            &cpu[..cpu.len().min(4)]
+        )
+    })
+}
+
+/// Runs every step of `plan` alone on both backends from the same random inputs (and random
+/// old outputs, for the steps that accumulate); returns the failures.
+fn check_every_step(label: &str, plan: &Plan, seed: u64) -> Vec<String> {
+    let mut cpu = CpuBackend::new(plan.clone());
+    let mut gpu = CudaBackend::new(plan.clone(), CudaOptions::default())
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    let mut failures = Vec::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        // Outputs get random old values too (kept when accumulating, else overwritten);
+        // in-place outputs (AdamW's) keep their input's values.
+        let fresh_outputs = step.outputs.iter().filter(|t| !step.inputs.contains(t));
+        let operands = step
+            .inputs
+            .iter()
+            .enumerate()
+            .chain(fresh_outputs.map(|t| (usize::MAX, t)));
+        for (k, (index, &t)) in operands.enumerate() {
+            let n = plan.tensor(t).ty.numel() as usize;
+            let values = random_input(plan, &step.op, index, n, seed, (i * 64 + k) as u64);
+            cpu.write_f32(t, &values).unwrap();
+            gpu.write_f32(t, &values).unwrap();
+        }
+        cpu.run_steps(i as u32, i as u32 + 1)
+            .unwrap_or_else(|e| panic!("{label} cpu step {i}: {e}"));
+        gpu.run_steps(i as u32, i as u32 + 1)
+            .unwrap_or_else(|e| panic!("{label} gpu step {i}: {e}"));
+        for &t in &step.outputs {
+            let tensor = plan.tensor(t);
+            let (c, g) = (cpu.read_f32(t).unwrap(), gpu.read_f32(t).unwrap());
+            let verdict = compare(tensor.ty.dtype, &c, &g);
+            let line = format!(
+                "{label} step {i:>3} {:<60} {:<28} {:>5} {}",
+                step.op.to_string(),
+                tensor.name,
+                tensor.ty.dtype.name(),
+                verdict.as_deref().unwrap_or("ok")
+            );
+            println!("{line}");
+            if verdict.is_some() {
+                failures.push(line);
+            }
+        }
+    }
+    failures
+}
+
+#[test]
+fn every_step_of_small_plans_matches_the_cpu_reference() {
+    if !gpu_present("every_step_of_small_plans_matches_the_cpu_reference") {
+        return;
+    }
+    let seed = seed();
+    let plans = [
+        ("tiny bf16", plan("tiny.ron", 2, 64, 1, Precision::Bf16)),
+        ("tiny fp32", plan("tiny.ron", 2, 64, 1, Precision::Fp32)),
+        (
+            "tiny-qwen2 bf16 accum",
+            plan("tiny-qwen2.ron", 2, 48, 2, Precision::Bf16),
+        ),
+        (
+            "tiny-qwen3 fp32",
+            plan("tiny-qwen3.ron", 1, 96, 1, Precision::Fp32),
+        ),
+    ];
+    let failures: Vec<String> = plans
+        .iter()
+        .flat_map(|(label, p)| check_every_step(label, p, seed))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} outputs beyond tolerance:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    if na == 0.0 && nb == 0.0 {
+        1.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
+#[test]
+fn a_whole_training_step_of_the_tiny_model_matches_the_cpu() {
+    if !gpu_present("a_whole_training_step_of_the_tiny_model_matches_the_cpu") {
+        return;
+    }
+    let seed = seed();
+    let plan = plan("tiny.ron", 4, 128, 1, Precision::Bf16);
+    let mut cpu = CpuBackend::new(plan.clone());
+    let mut gpu = CudaBackend::new(plan.clone(), CudaOptions::default()).unwrap();
+    let io = plan.io.clone();
+    let vocab = plan.model.dims["vocab"] as f64;
+    let both = |cpu: &mut CpuBackend, gpu: &mut CudaBackend, t, v: &[f32]| {
+        cpu.write_f32(t, v).unwrap();
+        gpu.write_f32(t, v).unwrap();
+    };
+    for (k, p) in io.params.iter().enumerate() {
+        let n = plan.tensor(p.weight).ty.numel() as usize;
+        let w: Vec<f32> = (0..n)
+            .map(|i| 0.1 * rng::normal(seed, 1000 + k as u64, i as u64) as f32)
+            .collect();
+        // The master copy is the weight's exact value (rounded to the weight's dtype first).
+        both(&mut cpu, &mut gpu, p.weight, &w);
+        if let Some(m) = p.master {
+            let rounded = cpu.read_f32(p.weight).unwrap();
+            both(&mut cpu, &mut gpu, m, &rounded);
+        }
+    }
+    for step in 1..=2u64 {
+        let n = plan.tensor(io.tokens).ty.numel() as usize;
+        let tokens: Vec<f32> = (0..n + 1)
+            .map(|i| (rng::uniform(seed, 7 + step, i as u64) * vocab).floor() as f32)
+            .collect();
+        both(&mut cpu, &mut gpu, io.tokens, &tokens[..n]);
+        both(&mut cpu, &mut gpu, io.targets, &tokens[1..]);
+        both(&mut cpu, &mut gpu, io.dloss, &[1.0]);
+        for b in [&mut cpu as &mut dyn Backend, &mut gpu] {
+            b.run_section("forward").unwrap();
+            b.run_section("backward").unwrap();
+        }
+        let (lc, lg) = (
+            cpu.read_f32(io.loss).unwrap()[0],
+            gpu.read_f32(io.loss).unwrap()[0],
+        );
+        let rel = ((lg - lc) / lc).abs();
+        println!("step {step}: loss cpu {lc} gpu {lg} (relative error {rel:e})");
+        assert!(rel < 2e-3, "step {step}: loss cpu {lc} gpu {lg}");
+        for p in &io.params {
+            let name = &plan.tensor(p.grad).name;
+            let (gc, gg) = (cpu.read_f32(p.grad).unwrap(), gpu.read_f32(p.grad).unwrap());
+            let cos = cosine(&gc, &gg);
+            println!("step {step}: {name:<28} cosine {cos:.6}");
+            assert!(cos > 0.999, "step {step}: {name}: gradient cosine {cos}");
+        }
+        let before: Vec<Vec<f32>> = io
+            .params
+            .iter()
+            .map(|p| cpu.read_f32(p.master.unwrap_or(p.weight)).unwrap())
+            .collect();
+        both(&mut cpu, &mut gpu, io.hyper, &[1e-3, step as f32]);
+        cpu.run_section("optimizer").unwrap();
+        gpu.run_section("optimizer").unwrap();
+        let (nc, ng) = (
+            cpu.read_f32(io.grad_norm).unwrap()[0],
+            gpu.read_f32(io.grad_norm).unwrap()[0],
+        );
+        assert!(((ng - nc) / nc).abs() < 2e-3, "grad norm cpu {nc} gpu {ng}");
+        for (p, old) in io.params.iter().zip(&before) {
+            let t = p.master.unwrap_or(p.weight);
+            let (wc, wg) = (cpu.read_f32(t).unwrap(), gpu.read_f32(t).unwrap());
+            let delta = |w: &[f32]| w.iter().zip(old).map(|(a, b)| a - b).collect::<Vec<f32>>();
+            let cos = cosine(&delta(&wc), &delta(&wg));
+            let name = &plan.tensor(t).name;
+            println!("step {step}: {name:<28} update cosine {cos:.6}");
+            assert!(cos > 0.99, "step {step}: {name}: update cosine {cos}");
+            // Both backends copy the GPU's master weights into the compute weights: keep them
+            // equal so the next step starts from the same model.
+            let w = gpu.read_bytes(p.weight).unwrap();
+            cpu.write_bytes(p.weight, &w).unwrap();
+            cpu.write_bytes(t, &gpu.read_bytes(t).unwrap()).unwrap();
+        }
+        for p in &io.params {
+            for t in [p.m, p.v] {
+                cpu.write_bytes(t, &gpu.read_bytes(t).unwrap()).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn without_a_gpu_the_backend_says_why_instead_of_panicking() {
+    let Err(why) = cuda::probe() else {
+        return; // a GPU is present: the other tests run
+    };
+    let plan = plan("tiny.ron", 1, 16, 1, Precision::Bf16);
+    match CudaBackend::new(plan, CudaOptions::default()) {
+        Err(llmq_runtime::backend::BackendError::Unavailable(message)) => {
+            assert_eq!(message, why)
+        }
+        Err(other) => panic!("expected Unavailable, got {other}"),
+        Ok(_) => panic!("the probe failed ({why}) but the backend started"),
+    }
+}
