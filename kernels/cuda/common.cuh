@@ -6,6 +6,8 @@
 //     Ops whose only float operands are FP32 scalars use `_f32` (`clip_scale_f32`).
 //   * Ops that convert between dtypes name the source and the result, in that order:
 //     `cast_{from}_{to}` (`cast_bf16_e4m3`), `quantize_{from}_{to}` (`quantize_bf16_e4m3`).
+//   * Kernels specialised for a size append it: `attention_bf16_d64`, `attention_bf16_d128`
+//     (tensor-core attention for those head sizes; `attention_bf16` takes any other).
 //   * `adamw_{param}_{grad}_{moments}` (`adamw_f32_bf16_f32`: FP32 master weights, BF16
 //     gradient, FP32 moments).
 //   * FP8 dtypes are spelled `e4m3` and `e5m2`; FP8 appears only where the op reads or writes it.

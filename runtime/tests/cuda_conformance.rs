@@ -17,7 +17,7 @@
 //! with the size of the terms rather than the result.
 
 use llmq_compiler::autodiff::OptimizerOptions;
-use llmq_compiler::plan::Plan;
+use llmq_compiler::plan::{Plan, Step};
 use llmq_compiler::target::{Precision, device};
 use llmq_kernels::{DType, Op, rng};
 use llmq_passes::{CompileOptions, compile};
@@ -57,7 +57,7 @@ fn plan(model: &str, batch: u64, seq: u64, grad_accum: u32, precision: Precision
         seq,
         grad_accum,
         precision,
-        vram_bytes: 1 << 30,
+        vram_bytes: 80 << 30,
         gpus: 1,
         device: device("h100").unwrap(),
         optimizer: OptimizerOptions::default(),
@@ -137,14 +137,14 @@ fn compare(dtype: DType, cpu: &[f32], gpu: &[f32]) -> Option<String> {
     })
 }
 
-/// Runs every step of `plan` alone on both backends from the same random inputs (and random
-/// old outputs, for the steps that accumulate); returns the failures.
-fn check_every_step(label: &str, plan: &Plan, seed: u64) -> Vec<String> {
+/// Runs every step of `plan` that `select` takes alone on both backends from the same random
+/// inputs (and random old outputs, for the steps that accumulate); returns the failures.
+fn check_steps(label: &str, plan: &Plan, seed: u64, select: fn(&Step) -> bool) -> Vec<String> {
     let mut cpu = CpuBackend::new(plan.clone());
     let mut gpu = CudaBackend::new(plan.clone(), CudaOptions::default())
         .unwrap_or_else(|e| panic!("{label}: {e}"));
     let mut failures = Vec::new();
-    for (i, step) in plan.steps.iter().enumerate() {
+    for (i, step) in plan.steps.iter().enumerate().filter(|(_, s)| select(s)) {
         // Outputs get random old values too (kept when accumulating, else overwritten);
         // in-place outputs (AdamW's) keep their input's values.
         let fresh_outputs = step.outputs.iter().filter(|t| !step.inputs.contains(t));
@@ -201,10 +201,22 @@ fn every_step_of_small_plans_matches_the_cpu_reference() {
             plan("tiny-qwen3.ron", 1, 96, 1, Precision::Fp32),
         ),
     ];
-    let failures: Vec<String> = plans
+    let mut failures: Vec<String> = plans
         .iter()
-        .flat_map(|(label, p)| check_every_step(label, p, seed))
+        .flat_map(|(label, p)| check_steps(label, p, seed, |_| true))
         .collect();
+    // The tensor-core attention kernels (head sizes 64 and 128), on the first block of real
+    // models, with a sequence that ends inside a tile.
+    let first_attention = |s: &Step| {
+        s.layer == Some(0) && matches!(s.op, Op::Attention(_) | Op::AttentionBackward(_))
+    };
+    for (label, model) in [
+        ("qwen2.5-0.5b", "qwen2.5-0.5b.ron"),
+        ("qwen3-0.6b", "qwen3-0.6b.ron"),
+    ] {
+        let p = plan(model, 2, 160, 1, Precision::Bf16);
+        failures.extend(check_steps(label, &p, seed, first_attention));
+    }
     assert!(
         failures.is_empty(),
         "{} outputs beyond tolerance:\n{}",

@@ -30,6 +30,15 @@ const KERNELS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "attention_tc.cu",
+        &[
+            "attention_bf16_d64",
+            "attention_backward_bf16_d64",
+            "attention_bf16_d128",
+            "attention_backward_bf16_d128",
+        ],
+    ),
+    (
         "bias_add.cu",
         &[
             "bias_add_f32",

@@ -107,6 +107,10 @@ struct Args {
     /// CUDA: launch every step every time instead of replaying captured CUDA graphs.
     #[arg(long)]
     no_graphs: bool,
+    /// After training, time every step once (one extra optimizer step) and print the measured
+    /// time per op and per section beside the planner's estimate.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -205,6 +209,56 @@ fn make_backend(kind: BackendKind, plan: Plan, graphs: bool) -> Result<Box<dyn B
     };
     let backend = CudaBackend::new(plan, options).map_err(|e| miette!("--backend cuda: {e}"))?;
     Ok(Box::new(backend))
+}
+
+/// Times every step once and prints, per section and per op, the measured milliseconds beside
+/// the planner's estimate.
+fn print_profile(backend: &mut dyn Backend) -> Result<()> {
+    let sections = backend.plan().sections.clone();
+    let mut per_op: Vec<(String, usize, f64, f64)> = Vec::new();
+    println!("profile (each step alone, no graphs):");
+    for section in &sections {
+        let Some(times) = backend
+            .step_times(section.start, section.end)
+            .into_diagnostic()?
+        else {
+            println!("  the {} backend cannot time its steps", backend.name());
+            return Ok(());
+        };
+        let steps = &backend.plan().steps[section.start as usize..section.end as usize];
+        let estimate: f64 = steps.iter().map(|s| s.estimate.seconds).sum();
+        let measured: f64 = times.iter().sum();
+        println!(
+            "  section {:<10} measured {:>9.3} ms   estimated {:>9.3} ms",
+            section.name,
+            measured * 1e3,
+            estimate * 1e3
+        );
+        for (step, t) in steps.iter().zip(times) {
+            let name = step.op.name().to_string();
+            match per_op.iter_mut().find(|(n, ..)| *n == name) {
+                Some(entry) => {
+                    entry.1 += 1;
+                    entry.2 += t;
+                    entry.3 += step.estimate.seconds;
+                }
+                None => per_op.push((name, 1, t, step.estimate.seconds)),
+            }
+        }
+    }
+    per_op.sort_by(|a, b| b.2.total_cmp(&a.2));
+    println!(
+        "  {:<24} {:>6} {:>12} {:>12}",
+        "op", "steps", "measured ms", "estimate ms"
+    );
+    for (name, count, measured, estimate) in per_op {
+        println!(
+            "  {name:<24} {count:>6} {:>12.3} {:>12.3}",
+            measured * 1e3,
+            estimate * 1e3
+        );
+    }
+    Ok(())
 }
 
 fn format_record(r: &StepRecord, total: u64) -> String {
@@ -314,6 +368,9 @@ fn run(args: Args) -> Result<()> {
     result.into_diagnostic()?;
     if let Some(e) = log_error {
         return Err(e).into_diagnostic();
+    }
+    if args.profile {
+        print_profile(trainer.backend())?;
     }
     println!(
         "done: checkpoints in {}, log in {}",

@@ -54,6 +54,14 @@ pub trait Backend {
     /// Reads a tensor's raw bytes.
     fn read_bytes(&mut self, tensor: TensorId) -> Result<Vec<u8>, BackendError>;
 
+    /// Seconds each step of `start..end` takes, measured by running the steps once each, one
+    /// at a time (this changes the state like `run_steps`); `None` where the backend cannot
+    /// time its steps.
+    fn step_times(&mut self, start: u32, end: u32) -> Result<Option<Vec<f64>>, BackendError> {
+        let _ = (start, end);
+        Ok(None)
+    }
+
     /// Writes FP32 values, rounded to the tensor's dtype.
     fn write_f32(&mut self, tensor: TensorId, values: &[f32]) -> Result<(), BackendError> {
         let t = self.plan().tensor(tensor);

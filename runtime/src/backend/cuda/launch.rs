@@ -5,6 +5,7 @@
 
 use super::matmul::{GemmShape, Gemms};
 use super::modules::Modules;
+use cudarc::driver::sys::CUfunction_attribute;
 use llmq_compiler::ir::TensorId;
 use llmq_compiler::plan::{Plan, Step};
 use llmq_kernels::{DType, Op, TensorType};
@@ -15,6 +16,29 @@ const BLOCK: u32 = 256;
 const ATTENTION_BLOCK: u32 = 128;
 /// The attention kernels' largest head (ATTN_MAX_HEAD_DIM in attention.cu).
 const ATTENTION_MAX_HEAD_DIM: u64 = 256;
+/// Threads per block of the tensor-core attention kernels (attention_tc.cu: TC_THREADS).
+const ATTENTION_TC_BLOCK: u32 = 128;
+/// Rows per block and per tile of the tensor-core attention kernels (TC_ROWS, TC_TILE).
+const ATTENTION_TC_ROWS: u64 = 64;
+
+/// Dynamic shared memory of the tensor-core attention kernels for head size `d`: the sizes of
+/// `TcForwardSmem<d>` and `TcBackwardSmem<d>` in attention_tc.cu (bf16 rows padded by 8, float
+/// rows by 4, score tiles 64 wide).
+fn attention_tc_shared_bytes(d: u64, backward: bool) -> u32 {
+    let rows = ATTENTION_TC_ROWS;
+    let bf16_rows = rows * (d + 8) * 2;
+    let scores = rows * (rows + 4) * 4;
+    let probabilities = rows * (rows + 8) * 2;
+    let bytes = if backward {
+        // a, b, x, y; s, dp; p, ds; lse, delta; a 16×16 float stage per warp.
+        4 * bf16_rows + 2 * scores + 2 * probabilities + 2 * rows * 4 + 4 * 256 * 4
+    } else {
+        // q, k, v; s; p; o.
+        3 * bf16_rows + scores + probabilities + rows * (d + 4) * 4
+    };
+    bytes as u32
+}
+
 /// Columns each thread of embedding_backward keeps (EMB_COLS_PER_THREAD in embedding.cu).
 const EMBEDDING_COLS_PER_THREAD: u64 = 16;
 
@@ -56,6 +80,8 @@ pub enum Action {
         grid: u32,
         /// Threads per block.
         block: u32,
+        /// Dynamic shared memory in bytes.
+        shared_bytes: u32,
         /// Argument slots (see [`Arg::slot`]).
         slots: Vec<u64>,
     },
@@ -140,6 +166,7 @@ struct KernelCall {
     name: String,
     grid: u64,
     block: u32,
+    shared_bytes: u32,
     args: Vec<Arg>,
     zero_first: Vec<u64>,
 }
@@ -239,6 +266,14 @@ impl StepContext<'_> {
         }
         let call = self.kernel_call(dtype)?;
         let function = modules.function(&call.name).map_err(|e| e.to_string())?;
+        if call.shared_bytes > 0 {
+            function
+                .set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    call.shared_bytes as i32,
+                )
+                .map_err(|e| format!("{}: raising its shared memory: {e}", call.name))?;
+        }
         let grid = u32::try_from(call.grid)
             .map_err(|_| format!("{} blocks do not fit a grid", call.grid))?;
         Ok(Launch {
@@ -248,6 +283,7 @@ impl StepContext<'_> {
                 function,
                 grid,
                 block: call.block,
+                shared_bytes: call.shared_bytes,
                 slots: call.args.into_iter().map(Arg::slot).collect(),
             },
         })
@@ -261,6 +297,7 @@ impl StepContext<'_> {
             name: format!("{base}_{dtype}"),
             grid: 1,
             block: BLOCK,
+            shared_bytes: 0,
             args: Vec::new(),
             zero_first: Vec::new(),
         };
@@ -390,17 +427,32 @@ impl StepContext<'_> {
                 let seq = x.shape[x.shape.len() - 2];
                 let batch = n / (seq * x.last_dim());
                 let dims = [batch, seq, heads, kv_heads, head_dim].map(|d| I32(d as i32));
-                call.block = ATTENTION_BLOCK;
-                if let Op::Attention(_) = op {
-                    self.no_acc()?;
-                    call.args = vec![i(0), i(1), i(2), o(0), o(1)];
-                    call.args.extend(dims);
-                    call.grid = batch * heads * seq;
-                } else {
+                let backward = matches!(op, Op::AttentionBackward(_));
+                if backward {
                     call.args = vec![i(0), i(1), i(2), i(3), i(4), i(5), o(0), o(1), o(2)];
                     call.args.extend(dims);
                     call.args.push(self.acc_all()?);
-                    call.grid = batch * heads * seq + batch * kv_heads * seq;
+                } else {
+                    self.no_acc()?;
+                    call.args = vec![i(0), i(1), i(2), o(0), o(1)];
+                    call.args.extend(dims);
+                }
+                if dtype == DType::BF16 && matches!(head_dim, 64 | 128) {
+                    // Tensor cores: one block per 64 query rows (and per 64 key rows).
+                    let tiles = seq.div_ceil(ATTENTION_TC_ROWS);
+                    call.name = format!("{}_d{head_dim}", call.name);
+                    call.block = ATTENTION_TC_BLOCK;
+                    call.shared_bytes = attention_tc_shared_bytes(head_dim, backward);
+                    call.grid = batch * heads * tiles
+                        + if backward {
+                            batch * kv_heads * tiles
+                        } else {
+                            0
+                        };
+                } else {
+                    call.block = ATTENTION_BLOCK;
+                    call.grid =
+                        batch * heads * seq + if backward { batch * kv_heads * seq } else { 0 };
                 }
             }
             Op::SwiGlu(_) | Op::Add(_) => {

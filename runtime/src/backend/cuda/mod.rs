@@ -292,6 +292,7 @@ impl CudaBackend {
                 function,
                 grid,
                 block,
+                shared_bytes,
                 slots,
             } => {
                 let mut params: Vec<*mut c_void> = slots
@@ -307,7 +308,7 @@ impl CudaBackend {
                         function.cu_function(),
                         (*grid, 1, 1),
                         (*block, 1, 1),
-                        0,
+                        *shared_bytes,
                         cu_stream,
                         &mut params,
                     )
@@ -376,6 +377,35 @@ impl Backend for CudaBackend {
         }
         let graph = self.graphs[segment].as_ref().expect("captured above");
         graph.launch().map_err(device_error("launching a graph"))
+    }
+
+    fn step_times(&mut self, start: u32, end: u32) -> Result<Option<Vec<f64>>, BackendError> {
+        let timing = || {
+            self.ctx
+                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(device_error("creating a timing event"))
+        };
+        let (before, after) = (timing()?, timing()?);
+        let mut times = Vec::with_capacity((end - start) as usize);
+        for i in start..end {
+            // Each step alone between a fork and a join, timed on stream 0, which the fork
+            // and join order before and after it.
+            before
+                .record(&self.streams[0])
+                .map_err(device_error("recording a timing event"))?;
+            self.enqueue(i, i + 1)?;
+            after
+                .record(&self.streams[0])
+                .map_err(device_error("recording a timing event"))?;
+            after
+                .synchronize()
+                .map_err(device_error("waiting for a step"))?;
+            let ms = before
+                .elapsed_ms(&after)
+                .map_err(device_error("reading a timing event"))?;
+            times.push(ms as f64 / 1e3);
+        }
+        Ok(Some(times))
     }
 
     fn write_bytes(&mut self, tensor: TensorId, bytes: &[u8]) -> Result<(), BackendError> {

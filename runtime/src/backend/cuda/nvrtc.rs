@@ -46,6 +46,7 @@ pub const SOURCES: &[Source] = &[
     source!("adamw.cu"),
     source!("add.cu"),
     source!("attention.cu"),
+    source!("attention_tc.cu"),
     source!("bias_add.cu"),
     source!("cast.cu"),
     source!("clip_scale.cu"),
