@@ -12,19 +12,61 @@
 // sizeof(TcForwardSmem<D>) or sizeof(TcBackwardSmem<D>), computed by the same rule in
 // runtime/src/backend/cuda/launch.rs (a mismatch shows up in the conformance test).
 #include "common.cuh"
-#include <mma.h>
-
-using namespace nvcuda;
 
 #define TC_ROWS 64     // rows per block (queries or keys)
 #define TC_TILE 64     // keys (or queries) per inner tile
 #define TC_WARPS 4     // 16 rows per warp
 #define TC_THREADS (TC_WARPS * 32)
 
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FragA;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FragB;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FragBt;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
+// Warp-wide 16×16×16 BF16 products with FP32 accumulation, through the PTX `wmma` instructions
+// (sm_80 and later). Written here rather than with <mma.h>, whose crt/ part the CUDA header
+// wheels that CI compiles against do not ship. A fragment's element order is the hardware's:
+// only these functions touch it. Pointers are generic, 32-byte aligned; `ld` counts elements.
+struct FragA { unsigned r[4]; };      // 16×16 bf16, row-major
+struct FragB { unsigned r[4]; };      // 16×16 bf16, row-major
+struct FragBt { unsigned r[4]; };     // 16×16 bf16, column-major (a transposed row-major tile)
+struct FragC { float r[8]; };         // 16×16 f32 accumulator
+
+__device__ __forceinline__ void fill_zero(FragC& c) {
+    for (int i = 0; i < 8; ++i) c.r[i] = 0.0f;
+}
+__device__ __forceinline__ void load(FragA& a, const bf16* p, int ld) {
+    asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.bf16 {%0,%1,%2,%3}, [%4], %5;"
+                 : "=r"(a.r[0]), "=r"(a.r[1]), "=r"(a.r[2]), "=r"(a.r[3]) : "l"(p), "r"(ld) : "memory");
+}
+__device__ __forceinline__ void load(FragB& b, const bf16* p, int ld) {
+    asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.bf16 {%0,%1,%2,%3}, [%4], %5;"
+                 : "=r"(b.r[0]), "=r"(b.r[1]), "=r"(b.r[2]), "=r"(b.r[3]) : "l"(p), "r"(ld) : "memory");
+}
+__device__ __forceinline__ void load(FragBt& b, const bf16* p, int ld) {
+    asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.bf16 {%0,%1,%2,%3}, [%4], %5;"
+                 : "=r"(b.r[0]), "=r"(b.r[1]), "=r"(b.r[2]), "=r"(b.r[3]) : "l"(p), "r"(ld) : "memory");
+}
+// c += a·b
+__device__ __forceinline__ void mma(FragC& c, const FragA& a, const FragB& b) {
+    asm volatile(
+        "wmma.mma.sync.aligned.row.row.m16n16k16.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, {%12,%13,%14,%15}, {%0,%1,%2,%3,%4,%5,%6,%7};"
+        : "+f"(c.r[0]), "+f"(c.r[1]), "+f"(c.r[2]), "+f"(c.r[3]), "+f"(c.r[4]), "+f"(c.r[5]),
+          "+f"(c.r[6]), "+f"(c.r[7])
+        : "r"(a.r[0]), "r"(a.r[1]), "r"(a.r[2]), "r"(a.r[3]), "r"(b.r[0]), "r"(b.r[1]), "r"(b.r[2]),
+          "r"(b.r[3]));
+}
+__device__ __forceinline__ void mma(FragC& c, const FragA& a, const FragBt& b) {
+    asm volatile(
+        "wmma.mma.sync.aligned.row.col.m16n16k16.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, {%12,%13,%14,%15}, {%0,%1,%2,%3,%4,%5,%6,%7};"
+        : "+f"(c.r[0]), "+f"(c.r[1]), "+f"(c.r[2]), "+f"(c.r[3]), "+f"(c.r[4]), "+f"(c.r[5]),
+          "+f"(c.r[6]), "+f"(c.r[7])
+        : "r"(a.r[0]), "r"(a.r[1]), "r"(a.r[2]), "r"(a.r[3]), "r"(b.r[0]), "r"(b.r[1]), "r"(b.r[2]),
+          "r"(b.r[3]));
+}
+// p[16][16] (row-major, ld) = c
+__device__ __forceinline__ void store(float* p, const FragC& c, int ld) {
+    asm volatile("wmma.store.d.sync.aligned.row.m16n16k16.f32 [%0], {%1,%2,%3,%4,%5,%6,%7,%8}, %9;"
+                 :: "l"(p), "f"(c.r[0]), "f"(c.r[1]), "f"(c.r[2]), "f"(c.r[3]), "f"(c.r[4]),
+                    "f"(c.r[5]), "f"(c.r[6]), "f"(c.r[7]), "r"(ld) : "memory");
+}
 
 struct TcGeometry {
     int batch, seq, heads, kv_heads;
@@ -53,15 +95,15 @@ __device__ void rows_times_tile_t(float* out, const bf16* a, const bf16* b) {
     constexpr int LD = D + 8;
     for (int n = 0; n < TC_TILE / 16; ++n) {
         FragC acc;
-        wmma::fill_fragment(acc, 0.0f);
+        fill_zero(acc);
         for (int k = 0; k < D / 16; ++k) {
             FragA fa;
             FragBt fb;
-            wmma::load_matrix_sync(fa, a + k * 16, LD);
-            wmma::load_matrix_sync(fb, b + n * 16 * LD + k * 16, LD);
-            wmma::mma_sync(acc, fa, fb, acc);
+            load(fa, a + k * 16, LD);
+            load(fb, b + n * 16 * LD + k * 16, LD);
+            mma(acc, fa, fb);
         }
-        wmma::store_matrix_sync(out + n * 16, acc, TC_TILE + 4, wmma::mem_row_major);
+        store(out + n * 16, acc, TC_TILE + 4);
     }
 }
 
@@ -71,11 +113,11 @@ __device__ void accumulate_rows_times_tile(FragC* acc, const bf16* p, const bf16
     constexpr int LD = D + 8;
     for (int k = 0; k < TC_TILE / 16; ++k) {
         FragA fa;
-        wmma::load_matrix_sync(fa, p + k * 16, TC_TILE + 8);
+        load(fa, p + k * 16, TC_TILE + 8);
         for (int j = 0; j < D / 16; ++j) {
             FragB fb;
-            wmma::load_matrix_sync(fb, v + k * 16 * LD + j * 16, LD);
-            wmma::mma_sync(acc[j], fa, fb, acc[j]);
+            load(fb, v + k * 16 * LD + j * 16, LD);
+            mma(acc[j], fa, fb);
         }
     }
 }
@@ -87,7 +129,7 @@ __device__ void store_rows(bf16* dst, FragC* acc, float* stage, const TcGeometry
                            int t0, int h, int accumulate) {
     const int lane = threadIdx.x & 31;
     for (int j = 0; j < D / 16; ++j) {
-        wmma::store_matrix_sync(stage, acc[j], 16, wmma::mem_row_major);
+        store(stage, acc[j], 16);
         __syncwarp();
         for (int e = lane; e < 256; e += 32) {
             const int r = e / 16, c = e % 16, t = t0 + r;
@@ -158,10 +200,10 @@ __device__ void attention_tc(const bf16* q, const bf16* k, const bf16* v, bf16* 
         m = m_new;
         __syncwarp();
         FragC pv[D / 16];
-        for (int j = 0; j < D / 16; ++j) wmma::fill_fragment(pv[j], 0.0f);
+        for (int j = 0; j < D / 16; ++j) fill_zero(pv[j]);
         accumulate_rows_times_tile<D>(pv, &sm.p[warp * 16][0], &sm.v[0][0]);
         for (int j = 0; j < D / 16; ++j)
-            wmma::store_matrix_sync(&sm.o[warp * 16][j * 16], pv[j], D + 4, wmma::mem_row_major);
+            store(&sm.o[warp * 16][j * 16], pv[j], D + 4);
         __syncwarp();
         for (int c = 0; c < D / 2; ++c) acc[c] = acc[c] * correction + sm.o[row][half * (D / 2) + c];
     }
@@ -205,8 +247,9 @@ __device__ void load_row_stats(float* lse_out, float* delta, const bf16* o, cons
 }
 
 // attention_backward_bf16_d{64,128}: the arguments of attention_backward_bf16.
-// grid: batch·heads·tiles (dQ blocks, one per query tile) + batch·kv_heads·tiles (dK/dV blocks,
-// one per key tile), tiles = ceil(seq/64); block: 128; dynamic shared memory
+// grid: batch·kv_heads·tiles (dK/dV blocks, one per key tile, first: they run longest) +
+// batch·heads·tiles (dQ blocks, one per query tile), tiles = ceil(seq/64); block: 128; dynamic
+// shared memory
 // sizeof(TcBackwardSmem<D>). No atomics: every output row has one writer.
 //   dQ block (queries t of one head h):   dq_t = Σ_{s ≤ t} dS_ts · k_s
 //   dK/dV block (keys s of kv head kh):  over the group's heads and every t ≥ s,
@@ -221,18 +264,19 @@ __device__ void attention_backward_tc(const bf16* q, const bf16* k, const bf16* 
     const int tiles = (g.seq + TC_ROWS - 1) / TC_ROWS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float scale = 1.0f / sqrtf((float)D);
-    const int q_blocks = g.batch * g.heads * tiles;
+    const int kv_blocks = g.batch * g.kv_heads * tiles;
     const int w0 = warp * 16;
-    if ((int)blockIdx.x < q_blocks) {
-        const int qt = tiles - 1 - (int)(blockIdx.x % tiles);
-        const int bh = blockIdx.x / tiles, b = bh / g.heads, h = bh % g.heads;
+    if ((int)blockIdx.x >= kv_blocks) {
+        const int id = blockIdx.x - kv_blocks;
+        const int qt = tiles - 1 - id % tiles;
+        const int bh = id / tiles, b = bh / g.heads, h = bh % g.heads;
         const int kh = h / (g.heads / g.kv_heads);
         const int q0 = qt * TC_ROWS;
         load_tile<D>(&sm.a[0][0], q, g, g.heads, b, q0, h);
         load_tile<D>(&sm.b[0][0], d_o, g, g.heads, b, q0, h);
         load_row_stats<D>(sm.lse, sm.delta, o, d_o, lse, g, b, q0, h);
         FragC acc[D / 16];
-        for (int j = 0; j < D / 16; ++j) wmma::fill_fragment(acc[j], 0.0f);
+        for (int j = 0; j < D / 16; ++j) fill_zero(acc[j]);
         for (int kt = 0; kt <= qt; ++kt) {
             const int k0 = kt * TC_TILE;
             __syncthreads();
@@ -257,16 +301,16 @@ __device__ void attention_backward_tc(const bf16* q, const bf16* k, const bf16* 
         }
         store_rows<D>(dq, acc, sm.stage[warp], g, g.heads, b, q0 + w0, h, accumulate);
     } else {
-        const int id = blockIdx.x - q_blocks;
-        const int kt = tiles - 1 - id % tiles;  // the longest (earliest keys) first
+        const int id = blockIdx.x;
+        const int kt = id % tiles;  // the longest (earliest keys) first
         const int bk = id / tiles, b = bk / g.kv_heads, kh = bk % g.kv_heads;
         const int k0 = kt * TC_ROWS;
         load_tile<D>(&sm.a[0][0], k, g, g.kv_heads, b, k0, kh);
         load_tile<D>(&sm.b[0][0], v, g, g.kv_heads, b, k0, kh);
         FragC acc_k[D / 16], acc_v[D / 16];
         for (int j = 0; j < D / 16; ++j) {
-            wmma::fill_fragment(acc_k[j], 0.0f);
-            wmma::fill_fragment(acc_v[j], 0.0f);
+            fill_zero(acc_k[j]);
+            fill_zero(acc_v[j]);
         }
         const int group = g.heads / g.kv_heads;
         for (int h = kh * group; h < (kh + 1) * group; ++h) {

@@ -12,14 +12,18 @@ __device__ void bias_add(const T* x, const T* b, T* y, long long rows, int cols)
     }
 }
 
-// bias_backward_{f32,bf16}(const T* dy, T* db, long long rows, int cols, int accumulate)
-// grid: ceil(cols / 32) (32 columns per block), block: a multiple of 32, at most 1024.
-// Deterministic: see column_sum in common.cuh (a simple first kernel).
+// bias_backward_{f32,bf16}(const T* dy, T* db, float* scratch, long long rows, int cols,
+//                          int accumulate)
+// grid: ceil(cols / 32)·COLSUM_CHUNKS, block: a multiple of 32, at most 1024.
+// Deterministic: see column_sum_split in common.cuh (scratch is the backend's).
 template <typename T>
-__device__ void bias_backward(const T* dy, T* db, long long rows, int cols, int accumulate) {
-    const int c = blockIdx.x * 32 + (threadIdx.x & 31);
-    const float total = column_sum(rows, c < cols, [&](long long r) { return load(dy, r * cols + c); });
-    if (threadIdx.x < 32 && c < cols) store_acc(db, c, total, accumulate);
+__device__ void bias_backward(const T* dy, T* db, float* scratch, long long rows, int cols,
+                              int accumulate) {
+    const int c = (int)(blockIdx.x % ((cols + 31) / 32)) * 32 + (threadIdx.x & 31);
+    float total;
+    const bool mine = column_sum_split(rows, cols, blockIdx.x, scratch,
+                                       [&](long long r) { return load(dy, r * cols + c); }, &total);
+    if (mine) store_acc(db, c, total, accumulate);
 }
 
 extern "C" __global__ void bias_add_f32(const float* x, const float* b, float* y, long long rows, int cols) {
@@ -28,9 +32,11 @@ extern "C" __global__ void bias_add_f32(const float* x, const float* b, float* y
 extern "C" __global__ void bias_add_bf16(const bf16* x, const bf16* b, bf16* y, long long rows, int cols) {
     bias_add(x, b, y, rows, cols);
 }
-extern "C" __global__ void bias_backward_f32(const float* dy, float* db, long long rows, int cols, int accumulate) {
-    bias_backward(dy, db, rows, cols, accumulate);
+extern "C" __global__ void bias_backward_f32(const float* dy, float* db, float* scratch, long long rows,
+                                             int cols, int accumulate) {
+    bias_backward(dy, db, scratch, rows, cols, accumulate);
 }
-extern "C" __global__ void bias_backward_bf16(const bf16* dy, bf16* db, long long rows, int cols, int accumulate) {
-    bias_backward(dy, db, rows, cols, accumulate);
+extern "C" __global__ void bias_backward_bf16(const bf16* dy, bf16* db, float* scratch, long long rows,
+                                              int cols, int accumulate) {
+    bias_backward(dy, db, scratch, rows, cols, accumulate);
 }

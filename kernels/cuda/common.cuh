@@ -131,6 +131,48 @@ __device__ float column_sum(long long rows, bool active, Term term) {
     return total;
 }
 
+// Column sums over many rows spread over many blocks, still deterministic. The rows are cut into
+// COLSUM_CHUNKS chunks; block `block` takes column block block % col_blocks (32 columns) and
+// chunk block / col_blocks, so a launch has col_blocks·COLSUM_CHUNKS such blocks. Each writes
+// its partial sums (column_sum above) to scratch; the block that finishes a column block last
+// adds the partials in chunk order. Scratch (the backend's, see docs/cuda.md):
+//   unsigned int done[COLSUM_COUNTERS], then float partial[COLSUM_CHUNKS][cols]. The counters
+//   sit at a fixed place whatever `cols` is, are zero before the first launch, and the last block
+//   of each column block resets its own, so every later launch (and graph replay) finds zeros.
+// Returns true to the lanes of warp 0 of that last block whose column exists, with *total the
+// column's sum; false to every other thread. Every thread of the block must call it.
+#define COLSUM_CHUNKS 64
+#define COLSUM_COUNTERS 4096
+template <typename Term>
+__device__ bool column_sum_split(long long rows, int cols, long long block, float* scratch,
+                                 Term term, float* total) {
+    __shared__ bool last;
+    const int col_blocks = (cols + 31) / 32;
+    const int cb = (int)(block % col_blocks), chunk = (int)(block / col_blocks);
+    const int lane = threadIdx.x & 31;
+    const int c = cb * 32 + lane;
+    const long long per_chunk = (rows + COLSUM_CHUNKS - 1) / COLSUM_CHUNKS;
+    const long long r0 = chunk * per_chunk;
+    const long long n = max(0LL, min(per_chunk, rows - r0));
+    const float partial = column_sum(n, c < cols, [&](long long r) { return term(r0 + r); });
+    unsigned int* done = reinterpret_cast<unsigned int*>(scratch);
+    float* partials = scratch + COLSUM_COUNTERS;
+    if (threadIdx.x < 32 && c < cols) partials[(long long)chunk * cols + c] = partial;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&done[cb], 1u) == COLSUM_CHUNKS - 1;
+    __syncthreads();
+    if (!last || threadIdx.x >= 32) return false;
+    __threadfence();
+    if (lane == 0) done[cb] = 0;
+    if (c >= cols) return false;
+    const volatile float* written = partials;
+    float sum = 0.0f;
+    for (int k = 0; k < COLSUM_CHUNKS; ++k) sum += written[(long long)k * cols + c];
+    *total = sum;
+    return true;
+}
+
 // atomicMax for FP32 values that are non-negative or NaN (with the sign bit clear): their bit
 // patterns order as signed integers, and a NaN's pattern is above +inf, so a NaN wins.
 __device__ __forceinline__ void atomic_max_nonneg(float* addr, float v) {

@@ -26,17 +26,17 @@ __device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, long long gr
 }
 
 // rms_norm_backward_{f32,bf16}(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
-//                              T* dw, long long groups, int group_size, int accumulate_dx,
-//                              int accumulate_dw)
+//                              T* dw, float* scratch, long long groups, int group_size,
+//                              int accumulate_dx, int accumulate_dw)
 // One flag per output: the weight gradient accumulates over micro-batches, dx usually not.
-// grid: groups + ceil(group_size / 32), block: a multiple of 32, at most 1024.
+// grid: groups + ceil(group_size / 32)·COLSUM_CHUNKS, block: a multiple of 32, at most 1024.
 // Blocks [0, groups) each write one group of dx: with x̂ = x·r and ĝ = dy·w,
-// dx = r·(ĝ − x̂·mean(ĝ·x̂)). The blocks after them write dw = Σ_groups dy·x̂, 32 weight
-// elements each (deterministic: see column_sum in common.cuh; a simple first kernel).
+// dx = r·(ĝ − x̂·mean(ĝ·x̂)). The blocks after them write dw = Σ_groups dy·x̂, deterministically
+// (column_sum_split in common.cuh; scratch is the backend's).
 template <typename T>
 __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
-                                  T* dw, long long groups, int group_size, int accumulate_dx,
-                                  int accumulate_dw) {
+                                  T* dw, float* scratch, long long groups, int group_size,
+                                  int accumulate_dx, int accumulate_dw) {
     if (blockIdx.x < groups) {
         const long long g = blockIdx.x;
         const long long base = g * group_size;
@@ -51,12 +51,14 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const flo
             store_acc(dx, base + i, r * (load(dy, base + i) * load(w, i) - xv * r * mean), accumulate_dx);
         }
     } else {
-        const int i = (blockIdx.x - groups) * 32 + (threadIdx.x & 31);
-        const float total = column_sum(groups, i < group_size, [&](long long g) {
+        const long long block = blockIdx.x - groups;
+        const int i = (int)(block % ((group_size + 31) / 32)) * 32 + (threadIdx.x & 31);
+        float total;
+        const bool mine = column_sum_split(groups, group_size, block, scratch, [&](long long g) {
             const long long at = g * group_size + i;
             return load(dy, at) * load(x, at) * rstd[g];
-        });
-        if (threadIdx.x < 32 && i < group_size) store_acc(dw, i, total, accumulate_dw);
+        }, &total);
+        if (mine) store_acc(dw, i, total, accumulate_dw);
     }
 }
 
@@ -69,14 +71,14 @@ extern "C" __global__ void rms_norm_bf16(const bf16* x, const bf16* w, bf16* y, 
     rms_norm(x, w, y, rstd, groups, group_size, eps);
 }
 extern "C" __global__ void rms_norm_backward_f32(const float* dy, const float* x, const float* w,
-                                                 const float* rstd, float* dx, float* dw,
+                                                 const float* rstd, float* dx, float* dw, float* scratch,
                                                  long long groups, int group_size, int accumulate_dx,
                                                  int accumulate_dw) {
-    rms_norm_backward(dy, x, w, rstd, dx, dw, groups, group_size, accumulate_dx, accumulate_dw);
+    rms_norm_backward(dy, x, w, rstd, dx, dw, scratch, groups, group_size, accumulate_dx, accumulate_dw);
 }
 extern "C" __global__ void rms_norm_backward_bf16(const bf16* dy, const bf16* x, const bf16* w,
-                                                  const float* rstd, bf16* dx, bf16* dw,
+                                                  const float* rstd, bf16* dx, bf16* dw, float* scratch,
                                                   long long groups, int group_size, int accumulate_dx,
                                                   int accumulate_dw) {
-    rms_norm_backward(dy, x, w, rstd, dx, dw, groups, group_size, accumulate_dx, accumulate_dw);
+    rms_norm_backward(dy, x, w, rstd, dx, dw, scratch, groups, group_size, accumulate_dx, accumulate_dw);
 }

@@ -39,6 +39,13 @@ fn attention_tc_shared_bytes(d: u64, backward: bool) -> u32 {
     bytes as u32
 }
 
+/// Row chunks of the split column sums (COLSUM_CHUNKS in common.cuh).
+const COLSUM_CHUNKS: u64 = 64;
+/// Their completion counters at the start of the scratch (COLSUM_COUNTERS in common.cuh).
+const COLSUM_COUNTERS: u64 = 4096;
+/// Bytes of the backend's kernel scratch: the split column sums' partials and counters.
+pub const SCRATCH_BYTES: usize = 8 << 20;
+
 /// Columns each thread of embedding_backward keeps (EMB_COLS_PER_THREAD in embedding.cu).
 const EMBEDDING_COLS_PER_THREAD: u64 = 16;
 
@@ -132,6 +139,7 @@ pub fn build(
     modules: &Modules,
     gemms: &mut Gemms,
     sm_count: u32,
+    scratch: u64,
     address: &dyn Fn(TensorId) -> u64,
 ) -> Result<Vec<Launch>, LaunchError> {
     plan.steps
@@ -148,6 +156,7 @@ pub fn build(
                 step,
                 address,
                 sm_count,
+                scratch,
             };
             ctx.launch(modules, gemms).map_err(fail)
         })
@@ -159,6 +168,7 @@ struct StepContext<'a> {
     step: &'a Step,
     address: &'a dyn Fn(TensorId) -> u64,
     sm_count: u32,
+    scratch: u64,
 }
 
 /// A kernel launch before its function is looked up.
@@ -216,6 +226,22 @@ impl StepContext<'_> {
     /// Blocks of a grid-stride kernel over `n` elements.
     fn stride_grid(&self, n: u64) -> u64 {
         n.div_ceil(BLOCK as u64).clamp(1, self.sm_count as u64 * 16)
+    }
+    /// The scratch of a split column sum over `cols` columns, and its blocks (see
+    /// column_sum_split in common.cuh). The scratch is shared by every step: only steps of
+    /// stream 0, which run one after another, may use it.
+    fn column_sum_scratch(&self, cols: u64) -> Result<(Arg, u64), String> {
+        let col_blocks = cols.div_ceil(32);
+        let bytes = COLSUM_COUNTERS * 4 + COLSUM_CHUNKS * cols * 4;
+        if bytes > SCRATCH_BYTES as u64 || col_blocks > COLSUM_COUNTERS {
+            return Err(format!(
+                "{cols} columns need {bytes} bytes of scratch, more than {SCRATCH_BYTES}"
+            ));
+        }
+        if self.step.stream != 0 {
+            return Err("a step using the kernel scratch must run on stream 0".into());
+        }
+        Ok((Arg::Ptr(self.scratch), col_blocks * COLSUM_CHUNKS))
     }
     /// The output scalar `i`, zeroed first unless the plan accumulates into it.
     fn scalar_out(&self, i: usize) -> Vec<u64> {
@@ -358,6 +384,7 @@ impl StepContext<'_> {
             Op::RmsNormBackward(_) => {
                 let group = self.in_ty(2).numel();
                 let groups = n / group;
+                let (scratch, sum_blocks) = self.column_sum_scratch(group)?;
                 call.args = vec![
                     i(0),
                     i(1),
@@ -365,12 +392,13 @@ impl StepContext<'_> {
                     i(3),
                     o(0),
                     o(1),
+                    scratch,
                     I64(groups as i64),
                     I32(group as i32),
                     I32(self.acc(0) as i32),
                     I32(self.acc(1) as i32),
                 ];
-                call.grid = groups + group.div_ceil(32);
+                call.grid = groups + sum_blocks;
             }
             Op::BiasAdd(_) => {
                 self.no_acc()?;
@@ -380,14 +408,16 @@ impl StepContext<'_> {
             }
             Op::BiasBackward(_) => {
                 let cols = x.last_dim();
+                let (scratch, sum_blocks) = self.column_sum_scratch(cols)?;
                 call.args = vec![
                     i(0),
                     o(0),
+                    scratch,
                     I64((n / cols) as i64),
                     I32(cols as i32),
                     self.acc_all()?,
                 ];
-                call.grid = cols.div_ceil(32);
+                call.grid = sum_blocks;
             }
             Op::Rope(_) | Op::RopeBackward(_) => {
                 let (head_dim, theta) = match op {

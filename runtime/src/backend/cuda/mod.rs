@@ -128,6 +128,8 @@ pub struct CudaBackend {
     device: DeviceMemory,
     /// cuBLASLt's workspace, allocated with the arena.
     _workspace: DeviceMemory,
+    /// The kernels' scratch (split column sums), allocated with the arena.
+    _scratch: DeviceMemory,
     host: PinnedHostSlice<u8>,
     ctx: Arc<CudaContext>,
 }
@@ -146,17 +148,18 @@ impl CudaBackend {
         let (free, total) = ctx
             .mem_get_info()
             .map_err(device_error("reading free memory"))?;
-        let needed = plan.device_arena_bytes + matmul::WORKSPACE_BYTES as u64;
+        let extra = (matmul::WORKSPACE_BYTES + launch::SCRATCH_BYTES) as u64;
+        let needed = plan.device_arena_bytes + extra;
         if (free as u64) < needed {
             return Err(BackendError::Unavailable(format!(
-                "the plan needs {needed} bytes of GPU memory (arena {} + cuBLASLt workspace {}), \
-                 the GPU has {free} bytes free of {total}",
+                "the plan needs {needed} bytes of GPU memory (arena {} + cuBLASLt workspace and \
+                 kernel scratch {extra}), the GPU has {free} bytes free of {total}",
                 plan.device_arena_bytes,
-                matmul::WORKSPACE_BYTES
             )));
         }
         let device = DeviceMemory::zeroed(&ctx, plan.device_arena_bytes)?;
         let workspace = DeviceMemory::zeroed(&ctx, matmul::WORKSPACE_BYTES as u64)?;
+        let scratch = DeviceMemory::zeroed(&ctx, launch::SCRATCH_BYTES as u64)?;
         let host_len = plan.host_arena_bytes.max(1) as usize;
         // SAFETY: the memory is zeroed right below, before anything reads it. Not
         // write-combined: the host reads this arena (offloaded tensors, checkpoints).
@@ -212,7 +215,7 @@ impl CudaBackend {
                 Arena::Host => host_device_ptr + b.offset,
             }
         };
-        let launches = launch::build(&plan, &modules, &mut gemms, sm_count, &address)
+        let launches = launch::build(&plan, &modules, &mut gemms, sm_count, scratch.ptr, &address)
             .map_err(|e| BackendError::Unavailable(format!("the CUDA backend cannot run {e}")))?;
         let graphs = plan.graph_segments.iter().map(|_| None).collect();
         Ok(CudaBackend {
@@ -226,6 +229,7 @@ impl CudaBackend {
             fork_join,
             device,
             _workspace: workspace,
+            _scratch: scratch,
             host,
             ctx,
         })
