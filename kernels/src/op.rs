@@ -229,6 +229,10 @@ declare_ops! {
     CrossEntropy(CrossEntropy),
     /// Gradient of the mean cross-entropy with respect to the logits.
     CrossEntropyBackward(CrossEntropyBackward),
+    /// The LM head and the mean cross-entropy fused, over chunks of tokens.
+    ClassifierCrossEntropy(ClassifierCrossEntropy),
+    /// Gradients of `ClassifierCrossEntropy` for the hidden states and the head weight.
+    ClassifierCrossEntropyBackward(ClassifierCrossEntropyBackward),
     /// Sum of squares of a tensor (accumulated over all gradients for the global norm).
     SumSquares(SumSquares),
     /// The global norm and the clipping factor from a sum of squares.

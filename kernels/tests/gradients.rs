@@ -466,6 +466,24 @@ fn cross_entropy() {
     );
 }
 
+#[test]
+fn classifier_cross_entropy() {
+    // Seven tokens in chunks of three (the last chunk partial), some targets ignored.
+    let targets = Fill::Ids {
+        below: 6,
+        ignored: true,
+    };
+    let op = ClassifierCrossEntropy {
+        chunk_rows: 3,
+        logits: DType::F32,
+    };
+    check_gradients(
+        op,
+        &[float(&[7, 5]), float(&[6, 5]), arg(&[7], targets)],
+        5 + 6 + 7,
+    );
+}
+
 /// The harness itself must catch a wrong rule: RoPE's forward rotation used as its gradient
 /// (the sign of the angle flipped), and SwiGLU's gradients for gate and up swapped.
 #[test]
@@ -505,7 +523,8 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::Attention(_)
         | Op::SwiGlu(_)
         | Op::Add(_)
-        | Op::CrossEntropy(_) => true,
+        | Op::CrossEntropy(_)
+        | Op::ClassifierCrossEntropy(_) => true,
         Op::EmbeddingBackward(_)
         | Op::RmsNormBackward(_)
         | Op::LinearBackwardData(_)
@@ -515,6 +534,7 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::AttentionBackward(_)
         | Op::SwiGluBackward(_)
         | Op::CrossEntropyBackward(_)
+        | Op::ClassifierCrossEntropyBackward(_)
         | Op::SumSquares(_)
         | Op::ClipScale(_)
         | Op::AdamW(_)
@@ -603,6 +623,14 @@ fn backward_types_match_inputs() {
         (SwiGlu.into(), vec![bf(&[b, t, c]), bf(&[b, t, c])]),
         (Add.into(), vec![bf(&[b, t, c]), bf(&[b, t, c])]),
         (CrossEntropy.into(), vec![bf(&[b, t, v]), ids(&[b, t])]),
+        (
+            ClassifierCrossEntropy {
+                chunk_rows: 1024,
+                logits: DType::BF16,
+            }
+            .into(),
+            vec![bf(&[b, t, c]), bf(&[v, c]), ids(&[b, t])],
+        ),
     ];
     for (op, inputs) in &cases {
         assert!(
@@ -649,6 +677,20 @@ fn backward_types_match_inputs() {
         ),
         (SwiGluBackward.into(), vec![bf(&[b, t, c]); 3]),
         (CrossEntropyBackward.into(), vec![bf(&[b, t, v]); 3]),
+        (
+            ClassifierCrossEntropyBackward {
+                chunk_rows: 1024,
+                logits: DType::BF16,
+            }
+            .into(),
+            vec![
+                bf(&[b, t, c]),
+                bf(&[v, c]),
+                ids(&[b, t]),
+                TensorType::new([b * t], DType::F32),
+                TensorType::new([1], DType::F32),
+            ],
+        ),
         (SumSquares.into(), vec![bf(&[c])]),
         (
             ClipScale { max_norm: 1.0 }.into(),
@@ -689,6 +731,7 @@ fn backward_types_match_inputs() {
         "swiglu",
         "add",
         "cross_entropy",
+        "classifier_cross_entropy",
     ] {
         assert!(
             differentiated.contains(&name),
