@@ -34,15 +34,15 @@ pub struct ClassifierCrossEntropyBackward {
     pub logits: DType,
 }
 
-/// Checks `x [.., H]`, `w [V, H]`, `targets [..]` and returns `(rows, vocab)`.
+/// Checks the leading operands `x [.., H]`, `w [V, H]`, `targets [..]` of either op and returns
+/// `(rows, vocab)`.
 fn check_operands(
     op: &'static str,
     logits: DType,
     chunk_rows: u64,
-    x: &TensorType,
-    w: &TensorType,
-    targets: &TensorType,
+    inputs: &[TensorType],
 ) -> Result<(u64, u64), OpError> {
+    let (x, w, targets) = (&inputs[0], &inputs[1], &inputs[2]);
     check::float(op, "x", x)?;
     check::same_dtype(op, "w", x, w)?;
     check::dtype(op, "targets", targets, DType::I32)?;
@@ -103,6 +103,13 @@ fn valid_targets(targets: &[f32], vocab: usize) -> Result<usize, OpError> {
     Ok(valid)
 }
 
+fn attrs(chunk_rows: u64, logits: DType) -> Vec<(&'static str, String)> {
+    vec![
+        ("chunk_rows", chunk_rows.to_string()),
+        ("logits", logits.name().to_string()),
+    ]
+}
+
 fn logits_bytes(rows: u64, vocab: u64, dtype: DType) -> f64 {
     (rows * vocab * dtype.size_bytes()) as f64
 }
@@ -118,14 +125,7 @@ impl OpSpec for ClassifierCrossEntropy {
         &["loss", "lse", "scratch"]
     }
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
-        let (rows, vocab) = check_operands(
-            self.name(),
-            self.logits,
-            self.chunk_rows,
-            &inputs[0],
-            &inputs[1],
-            &inputs[2],
-        )?;
+        let (rows, vocab) = check_operands(self.name(), self.logits, self.chunk_rows, inputs)?;
         Ok(vec![
             TensorType::new([1], DType::F32),
             TensorType::new([rows], DType::F32),
@@ -186,10 +186,7 @@ impl OpSpec for ClassifierCrossEntropy {
         Ok(())
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("chunk_rows", self.chunk_rows.to_string()),
-            ("logits", self.logits.name().to_string()),
-        ]
+        attrs(self.chunk_rows, self.logits)
     }
 }
 
@@ -205,14 +202,7 @@ impl OpSpec for ClassifierCrossEntropyBackward {
     }
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
         let op = self.name();
-        let (rows, vocab) = check_operands(
-            op,
-            self.logits,
-            self.chunk_rows,
-            &inputs[0],
-            &inputs[1],
-            &inputs[2],
-        )?;
+        let (rows, vocab) = check_operands(op, self.logits, self.chunk_rows, inputs)?;
         check::dtype(op, "lse", &inputs[3], DType::F32)?;
         check::shape(op, inputs[3].numel() == rows, || {
             format!("lse {:?} needs one value per row", inputs[3].shape)
@@ -304,9 +294,6 @@ impl OpSpec for ClassifierCrossEntropyBackward {
         Ok(())
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("chunk_rows", self.chunk_rows.to_string()),
-            ("logits", self.logits.name().to_string()),
-        ]
+        attrs(self.chunk_rows, self.logits)
     }
 }
