@@ -168,28 +168,15 @@ fn memory_chart(
         if profile.iter().all(|p| p[c] == 0) {
             continue;
         }
+        // The band's top edge left to right, then its bottom edge right to left.
+        let top_edge: Vec<u64> = below.iter().zip(profile).map(|(b, p)| b + p[c]).collect();
+        let mut corners = step_corners(&top_edge);
+        let mut bottom = step_corners(&below);
+        bottom.reverse();
+        corners.extend(bottom);
         let mut points = String::new();
-        for (s, p) in profile.iter().enumerate() {
-            let v = (below[s] + p[c]) as f64;
-            let _ = write!(
-                points,
-                "{:.1},{:.1} {:.1},{:.1} ",
-                x(s as f64),
-                y(v),
-                x(s as f64 + 1.0),
-                y(v)
-            );
-        }
-        for s in (0..profile.len()).rev() {
-            let v = below[s] as f64;
-            let _ = write!(
-                points,
-                "{:.1},{:.1} {:.1},{:.1} ",
-                x(s as f64 + 1.0),
-                y(v),
-                x(s as f64),
-                y(v)
-            );
+        for (step, bytes) in corners {
+            let _ = write!(points, "{:.1},{:.1} ", x(step as f64), y(bytes as f64));
         }
         let _ = writeln!(
             html,
@@ -237,6 +224,21 @@ fn memory_chart(
         top + height + 30.0
     );
     legend(html, profile);
+}
+
+/// The corners of the step function `values` (value `values[s]` over `[s, s + 1]`), as
+/// `(step, value)` points, keeping only where the value changes.
+fn step_corners(values: &[u64]) -> Vec<(usize, u64)> {
+    let mut corners = Vec::new();
+    for (s, &v) in values.iter().enumerate() {
+        if s == 0 || values[s - 1] != v {
+            corners.push((s, v));
+        }
+        if s + 1 == values.len() || values[s + 1] != v {
+            corners.push((s + 1, v));
+        }
+    }
+    corners
 }
 
 fn legend(html: &mut String, profile: &[[u64; Category::ALL.len()]]) {
