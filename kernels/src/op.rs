@@ -225,6 +225,8 @@ declare_ops! {
     SwiGluBackward(SwiGluBackward),
     /// Elementwise sum of two tensors of one shape.
     Add(Add),
+    /// A residual add and the RMS normalisation of its result, fused.
+    AddRmsNorm(AddRmsNorm),
     /// Mean cross-entropy of logits against target ids (negative targets are ignored).
     CrossEntropy(CrossEntropy),
     /// Gradient of the mean cross-entropy with respect to the logits.

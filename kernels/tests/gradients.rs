@@ -412,6 +412,7 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::SwiGluBackward(_)
         | Op::CrossEntropyBackward(_)
         | Op::ClassifierCrossEntropyBackward(_)
+        | Op::AddRmsNorm(_)
         | Op::SumSquares(_)
         | Op::ClipScale(_)
         | Op::AdamW(_)
@@ -567,6 +568,14 @@ fn backward_types_match_inputs() {
                 TensorType::new([b * t], DType::F32),
                 TensorType::new([1], DType::F32),
             ],
+        ),
+        (
+            AddRmsNorm {
+                eps: 1e-6,
+                dtype: DType::BF16,
+            }
+            .into(),
+            vec![bf(&[b, t, c]), bf(&[b, t, c]), bf(&[c])],
         ),
         (SumSquares.into(), vec![bf(&[c])]),
         (

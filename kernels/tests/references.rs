@@ -1,6 +1,7 @@
 //! The CPU references of the ops that are not differentiated, against independent naive
 //! computations: sum_squares, clip_scale, adamw (PyTorch's AdamW re-done in f64), abs_max,
-//! quantize, cast and zero; and the chunked LM head + loss against the unfused ops.
+//! quantize, cast and zero; and the fused ops (chunked LM head + loss, residual add + RMSNorm)
+//! against the unfused ones.
 
 use llmq_kernels::numerics::{decode_fp8, encode_fp8, round_to};
 use llmq_kernels::ops::*;
@@ -392,4 +393,49 @@ fn classifier_cross_entropy_equals_unfused_head_and_loss() {
         assert_eq!(store(&grads[0]), dx, "dx, chunk {chunk_rows}");
         assert_eq!(store(&grads[1]), dw, "dw, chunk {chunk_rows}");
     }
+}
+
+/// The fused residual add + RMSNorm gives, bit for bit, what `add` then `rms_norm` give once the
+/// sum is stored in BF16, as the fusion pass requires.
+#[test]
+fn add_rms_norm_equals_add_then_rms_norm() {
+    let s = seed();
+    let (rows, hidden) = (6u64, 32u64);
+    let bf16 = |stream, n: u64, scale| -> Vec<f32> {
+        normals(s, stream, n as usize, scale)
+            .into_iter()
+            .map(|v| round_to(DType::BF16, v))
+            .collect()
+    };
+    let act = TensorType::new([rows, hidden], DType::BF16);
+    let a = (act.clone(), bf16(1, rows * hidden, 3.0));
+    let b = (act.clone(), bf16(2, rows * hidden, 0.5));
+    let w = (TensorType::new([hidden], DType::BF16), bf16(3, hidden, 1.0));
+    let bits = |values: &[f32], dtype| -> Vec<u32> {
+        values
+            .iter()
+            .map(|&v| round_to(dtype, v).to_bits())
+            .collect()
+    };
+    let sum: Vec<f32> = run(Add, &[a.clone(), b.clone()])[0]
+        .iter()
+        .map(|&v| round_to(DType::BF16, v))
+        .collect();
+    let unfused = run(RmsNorm { eps: 1e-6 }, &[(act, sum.clone()), w.clone()]);
+    let op = AddRmsNorm {
+        eps: 1e-6,
+        dtype: DType::BF16,
+    };
+    let fused = run(op, &[a, b, w]);
+    assert_eq!(bits(&fused[0], DType::BF16), bits(&sum, DType::BF16), "s");
+    assert_eq!(
+        bits(&fused[1], DType::BF16),
+        bits(&unfused[0], DType::BF16),
+        "y"
+    );
+    assert_eq!(
+        bits(&fused[2], DType::F32),
+        bits(&unfused[1], DType::F32),
+        "rstd"
+    );
 }

@@ -5,6 +5,7 @@
 mod abs_max;
 mod adamw;
 mod add;
+mod add_rms_norm;
 mod attention;
 mod bias_add;
 mod cast;
@@ -23,6 +24,7 @@ mod zero;
 pub use abs_max::AbsMax;
 pub use adamw::AdamW;
 pub use add::Add;
+pub use add_rms_norm::AddRmsNorm;
 pub use attention::{Attention, AttentionBackward};
 pub use bias_add::{BiasAdd, BiasBackward};
 pub use cast::Cast;
