@@ -3,7 +3,9 @@
 #![warn(missing_docs)]
 
 mod compile;
+mod fusion;
 mod pipeline;
 
 pub use compile::{CompileError, CompileOptions, Compiled, compile};
+pub use fusion::Fusion;
 pub use pipeline::{pass_names, pipeline};
