@@ -62,6 +62,7 @@ fn plan(model: &str, batch: u64, seq: u64, grad_accum: u32, precision: Precision
         device: device("h100").unwrap(),
         optimizer: OptimizerOptions::default(),
         dump_after: None,
+        skip_passes: Vec::new(),
     };
     // LLMQ_MODELS_DIR: where the test binary runs away from its source tree (the device).
     let dir = std::env::var_os("LLMQ_MODELS_DIR")

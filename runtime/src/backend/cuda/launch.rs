@@ -400,6 +400,29 @@ impl StepContext<'_> {
                 ];
                 call.grid = groups + sum_blocks;
             }
+            Op::AddRmsNorm(r) => {
+                self.no_acc()?;
+                let group = self.in_ty(2).numel();
+                call.args = vec![
+                    i(0),
+                    i(1),
+                    i(2),
+                    o(0),
+                    o(1),
+                    o(2),
+                    I64((n / group) as i64),
+                    I32(group as i32),
+                    F32(r.eps),
+                ];
+                call.grid = n / group;
+            }
+            Op::ClassifierCrossEntropy(_) | Op::ClassifierCrossEntropyBackward(_) => {
+                return Err(
+                    "the CUDA launcher of the chunked LM head (a cuBLASLt matmul and a \
+                            loss kernel per chunk) is not written yet"
+                        .into(),
+                );
+            }
             Op::BiasAdd(_) => {
                 self.no_acc()?;
                 let cols = self.in_ty(1).numel();

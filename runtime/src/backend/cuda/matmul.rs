@@ -277,3 +277,90 @@ impl Drop for Gemms {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmq_kernels::ops::{Linear, LinearBackwardData, LinearBackwardWeight};
+    use llmq_kernels::{View, ViewMut};
+
+    /// What cuBLASLt computes for `shape`: `D = op(A)·op(B) (+ D)`, every matrix column-major
+    /// with the shape's leading dimensions, `op` a transpose where the shape says so.
+    fn column_major_gemm(s: &GemmShape, a: &[f32], b: &[f32], d: &mut [f32]) {
+        let at = |i: u64, k: u64| {
+            if s.trans_a {
+                a[(i * s.lda + k) as usize]
+            } else {
+                a[(k * s.lda + i) as usize]
+            }
+        };
+        let bt = |k: u64, j: u64| {
+            if s.trans_b {
+                b[(k * s.ldb + j) as usize]
+            } else {
+                b[(j * s.ldb + k) as usize]
+            }
+        };
+        for i in 0..s.m {
+            for j in 0..s.n {
+                let sum: f32 = (0..s.k).map(|k| at(i, k) * bt(k, j)).sum();
+                let out = &mut d[(j * s.ldc + i) as usize];
+                *out = if s.accumulate { *out + sum } else { sum };
+            }
+        }
+    }
+
+    /// Each matmul op, run as the launcher runs it (A = its second operand, B = its first,
+    /// D = its output, all row-major in memory), equals the catalogue's CPU reference.
+    #[test]
+    fn the_column_major_mapping_of_each_matmul_matches_the_cpu_reference() {
+        let (rows, m, k) = (3u64, 5u64, 4u64);
+        let cases: [(Op, [Vec<u64>; 2]); 3] = [
+            (Linear.into(), [vec![rows, k], vec![m, k]]),
+            (LinearBackwardData.into(), [vec![rows, m], vec![m, k]]),
+            (LinearBackwardWeight.into(), [vec![rows, m], vec![rows, k]]),
+        ];
+        for (op, shapes) in cases {
+            let values = |shape: &[u64], salt: u64| -> Vec<f32> {
+                let n: u64 = shape.iter().product();
+                (0..n)
+                    .map(|i| ((i * 7 + salt * 3) % 11) as f32 - 5.0)
+                    .collect()
+            };
+            let (x0, x1) = (values(&shapes[0], 1), values(&shapes[1], 2));
+            let types: Vec<_> = shapes
+                .iter()
+                .map(|s| llmq_kernels::TensorType::new(s.clone(), DType::F32))
+                .collect();
+            let out_shape = op.infer(&types).unwrap()[0].shape.clone();
+            let mut expected = vec![0f32; out_shape.iter().product::<u64>() as usize];
+            let inputs = [
+                View {
+                    shape: &shapes[0],
+                    data: &x0,
+                },
+                View {
+                    shape: &shapes[1],
+                    data: &x1,
+                },
+            ];
+            let mut outputs = [ViewMut {
+                shape: &out_shape,
+                data: &mut expected,
+            }];
+            op.spec().cpu(&inputs, &mut outputs).unwrap();
+
+            for accumulate in [false, true] {
+                let shape = GemmShape::of(&op, [&shapes[0], &shapes[1]], DType::F32, accumulate)
+                    .expect("a matmul op");
+                let mut d = vec![1f32; expected.len()];
+                column_major_gemm(&shape, &x1, &x0, &mut d);
+                let want: Vec<f32> = expected
+                    .iter()
+                    .map(|&e| if accumulate { e + 1.0 } else { e })
+                    .collect();
+                assert_eq!(d, want, "{op} (accumulate {accumulate}) as {shape:?}");
+            }
+        }
+    }
+}
