@@ -100,7 +100,8 @@ fn cache_dir() -> Option<PathBuf> {
     Some(base.join("llmq"))
 }
 
-/// A hash of the program and every header, the architecture and the NVRTC version.
+/// A hash of the program and every header, the architecture and the NVRTC version. (std's
+/// hasher may change between Rust releases; that only costs one recompile.)
 fn cache_key(program: &str, arch: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for s in SOURCES
