@@ -3,7 +3,13 @@
 #![warn(missing_docs)]
 
 mod compile;
+mod fp8_casts;
 mod pipeline;
+mod stochastic_rounding;
 
-pub use compile::{CompileError, CompileOptions, Compiled, compile};
+pub use compile::{
+    CompileError, CompileOptions, Compiled, TrainGraph, compile, pass_context, train_graph,
+};
+pub use fp8_casts::Fp8Casts;
 pub use pipeline::{pass_names, pipeline};
+pub use stochastic_rounding::StochasticRounding;

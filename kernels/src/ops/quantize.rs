@@ -22,6 +22,16 @@ pub fn fp8_max(dtype: DType) -> f32 {
     }
 }
 
+/// The factor `x` is multiplied by before rounding to `to`: `fmax / amax`. An all-zero (or
+/// non-finite) abs-max gets scale 1, so zeros stay zeros and nothing divides by zero.
+pub(crate) fn scale_from_amax(amax: f32, to: DType) -> f32 {
+    if amax > 0.0 && amax.is_finite() {
+        fp8_max(to) / amax
+    } else {
+        1.0
+    }
+}
+
 impl OpSpec for Quantize {
     fn name(&self) -> &'static str {
         "quantize"
@@ -47,14 +57,7 @@ impl OpSpec for Quantize {
         inputs[0].numel() as f64
     }
     fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
-        let amax = inputs[1].data[0];
-        let fmax = fp8_max(self.to);
-        // An all-zero tensor gets scale 1, so zeros stay zeros and nothing divides by zero.
-        let scale = if amax > 0.0 && amax.is_finite() {
-            fmax / amax
-        } else {
-            1.0
-        };
+        let scale = scale_from_amax(inputs[1].data[0], self.to);
         for (q, x) in outputs[0].data.iter_mut().zip(inputs[0].data) {
             *q = x * scale;
         }
