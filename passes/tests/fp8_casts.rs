@@ -8,7 +8,8 @@ use llmq_compiler::target::Precision;
 
 #[test]
 fn fp8_casts_on_the_tiny_model() {
-    let (graph, diff) = common::pass_diff("tiny.ron", "fp8_casts", &common::options(Precision::Fp8));
+    let (graph, diff) =
+        common::pass_diff("tiny.ron", "fp8_casts", &common::options(Precision::Fp8));
     insta::assert_snapshot!("tiny", diff);
 
     let count = |pred: &dyn Fn(&Op) -> bool| graph.nodes().filter(|(_, n)| pred(&n.op)).count();
@@ -24,7 +25,10 @@ fn fp8_casts_on_the_tiny_model() {
             )
         })
         .collect();
-    assert!(bf16_matmuls.iter().all(|(_, n)| n.layer.is_none()), "a block linear is left");
+    assert!(
+        bf16_matmuls.iter().all(|(_, n)| n.layer.is_none()),
+        "a block linear is left"
+    );
     assert_eq!(bf16_matmuls.len(), 3);
     // Per layer one abs-max per distinct operand: forward inputs h (shared by q/k/v), attn,
     // m (shared by gate/up), act and the 7 weights; backward the 7 output gradients.
@@ -55,7 +59,11 @@ fn e5m2_gradients_quantise_only_the_output_gradients_to_e5m2() {
         };
         let source = graph.tensor(node.inputs[0]);
         let is_grad = source.name.starts_with("d.");
-        let want = if is_grad { DType::F8E5M2 } else { DType::F8E4M3 };
+        let want = if is_grad {
+            DType::F8E5M2
+        } else {
+            DType::F8E4M3
+        };
         assert_eq!(to, want, "{} quantised to {to}", source.name);
     }
 }

@@ -12,7 +12,10 @@ fn stochastic_rounding_on_the_tiny_model() {
     let (graph, diff) = common::pass_diff("tiny.ron", "stochastic_rounding", &opts);
     insta::assert_snapshot!("tiny", diff);
     // Every parameter: its BF16 weight from the master, its two BF16 moments.
-    let params = graph.nodes().filter(|(_, n)| matches!(n.op, Op::AdamW(_))).count();
+    let params = graph
+        .nodes()
+        .filter(|(_, n)| matches!(n.op, Op::AdamW(_)))
+        .count();
     let (mut casts, mut adamw, mut streams) = (0, 0, Vec::new());
     for (_, node) in graph.nodes().filter(|(_, n)| n.phase == Phase::Optimizer) {
         match &node.op {
