@@ -179,7 +179,13 @@ impl Quantizer<'_, '_> {
         let role = temporary_role(self.rw.graph(), anchor);
         let amax = self
             .rw
-            .apply_before(anchor, AbsMax.into(), &[t], &[name.clone()], role)
+            .apply_before(
+                anchor,
+                AbsMax.into(),
+                &[t],
+                std::slice::from_ref(&name),
+                role,
+            )
             .map_err(|e| failed(format!("{name}: {e}")))?[0];
         self.amax.insert(t, amax);
         Ok(amax)
