@@ -7,7 +7,7 @@ use llmq_compiler::autodiff::{
 use llmq_compiler::ir::{Graph, write_graph};
 use llmq_compiler::kernels::DType;
 use llmq_compiler::lower::{LowerInput, lower};
-use llmq_compiler::pass::{PassContext, PassError, PassReport, run_passes};
+use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions};
 use llmq_compiler::spec::{self, SpecError, SpecOptions};
 use llmq_compiler::target::{DeviceProfile, Precision};
@@ -36,6 +36,8 @@ pub struct CompileOptions {
     pub optimizer: OptimizerOptions,
     /// A pass (or `autodiff`) after which to keep the graph's text.
     pub dump_after: Option<String>,
+    /// Passes not to run (to trace a wrong plan to the pass that made it).
+    pub skip_passes: Vec<String>,
 }
 
 /// A plan and what the compiler can tell about making it.
@@ -133,6 +135,34 @@ pub fn pass_context(opts: &CompileOptions) -> PassContext {
     }
 }
 
+/// The pipeline for `ctx` less the passes in `skip`, which must exist and not be required.
+fn selected_passes(
+    ctx: &PassContext,
+    skip: &[String],
+) -> Result<Vec<&'static dyn Pass>, CompileError> {
+    let all = pipeline(ctx);
+    for name in skip {
+        match all.iter().find(|p| p.name() == name) {
+            None => {
+                return Err(CompileError::Unsupported(format!(
+                    "--skip-pass {name}: no such pass in this pipeline; it runs: {}",
+                    all.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            Some(p) if p.is_required() => {
+                return Err(CompileError::Unsupported(format!(
+                    "--skip-pass {name}: the plan would be wrong without this pass"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|p| !skip.iter().any(|s| s == p.name()))
+        .collect())
+}
+
 /// Compiles the spec at `path` into a plan.
 pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileError> {
     if opts.gpus != 1 {
@@ -147,30 +177,27 @@ pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileEr
             opts.grad_fp8
         )));
     }
-    if let Some(name) = &opts.dump_after {
-        let mut known = pass_names();
-        known.insert(0, "autodiff");
-        if !known.contains(&name.as_str()) {
-            return Err(CompileError::Unsupported(format!(
-                "--dump-after {name}: no such pass; known: {}",
-                known.join(", ")
-            )));
-        }
+    let known = pass_names();
+    if let Some(name) = &opts.dump_after
+        && name != "autodiff"
+        && !known.contains(&name.as_str())
+    {
+        return Err(CompileError::Unsupported(format!(
+            "--dump-after {name}: no such pass; known: autodiff, {}",
+            known.join(", ")
+        )));
     }
     let TrainGraph {
         mut graph,
         io,
         model,
     } = train_graph(path, opts)?;
+    let ctx = pass_context(opts);
+    let passes = selected_passes(&ctx, &opts.skip_passes)?;
+    // The graph as autodiff left it, before any pass.
     let autodiff_dump =
         (opts.dump_after.as_deref() == Some("autodiff")).then(|| write_graph(&graph));
-    let ctx = pass_context(opts);
-    let mut report = run_passes(
-        &mut graph,
-        &pipeline(&ctx),
-        &ctx,
-        opts.dump_after.as_deref(),
-    )?;
+    let mut report = run_passes(&mut graph, &passes, &ctx, opts.dump_after.as_deref())?;
     if autodiff_dump.is_some() {
         report.dump = autodiff_dump;
     }

@@ -1,10 +1,12 @@
 //! The pipeline: which passes run, in which order, for a target. Branches on precision and
 //! GPU count live here and nowhere else.
 //!
-//! Fusion and the memory planner come with their issue (#5), each as one file here, and are
-//! listed below when they land.
+//! The precision passes run first, so that fusion sees (and may fold) the casts they place.
+//! The memory planner comes with its issue (#5), as one file here, and is listed below when it
+//! lands.
 
 use crate::fp8_casts::Fp8Casts;
+use crate::fusion::Fusion;
 use crate::stochastic_rounding::StochasticRounding;
 use llmq_compiler::kernels::DType;
 use llmq_compiler::pass::{Pass, PassContext};
@@ -19,6 +21,7 @@ pub fn pipeline(ctx: &PassContext) -> Vec<&'static dyn Pass> {
     if ctx.precision == Precision::Fp8 {
         passes.extend_from_slice(FP8_RECIPE);
     }
+    passes.push(&Fusion);
     passes
 }
 

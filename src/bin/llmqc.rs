@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use llmq_compiler::autodiff::OptimizerOptions;
 use llmq_compiler::kernels::DType;
-use llmq_compiler::plan::{Plan, ShowOptions, diff_plans, fits, show_plan, summary};
+use llmq_compiler::plan::{Plan, ShowOptions, diff_plans, fits, report_html, show_plan, summary};
 use llmq_compiler::target::{DeviceProfile, Precision, device, known_devices, parse_size};
 use llmq_passes::{CompileOptions, compile};
 use miette::{Context, IntoDiagnostic, Result, miette};
@@ -50,6 +50,15 @@ enum Command {
         /// The second plan.
         b: PathBuf,
     },
+    /// Draw a plan as one self-contained HTML page: device (and host) memory over the step,
+    /// stacked by category against the budget, and the streams as a timeline.
+    Report {
+        /// A plan written by `llmqc plan -o`.
+        plan: PathBuf,
+        /// The page to write (`plan.html`).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// List the known devices and their rates.
     Devices,
 }
@@ -91,6 +100,9 @@ struct PlanArgs {
     /// Print the graph after this pass (or `autodiff`).
     #[arg(long)]
     dump_after: Option<String>,
+    /// Do not run this pass (repeatable): to find the pass that made a plan wrong.
+    #[arg(long = "skip-pass", value_name = "PASS")]
+    skip_passes: Vec<String>,
     /// Print how long each compiler stage took.
     #[arg(long)]
     timings: bool,
@@ -155,6 +167,7 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
         device,
         optimizer: OptimizerOptions::default(),
         dump_after: args.dump_after.clone(),
+        skip_passes: args.skip_passes.clone(),
     };
     let start = Instant::now();
     let compiled = compile(&args.spec, &opts)?;
@@ -210,6 +223,11 @@ fn main() -> ExitCode {
             } else {
                 print!("{d}");
             }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Report { plan, output } => read_plan(&plan).and_then(|p| {
+            write_atomically(&output, report_html(&p).as_bytes())?;
+            println!("wrote {}", output.display());
             Ok(ExitCode::SUCCESS)
         }),
         Command::Devices => {

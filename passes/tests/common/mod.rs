@@ -22,6 +22,7 @@ pub fn options(precision: Precision) -> CompileOptions {
         device: device("h100").unwrap(),
         optimizer: OptimizerOptions::default(),
         dump_after: None,
+        skip_passes: Vec::new(),
     }
 }
 
