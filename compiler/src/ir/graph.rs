@@ -470,3 +470,94 @@ impl Rewrite<'_> {
         Ok(outputs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmq_kernels::ops::{Add, Zero};
+    use llmq_kernels::{DType, TensorType};
+
+    fn tensor(graph: &mut Graph, name: &str, role: Role) -> TensorId {
+        graph.add_tensor(Tensor {
+            name: name.into(),
+            ty: TensorType::new([4], DType::F32),
+            role,
+            layer: None,
+            hf_name: None,
+            init: None,
+        })
+    }
+
+    fn node(op: impl Into<Op>, inputs: &[TensorId], outputs: &[TensorId]) -> Node {
+        Node {
+            op: op.into(),
+            inputs: inputs.to_vec(),
+            outputs: outputs.to_vec(),
+            accumulate: vec![false; outputs.len()],
+            phase: Phase::Forward,
+            layer: None,
+        }
+    }
+
+    /// Every edge as (position of source, position of target, dependency) in program order.
+    fn edges(graph: &Graph) -> Vec<(usize, usize, Dep)> {
+        let mut edges: Vec<_> = (&graph.dfg)
+            .edge_references()
+            .map(|e| {
+                let rank = |i: NodeIndex| graph.rank[i.index()];
+                (rank(e.source()), rank(e.target()), *e.weight())
+            })
+            .collect();
+        edges.sort_by_key(|&(s, t, dep)| (s, t, format!("{dep:?}")));
+        edges
+    }
+
+    /// Tensors x (input), w (state), a, b, c, m (activations); `program` lists the nodes.
+    fn build(program: &[fn(&[TensorId]) -> Node]) -> (Graph, Vec<TensorId>) {
+        let mut g = Graph::new();
+        let t: Vec<TensorId> = [
+            ("x", Role::Input),
+            ("w", Role::Weight),
+            ("a", Role::Activation),
+            ("b", Role::Activation),
+            ("c", Role::Activation),
+            ("m", Role::Activation),
+        ]
+        .iter()
+        .map(|&(n, r)| tensor(&mut g, n, r))
+        .collect();
+        for make in program {
+            g.add_node(make(&t));
+        }
+        (g, t)
+    }
+
+    #[test]
+    fn a_rewrite_links_as_if_the_graph_had_been_built_in_the_new_order() {
+        // Built: a = x + w; c = a + a; w = 0. Rewritten: m = w + w placed before the first
+        // node (it reads the state w, so zeroing w must wait for it), b = a + x before
+        // `c = a + a`, which becomes c = a + b.
+        let (mut g, t) = build(&[
+            |t| node(Add, &[t[0], t[1]], &[t[2]]),
+            |t| node(Add, &[t[2], t[2]], &[t[4]]),
+            |t| node(Zero, &[t[1]], &[t[1]]),
+        ]);
+        g.rewrite(|rw| {
+            rw.insert_before(NodeId(0), node(Add, &[t[1], t[1]], &[t[5]]));
+            rw.insert_before(NodeId(1), node(Add, &[t[2], t[0]], &[t[3]]));
+            rw.replace(NodeId(1), node(Add, &[t[2], t[3]], &[t[4]]));
+        });
+        let (direct, _) = build(&[
+            |t| node(Add, &[t[1], t[1]], &[t[5]]),
+            |t| node(Add, &[t[0], t[1]], &[t[2]]),
+            |t| node(Add, &[t[2], t[0]], &[t[3]]),
+            |t| node(Add, &[t[2], t[3]], &[t[4]]),
+            |t| node(Zero, &[t[1]], &[t[1]]),
+        ]);
+        assert_eq!(edges(&g), edges(&direct));
+        // The topological order follows the new program order; node IDs are kept.
+        let order: Vec<u32> = g.topological_order().iter().map(|n| n.0).collect();
+        assert_eq!(order, [3, 0, 4, 1, 2]);
+        g.verify().unwrap();
+    }
+}
