@@ -1,8 +1,10 @@
 //! From a spec file to a plan: front-end, autodiff, passes, lowering.
 
 use crate::pipeline::{pass_names, pipeline};
-use llmq_compiler::autodiff::{AutodiffError, OptimizerOptions, TrainOptions, differentiate};
-use llmq_compiler::ir::write_graph;
+use llmq_compiler::autodiff::{
+    AutodiffError, OptimizerOptions, TrainIo, TrainOptions, differentiate,
+};
+use llmq_compiler::ir::{Graph, write_graph};
 use llmq_compiler::kernels::DType;
 use llmq_compiler::lower::{LowerInput, lower};
 use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
@@ -22,6 +24,8 @@ pub struct CompileOptions {
     pub grad_accum: u32,
     /// The numeric recipe.
     pub precision: Precision,
+    /// The FP8 format of gradients in FP8 matmuls: e4m3 (LLMQ's default) or e5m2.
+    pub grad_fp8: DType,
     /// Device memory budget in bytes.
     pub vram_bytes: u64,
     /// Number of GPUs.
@@ -63,21 +67,71 @@ pub enum CompileError {
     Unsupported(String),
 }
 
-/// Dtypes of the training state for a precision.
+/// Dtypes of the training state for a precision. FP8 keeps LLMQ's BF16 Adam moments (written
+/// with stochastic rounding by the `stochastic_rounding` pass).
 fn train_options(precision: Precision, optimizer: OptimizerOptions) -> TrainOptions {
-    match precision {
-        Precision::Fp32 => TrainOptions {
-            grad_dtype: DType::F32,
-            master_dtype: None,
-            moment_dtype: DType::F32,
-            optimizer,
+    let (grad_dtype, master_dtype, moment_dtype) = match precision {
+        Precision::Fp32 => (DType::F32, None, DType::F32),
+        Precision::Bf16 => (DType::BF16, Some(DType::F32), DType::F32),
+        Precision::Fp8 => (DType::BF16, Some(DType::F32), DType::BF16),
+    };
+    TrainOptions {
+        grad_dtype,
+        master_dtype,
+        moment_dtype,
+        optimizer,
+    }
+}
+
+/// The training graph of a spec before any pass: front-end, then autodiff and the optimizer.
+#[derive(Debug)]
+pub struct TrainGraph {
+    /// Forward, backward and optimizer nodes.
+    pub graph: Graph,
+    /// The tensors the trainer talks through.
+    pub io: TrainIo,
+    /// What the plan records about the model.
+    pub model: ModelInfo,
+}
+
+/// Builds the training graph of the spec at `path`.
+pub fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, CompileError> {
+    let weight_dtype = if opts.precision == Precision::Fp32 {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+    let model = spec::load(
+        path,
+        &SpecOptions {
+            batch: opts.batch,
+            seq: opts.seq,
+            weight_dtype,
         },
-        Precision::Bf16 | Precision::Fp8 => TrainOptions {
-            grad_dtype: DType::BF16,
-            master_dtype: Some(DType::F32),
-            moment_dtype: DType::F32,
-            optimizer,
+    )?;
+    let param_count = model.param_count();
+    let mut graph = model.graph;
+    let train = train_options(opts.precision, opts.optimizer.clone());
+    let io = differentiate(&mut graph, model.tokens, model.targets, model.loss, &train)?;
+    Ok(TrainGraph {
+        graph,
+        io,
+        model: ModelInfo {
+            name: model.name,
+            fingerprint: model.fingerprint,
+            dims: model.dims,
+            param_count,
         },
+    })
+}
+
+/// What passes see of the options.
+pub fn pass_context(opts: &CompileOptions) -> PassContext {
+    PassContext {
+        precision: opts.precision,
+        grad_fp8: opts.grad_fp8,
+        vram_bytes: opts.vram_bytes,
+        gpus: opts.gpus,
     }
 }
 
@@ -117,12 +171,11 @@ pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileEr
             opts.gpus
         )));
     }
-    if opts.precision == Precision::Fp8 {
-        return Err(CompileError::Unsupported(
-            "--precision fp8: the precision pass that places the FP8 casts is not implemented yet; \
-             use --precision bf16"
-                .into(),
-        ));
+    if !opts.grad_fp8.is_fp8() {
+        return Err(CompileError::Unsupported(format!(
+            "gradient format {}: FP8 matmul gradients are e4m3 or e5m2",
+            opts.grad_fp8
+        )));
     }
     let known = pass_names();
     if let Some(name) = &opts.dump_after
@@ -134,28 +187,12 @@ pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileEr
             known.join(", ")
         )));
     }
-    let weight_dtype = if opts.precision == Precision::Fp32 {
-        DType::F32
-    } else {
-        DType::BF16
-    };
-    let model = spec::load(
-        path,
-        &SpecOptions {
-            batch: opts.batch,
-            seq: opts.seq,
-            weight_dtype,
-        },
-    )?;
-    let param_count = model.param_count();
-    let mut graph = model.graph;
-    let train = train_options(opts.precision, opts.optimizer.clone());
-    let io = differentiate(&mut graph, model.tokens, model.targets, model.loss, &train)?;
-    let ctx = PassContext {
-        precision: opts.precision,
-        vram_bytes: opts.vram_bytes,
-        gpus: opts.gpus,
-    };
+    let TrainGraph {
+        mut graph,
+        io,
+        model,
+    } = train_graph(path, opts)?;
+    let ctx = pass_context(opts);
     let passes = selected_passes(&ctx, &opts.skip_passes)?;
     // The graph as autodiff left it, before any pass.
     let autodiff_dump =
@@ -167,12 +204,7 @@ pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileEr
     let plan = lower(LowerInput {
         graph: &graph,
         io: &io,
-        model: ModelInfo {
-            name: model.name,
-            fingerprint: model.fingerprint,
-            dims: model.dims,
-            param_count,
-        },
+        model,
         options: PlanOptions {
             batch: opts.batch,
             seq: opts.seq,

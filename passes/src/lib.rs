@@ -3,9 +3,15 @@
 #![warn(missing_docs)]
 
 mod compile;
+mod fp8_casts;
 mod fusion;
 mod pipeline;
+mod stochastic_rounding;
 
-pub use compile::{CompileError, CompileOptions, Compiled, compile};
+pub use compile::{
+    CompileError, CompileOptions, Compiled, TrainGraph, compile, pass_context, train_graph,
+};
+pub use fp8_casts::Fp8Casts;
 pub use fusion::Fusion;
 pub use pipeline::{pass_names, pipeline};
+pub use stochastic_rounding::StochasticRounding;
