@@ -57,6 +57,7 @@ fn plan(model: &str, batch: u64, seq: u64, grad_accum: u32, precision: Precision
         seq,
         grad_accum,
         precision,
+        grad_fp8: DType::F8E4M3,
         vram_bytes: 80 << 30,
         gpus: 1,
         device: device("h100").unwrap(),

@@ -423,6 +423,14 @@ impl StepContext<'_> {
                         .into(),
                 );
             }
+            Op::Fp8Matmul(_) | Op::QuantizeTransposed(_) | Op::CastStochastic(_) => {
+                return Err(
+                    "the CUDA launchers of the FP8 recipe (FP8 matmul with device \
+                            scales, transposed quantisation, stochastic rounding) are not \
+                            written yet: plan with --precision bf16"
+                        .into(),
+                );
+            }
             Op::BiasAdd(_) => {
                 self.no_acc()?;
                 let cols = self.in_ty(1).numel();
@@ -548,6 +556,11 @@ impl StepContext<'_> {
             }
             Op::AdamW(a) => {
                 self.no_acc()?;
+                if a.stochastic.is_some() {
+                    return Err("the CUDA adamw kernel has no stochastic rounding of BF16 \
+                                moments yet: plan with --precision bf16"
+                        .into());
+                }
                 if self.step.outputs
                     != [
                         self.step.inputs[0],
