@@ -11,9 +11,8 @@
 //! - `residual-add-rms-norm`: `s = a + b` feeding `rms_norm(s, w)` becomes one `add_rms_norm`
 //!   producing `s`, the normalised value and `rstd` (every pre-norm block has two).
 //!
-//! Invariants: tensors keep their IDs, names and roles (only nodes change); the program order
-//! is the topological order of the graph before the pass, with the fused node at the position
-//! of the `add`.
+//! Invariants: tensors keep their IDs, names and roles (only nodes change); the fused node
+//! takes the place of the `add` in program order, and the `rms_norm` node goes.
 
 use egg::{EGraph, Id, Rewrite, Runner, define_language, rewrite};
 use llmq_compiler::ir::{Graph, Node, NodeId, TensorId};
@@ -58,7 +57,12 @@ impl Pass for Fusion {
         if fused.is_empty() {
             return Ok(());
         }
-        *graph = rebuild(graph, &order, &fused);
+        graph.rewrite(|edit| {
+            for f in fused {
+                edit.replace(f.add, f.node);
+                edit.remove(f.norm);
+            }
+        });
         Ok(())
     }
 }
@@ -169,22 +173,4 @@ fn residual_norm_fusions(
         });
     }
     fused
-}
-
-/// The graph again, node by node in `order`, with the fusions applied; tensors are unchanged.
-fn rebuild(graph: &Graph, order: &[NodeId], fused: &[Fused]) -> Graph {
-    let mut out = Graph::new();
-    for (_, t) in graph.tensors() {
-        out.add_tensor(t.clone());
-    }
-    for &n in order {
-        if fused.iter().any(|f| f.norm == n) {
-            continue;
-        }
-        match fused.iter().find(|f| f.add == n) {
-            Some(f) => out.add_node(f.node.clone()),
-            None => out.add_node(graph.node(n).clone()),
-        };
-    }
-    out
 }

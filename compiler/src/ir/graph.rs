@@ -434,6 +434,16 @@ impl Rewrite<'_> {
         self.graph.dfg[NodeIndex::new(id.index())] = node;
     }
 
+    /// Removes the node `id`; its outputs must be written by another node of the edit (a fused
+    /// node that replaces it), and nothing may be placed before it.
+    pub fn remove(&mut self, id: NodeId) {
+        debug_assert!(
+            !self.before.contains_key(&id),
+            "nodes were placed before {id}, which is removed"
+        );
+        self.graph.dfg.remove_node(NodeIndex::new(id.index()));
+    }
+
     /// Places `node` right before `anchor` in program order (after nodes placed there earlier).
     pub fn insert_before(&mut self, anchor: NodeId, node: Node) -> NodeId {
         let idx = self.graph.add_unlinked(node);
