@@ -9,9 +9,9 @@ use llmq_compiler::kernels::DType;
 use llmq_compiler::plan::Plan;
 use llmq_compiler::target::{Precision, device};
 use llmq_passes::{CompileOptions, compile};
-use llmq_runtime::backend::Backend;
 use llmq_runtime::backend::cpu::CpuBackend;
 use llmq_runtime::backend::cuda::{self, CudaBackend, CudaOptions};
+use llmq_runtime::backend::{Backend, BackendError};
 use llmq_runtime::train::checkpoint::latest_checkpoint;
 use llmq_runtime::train::data::{DataLoader, TokenDataset, TokenVersion, write_token_file};
 use llmq_runtime::train::schedule::{Schedule, ScheduleParams};
@@ -208,7 +208,14 @@ fn data_patterns(args: &Args, vocab: u64) -> Result<(Vec<String>, Vec<String>)> 
 }
 
 /// The backend asked for; `auto` takes cuda when [`cuda::probe`] finds a GPU, else cpu.
-fn make_backend(kind: BackendKind, plan: Plan, graphs: bool) -> Result<Box<dyn Backend>> {
+/// The backend to run `plan` on. With `cpu_fallback` (auto, on the embedded default model), a
+/// plan the GPU cannot run yet trains on the CPU instead, with a note saying why.
+fn make_backend(
+    kind: BackendKind,
+    plan: Plan,
+    graphs: bool,
+    cpu_fallback: bool,
+) -> Result<Box<dyn Backend>> {
     let use_cuda = match kind {
         BackendKind::Cpu => false,
         BackendKind::Cuda => true,
@@ -221,8 +228,14 @@ fn make_backend(kind: BackendKind, plan: Plan, graphs: bool) -> Result<Box<dyn B
         graphs,
         ..CudaOptions::default()
     };
-    let backend = CudaBackend::new(plan, options).map_err(|e| miette!("--backend cuda: {e}"))?;
-    Ok(Box::new(backend))
+    match CudaBackend::new(plan.clone(), options) {
+        Ok(backend) => Ok(Box::new(backend)),
+        Err(BackendError::Unsupported(why)) if cpu_fallback => {
+            eprintln!("note: {why}; running on the CPU instead");
+            Ok(Box::new(CpuBackend::new(plan)))
+        }
+        Err(e) => Err(miette!("--backend cuda: {e}")),
+    }
 }
 
 /// Times every step once and prints, per section and per op, the measured milliseconds beside
@@ -325,7 +338,8 @@ fn run(args: Args) -> Result<()> {
         plan.tokens_per_step(),
     );
     let peak_flops = plan.device.bf16_tflops * 1e12;
-    let backend = make_backend(args.backend, plan, !args.no_graphs)?;
+    let cpu_fallback = args.backend == BackendKind::Auto && args.model.is_none();
+    let backend = make_backend(args.backend, plan, !args.no_graphs, cpu_fallback)?;
     println!(
         "training {model} ({params} parameters) on {}: {} steps of {tokens} tokens, run directory {}",
         backend.name(),

@@ -24,6 +24,9 @@ pub enum BackendError {
     /// The backend cannot run here (no GPU, a missing library, not enough memory).
     #[error("{0}")]
     Unavailable(String),
+    /// The backend runs here but not this plan (an op it has no kernel for yet).
+    #[error("{0}")]
+    Unsupported(String),
     /// A call to the GPU failed while running (a driver, kernel or cuBLASLt error).
     #[error("CUDA: {0}")]
     Device(String),

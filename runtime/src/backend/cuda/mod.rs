@@ -216,7 +216,7 @@ impl CudaBackend {
             }
         };
         let launches = launch::build(&plan, &modules, &mut gemms, sm_count, scratch.ptr, &address)
-            .map_err(|e| BackendError::Unavailable(format!("the CUDA backend cannot run {e}")))?;
+            .map_err(|e| BackendError::Unsupported(format!("the CUDA backend cannot run {e}")))?;
         let graphs = plan.graph_segments.iter().map(|_| None).collect();
         Ok(CudaBackend {
             plan,
