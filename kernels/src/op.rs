@@ -243,6 +243,8 @@ declare_ops! {
     Quantize(Quantize),
     /// Sets every element to zero.
     Zero(Zero),
+    /// The identity, between the device and the host arena (offload, prefetch, streaming).
+    Copy(Copy),
 }
 
 impl Op {

@@ -521,7 +521,8 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::Cast(_)
         | Op::AbsMax(_)
         | Op::Quantize(_)
-        | Op::Zero(_) => false,
+        | Op::Zero(_)
+        | Op::Copy(_) => false,
     }
 }
 
