@@ -88,6 +88,33 @@ pub fn summary(plan: &Plan) -> String {
         )
     };
     let _ = writeln!(out, "  {verdict}");
+    if plan.host_arena_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>12}",
+            "host arena",
+            format_bytes(plan.host_arena_bytes)
+        );
+    }
+    if !plan.memory.is_empty() {
+        let _ = writeln!(out, "\nmemory decisions:");
+        for d in &plan.memory {
+            let saved = if d.bytes_saved < 0 {
+                format!("-{}", format_bytes(d.bytes_saved.unsigned_abs()))
+            } else {
+                format_bytes(d.bytes_saved as u64)
+            };
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<8} {:<34} saves {:>11}, adds {:>8.1} ms",
+                d.class,
+                d.blocks,
+                d.action,
+                saved,
+                d.seconds_added * 1e3
+            );
+        }
+    }
     let _ = writeln!(out);
     let mfu_flops = e.model_flops_per_token * e.tokens_per_second;
     let peak = match o.precision {
