@@ -1,14 +1,18 @@
-//! From a spec file to a plan: front-end, autodiff, passes, lowering.
+//! From a spec file to a plan: front-end, autodiff, passes, the memory planner (which lowers
+//! its candidates), and the choices built on it: `--batch auto` and the trade-off curve.
 
+use crate::memory_plan::plan_memory;
 use crate::pipeline::{pass_names, pipeline};
-use llmq_compiler::autodiff::{AutodiffError, OptimizerOptions, TrainOptions, differentiate};
-use llmq_compiler::ir::write_graph;
+use llmq_compiler::autodiff::{
+    AutodiffError, OptimizerOptions, TrainIo, TrainOptions, differentiate,
+};
+use llmq_compiler::ir::{Graph, write_graph};
 use llmq_compiler::kernels::DType;
 use llmq_compiler::lower::{LowerInput, lower};
 use llmq_compiler::pass::{PassContext, PassError, PassReport, run_passes};
-use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions};
+use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions, fits};
 use llmq_compiler::spec::{self, SpecError, SpecOptions};
-use llmq_compiler::target::{DeviceProfile, Precision};
+use llmq_compiler::target::{DeviceProfile, Precision, format_bytes};
 use std::path::Path;
 
 /// Everything a plan depends on besides the spec file.
@@ -79,8 +83,98 @@ fn train_options(precision: Precision, optimizer: OptimizerOptions) -> TrainOpti
     }
 }
 
+/// A training graph after the optimisation passes, ready for memory planning.
+struct TrainGraph {
+    graph: Graph,
+    io: TrainIo,
+    model: ModelInfo,
+    report: PassReport,
+    ctx: PassContext,
+}
+
 /// Compiles the spec at `path` into a plan.
 pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileError> {
+    let train = train_graph(path, opts)?;
+    plan_within(&train, opts, opts.vram_bytes)
+}
+
+/// Compiles the spec for every micro-batch size from 1 up (doubling, up to `max_batch`) and
+/// keeps the plan with the highest estimated tokens/s among those that fit (`--batch auto`).
+pub fn compile_auto_batch(
+    path: &Path,
+    opts: &CompileOptions,
+    max_batch: u64,
+) -> Result<Compiled, CompileError> {
+    let mut best: Option<Compiled> = None;
+    let mut batch = 1;
+    while batch <= max_batch {
+        let compiled = compile(path, &CompileOptions { batch, ..opts.clone() })?;
+        if !fits(&compiled.plan) {
+            break;
+        }
+        let faster = best.as_ref().is_none_or(|b| {
+            compiled.plan.estimates.tokens_per_second > b.plan.estimates.tokens_per_second
+        });
+        if faster {
+            best = Some(compiled);
+        }
+        batch *= 2;
+    }
+    best.ok_or_else(|| {
+        CompileError::Unsupported(format!(
+            "--batch auto: not even one sequence of {} tokens fits {}",
+            opts.seq,
+            format_bytes(opts.vram_bytes)
+        ))
+    })
+}
+
+/// One point of the trade-off curve: a budget and the plan the memory planner makes for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CurvePoint {
+    /// Device memory budget in bytes.
+    pub vram_bytes: u64,
+    /// Estimated tokens/s, or `None` when nothing fits the budget.
+    pub tokens_per_second: Option<f64>,
+    /// Device arena the plan needs.
+    pub arena_bytes: u64,
+    /// The decisions, one line (`master, adam m on host; recompute L0-L27`).
+    pub decisions: String,
+}
+
+/// The budget → estimated tokens/s curve for the spec and flags (`llmqc plan --explain`).
+pub fn tradeoff_curve(
+    path: &Path,
+    opts: &CompileOptions,
+    budgets: &[u64],
+) -> Result<Vec<CurvePoint>, CompileError> {
+    let train = train_graph(path, opts)?;
+    budgets
+        .iter()
+        .map(|&vram| {
+            let compiled = plan_within(&train, opts, vram)?;
+            let plan = &compiled.plan;
+            let decisions: Vec<String> = plan
+                .memory
+                .iter()
+                .map(|d| format!("{} {} {}", d.class, d.blocks, d.action))
+                .collect();
+            Ok(CurvePoint {
+                vram_bytes: vram,
+                tokens_per_second: fits(plan).then_some(plan.estimates.tokens_per_second),
+                arena_bytes: plan.device_arena_bytes,
+                decisions: if decisions.is_empty() {
+                    "everything on the device".into()
+                } else {
+                    decisions.join("; ")
+                },
+            })
+        })
+        .collect()
+}
+
+/// Spec, autodiff and the optimisation passes.
+fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, CompileError> {
     if opts.gpus != 1 {
         return Err(CompileError::Unsupported(format!(
             "--gpus {}: multi-GPU plans (sharding and collectives) are not implemented yet; plan for --gpus 1",
@@ -135,25 +229,64 @@ pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileEr
     if opts.dump_after.as_deref() == Some("autodiff") {
         report.dump = Some(write_graph(&graph));
     }
-    let plan = lower(LowerInput {
-        graph: &graph,
-        io: &io,
+    Ok(TrainGraph {
+        graph,
+        io,
         model: ModelInfo {
             name: model.name,
             fingerprint: model.fingerprint,
             dims: model.dims,
             param_count,
         },
-        options: PlanOptions {
-            batch: opts.batch,
-            seq: opts.seq,
-            grad_accum: opts.grad_accum,
-            precision: opts.precision,
-            vram_bytes: opts.vram_bytes,
-            gpus: opts.gpus,
-            optimizer: opts.optimizer.clone(),
-        },
-        device: opts.device.clone(),
-    });
-    Ok(Compiled { plan, report })
+        report,
+        ctx,
+    })
+}
+
+/// The memory planner for a budget, then lowering.
+fn plan_within(
+    train: &TrainGraph,
+    opts: &CompileOptions,
+    vram_bytes: u64,
+) -> Result<Compiled, CompileError> {
+    let lower_graph = |graph: &Graph| {
+        lower(LowerInput {
+            graph,
+            io: &train.io,
+            model: train.model.clone(),
+            options: PlanOptions {
+                batch: opts.batch,
+                seq: opts.seq,
+                grad_accum: opts.grad_accum,
+                precision: opts.precision,
+                vram_bytes,
+                gpus: opts.gpus,
+                optimizer: opts.optimizer.clone(),
+            },
+            device: opts.device.clone(),
+        })
+    };
+    let ctx = PassContext {
+        vram_bytes,
+        ..train.ctx.clone()
+    };
+    let memory = plan_memory(
+        &train.graph,
+        &ctx,
+        &opts.device,
+        opts.dump_after.as_deref(),
+        &lower_graph,
+    )?;
+    let mut report = PassReport {
+        timings: train.report.timings.clone(),
+        dump: train.report.dump.clone(),
+    };
+    report.timings.extend(memory.report.timings);
+    if memory.report.dump.is_some() {
+        report.dump = memory.report.dump;
+    }
+    Ok(Compiled {
+        plan: memory.plan,
+        report,
+    })
 }

@@ -3,7 +3,14 @@
 #![warn(missing_docs)]
 
 mod compile;
+pub mod memory_edit;
+pub mod memory_plan;
+pub mod offload_activations;
 mod pipeline;
+pub mod recompute;
+pub mod stream_state;
 
-pub use compile::{CompileError, CompileOptions, Compiled, compile};
+pub use compile::{
+    CompileError, CompileOptions, Compiled, CurvePoint, compile, compile_auto_batch, tradeoff_curve,
+};
 pub use pipeline::{pass_names, pipeline};

@@ -12,12 +12,14 @@ pub fn pipeline(ctx: &PassContext) -> Vec<&'static dyn Pass> {
     Vec::new()
 }
 
-/// Names accepted by `--dump-after`.
+/// Names accepted by `--dump-after`: the pipeline's, then the memory planner's passes.
 pub fn pass_names() -> Vec<&'static str> {
     let all = PassContext {
         precision: llmq_compiler::target::Precision::Bf16,
         vram_bytes: u64::MAX,
         gpus: 1,
     };
-    pipeline(&all).iter().map(|p| p.name()).collect()
+    let mut names: Vec<&'static str> = pipeline(&all).iter().map(|p| p.name()).collect();
+    names.extend(crate::memory_plan::MEMORY_PASSES);
+    names
 }

@@ -313,9 +313,10 @@ impl Graph {
     }
 
     /// Checks that every node's output types match its op's shape rule, that activations
-    /// have exactly one plain writer and are accumulated into only after it (the memory
-    /// planner stages gradients on the device and accumulates into the staged copy), that
-    /// only copies touch host tensors, and that the graph has no cycle.
+    /// have exactly one plain writer and are accumulated into or updated in place only after
+    /// it (the memory planner stages state on the device: gradients are accumulated into the
+    /// staged copy, AdamW updates it in place), that only copies touch host tensors, and that
+    /// the graph has no cycle.
     pub fn verify(&self) -> Result<(), GraphError> {
         let order = self.topological_order();
         if order.len() != self.node_count() {
@@ -367,11 +368,14 @@ impl Graph {
                 if tensor.role.is_persistent() {
                     continue;
                 }
-                if !acc {
+                // Accumulating into it, or updating it in place (the node reads it too),
+                // follows the one plain write.
+                let updates = acc || node.inputs.contains(&t);
+                if !updates {
                     writers[t.index()] += 1;
                 } else if writers[t.index()] == 0 {
                     return Err(GraphError::Dataflow(format!(
-                        "{id} accumulates into activation {t} `{}` before anything wrote it",
+                        "{id} updates activation {t} `{}` before anything wrote it",
                         tensor.name
                     )));
                 }
