@@ -1,7 +1,7 @@
 //! From a spec file to a plan: front-end, autodiff, passes, the memory planner (which lowers
 //! its candidates), and the choices built on it: `--batch auto` and the trade-off curve.
 
-use crate::memory_plan::plan_memory;
+use crate::memory_plan::{MemoryChoice, plan_memory};
 use crate::pipeline::{pass_names, pipeline};
 use llmq_compiler::autodiff::{
     AutodiffError, OptimizerOptions, TrainIo, TrainOptions, differentiate,
@@ -96,6 +96,23 @@ struct TrainGraph {
 pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileError> {
     let train = train_graph(path, opts)?;
     plan_within(&train, opts, opts.vram_bytes)
+}
+
+/// Compiles the spec with the memory passes set by hand to `choice` instead of the planner's
+/// search (tests use it to force every mechanism on a tiny model).
+pub fn compile_with_choice(
+    path: &Path,
+    opts: &CompileOptions,
+    choice: &MemoryChoice,
+) -> Result<Compiled, CompileError> {
+    let mut train = train_graph(path, opts)?;
+    let report = choice.apply(&mut train.graph, &train.ctx, &opts.device, None)?;
+    train.report.timings.extend(report.timings);
+    let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph);
+    Ok(Compiled {
+        plan,
+        report: train.report,
+    })
 }
 
 /// Compiles the spec for every micro-batch size from 1 up (doubling, up to `max_batch`) and
@@ -243,29 +260,32 @@ fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, Compile
     })
 }
 
+/// Lowers `graph` (the training graph after memory passes) for the flags and budget.
+fn lower_for(train: &TrainGraph, opts: &CompileOptions, vram_bytes: u64, graph: &Graph) -> Plan {
+    lower(LowerInput {
+        graph,
+        io: &train.io,
+        model: train.model.clone(),
+        options: PlanOptions {
+            batch: opts.batch,
+            seq: opts.seq,
+            grad_accum: opts.grad_accum,
+            precision: opts.precision,
+            vram_bytes,
+            gpus: opts.gpus,
+            optimizer: opts.optimizer.clone(),
+        },
+        device: opts.device.clone(),
+    })
+}
+
 /// The memory planner for a budget, then lowering.
 fn plan_within(
     train: &TrainGraph,
     opts: &CompileOptions,
     vram_bytes: u64,
 ) -> Result<Compiled, CompileError> {
-    let lower_graph = |graph: &Graph| {
-        lower(LowerInput {
-            graph,
-            io: &train.io,
-            model: train.model.clone(),
-            options: PlanOptions {
-                batch: opts.batch,
-                seq: opts.seq,
-                grad_accum: opts.grad_accum,
-                precision: opts.precision,
-                vram_bytes,
-                gpus: opts.gpus,
-                optimizer: opts.optimizer.clone(),
-            },
-            device: opts.device.clone(),
-        })
-    };
+    let lower_graph = |graph: &Graph| lower_for(train, opts, vram_bytes, graph);
     let ctx = PassContext {
         vram_bytes,
         ..train.ctx.clone()

@@ -11,6 +11,7 @@ pub mod recompute;
 pub mod stream_state;
 
 pub use compile::{
-    CompileError, CompileOptions, Compiled, CurvePoint, compile, compile_auto_batch, tradeoff_curve,
+    CompileError, CompileOptions, Compiled, CurvePoint, compile, compile_auto_batch,
+    compile_with_choice, tradeoff_curve,
 };
 pub use pipeline::{pass_names, pipeline};
