@@ -155,7 +155,7 @@ pub struct CurvePoint {
     pub tokens_per_second: Option<f64>,
     /// Device arena the plan needs.
     pub arena_bytes: u64,
-    /// The decisions, one line (`master, adam m on host; recompute L0-L27`).
+    /// The decisions, one line (`on host: master, adam m; recompute in backward L0-L27`).
     pub decisions: String,
 }
 
@@ -171,11 +171,22 @@ pub fn tradeoff_curve(
         .map(|&vram| {
             let compiled = plan_within(&train, opts, vram)?;
             let plan = &compiled.plan;
-            let decisions: Vec<String> = plan
+            let on_host: Vec<&str> = plan
                 .memory
                 .iter()
-                .map(|d| format!("{} {} {}", d.class, d.blocks, d.action))
+                .filter(|d| d.class != "activations")
+                .map(|d| d.class.as_str())
                 .collect();
+            let mut decisions: Vec<String> = Vec::new();
+            if !on_host.is_empty() {
+                decisions.push(format!("on host: {}", on_host.join(", ")));
+            }
+            decisions.extend(
+                plan.memory
+                    .iter()
+                    .filter(|d| d.class == "activations")
+                    .map(|d| format!("{} {}", d.action, d.blocks)),
+            );
             Ok(CurvePoint {
                 vram_bytes: vram,
                 tokens_per_second: fits(plan).then_some(plan.estimates.tokens_per_second),
