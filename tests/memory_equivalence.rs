@@ -86,9 +86,16 @@ fn assert_uses_every_mechanism(plan: &Plan, recomputes: bool) {
     for role in every_state_role().into_iter().chain([Role::Saved]) {
         assert!(on_host(role), "no {} tensor on the host", role.name());
     }
-    let recomputed = plan.tensors.iter().any(|t| t.name.starts_with("recompute."));
+    let recomputed = plan
+        .tensors
+        .iter()
+        .any(|t| t.name.starts_with("recompute."));
     assert_eq!(recomputed, recomputes);
-    assert!(plan.steps.iter().any(|s| s.stream != 0 && s.records.is_some()));
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| s.stream != 0 && s.records.is_some())
+    );
 }
 
 #[test]
@@ -142,7 +149,10 @@ fn the_planner_under_a_tight_budget_streams_optimizer_state_and_trains_identical
     assert!(plan.device_arena_bytes < plain.device_arena_bytes / 3);
     let classes: Vec<&str> = plan.memory.iter().map(|d| d.class.as_str()).collect();
     for class in ["master", "adam m", "adam v", "gradients"] {
-        assert!(classes.contains(&class), "{class} not streamed: {classes:?}");
+        assert!(
+            classes.contains(&class),
+            "{class} not streamed: {classes:?}"
+        );
     }
     assert_eq!(train(plan, &data), train(plain, &data));
 }

@@ -5,9 +5,9 @@ mod common;
 
 use llmq_compiler::ir::Role;
 use llmq_compiler::plan::{Arena, FormatError, Plan};
+use llmq_compiler::target::Precision;
 use llmq_passes::compile_with_choice;
 use llmq_passes::memory_plan::MemoryChoice;
-use llmq_compiler::target::Precision;
 use proptest::prelude::*;
 
 /// Every pair of buffers of one arena whose lifetimes overlap occupies disjoint bytes, and
@@ -25,7 +25,10 @@ fn assert_no_overlap(plan: &Plan) {
             .collect();
         bufs.sort_by_key(|(_, b)| b.offset);
         for (i, (ia, a)) in bufs.iter().enumerate() {
-            assert!(a.offset + a.size <= bytes, "buffer {ia} past the {arena:?} arena");
+            assert!(
+                a.offset + a.size <= bytes,
+                "buffer {ia} past the {arena:?} arena"
+            );
             for (ib, b) in &bufs[i + 1..] {
                 if b.offset >= a.offset + a.size {
                     break;
@@ -76,7 +79,10 @@ fn assert_streams_keep_the_linear_order(plan: &Plan) {
             let mut c = last_on[k].map_or(vec![-1; streams], |p| clock[p].clone());
             for &e in &step.waits {
                 let r = recorder[e as usize].expect("an awaited event is recorded");
-                assert!(r < s && range.contains(&r), "step {s} waits for a later event");
+                assert!(
+                    r < s && range.contains(&r),
+                    "step {s} waits for a later event"
+                );
                 for (x, y) in c.iter_mut().zip(&clock[r]) {
                     *x = (*x).max(*y);
                 }

@@ -108,7 +108,7 @@ pub fn compile_with_choice(
     let mut train = train_graph(path, opts)?;
     let report = choice.apply(&mut train.graph, &train.ctx, &opts.device, None)?;
     train.report.timings.extend(report.timings);
-    let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph);
+    let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph, true);
     Ok(Compiled {
         plan,
         report: train.report,
@@ -125,7 +125,13 @@ pub fn compile_auto_batch(
     let mut best: Option<Compiled> = None;
     let mut batch = 1;
     while batch <= max_batch {
-        let compiled = compile(path, &CompileOptions { batch, ..opts.clone() })?;
+        let compiled = compile(
+            path,
+            &CompileOptions {
+                batch,
+                ..opts.clone()
+            },
+        )?;
         if !fits(&compiled.plan) {
             break;
         }
@@ -272,8 +278,15 @@ fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, Compile
 }
 
 /// Lowers `graph` (the training graph after memory passes) for the flags and budget.
-fn lower_for(train: &TrainGraph, opts: &CompileOptions, vram_bytes: u64, graph: &Graph) -> Plan {
+fn lower_for(
+    train: &TrainGraph,
+    opts: &CompileOptions,
+    vram_bytes: u64,
+    graph: &Graph,
+    layout: bool,
+) -> Plan {
     lower(LowerInput {
+        layout,
         graph,
         io: &train.io,
         model: train.model.clone(),
@@ -296,7 +309,7 @@ fn plan_within(
     opts: &CompileOptions,
     vram_bytes: u64,
 ) -> Result<Compiled, CompileError> {
-    let lower_graph = |graph: &Graph| lower_for(train, opts, vram_bytes, graph);
+    let lower_graph = |graph: &Graph, layout| lower_for(train, opts, vram_bytes, graph, layout);
     let ctx = PassContext {
         vram_bytes,
         ..train.ctx.clone()

@@ -4,7 +4,7 @@
 
 use llmq_compiler::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
 use llmq_compiler::kernels::ops::Copy;
-use llmq_compiler::kernels::TensorType;
+use llmq_compiler::kernels::{Op, TensorType};
 use llmq_compiler::lower::estimate;
 use llmq_compiler::target::DeviceProfile;
 
@@ -92,20 +92,40 @@ pub fn transfer_seconds(bytes: u64, device: &DeviceProfile) -> f64 {
     bytes as f64 / (device.host_gbps * 1e9)
 }
 
+/// Per node, its unit of double buffering: its block in forward and backward; in the
+/// optimizer each parameter's update and each gradient's norm term (a block's optimizer state
+/// is several times its weights, too much to hold two blocks of).
+pub fn buffering_units(program: &[Node]) -> Vec<u64> {
+    let mut param = 0u64;
+    program
+        .iter()
+        .map(|n| match n.phase {
+            Phase::Optimizer => {
+                if matches!(n.op, Op::AdamW(_) | Op::SumSquares(_)) {
+                    param += 1;
+                }
+                param
+            }
+            _ => n.layer.map_or(0, |l| l as u64 + 1),
+        })
+        .collect()
+}
+
 /// Where to insert a prefetch for node `consumer`: walking back from it, as soon as the compute
 /// passed over hides `transfer` seconds, but never into another phase, before a node for
 /// which `barrier` holds (one that writes what the prefetch reads), or further back than the
-/// previous block (double buffering: at most two blocks' prefetches are in flight).
+/// previous unit (`buffering_units`: at most two units' prefetches are in flight).
 pub fn prefetch_position(
     program: &[Node],
+    units: &[u64],
     seconds: &[f64],
     consumer: usize,
     transfer: f64,
     barrier: impl Fn(&Node) -> bool,
 ) -> usize {
     let phase = program[consumer].phase;
-    let mut layer = program[consumer].layer;
-    let mut blocks_crossed = 0;
+    let mut unit = units[consumer];
+    let mut units_crossed = 0;
     let mut hidden = 0.0;
     let mut position = consumer;
     while position > 0 && hidden < transfer {
@@ -113,12 +133,12 @@ pub fn prefetch_position(
         if prev.phase != phase || barrier(prev) {
             break;
         }
-        if prev.layer != layer {
-            blocks_crossed += 1;
-            if blocks_crossed > 1 {
+        if units[position - 1] != unit {
+            units_crossed += 1;
+            if units_crossed > 1 {
                 break;
             }
-            layer = prev.layer;
+            unit = units[position - 1];
         }
         hidden += seconds[position - 1];
         position -= 1;

@@ -88,19 +88,38 @@ impl MemoryChoice {
         device: &DeviceProfile,
         dump_after: Option<&str>,
     ) -> Result<PassReport, PassError> {
-        let recompute = Recompute {
-            blocks: self.recompute.clone(),
-        };
-        let offload = OffloadActivations {
-            blocks: self.offload.clone(),
-            device: device.clone(),
-        };
-        let stream = StreamState {
-            roles: self.streamed.clone(),
-            device: device.clone(),
-        };
-        let passes: [&dyn Pass; 3] = [&recompute, &offload, &stream];
-        run_passes(graph, &passes, ctx, dump_after)
+        let (recompute, offload, stream) = self.passes(device);
+        run_passes(graph, &[&recompute, &offload, &stream], ctx, dump_after)
+    }
+
+    /// Applies the choice without the pass manager's verification: for the search's
+    /// candidates, of which only the chosen one is kept (and applied with [`Self::apply`]).
+    fn apply_unverified(
+        &self,
+        graph: &mut Graph,
+        ctx: &PassContext,
+        device: &DeviceProfile,
+    ) -> Result<(), PassError> {
+        let (recompute, offload, stream) = self.passes(device);
+        recompute.run(graph, ctx)?;
+        offload.run(graph, ctx)?;
+        stream.run(graph, ctx)
+    }
+
+    fn passes(&self, device: &DeviceProfile) -> (Recompute, OffloadActivations, StreamState) {
+        (
+            Recompute {
+                blocks: self.recompute.clone(),
+            },
+            OffloadActivations {
+                blocks: self.offload.clone(),
+                device: device.clone(),
+            },
+            StreamState {
+                roles: self.streamed.clone(),
+                device: device.clone(),
+            },
+        )
     }
 }
 
@@ -116,14 +135,15 @@ pub struct MemoryPlan {
     pub report: PassReport,
 }
 
-/// Plans memory for `graph` within `ctx.vram_bytes`, lowering candidates with `lower`.
-/// Returns the fastest plan that fits, or the one that needs the least memory when none does.
+/// Plans memory for `graph` within `ctx.vram_bytes`, lowering candidates with `lower` (its
+/// flag: lay the buffers out, or estimate the arena by the live peak). Returns the fastest
+/// plan that fits, or the one that needs the least memory when none does.
 pub fn plan_memory(
     graph: &Graph,
     ctx: &PassContext,
     device: &DeviceProfile,
     dump_after: Option<&str>,
-    lower: &dyn Fn(&Graph) -> Plan,
+    lower: &dyn Fn(&Graph, bool) -> Plan,
 ) -> Result<MemoryPlan, PassError> {
     let blocks = graph
         .nodes()
@@ -132,18 +152,60 @@ pub fn plan_memory(
         .map_or(0, |l| l + 1);
     let evaluate = |choice: &MemoryChoice| -> Result<Plan, PassError> {
         let mut g = graph.clone();
-        choice.apply(&mut g, ctx, device, None)?;
-        Ok(lower(&g))
+        choice.apply_unverified(&mut g, ctx, device)?;
+        Ok(lower(&g, false))
     };
-    let fits = |plan: &Plan| plan.device_arena_bytes + RESERVE_BYTES <= ctx.vram_bytes;
+    let limit = ctx.vram_bytes.saturating_sub(RESERVE_BYTES);
+    // Candidates are judged by their live-bytes peak; the final layout may need a little
+    // more (fragmentation). When it does not fit, search again with that excess taken off.
+    let mut search_limit = limit;
+    let mut attempts = 0;
+    loop {
+        let choice = search(graph, blocks, search_limit, &evaluate)?;
+        let mut planned = graph.clone();
+        let report = choice.apply(&mut planned, ctx, device, dump_after)?;
+        let mut plan = lower(&planned, true);
+        attempts += 1;
+        let fragmentation = plan.device_arena_bytes - plan.estimates.peak_live_bytes;
+        let next_limit = limit.saturating_sub(fragmentation).min(search_limit - 1);
+        if plan.device_arena_bytes <= limit || attempts == 3 || next_limit == 0 {
+            plan.memory = price_decisions(&choice, &plan, &evaluate)?;
+            return Ok(MemoryPlan {
+                choice,
+                graph: planned,
+                plan,
+                report,
+            });
+        }
+        search_limit = next_limit;
+    }
+}
 
+/// The fastest choice whose estimated arena is at most `limit`, or the one needing the least
+/// memory when none is.
+fn search(
+    graph: &Graph,
+    blocks: u32,
+    limit: u64,
+    evaluate: &dyn Fn(&MemoryChoice) -> Result<Plan, PassError>,
+) -> Result<MemoryChoice, PassError> {
     let mut best: Option<(MemoryChoice, Plan)> = None;
     let mut smallest: Option<(MemoryChoice, Plan)> = None;
     'levels: for state in STATE_LEVELS {
-        // The most relieved point of this level first: when even it does not fit, skip.
+        // State left on the device is there for the whole step: when it alone exceeds the
+        // budget, the level cannot fit.
+        let resident: u64 = graph
+            .tensors()
+            .filter(|(_, t)| t.role.is_persistent() && !state.contains(&t.role))
+            .map(|(_, t)| t.ty.bytes())
+            .sum();
+        if resident > limit {
+            continue;
+        }
+        // The most relieved point of this level next: when even it does not fit, skip.
         let most = MemoryChoice::new(state, Ladder::RecomputeAndOffload, blocks, blocks);
         let plan = evaluate(&most)?;
-        if !fits(&plan) {
+        if plan.device_arena_bytes > limit {
             let smaller = smallest
                 .as_ref()
                 .is_none_or(|(_, p)| plan.device_arena_bytes < p.device_arena_bytes);
@@ -152,14 +214,25 @@ pub fn plan_memory(
             }
             continue;
         }
-        for ladder in [Ladder::Offload, Ladder::Recompute, Ladder::RecomputeAndOffload] {
+        let mut recompute_alone_fits = false;
+        for ladder in [
+            Ladder::Offload,
+            Ladder::Recompute,
+            Ladder::RecomputeAndOffload,
+        ] {
+            // Recomputing every block and offloading some costs more than recomputing some
+            // blocks, so that ladder is only for when recomputing alone does not fit.
+            if ladder == Ladder::RecomputeAndOffload && recompute_alone_fits {
+                continue;
+            }
             let at = |k| MemoryChoice::new(state, ladder, k, blocks);
-            let Some((k, plan)) = smallest_fitting(blocks, &|k| evaluate(&at(k)), &fits)? else {
+            let Some((k, plan)) = smallest_fitting(blocks, limit, &|k| evaluate(&at(k)))? else {
                 continue;
             };
-            let faster = best.as_ref().is_none_or(|(_, b)| {
-                plan.estimates.step_seconds < b.estimates.step_seconds
-            });
+            recompute_alone_fits |= ladder == Ladder::Recompute;
+            let faster = best
+                .as_ref()
+                .is_none_or(|(_, b)| plan.estimates.step_seconds < b.estimates.step_seconds);
             if faster {
                 best = Some((at(k), plan));
             }
@@ -171,37 +244,44 @@ pub fn plan_memory(
     let (choice, _) = best
         .or(smallest)
         .expect("the search evaluates at least one candidate");
-    let mut planned = graph.clone();
-    let report = choice.apply(&mut planned, ctx, device, dump_after)?;
-    let mut plan = lower(&planned);
-    plan.memory = price_decisions(&choice, &plan, &evaluate)?;
-    Ok(MemoryPlan {
-        choice,
-        graph: planned,
-        plan,
-        report,
-    })
+    Ok(choice)
 }
 
-/// The smallest `k` in `0..=blocks` whose plan fits, with that plan, by binary search (peak
-/// memory falls as `k` grows); `None` when even `blocks` does not fit.
+/// The smallest `k` in `0..=blocks` whose plan's arena is at most `limit`, with that plan;
+/// `None` when even `blocks` does not fit. The arena falls about linearly with `k` (each block
+/// relieves the same bytes), so each probe interpolates between the bounds, and every other
+/// probe bisects, which keeps the worst case logarithmic.
 fn smallest_fitting(
     blocks: u32,
+    limit: u64,
     evaluate: &dyn Fn(u32) -> Result<Plan, PassError>,
-    fits: &dyn Fn(&Plan) -> bool,
 ) -> Result<Option<(u32, Plan)>, PassError> {
     let top = evaluate(blocks)?;
-    if !fits(&top) {
+    if top.device_arena_bytes > limit {
         return Ok(None);
     }
-    let (mut lo, mut hi, mut found) = (0, blocks, top);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        let plan = evaluate(mid)?;
-        if fits(&plan) {
-            (hi, found) = (mid, plan);
+    let bottom = evaluate(0)?;
+    if bottom.device_arena_bytes <= limit {
+        return Ok(Some((0, bottom)));
+    }
+    // Invariant: `lo` does not fit, `hi` fits.
+    let (mut lo, mut lo_bytes) = (0u32, bottom.device_arena_bytes);
+    let (mut hi, mut found) = (blocks, top);
+    let mut bisect = false;
+    while hi - lo > 1 {
+        let k = if bisect {
+            (lo + hi) / 2
         } else {
-            lo = mid + 1;
+            let (over, span) = (lo_bytes - limit, lo_bytes - found.device_arena_bytes);
+            let step = (over as f64 / span.max(1) as f64 * (hi - lo) as f64).ceil() as u32;
+            (lo + step).clamp(lo + 1, hi - 1)
+        };
+        bisect = !bisect;
+        let plan = evaluate(k)?;
+        if plan.device_arena_bytes <= limit {
+            (hi, found) = (k, plan);
+        } else {
+            (lo, lo_bytes) = (k, plan.device_arena_bytes);
         }
     }
     Ok(Some((hi, found)))
@@ -242,7 +322,12 @@ fn price_decisions(
             ..choice.clone()
         };
         let action = "recompute in backward";
-        price("activations", block_range(&choice.recompute), action, without)?;
+        price(
+            "activations",
+            block_range(&choice.recompute),
+            action,
+            without,
+        )?;
     }
     if !choice.offload.is_empty() {
         let without = MemoryChoice {

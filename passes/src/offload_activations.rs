@@ -7,7 +7,8 @@
 //! backward reader like any other). Keeps: single-assignment activations.
 
 use crate::memory_edit::{
-    ProgramEdit, copy_node, node_seconds, prefetch_position, tensor_like, transfer_seconds,
+    ProgramEdit, buffering_units, copy_node, node_seconds, prefetch_position, tensor_like,
+    transfer_seconds,
 };
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Phase, Role, TensorId};
@@ -33,6 +34,7 @@ impl Pass for OffloadActivations {
         }
         let mut edit = ProgramEdit::new(graph);
         let seconds = node_seconds(graph, &edit.program, &self.device);
+        let units = buffering_units(&edit.program);
         // Saved tensors of the chosen blocks, with their producer and first backward reader.
         let mut saved: IndexMap<TensorId, (usize, Option<usize>)> = IndexMap::new();
         for (i, node) in edit.program.iter().enumerate() {
@@ -61,12 +63,17 @@ impl Pass for OffloadActivations {
             let back = tensor_like(graph, t, "reload", Role::Saved);
             edit.insert_after(producer, copy_node(t, host, Phase::Forward, layer));
             let transfer = transfer_seconds(graph.tensor(t).ty.bytes(), &self.device);
-            let at = prefetch_position(&edit.program, &seconds, reader, transfer, |_| false);
+            let at =
+                prefetch_position(&edit.program, &units, &seconds, reader, transfer, |_| false);
             edit.insert_before(at, copy_node(host, back, Phase::Backward, layer));
             reloaded.insert(t, back);
             graph.tensor_mut(t).role = Role::Activation;
         }
-        for node in edit.program.iter_mut().filter(|n| n.phase == Phase::Backward) {
+        for node in edit
+            .program
+            .iter_mut()
+            .filter(|n| n.phase == Phase::Backward)
+        {
             for t in node.inputs.iter_mut() {
                 if let Some(&r) = reloaded.get(t) {
                     *t = r;

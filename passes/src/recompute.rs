@@ -28,15 +28,21 @@ impl Pass for Recompute {
     }
 
     fn run(&self, graph: &mut Graph, _: &PassContext) -> Result<(), PassError> {
-        for &block in &self.blocks {
-            recompute_block(graph, block);
+        if self.blocks.is_empty() {
+            return Ok(());
         }
+        // One edit for all blocks: each block's analysis reads the original program, and its
+        // insertions and rewiring touch only its own tensors.
+        let mut edit = ProgramEdit::new(graph);
+        for &block in &self.blocks {
+            recompute_block(graph, &mut edit, block);
+        }
+        edit.finish(graph);
         Ok(())
     }
 }
 
-fn recompute_block(graph: &mut Graph, block: u32) {
-    let mut edit = ProgramEdit::new(graph);
+fn recompute_block(graph: &mut Graph, edit: &mut ProgramEdit, block: u32) {
     let program = &edit.program;
     let in_block = |i: usize| program[i].phase == Phase::Forward && program[i].layer == Some(block);
     // Producer (program index) of every tensor the block's forward writes.
@@ -112,7 +118,11 @@ fn recompute_block(graph: &mut Graph, block: u32) {
     for node in copies {
         edit.insert_before(first_use, node);
     }
-    for node in edit.program.iter_mut().filter(|n| n.phase == Phase::Backward) {
+    for node in edit
+        .program
+        .iter_mut()
+        .filter(|n| n.phase == Phase::Backward)
+    {
         for t in node.inputs.iter_mut() {
             if let Some(&r) = renamed.get(t) {
                 *t = r;
@@ -124,5 +134,4 @@ fn recompute_block(graph: &mut Graph, block: u32) {
             graph.tensor_mut(t).role = Role::Activation;
         }
     }
-    edit.finish(graph);
 }

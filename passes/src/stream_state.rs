@@ -16,7 +16,8 @@
 //! Needs: a graph whose state is on the device. Keeps: only copies touch host tensors.
 
 use crate::memory_edit::{
-    ProgramEdit, copy_node, node_seconds, prefetch_position, tensor_like, transfer_seconds,
+    ProgramEdit, buffering_units, copy_node, node_seconds, prefetch_position, tensor_like,
+    transfer_seconds,
 };
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Node, Phase, Role, TensorId};
@@ -62,6 +63,7 @@ impl Pass for StreamState {
         let mut edit = ProgramEdit::new(graph);
         let original = edit.program.clone();
         let seconds = node_seconds(graph, &original, &self.device);
+        let units = buffering_units(&original);
         let mut on_device: IndexMap<TensorId, DeviceCopy> = IndexMap::new();
         for (i, node) in original.iter().enumerate() {
             // Device copies of what the node reads, and of what it accumulates into.
@@ -85,7 +87,8 @@ impl Pass for StreamState {
                         let d = tensor_like(graph, s, "stage", Role::Workspace);
                         let transfer = transfer_seconds(graph.tensor(s).ty.bytes(), &self.device);
                         let writes_s = |n: &Node| n.outputs.contains(&s);
-                        let at = prefetch_position(&original, &seconds, i, transfer, writes_s);
+                        let at =
+                            prefetch_position(&original, &units, &seconds, i, transfer, writes_s);
                         edit.insert_before(at, copy_node(s, d, node.phase, node.layer));
                         d
                     }

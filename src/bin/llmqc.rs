@@ -3,9 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use llmq_compiler::autodiff::OptimizerOptions;
-use llmq_compiler::plan::{
-    Plan, ShowOptions, diff_plans, fits, group_digits, show_plan, summary,
-};
+use llmq_compiler::plan::{Plan, ShowOptions, diff_plans, fits, group_digits, show_plan, summary};
 use llmq_compiler::target::{
     DeviceProfile, Precision, device, format_bytes, known_devices, parse_size,
 };
@@ -120,7 +118,9 @@ fn parse_batch(s: &str) -> Result<Batch, String> {
     }
     match s.parse::<u64>() {
         Ok(n) if n > 0 => Ok(Batch::Fixed(n)),
-        _ => Err(format!("`{s}` is not a batch size: give a positive number or `auto`")),
+        _ => Err(format!(
+            "`{s}` is not a batch size: give a positive number or `auto`"
+        )),
     }
 }
 
@@ -228,11 +228,14 @@ fn explain(spec: &Path, opts: &CompileOptions) -> Result<()> {
         opts.batch,
         format!("{:.2}", start.elapsed().as_secs_f64())
     );
-    println!("  {:>11} {:>12} {:>11}  decisions", "budget", "tokens/s", "arena");
+    println!(
+        "  {:>11} {:>12} {:>11}  decisions",
+        "budget", "tokens/s", "arena"
+    );
     for p in curve {
-        let speed = p
-            .tokens_per_second
-            .map_or("does not fit".to_string(), |t| group_digits(t.round() as u64));
+        let speed = p.tokens_per_second.map_or("does not fit".to_string(), |t| {
+            group_digits(t.round() as u64)
+        });
         println!(
             "  {:>11} {:>12} {:>11}  {}",
             format_bytes(p.vram_bytes),

@@ -45,6 +45,10 @@ pub struct LowerInput<'a> {
     pub options: PlanOptions,
     /// The device profile for the estimates.
     pub device: DeviceProfile,
+    /// False for a quick estimate (the memory planner's candidates): buffers get no offsets
+    /// and the device arena is taken to be the live-bytes peak, which the allocator reaches
+    /// or comes close to. Such a plan is for comparing, never for running.
+    pub layout: bool,
 }
 
 /// Lowers a training graph to a plan.
@@ -119,16 +123,28 @@ pub fn lower(input: LowerInput) -> Plan {
         }
     }
     let sizes: Vec<u64> = graph.tensors().map(|(_, t)| t.ty.bytes()).collect();
-    let on_host: Vec<bool> = graph.tensors().map(|(id, _)| graph.is_on_host(id)).collect();
+    let on_host: Vec<bool> = graph
+        .tensors()
+        .map(|(id, _)| graph.is_on_host(id))
+        .collect();
     let categories: Vec<Category> = graph.tensors().map(|(_, t)| t.role.category()).collect();
     let mut offsets = vec![0u64; sizes.len()];
-    let arena_bytes = allocate_arena(graph, &sizes, &intervals, &categories, &mut offsets, false);
-    let host_arena_bytes =
-        allocate_arena(graph, &sizes, &intervals, &categories, &mut offsets, true);
+    let (arena_bytes, host_arena_bytes) = if input.layout {
+        (
+            allocate_arena(graph, &sizes, &intervals, &categories, &mut offsets, false),
+            allocate_arena(graph, &sizes, &intervals, &categories, &mut offsets, true),
+        )
+    } else {
+        (0, 0)
+    };
 
     let buffers: Vec<Buffer> = (0..sizes.len())
         .map(|i| Buffer {
-            arena: if on_host[i] { Arena::Host } else { Arena::Device },
+            arena: if on_host[i] {
+                Arena::Host
+            } else {
+                Arena::Device
+            },
             offset: offsets[i],
             size: sizes[i],
             first_step: intervals[i].first,
@@ -156,6 +172,11 @@ pub fn lower(input: LowerInput) -> Plan {
         })
         .collect();
     let estimates = estimates(&steps, &sections, &buffers, &categories, &input.options);
+    let arena_bytes = if input.layout {
+        arena_bytes
+    } else {
+        estimates.peak_live_bytes
+    };
     let uses_host = on_host.iter().any(|&h| h);
 
     Plan {
@@ -252,7 +273,8 @@ fn estimates(
         Category::ALL.iter().map(|&c| (c, 0)).collect();
     for (b, &c) in buffers.iter().zip(categories) {
         if b.arena == Arena::Device
-            && (b.first_step as usize..=b.last_step as usize).contains(&peak_step) {
+            && (b.first_step as usize..=b.last_step as usize).contains(&peak_step)
+        {
             memory_at_peak[&c] += b.size;
         }
     }

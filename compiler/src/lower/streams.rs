@@ -8,8 +8,8 @@
 //! - a step waits for the last writer of each tensor it reads or writes when that writer runs
 //!   on another stream;
 //! - the source of a device → host copy stays allocated until a *release* step: the first
-//!   compute step after the copy by which, by the estimates, the copy has finished; that step
-//!   waits for the copy, so the bytes are reused only after it.
+//!   compute step after the copy by which, by the estimates, the copy has finished (or a few
+//!   steps later at most); that step waits for the copy, so the bytes are reused only after.
 //!
 //! Sections are CUDA-graph segments, and a captured segment joins all its streams at its
 //! end, so nothing crosses a section boundary.
@@ -24,6 +24,12 @@ pub const COMPUTE: StreamId = 0;
 pub const HOST_TO_DEVICE: StreamId = 1;
 /// The stream of device → host copies (offloads, write-backs).
 pub const DEVICE_TO_HOST: StreamId = 2;
+
+/// How many compute steps may run before the source of a device → host copy is released
+/// (then waited for). Where compute is short against the link (the optimizer), holding every
+/// source until its copy is hidden would keep many streamed buffers at once; the compute
+/// stream waits instead, which the timeline counts.
+const MAX_RELEASE_DELAY: usize = 8;
 
 /// The streams of a plan with host copies, indexed by the constants above.
 pub const STREAMS: [StreamKind; 3] = [
@@ -104,19 +110,18 @@ pub fn place_events(steps: &mut [Step], sections: &[Section]) -> (u32, Vec<(u32,
 }
 
 /// The first compute step after `copy` (before `end`) by whose start the copy has finished by
-/// the estimates, or else the section's last compute step after it.
+/// the estimates, but at most `MAX_RELEASE_DELAY` compute steps after it, or else the
+/// section's last compute step after it.
 fn release_step(steps: &[Step], copy: usize, end: usize) -> Option<usize> {
     let needed = steps[copy].estimate.seconds;
     let mut elapsed = 0.0;
     let mut last = None;
-    for (s, step) in steps.iter().enumerate().take(end).skip(copy + 1) {
-        if step.stream != COMPUTE {
-            continue;
-        }
-        if elapsed >= needed {
+    let compute = (copy + 1..end).filter(|&s| steps[s].stream == COMPUTE);
+    for (n, s) in compute.enumerate() {
+        if elapsed >= needed || n == MAX_RELEASE_DELAY {
             return Some(s);
         }
-        elapsed += step.estimate.seconds;
+        elapsed += steps[s].estimate.seconds;
         last = Some(s);
     }
     last
