@@ -31,107 +31,107 @@ impl Pass for Recompute {
         if self.blocks.is_empty() {
             return Ok(());
         }
-        // One edit for all blocks: each block's analysis reads the original program, and its
-        // insertions and rewiring touch only its own tensors.
         let mut edit = ProgramEdit::new(graph);
-        for &block in &self.blocks {
-            recompute_block(graph, &mut edit, block);
+        let program = &edit.program;
+        let forward_block = |i: usize| {
+            (program[i].phase == Phase::Forward)
+                .then_some(program[i].layer)
+                .flatten()
+                .filter(|l| self.blocks.contains(l))
+        };
+        // Producer (program index) and block of every tensor the chosen blocks' forward writes.
+        let mut producer: IndexMap<TensorId, (usize, u32)> = IndexMap::new();
+        for i in 0..program.len() {
+            if let Some(block) = forward_block(i) {
+                for &t in &program[i].outputs {
+                    producer.insert(t, (i, block));
+                }
+            }
+        }
+        // Tensors read by forward nodes of other blocks are checkpoints: kept. Those read in
+        // the backward are wanted; each block's first backward reader is where it recomputes.
+        let mut kept: IndexSet<TensorId> = IndexSet::new();
+        let mut wanted: IndexSet<TensorId> = IndexSet::new();
+        for (i, node) in program.iter().enumerate() {
+            for t in &node.inputs {
+                let Some(&(_, block)) = producer.get(t) else {
+                    continue;
+                };
+                match node.phase {
+                    Phase::Forward if forward_block(i) != Some(block) => {
+                        kept.insert(*t);
+                    }
+                    Phase::Backward => {
+                        wanted.insert(*t);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        wanted.retain(|t| !kept.contains(t));
+        let mut first_use: IndexMap<u32, usize> = IndexMap::new();
+        for (i, node) in program.iter().enumerate() {
+            if node.phase != Phase::Backward {
+                continue;
+            }
+            for t in node.inputs.iter().filter(|t| wanted.contains(*t)) {
+                first_use.entry(producer[t].1).or_insert(i);
+            }
+        }
+        // Per block, the forward nodes that make its wanted tensors from the checkpoints.
+        let mut needed: IndexMap<u32, IndexSet<usize>> = IndexMap::new();
+        let mut stack: Vec<usize> = wanted.iter().map(|t| producer[t].0).collect();
+        while let Some(i) = stack.pop() {
+            let block = forward_block(i).expect("producers are in a chosen block");
+            if !needed.entry(block).or_default().insert(i) {
+                continue;
+            }
+            for t in &program[i].inputs {
+                if let Some(&(p, _)) = producer.get(t)
+                    && !kept.contains(t)
+                {
+                    stack.push(p);
+                }
+            }
+        }
+
+        let mut renamed: IndexMap<TensorId, TensorId> = IndexMap::new();
+        for (block, mut nodes) in needed {
+            nodes.sort();
+            let at = first_use[&block];
+            for i in nodes {
+                let mut node = edit.program[i].clone();
+                for t in node.inputs.iter_mut() {
+                    if let Some(&r) = renamed.get(t) {
+                        *t = r;
+                    }
+                }
+                for t in node.outputs.iter_mut() {
+                    let fresh = tensor_like(graph, *t, "recompute", Role::Saved);
+                    renamed.insert(*t, fresh);
+                    *t = fresh;
+                }
+                node.phase = Phase::Backward;
+                edit.insert_before(at, node);
+            }
+        }
+        for node in edit
+            .program
+            .iter_mut()
+            .filter(|n| n.phase == Phase::Backward)
+        {
+            for t in node.inputs.iter_mut() {
+                if let Some(&r) = renamed.get(t) {
+                    *t = r;
+                }
+            }
+        }
+        for &t in renamed.keys() {
+            if graph.tensor(t).role == Role::Saved {
+                graph.tensor_mut(t).role = Role::Activation;
+            }
         }
         edit.finish(graph);
         Ok(())
-    }
-}
-
-fn recompute_block(graph: &mut Graph, edit: &mut ProgramEdit, block: u32) {
-    let program = &edit.program;
-    let in_block = |i: usize| program[i].phase == Phase::Forward && program[i].layer == Some(block);
-    // Producer (program index) of every tensor the block's forward writes.
-    let mut producer: IndexMap<TensorId, usize> = IndexMap::new();
-    for i in (0..program.len()).filter(|&i| in_block(i)) {
-        for &t in &program[i].outputs {
-            producer.insert(t, i);
-        }
-    }
-    // Tensors read by forward nodes of other blocks are the block's checkpoints: kept.
-    let mut kept: IndexSet<TensorId> = IndexSet::new();
-    let mut wanted: IndexSet<TensorId> = IndexSet::new();
-    for (i, node) in program.iter().enumerate() {
-        for &t in &node.inputs {
-            if !producer.contains_key(&t) {
-                continue;
-            }
-            match node.phase {
-                Phase::Forward if !in_block(i) => {
-                    kept.insert(t);
-                }
-                Phase::Backward => {
-                    wanted.insert(t);
-                }
-                _ => {}
-            }
-        }
-    }
-    wanted.retain(|t| !kept.contains(t));
-    if wanted.is_empty() {
-        return;
-    }
-    // The forward nodes needed to make the wanted tensors from the checkpoints, in order.
-    let mut needed: IndexSet<usize> = IndexSet::new();
-    let mut stack: Vec<usize> = wanted.iter().map(|t| producer[t]).collect();
-    while let Some(i) = stack.pop() {
-        if !needed.insert(i) {
-            continue;
-        }
-        for t in &program[i].inputs {
-            if let Some(&p) = producer.get(t)
-                && !kept.contains(t)
-            {
-                stack.push(p);
-            }
-        }
-    }
-    needed.sort();
-    let first_use = (0..program.len())
-        .find(|&i| {
-            program[i].phase == Phase::Backward
-                && program[i].inputs.iter().any(|t| wanted.contains(t))
-        })
-        .expect("a wanted tensor has a backward reader");
-
-    let mut renamed: IndexMap<TensorId, TensorId> = IndexMap::new();
-    let mut copies = Vec::with_capacity(needed.len());
-    for &i in &needed {
-        let mut node = edit.program[i].clone();
-        for t in node.inputs.iter_mut() {
-            if let Some(&r) = renamed.get(t) {
-                *t = r;
-            }
-        }
-        for t in node.outputs.iter_mut() {
-            let fresh = tensor_like(graph, *t, "recompute", Role::Saved);
-            renamed.insert(*t, fresh);
-            *t = fresh;
-        }
-        node.phase = Phase::Backward;
-        copies.push(node);
-    }
-    for node in copies {
-        edit.insert_before(first_use, node);
-    }
-    for node in edit
-        .program
-        .iter_mut()
-        .filter(|n| n.phase == Phase::Backward)
-    {
-        for t in node.inputs.iter_mut() {
-            if let Some(&r) = renamed.get(t) {
-                *t = r;
-            }
-        }
-    }
-    for &t in renamed.keys() {
-        if graph.tensor(t).role == Role::Saved {
-            graph.tensor_mut(t).role = Role::Activation;
-        }
     }
 }
