@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod dtype;
+pub mod interpret;
 pub mod numerics;
 pub mod op;
 pub mod ops;

@@ -225,10 +225,16 @@ declare_ops! {
     SwiGluBackward(SwiGluBackward),
     /// Elementwise sum of two tensors of one shape.
     Add(Add),
+    /// A residual add and the RMS normalisation of its result, fused.
+    AddRmsNorm(AddRmsNorm),
     /// Mean cross-entropy of logits against target ids (negative targets are ignored).
     CrossEntropy(CrossEntropy),
     /// Gradient of the mean cross-entropy with respect to the logits.
     CrossEntropyBackward(CrossEntropyBackward),
+    /// The LM head and the mean cross-entropy fused, over chunks of tokens.
+    ClassifierCrossEntropy(ClassifierCrossEntropy),
+    /// Gradients of `ClassifierCrossEntropy` for the hidden states and the head weight.
+    ClassifierCrossEntropyBackward(ClassifierCrossEntropyBackward),
     /// Sum of squares of a tensor (accumulated over all gradients for the global norm).
     SumSquares(SumSquares),
     /// The global norm and the clipping factor from a sum of squares.

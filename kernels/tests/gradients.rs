@@ -9,8 +9,9 @@
 //! Seeds come from the clock and a counter and are printed on failure; set `LLMQ_GRAD_SEED` to
 //! replay one.
 
+use llmq_kernels::interpret::{Value, run_backward_rule, run_op};
 use llmq_kernels::ops::*;
-use llmq_kernels::{BackwardStep, DType, Op, Ref, TensorType, View, ViewMut, rng};
+use llmq_kernels::{BackwardStep, DType, Op, Ref, TensorType, rng};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How an input is filled.
@@ -20,20 +21,6 @@ enum Fill {
     Normal,
     /// Integer ids in `[0, below)` stored as f32; with `ignored`, some are −1 (not differentiated).
     Ids { below: u64, ignored: bool },
-}
-
-/// A tensor of the harness: its type and its FP32 values.
-#[derive(Clone, Debug)]
-struct Tensor {
-    ty: TensorType,
-    data: Vec<f32>,
-}
-
-impl Tensor {
-    fn filled(ty: TensorType, value: f32) -> Tensor {
-        let data = vec![value; ty.numel() as usize];
-        Tensor { ty, data }
-    }
 }
 
 /// Grid of the random inputs: values are multiples of 2⁻¹⁰ below 8 in magnitude, so `x ± H`
@@ -59,7 +46,7 @@ fn next_seed() -> u64 {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-fn draw(ty: &TensorType, fill: Fill, seed: u64, stream: u64) -> Tensor {
+fn draw(ty: &TensorType, fill: Fill, seed: u64, stream: u64) -> Value {
     let n = ty.numel();
     let data = (0..n)
         .map(|i| match fill {
@@ -81,126 +68,16 @@ fn draw(ty: &TensorType, fill: Fill, seed: u64, stream: u64) -> Tensor {
             }
         })
         .collect();
-    Tensor {
+    Value {
         ty: ty.clone(),
         data,
     }
 }
 
-/// Runs an op's CPU reference; outputs start as NaN so an element it forgets to write shows.
-fn run(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
-    let types: Vec<TensorType> = inputs.iter().map(|t| t.ty.clone()).collect();
-    let out_types = op.infer(&types).map_err(|e| format!("{op}: infer: {e}"))?;
-    let mut outs: Vec<Tensor> = out_types
-        .into_iter()
-        .map(|ty| Tensor::filled(ty, f32::NAN))
-        .collect();
-    let views: Vec<View> = inputs
-        .iter()
-        .map(|t| View {
-            shape: &t.ty.shape,
-            data: &t.data,
-        })
-        .collect();
-    let mut muts: Vec<ViewMut> = outs
-        .iter_mut()
-        .map(|t| ViewMut {
-            shape: &t.ty.shape,
-            data: &mut t.data,
-        })
-        .collect();
-    op.spec()
-        .cpu(&views, &mut muts)
-        .map_err(|e| format!("{op}: cpu: {e}"))?;
-    Ok(outs)
-}
-
-/// The tensors a backward rule can name, filled in as its steps run.
-struct Env<'a> {
-    inputs: &'a [Tensor],
-    outputs: &'a [Tensor],
-    grad_outputs: &'a [Tensor],
-    written: Vec<(Ref, Tensor)>,
-}
-
-impl Env<'_> {
-    fn get(&self, r: Ref) -> Result<&Tensor, String> {
-        let found = match r {
-            Ref::Input(i) => self.inputs.get(i as usize),
-            Ref::Output(i) => self.outputs.get(i as usize),
-            Ref::GradOutput(i) => self.grad_outputs.get(i as usize),
-            Ref::GradInput(_) | Ref::Temp(_) => {
-                self.written.iter().find(|(w, _)| *w == r).map(|(_, t)| t)
-            }
-        };
-        found.ok_or_else(|| format!("the rule reads {r:?} before anything defines it"))
-    }
-
-    fn set(&mut self, r: Ref, t: Tensor) -> Result<(), String> {
-        if !matches!(r, Ref::GradInput(_) | Ref::Temp(_)) {
-            return Err(format!(
-                "the rule writes {r:?}, which is not a GradInput or Temp"
-            ));
-        }
-        if self.written.iter().any(|(w, _)| *w == r) {
-            return Err(format!("the rule writes {r:?} twice"));
-        }
-        self.written.push((r, t));
-        Ok(())
-    }
-}
-
-/// Executes a backward rule; returns the gradient of each input (`None` where none is made).
-fn execute_rule(
-    rule: &[BackwardStep],
-    inputs: &[Tensor],
-    outputs: &[Tensor],
-    grad_outputs: &[Tensor],
-) -> Result<Vec<Option<Tensor>>, String> {
-    let mut env = Env {
-        inputs,
-        outputs,
-        grad_outputs,
-        written: Vec::new(),
-    };
-    for step in rule {
-        match step {
-            BackwardStep::Apply {
-                op,
-                inputs: refs,
-                outputs: outs,
-            } => {
-                let args = refs
-                    .iter()
-                    .map(|&r| env.get(r))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let results = run(op, &args)?;
-                if results.len() != outs.len() {
-                    return Err(format!(
-                        "{op} makes {} outputs, the rule names {}",
-                        results.len(),
-                        outs.len()
-                    ));
-                }
-                for (&r, t) in outs.iter().zip(results) {
-                    env.set(r, t)?;
-                }
-            }
-            BackwardStep::PassThrough { output, input } => {
-                let g = env.get(Ref::GradOutput(*output))?.clone();
-                env.set(Ref::GradInput(*input), g)?;
-            }
-        }
-    }
-    Ok((0..inputs.len())
-        .map(|i| env.get(Ref::GradInput(i as u8)).ok().cloned())
-        .collect())
-}
-
 /// `L = Σ out₀ · R` in f64, and the out₀ it was formed from.
-fn loss(op: &Op, inputs: &[Tensor], r: &Tensor) -> Result<(f64, Vec<f32>), String> {
-    let refs: Vec<&Tensor> = inputs.iter().collect();
-    let outs = run(op, &refs)?;
+fn loss(op: &Op, inputs: &[Value], r: &Value) -> Result<(f64, Vec<f32>), String> {
+    let refs: Vec<&Value> = inputs.iter().collect();
+    let outs = run_op(op, &refs)?;
     let l = outs[0]
         .data
         .iter()
@@ -272,13 +149,13 @@ fn check_rule(
     reduction: usize,
     seed: u64,
 ) -> Result<(), String> {
-    let inputs: Vec<Tensor> = args
+    let inputs: Vec<Value> = args
         .iter()
         .enumerate()
         .map(|(i, a)| draw(&a.ty, a.fill, seed, i as u64))
         .collect();
-    let refs: Vec<&Tensor> = inputs.iter().collect();
-    let outputs = run(op, &refs)?;
+    let refs: Vec<&Value> = inputs.iter().collect();
+    let outputs = run_op(op, &refs)?;
     let r = draw(
         &outputs[0].ty.with_dtype(DType::F32),
         Fill::Normal,
@@ -290,9 +167,9 @@ fn check_rule(
     grad_outputs.extend(
         outputs[1..]
             .iter()
-            .map(|o| Tensor::filled(o.ty.clone(), 0.0)),
+            .map(|o| Value::filled(o.ty.clone(), 0.0)),
     );
-    let grads = execute_rule(rule, &inputs, &outputs, &grad_outputs)?;
+    let grads = run_backward_rule(rule, &inputs, &outputs, &grad_outputs)?;
     let (_, base) = loss(op, &inputs, &r)?;
     let gamma = (reduction + 8) as f64 * U;
 
@@ -466,6 +343,24 @@ fn cross_entropy() {
     );
 }
 
+#[test]
+fn classifier_cross_entropy() {
+    // Seven tokens in chunks of three (the last chunk partial), some targets ignored.
+    let targets = Fill::Ids {
+        below: 6,
+        ignored: true,
+    };
+    let op = ClassifierCrossEntropy {
+        chunk_rows: 3,
+        logits: DType::F32,
+    };
+    check_gradients(
+        op,
+        &[float(&[7, 5]), float(&[6, 5]), arg(&[7], targets)],
+        5 + 6 + 7,
+    );
+}
+
 /// The harness itself must catch a wrong rule: RoPE's forward rotation used as its gradient
 /// (the sign of the angle flipped), and SwiGLU's gradients for gate and up swapped.
 #[test]
@@ -505,7 +400,8 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::Attention(_)
         | Op::SwiGlu(_)
         | Op::Add(_)
-        | Op::CrossEntropy(_) => true,
+        | Op::CrossEntropy(_)
+        | Op::ClassifierCrossEntropy(_) => true,
         Op::EmbeddingBackward(_)
         | Op::RmsNormBackward(_)
         | Op::LinearBackwardData(_)
@@ -515,6 +411,8 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::AttentionBackward(_)
         | Op::SwiGluBackward(_)
         | Op::CrossEntropyBackward(_)
+        | Op::ClassifierCrossEntropyBackward(_)
+        | Op::AddRmsNorm(_)
         | Op::SumSquares(_)
         | Op::ClipScale(_)
         | Op::AdamW(_)
@@ -604,6 +502,14 @@ fn backward_types_match_inputs() {
         (SwiGlu.into(), vec![bf(&[b, t, c]), bf(&[b, t, c])]),
         (Add.into(), vec![bf(&[b, t, c]), bf(&[b, t, c])]),
         (CrossEntropy.into(), vec![bf(&[b, t, v]), ids(&[b, t])]),
+        (
+            ClassifierCrossEntropy {
+                chunk_rows: 1024,
+                logits: DType::BF16,
+            }
+            .into(),
+            vec![bf(&[b, t, c]), bf(&[v, c]), ids(&[b, t])],
+        ),
     ];
     for (op, inputs) in &cases {
         assert!(
@@ -650,6 +556,28 @@ fn backward_types_match_inputs() {
         ),
         (SwiGluBackward.into(), vec![bf(&[b, t, c]); 3]),
         (CrossEntropyBackward.into(), vec![bf(&[b, t, v]); 3]),
+        (
+            ClassifierCrossEntropyBackward {
+                chunk_rows: 1024,
+                logits: DType::BF16,
+            }
+            .into(),
+            vec![
+                bf(&[b, t, c]),
+                bf(&[v, c]),
+                ids(&[b, t]),
+                TensorType::new([b * t], DType::F32),
+                TensorType::new([1], DType::F32),
+            ],
+        ),
+        (
+            AddRmsNorm {
+                eps: 1e-6,
+                dtype: DType::BF16,
+            }
+            .into(),
+            vec![bf(&[b, t, c]), bf(&[b, t, c]), bf(&[c])],
+        ),
         (SumSquares.into(), vec![bf(&[c])]),
         (
             ClipScale { max_norm: 1.0 }.into(),
@@ -690,6 +618,7 @@ fn backward_types_match_inputs() {
         "swiglu",
         "add",
         "cross_entropy",
+        "classifier_cross_entropy",
     ] {
         assert!(
             differentiated.contains(&name),

@@ -1,8 +1,9 @@
 //! The CPU references of the ops that are not differentiated, against independent naive
 //! computations: sum_squares, clip_scale, adamw (PyTorch's AdamW re-done in f64), abs_max,
-//! quantize, cast and zero.
+//! quantize, cast and zero; and the fused ops (chunked LM head + loss, residual add + RMSNorm)
+//! against the unfused ones.
 
-use llmq_kernels::numerics::{decode_fp8, encode_fp8};
+use llmq_kernels::numerics::{decode_fp8, encode_fp8, round_to};
 use llmq_kernels::ops::*;
 use llmq_kernels::{DType, Op, TensorType, View, ViewMut, rng};
 
@@ -312,4 +313,129 @@ fn zero() {
     assert_eq!(out_ty, vec![ty.clone()]);
     let y = &run(Zero, &[(ty, x)])[0];
     assert!(y.iter().all(|v| v.to_bits() == 0), "zero left {y:?}");
+}
+
+/// The chunked LM head + loss gives, bit for bit, what the unfused `linear` → `cross_entropy`
+/// pair and their backward ops give once every result is stored in BF16, whatever the chunk
+/// (one row, an uneven split, exactly all rows, more than all rows): the memory planner may
+/// chunk the head without changing a single weight.
+#[test]
+fn classifier_cross_entropy_equals_unfused_head_and_loss() {
+    let s = seed();
+    let (rows, hidden, vocab) = (10u64, 24u64, 40u64);
+    let bf16 = |stream, n: u64| -> Vec<f32> {
+        normals(s, stream, n as usize, 1.0)
+            .into_iter()
+            .map(|v| round_to(DType::BF16, v))
+            .collect()
+    };
+    let store = |values: &[f32]| -> Vec<u32> {
+        values
+            .iter()
+            .map(|&v| round_to(DType::BF16, v).to_bits())
+            .collect()
+    };
+    let x = (
+        TensorType::new([2, rows / 2, hidden], DType::BF16),
+        bf16(1, rows * hidden),
+    );
+    let w = (
+        TensorType::new([vocab, hidden], DType::BF16),
+        bf16(2, vocab * hidden),
+    );
+    let mut ids: Vec<f32> = (0..rows)
+        .map(|i| (rng::uniform(s, 3, i) * vocab as f64).floor() as f32)
+        .collect();
+    ids[3] = -1.0;
+    let targets = (TensorType::new([2, rows / 2], DType::I32), ids);
+    let dloss = (TensorType::new([1], DType::F32), vec![0.5f32]);
+
+    let logits_ty = TensorType::new([2, rows / 2, vocab], DType::BF16);
+    let logits: Vec<f32> = run(Linear, &[x.clone(), w.clone()])
+        .remove(0)
+        .into_iter()
+        .map(|v| round_to(DType::BF16, v))
+        .collect();
+    let logits = (logits_ty, logits);
+    let loss = run(CrossEntropy, &[logits.clone(), targets.clone()])[0][0];
+    let dlogits: Vec<f32> = run(
+        CrossEntropyBackward,
+        &[logits.clone(), targets.clone(), dloss.clone()],
+    )
+    .remove(0)
+    .into_iter()
+    .map(|v| round_to(DType::BF16, v))
+    .collect();
+    let dlogits = (logits.0.clone(), dlogits);
+    let dx = store(&run(LinearBackwardData, &[dlogits.clone(), w.clone()])[0]);
+    let dw = store(&run(LinearBackwardWeight, &[dlogits, x.clone()])[0]);
+
+    for chunk_rows in [1, 3, rows, rows + 5] {
+        let op = ClassifierCrossEntropy {
+            chunk_rows,
+            logits: DType::BF16,
+        };
+        let fwd = run(op, &[x.clone(), w.clone(), targets.clone()]);
+        assert_eq!(
+            fwd[0][0].to_bits(),
+            loss.to_bits(),
+            "loss, chunk {chunk_rows}"
+        );
+        let lse = (TensorType::new([rows], DType::F32), fwd[1].clone());
+        let back = ClassifierCrossEntropyBackward {
+            chunk_rows,
+            logits: DType::BF16,
+        };
+        let grads = run(
+            back,
+            &[x.clone(), w.clone(), targets.clone(), lse, dloss.clone()],
+        );
+        assert_eq!(store(&grads[0]), dx, "dx, chunk {chunk_rows}");
+        assert_eq!(store(&grads[1]), dw, "dw, chunk {chunk_rows}");
+    }
+}
+
+/// The fused residual add + RMSNorm gives, bit for bit, what `add` then `rms_norm` give once the
+/// sum is stored in BF16, as the fusion pass requires.
+#[test]
+fn add_rms_norm_equals_add_then_rms_norm() {
+    let s = seed();
+    let (rows, hidden) = (6u64, 32u64);
+    let bf16 = |stream, n: u64, scale| -> Vec<f32> {
+        normals(s, stream, n as usize, scale)
+            .into_iter()
+            .map(|v| round_to(DType::BF16, v))
+            .collect()
+    };
+    let act = TensorType::new([rows, hidden], DType::BF16);
+    let a = (act.clone(), bf16(1, rows * hidden, 3.0));
+    let b = (act.clone(), bf16(2, rows * hidden, 0.5));
+    let w = (TensorType::new([hidden], DType::BF16), bf16(3, hidden, 1.0));
+    let bits = |values: &[f32], dtype| -> Vec<u32> {
+        values
+            .iter()
+            .map(|&v| round_to(dtype, v).to_bits())
+            .collect()
+    };
+    let sum: Vec<f32> = run(Add, &[a.clone(), b.clone()])[0]
+        .iter()
+        .map(|&v| round_to(DType::BF16, v))
+        .collect();
+    let unfused = run(RmsNorm { eps: 1e-6 }, &[(act, sum.clone()), w.clone()]);
+    let op = AddRmsNorm {
+        eps: 1e-6,
+        dtype: DType::BF16,
+    };
+    let fused = run(op, &[a, b, w]);
+    assert_eq!(bits(&fused[0], DType::BF16), bits(&sum, DType::BF16), "s");
+    assert_eq!(
+        bits(&fused[1], DType::BF16),
+        bits(&unfused[0], DType::BF16),
+        "y"
+    );
+    assert_eq!(
+        bits(&fused[2], DType::F32),
+        bits(&unfused[1], DType::F32),
+        "rstd"
+    );
 }

@@ -21,6 +21,10 @@ const KERNELS: &[(&str, &[&str])] = &[
     ),
     ("add.cu", &["add_f32", "add_bf16"]),
     (
+        "add_rms_norm.cu",
+        &["add_rms_norm_f32", "add_rms_norm_bf16"],
+    ),
+    (
         "attention.cu",
         &[
             "attention_f32",
@@ -51,6 +55,15 @@ const KERNELS: &[(&str, &[&str])] = &[
             "cast_e4m3_bf16",
             "cast_e5m2_f32",
             "cast_e5m2_bf16",
+        ],
+    ),
+    (
+        "classifier_cross_entropy.cu",
+        &[
+            "classifier_cross_entropy_f32",
+            "classifier_cross_entropy_bf16",
+            "classifier_cross_entropy_backward_f32",
+            "classifier_cross_entropy_backward_bf16",
         ],
     ),
     ("clip_scale.cu", &["clip_scale_f32"]),

@@ -92,8 +92,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     keep: usize,
     /// Continue from the newest checkpoint in the run directory (or from the one given).
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
-    resume: Option<PathBuf>,
+    #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
+    resume: Option<Option<PathBuf>>,
     /// Evaluate every N steps (0: never).
     #[arg(long, default_value_t = 50)]
     eval_every: u64,
@@ -261,15 +261,14 @@ fn run(args: Args) -> Result<()> {
     let backend = make_backend(args.backend, plan)?;
     let mut trainer = Trainer::new(backend, train, eval, opts);
     match &args.resume {
-        Some(path) => {
-            let path = if path.as_os_str().is_empty() {
-                latest_checkpoint(&checkpoints)
+        Some(given) => {
+            let path = match given {
+                Some(path) => path.clone(),
+                None => latest_checkpoint(&checkpoints)
                     .into_diagnostic()?
                     .ok_or_else(|| {
                         miette!("--resume: no checkpoint in {}", checkpoints.display())
-                    })?
-            } else {
-                path.clone()
+                    })?,
             };
             trainer.resume(&path).into_diagnostic()?;
             println!("resumed from {} at step {}", path.display(), trainer.step);

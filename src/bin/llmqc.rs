@@ -3,7 +3,9 @@
 
 use clap::{Parser, Subcommand};
 use llmq_compiler::autodiff::OptimizerOptions;
-use llmq_compiler::plan::{Plan, ShowOptions, diff_plans, fits, group_digits, show_plan, summary};
+use llmq_compiler::plan::{
+    Plan, ShowOptions, diff_plans, fits, group_digits, report_html, show_plan, summary,
+};
 use llmq_compiler::target::{
     DeviceProfile, Precision, device, format_bytes, known_devices, parse_size,
 };
@@ -50,6 +52,15 @@ enum Command {
         a: PathBuf,
         /// The second plan.
         b: PathBuf,
+    },
+    /// Draw a plan as one self-contained HTML page: device (and host) memory over the step,
+    /// stacked by category against the budget, and the streams as a timeline.
+    Report {
+        /// A plan written by `llmqc plan -o`.
+        plan: PathBuf,
+        /// The page to write (`plan.html`).
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// List the known devices and their rates.
     Devices,
@@ -277,6 +288,11 @@ fn main() -> ExitCode {
             } else {
                 print!("{d}");
             }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Report { plan, output } => read_plan(&plan).and_then(|p| {
+            write_atomically(&output, report_html(&p).as_bytes())?;
+            println!("wrote {}", output.display());
             Ok(ExitCode::SUCCESS)
         }),
         Command::Devices => {

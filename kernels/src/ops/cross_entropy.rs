@@ -30,12 +30,12 @@ fn check_logits(
 }
 
 /// Log-sum-exp of one row, in FP32 with the maximum subtracted.
-fn log_sum_exp(row: &[f32]) -> f32 {
+pub(crate) fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln()
 }
 
-fn target_index(t: f32, vocab: usize) -> Result<Option<usize>, OpError> {
+pub(crate) fn target_index(t: f32, vocab: usize) -> Result<Option<usize>, OpError> {
     if t < 0.0 {
         return Ok(None);
     }
