@@ -76,8 +76,8 @@ fn every_state_role() -> Vec<Role> {
 }
 
 /// Asserts that the plan really uses the host arena for every state class and for
-/// activations, and recomputes where asked.
-fn assert_uses_every_mechanism(plan: &Plan, recomputes: bool) {
+/// activations, and recomputes and chunks the LM head where asked.
+fn assert_uses_every_mechanism(plan: &Plan, recomputes: bool, chunks_lm_head: bool) {
     let on_host = |role: Role| {
         plan.tensors
             .iter()
@@ -91,6 +91,11 @@ fn assert_uses_every_mechanism(plan: &Plan, recomputes: bool) {
         .iter()
         .any(|t| t.name.starts_with("recompute."));
     assert_eq!(recomputed, recomputes);
+    let chunked = plan
+        .steps
+        .iter()
+        .any(|s| s.op.name() == "classifier_cross_entropy");
+    assert_eq!(chunked, chunks_lm_head);
     assert!(
         plan.steps
             .iter()
@@ -113,15 +118,17 @@ fn every_mechanism_trains_bit_identically_to_the_plain_plan() {
         streamed: every_state_role(),
         recompute: vec![0],
         offload: vec![1],
+        lm_head_chunk: Some(8),
     };
     let recompute_and_offload = MemoryChoice {
         streamed: every_state_role(),
         recompute: vec![0, 1],
         offload: vec![0, 1],
+        lm_head_chunk: None,
     };
     for choice in [mixed, recompute_and_offload] {
         let plan = compile_with_choice(&model(), &opts, &choice).unwrap().plan;
-        assert_uses_every_mechanism(&plan, true);
+        assert_uses_every_mechanism(&plan, true, choice.lm_head_chunk.is_some());
         let (losses, state) = train(plan, &data);
         assert_eq!(losses, reference.0, "losses differ for {choice:?}");
         assert!(

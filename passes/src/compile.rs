@@ -180,7 +180,7 @@ pub fn tradeoff_curve(
             let on_host: Vec<&str> = plan
                 .memory
                 .iter()
-                .filter(|d| d.class != "activations")
+                .filter(|d| d.class != "activations" && d.class != "lm head")
                 .map(|d| d.class.as_str())
                 .collect();
             let mut decisions: Vec<String> = Vec::new();
@@ -190,8 +190,8 @@ pub fn tradeoff_curve(
             decisions.extend(
                 plan.memory
                     .iter()
-                    .filter(|d| d.class == "activations")
-                    .map(|d| format!("{} {}", d.action, d.blocks)),
+                    .filter(|d| d.class == "activations" || d.class == "lm head")
+                    .map(|d| format!("{} {} {}", d.class, d.action, d.blocks)),
             );
             Ok(CurvePoint {
                 vram_bytes: vram,

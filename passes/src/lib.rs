@@ -2,6 +2,7 @@
 //! [`compile`], the whole way from a model spec to a plan.
 #![warn(missing_docs)]
 
+pub mod chunk_lm_head;
 mod compile;
 pub mod memory_edit;
 pub mod memory_plan;

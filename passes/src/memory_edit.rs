@@ -14,6 +14,7 @@ pub struct ProgramEdit {
     pub program: Vec<Node>,
     before: Vec<Vec<Node>>,
     after: Vec<Vec<Node>>,
+    removed: Vec<bool>,
 }
 
 impl ProgramEdit {
@@ -25,6 +26,14 @@ impl ProgramEdit {
             program,
             before: vec![Vec::new(); n],
             after: vec![Vec::new(); n],
+            removed: vec![false; n],
+        }
+    }
+
+    /// Drops nodes `indices` (what was inserted around them stays).
+    pub fn remove(&mut self, indices: &[usize]) {
+        for &i in indices {
+            self.removed[i] = true;
         }
     }
 
@@ -41,9 +50,12 @@ impl ProgramEdit {
     /// Gives the edited program to the graph.
     pub fn finish(self, graph: &mut Graph) {
         let mut out = Vec::with_capacity(self.program.len() * 2);
-        for ((node, before), after) in self.program.into_iter().zip(self.before).zip(self.after) {
+        let nodes = self.program.into_iter().zip(self.removed);
+        for (((node, removed), before), after) in nodes.zip(self.before).zip(self.after) {
             out.extend(before);
-            out.push(node);
+            if !removed {
+                out.push(node);
+            }
             out.extend(after);
         }
         graph.set_program(out);

@@ -3,20 +3,22 @@
 //! that the plan fits the budget (less `RESERVE_BYTES`) with the shortest estimated step time.
 //!
 //! The search is small because the choices are ordered:
-//! - state, cheapest first: everything on the device; master weights on the host; and the
-//!   Adam moments; and the gradients; and the weights (streamed per block). Each level moves
-//!   a class whose traffic the step hides worse than the one before;
+//! - state, cheapest first: everything on the device; the LM head fused with the loss and
+//!   chunked (no logits of the whole batch); and master weights on the host; and the Adam
+//!   moments; and the gradients; and the weights (streamed per block). Each level moves a
+//!   class whose traffic the step hides worse than the one before;
 //! - activations, one ladder per mechanism: offload the first `k` blocks (their transfers have
 //!   the longest to hide), recompute the first `k`, or recompute all and offload the first `k`
 //!   blocks' checkpoints. Peak memory falls as `k` grows, so a binary search finds the
 //!   smallest `k` that fits.
 //!
-//! Each candidate is applied by the memory passes (`recompute`, `offload-activations`,
-//! `stream-state`) and lowered: the peak and the step time are the plan's own. The fastest
+//! Each candidate is applied by the memory passes (`chunk-lm-head`, `recompute`,
+//! `offload-activations`, `stream-state`) and lowered: the peak and the step time are the plan's own. The fastest
 //! candidate that fits wins; the search stops at the first state level that fits with no
 //! activation measure, since moving more state only adds transfers. The decisions are then
 //! priced one by one (the plan without each) for `llmqc show`.
 
+use crate::chunk_lm_head::ChunkLmHead;
 use crate::offload_activations::OffloadActivations;
 use crate::recompute::Recompute;
 use crate::stream_state::StreamState;
@@ -28,7 +30,12 @@ use llmq_compiler::target::{DeviceProfile, RESERVE_BYTES};
 use std::cell::RefCell;
 
 /// The names of the memory passes, for `--dump-after`.
-pub const MEMORY_PASSES: [&str; 3] = ["recompute", "offload-activations", "stream-state"];
+pub const MEMORY_PASSES: [&str; 4] = [
+    "chunk-lm-head",
+    "recompute",
+    "offload-activations",
+    "stream-state",
+];
 
 /// The search aims at the budget less 1/this of it, for the allocator's fragmentation.
 const FRAGMENTATION_MARGIN: u64 = 50;
@@ -42,19 +49,48 @@ struct Candidate {
     step_seconds: f64,
 }
 
-/// State classes moved to the host, level by level.
-const STATE_LEVELS: [&[Role]; 5] = [
-    &[],
-    &[Role::MasterWeight],
-    &[Role::MasterWeight, Role::AdamM, Role::AdamV],
-    &[Role::MasterWeight, Role::AdamM, Role::AdamV, Role::Gradient],
-    &[
-        Role::MasterWeight,
-        Role::AdamM,
-        Role::AdamV,
-        Role::Gradient,
-        Role::Weight,
-    ],
+/// Tokens per chunk of the fused LM head and loss.
+const LM_HEAD_CHUNK_ROWS: u64 = 1024;
+
+/// One level of the search: the state classes moved to the host, and whether the LM head is
+/// fused with the loss and chunked (it costs a second head matmul in the backward).
+struct Level {
+    streamed: &'static [Role],
+    chunk_lm_head: bool,
+}
+
+/// The levels, cheapest first.
+const LEVELS: [Level; 6] = [
+    Level {
+        streamed: &[],
+        chunk_lm_head: false,
+    },
+    Level {
+        streamed: &[],
+        chunk_lm_head: true,
+    },
+    Level {
+        streamed: &[Role::MasterWeight],
+        chunk_lm_head: true,
+    },
+    Level {
+        streamed: &[Role::MasterWeight, Role::AdamM, Role::AdamV],
+        chunk_lm_head: true,
+    },
+    Level {
+        streamed: &[Role::MasterWeight, Role::AdamM, Role::AdamV, Role::Gradient],
+        chunk_lm_head: true,
+    },
+    Level {
+        streamed: &[
+            Role::MasterWeight,
+            Role::AdamM,
+            Role::AdamV,
+            Role::Gradient,
+            Role::Weight,
+        ],
+        chunk_lm_head: true,
+    },
 ];
 
 /// The ways of relieving activations, each a ladder over the number of blocks.
@@ -77,10 +113,12 @@ pub struct MemoryChoice {
     pub recompute: Vec<u32>,
     /// Blocks whose saved tensors are offloaded.
     pub offload: Vec<u32>,
+    /// Fuse the LM head with the loss and run it this many tokens at a time.
+    pub lm_head_chunk: Option<u64>,
 }
 
 impl MemoryChoice {
-    fn new(state: &[Role], ladder: Ladder, k: u32, blocks: u32) -> Self {
+    fn new(level: &Level, ladder: Ladder, k: u32, blocks: u32) -> Self {
         let first = |n: u32| (0..n.min(blocks)).collect::<Vec<u32>>();
         let (recompute, offload) = match ladder {
             Ladder::Offload => (Vec::new(), first(k)),
@@ -88,9 +126,10 @@ impl MemoryChoice {
             Ladder::RecomputeAndOffload => (first(blocks), first(k)),
         };
         MemoryChoice {
-            streamed: state.to_vec(),
+            streamed: level.streamed.to_vec(),
             recompute,
             offload,
+            lm_head_chunk: level.chunk_lm_head.then_some(LM_HEAD_CHUNK_ROWS),
         }
     }
 
@@ -102,8 +141,16 @@ impl MemoryChoice {
         device: &DeviceProfile,
         dump_after: Option<&str>,
     ) -> Result<PassReport, PassError> {
-        let (recompute, offload, stream) = self.passes(device);
-        run_passes(graph, &[&recompute, &offload, &stream], ctx, dump_after)
+        let (chunk, recompute, offload, stream) = self.passes(device);
+        match &chunk {
+            Some(chunk) => run_passes(
+                graph,
+                &[chunk, &recompute, &offload, &stream],
+                ctx,
+                dump_after,
+            ),
+            None => run_passes(graph, &[&recompute, &offload, &stream], ctx, dump_after),
+        }
     }
 
     /// Applies the choice without the pass manager's verification: for the search's
@@ -114,14 +161,27 @@ impl MemoryChoice {
         ctx: &PassContext,
         device: &DeviceProfile,
     ) -> Result<(), PassError> {
-        let (recompute, offload, stream) = self.passes(device);
+        let (chunk, recompute, offload, stream) = self.passes(device);
+        if let Some(chunk) = chunk {
+            chunk.run(graph, ctx)?;
+        }
         recompute.run(graph, ctx)?;
         offload.run(graph, ctx)?;
         stream.run(graph, ctx)
     }
 
-    fn passes(&self, device: &DeviceProfile) -> (Recompute, OffloadActivations, StreamState) {
+    fn passes(
+        &self,
+        device: &DeviceProfile,
+    ) -> (
+        Option<ChunkLmHead>,
+        Recompute,
+        OffloadActivations,
+        StreamState,
+    ) {
         (
+            self.lm_head_chunk
+                .map(|chunk_rows| ChunkLmHead { chunk_rows }),
             Recompute {
                 blocks: self.recompute.clone(),
             },
@@ -217,19 +277,19 @@ fn search(
 ) -> Result<MemoryChoice, PassError> {
     let mut best: Option<(MemoryChoice, Candidate)> = None;
     let mut smallest: Option<(MemoryChoice, Candidate)> = None;
-    'levels: for state in STATE_LEVELS {
+    'levels: for level in &LEVELS {
         // State left on the device is there for the whole step: when it alone exceeds the
         // budget, the level cannot fit.
         let resident: u64 = graph
             .tensors()
-            .filter(|(_, t)| t.role.is_persistent() && !state.contains(&t.role))
+            .filter(|(_, t)| t.role.is_persistent() && !level.streamed.contains(&t.role))
             .map(|(_, t)| t.ty.bytes())
             .sum();
         if resident > limit {
             continue;
         }
         // The most relieved point of this level next: when even it does not fit, skip.
-        let most = MemoryChoice::new(state, Ladder::RecomputeAndOffload, blocks, blocks);
+        let most = MemoryChoice::new(level, Ladder::RecomputeAndOffload, blocks, blocks);
         let plan = evaluate(&most)?;
         if plan.arena_bytes > limit {
             let smaller = smallest
@@ -251,7 +311,7 @@ fn search(
             if ladder == Ladder::RecomputeAndOffload && recompute_alone_fits {
                 continue;
             }
-            let at = |k| MemoryChoice::new(state, ladder, k, blocks);
+            let at = |k| MemoryChoice::new(level, ladder, k, blocks);
             let Some((k, plan)) = smallest_fitting(blocks, limit, &|k| evaluate(&at(k)))? else {
                 continue;
             };
@@ -332,6 +392,14 @@ fn price_decisions(
             })
         })
     };
+    if let Some(rows) = choice.lm_head_chunk {
+        let without = MemoryChoice {
+            lm_head_chunk: None,
+            ..choice.clone()
+        };
+        let action = format!("fuse with loss, {rows}-token chunks");
+        price("lm head", "-".into(), &action, without)?;
+    }
     for &role in &choice.streamed {
         let mut without = choice.clone();
         without.streamed.retain(|&r| r != role);

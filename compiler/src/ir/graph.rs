@@ -381,8 +381,16 @@ impl Graph {
                 }
             }
         }
+        let mut read = vec![false; self.tensors.len()];
+        for (_, node) in self.nodes() {
+            for t in &node.inputs {
+                read[t.index()] = true;
+            }
+        }
         for (id, t) in self.tensors() {
-            if !t.role.is_persistent() && writers[id.index()] != 1 {
+            // A tensor no node touches any more (a pass replaced its ops) is dead, not wrong.
+            let dead = writers[id.index()] == 0 && !read[id.index()];
+            if !t.role.is_persistent() && writers[id.index()] != 1 && !dead {
                 return Err(GraphError::Dataflow(format!(
                     "activation {id} `{}` has {} plain writers; activations have exactly one",
                     t.name,

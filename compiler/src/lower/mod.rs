@@ -122,7 +122,23 @@ pub fn lower(input: LowerInput) -> Plan {
             i.last = i.last.max(release);
         }
     }
-    let sizes: Vec<u64> = graph.tensors().map(|(_, t)| t.ty.bytes()).collect();
+    // A transient tensor no step touches (a pass replaced its ops) takes no bytes.
+    let mut touched = vec![false; graph.tensor_count()];
+    for step in &steps {
+        for t in step.inputs.iter().chain(&step.outputs) {
+            touched[t.index()] = true;
+        }
+    }
+    let sizes: Vec<u64> = graph
+        .tensors()
+        .map(|(id, t)| {
+            if touched[id.index()] || t.role.is_persistent() {
+                t.ty.bytes()
+            } else {
+                0
+            }
+        })
+        .collect();
     let on_host: Vec<bool> = graph
         .tensors()
         .map(|(id, _)| graph.is_on_host(id))
