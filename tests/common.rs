@@ -25,6 +25,7 @@ pub fn options(
         device: device("h100").unwrap(),
         optimizer: OptimizerOptions::default(),
         dump_after: None,
+        skip_passes: Vec::new(),
     }
 }
 

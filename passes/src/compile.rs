@@ -9,7 +9,7 @@ use llmq_compiler::autodiff::{
 use llmq_compiler::ir::{Graph, write_graph};
 use llmq_compiler::kernels::DType;
 use llmq_compiler::lower::{LowerInput, lower};
-use llmq_compiler::pass::{PassContext, PassError, PassReport, run_passes};
+use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions, fits};
 use llmq_compiler::spec::{self, SpecError, SpecOptions};
 use llmq_compiler::target::{DeviceProfile, Precision, format_bytes};
@@ -36,6 +36,8 @@ pub struct CompileOptions {
     pub optimizer: OptimizerOptions,
     /// A pass (or `autodiff`) after which to keep the graph's text.
     pub dump_after: Option<String>,
+    /// Passes not to run (to trace a wrong plan to the pass that made it).
+    pub skip_passes: Vec<String>,
 }
 
 /// A plan and what the compiler can tell about making it.
@@ -90,6 +92,34 @@ struct TrainGraph {
     model: ModelInfo,
     report: PassReport,
     ctx: PassContext,
+}
+
+/// The pipeline for `ctx` less the passes in `skip`, which must exist and not be required.
+fn selected_passes(
+    ctx: &PassContext,
+    skip: &[String],
+) -> Result<Vec<&'static dyn Pass>, CompileError> {
+    let all = pipeline(ctx);
+    for name in skip {
+        match all.iter().find(|p| p.name() == name) {
+            None => {
+                return Err(CompileError::Unsupported(format!(
+                    "--skip-pass {name}: no such pass in this pipeline; it runs: {}",
+                    all.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            Some(p) if p.is_required() => {
+                return Err(CompileError::Unsupported(format!(
+                    "--skip-pass {name}: the plan would be wrong without this pass"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|p| !skip.iter().any(|s| s == p.name()))
+        .collect())
 }
 
 /// Compiles the spec at `path` into a plan.
@@ -222,15 +252,15 @@ fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, Compile
                 .into(),
         ));
     }
-    if let Some(name) = &opts.dump_after {
-        let mut known = pass_names();
-        known.insert(0, "autodiff");
-        if !known.contains(&name.as_str()) {
-            return Err(CompileError::Unsupported(format!(
-                "--dump-after {name}: no such pass; known: {}",
-                known.join(", ")
-            )));
-        }
+    let known = pass_names();
+    if let Some(name) = &opts.dump_after
+        && name != "autodiff"
+        && !known.contains(&name.as_str())
+    {
+        return Err(CompileError::Unsupported(format!(
+            "--dump-after {name}: no such pass; known: autodiff, {}",
+            known.join(", ")
+        )));
     }
     let weight_dtype = if opts.precision == Precision::Fp32 {
         DType::F32
@@ -254,14 +284,13 @@ fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, Compile
         vram_bytes: opts.vram_bytes,
         gpus: opts.gpus,
     };
-    let mut report = run_passes(
-        &mut graph,
-        &pipeline(&ctx),
-        &ctx,
-        opts.dump_after.as_deref(),
-    )?;
-    if opts.dump_after.as_deref() == Some("autodiff") {
-        report.dump = Some(write_graph(&graph));
+    let passes = selected_passes(&ctx, &opts.skip_passes)?;
+    // The graph as autodiff left it, before any pass.
+    let autodiff_dump =
+        (opts.dump_after.as_deref() == Some("autodiff")).then(|| write_graph(&graph));
+    let mut report = run_passes(&mut graph, &passes, &ctx, opts.dump_after.as_deref())?;
+    if autodiff_dump.is_some() {
+        report.dump = autodiff_dump;
     }
     Ok(TrainGraph {
         graph,

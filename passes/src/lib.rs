@@ -4,6 +4,7 @@
 
 pub mod chunk_lm_head;
 mod compile;
+mod fusion;
 pub mod memory_edit;
 pub mod memory_plan;
 pub mod offload_activations;
@@ -15,4 +16,5 @@ pub use compile::{
     CompileError, CompileOptions, Compiled, CurvePoint, compile, compile_auto_batch,
     compile_with_choice, tradeoff_curve,
 };
+pub use fusion::Fusion;
 pub use pipeline::{pass_names, pipeline};

@@ -1,15 +1,16 @@
 //! The pipeline: which passes run, in which order, for a target. Branches on precision and
 //! GPU count live here and nowhere else.
 //!
-//! No optimisation pass exists yet: FP8 casts, fusion and the memory planner come with their
-//! issue (#5), each as one file here, and are listed below when they land.
+//! FP8 casts and the memory planner come with their issue (#5), each as one file here, and are
+//! listed below when they land.
 
+use crate::fusion::Fusion;
 use llmq_compiler::pass::{Pass, PassContext};
 
 /// The passes for this target, in run order.
 pub fn pipeline(ctx: &PassContext) -> Vec<&'static dyn Pass> {
     let _ = ctx;
-    Vec::new()
+    vec![&Fusion]
 }
 
 /// Names accepted by `--dump-after`: the pipeline's, then the memory planner's passes.

@@ -154,6 +154,7 @@ fn load_plan(args: &Args) -> Result<Plan> {
             ..Default::default()
         },
         dump_after: None,
+        skip_passes: Vec::new(),
     };
     Ok(compile(&spec_path, &opts)?.plan)
 }

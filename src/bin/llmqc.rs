@@ -101,6 +101,9 @@ struct PlanArgs {
     /// Print the graph after this pass (or `autodiff`).
     #[arg(long)]
     dump_after: Option<String>,
+    /// Do not run this pass (repeatable): to find the pass that made a plan wrong.
+    #[arg(long = "skip-pass", value_name = "PASS")]
+    skip_passes: Vec<String>,
     /// Print how long each compiler stage took.
     #[arg(long)]
     timings: bool,
@@ -190,6 +193,7 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
         device,
         optimizer: OptimizerOptions::default(),
         dump_after: args.dump_after.clone(),
+        skip_passes: args.skip_passes.clone(),
     };
     let start = Instant::now();
     let compiled = match args.batch {
