@@ -253,7 +253,7 @@ pub fn plan_memory(
         let mut plan = lower(&planned, true);
         attempts += 1;
         let fragmentation = plan.device_arena_bytes - plan.estimates.peak_live_bytes;
-        let next_limit = limit.saturating_sub(fragmentation).min(search_limit - 1);
+        let next_limit = limit.saturating_sub(fragmentation).min(search_limit.saturating_sub(1));
         if plan.device_arena_bytes <= limit || attempts == 3 || next_limit == 0 {
             plan.memory = price_decisions(&choice, &plan, &evaluate)?;
             return Ok(MemoryPlan {
@@ -327,10 +327,12 @@ fn search(
             }
         }
     }
-    let (choice, _) = best
-        .or(smallest)
-        .expect("the search evaluates at least one candidate");
-    Ok(choice)
+    // Nothing fits: the choice that needs the least memory, so the plan says by how much.
+    let least = || {
+        let last = &LEVELS[LEVELS.len() - 1];
+        MemoryChoice::new(last, Ladder::RecomputeAndOffload, blocks, blocks)
+    };
+    Ok(best.or(smallest).map_or_else(least, |(choice, _)| choice))
 }
 
 /// The smallest `k` in `0..=blocks` whose plan's arena is at most `limit`, with that plan;
