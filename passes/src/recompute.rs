@@ -99,15 +99,19 @@ impl Pass for Recompute {
         for (block, mut nodes) in needed {
             nodes.sort();
             let at = first_use[&block];
+            // A block's recomputation reads its own recomputed tensors, and the originals of
+            // everything else (another block's recomputation may come later).
+            let mut own: IndexMap<TensorId, TensorId> = IndexMap::new();
             for i in nodes {
                 let mut node = edit.program[i].clone();
                 for t in node.inputs.iter_mut() {
-                    if let Some(&r) = renamed.get(t) {
+                    if let Some(&r) = own.get(t) {
                         *t = r;
                     }
                 }
                 for t in node.outputs.iter_mut() {
                     let fresh = tensor_like(graph, *t, "recompute", Role::Saved);
+                    own.insert(*t, fresh);
                     renamed.insert(*t, fresh);
                     *t = fresh;
                 }
@@ -115,18 +119,19 @@ impl Pass for Recompute {
                 edit.insert_before(at, node);
             }
         }
-        for node in edit
-            .program
-            .iter_mut()
-            .filter(|n| n.phase == Phase::Backward)
-        {
+        // Backward readers of checkpoints keep the originals: a node recomputed for a wanted
+        // tensor may also make a checkpoint, whose readers can come before the recomputation.
+        let backward = edit.program.iter_mut().filter(|n| n.phase == Phase::Backward);
+        for node in backward {
             for t in node.inputs.iter_mut() {
-                if let Some(&r) = renamed.get(t) {
+                if let Some(&r) = renamed.get(t)
+                    && !kept.contains(t)
+                {
                     *t = r;
                 }
             }
         }
-        for &t in renamed.keys() {
+        for &t in renamed.keys().filter(|t| !kept.contains(*t)) {
             if graph.tensor(t).role == Role::Saved {
                 graph.tensor_mut(t).role = Role::Activation;
             }
