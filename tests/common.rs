@@ -38,3 +38,16 @@ pub fn plan(model: &str, opts: &CompileOptions) -> Plan {
         .unwrap_or_else(|e| panic!("planning {model}: {e}"))
         .plan
 }
+
+/// Lines only in `before` (`-`) and only in `after` (`+`), each side in its own order: what a
+/// pass changed in a graph dump, for snapshots.
+pub fn line_diff(before: &[String], after: &[String]) -> String {
+    let mut out = String::new();
+    for l in before.iter().filter(|l| !after.contains(l)) {
+        out += &format!("- {l}\n");
+    }
+    for l in after.iter().filter(|l| !before.contains(l)) {
+        out += &format!("+ {l}\n");
+    }
+    out
+}

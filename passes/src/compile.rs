@@ -136,8 +136,16 @@ pub fn compile_with_choice(
     choice: &MemoryChoice,
 ) -> Result<Compiled, CompileError> {
     let mut train = train_graph(path, opts)?;
-    let report = choice.apply(&mut train.graph, &train.ctx, &opts.device, None)?;
+    let report = choice.apply(
+        &mut train.graph,
+        &train.ctx,
+        &opts.device,
+        opts.dump_after.as_deref(),
+    )?;
     train.report.timings.extend(report.timings);
+    if report.dump.is_some() {
+        train.report.dump = report.dump;
+    }
     let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph, true);
     Ok(Compiled {
         plan,
