@@ -253,7 +253,9 @@ pub fn plan_memory(
         let mut plan = lower(&planned, true);
         attempts += 1;
         let fragmentation = plan.device_arena_bytes - plan.estimates.peak_live_bytes;
-        let next_limit = limit.saturating_sub(fragmentation).min(search_limit.saturating_sub(1));
+        let next_limit = limit
+            .saturating_sub(fragmentation)
+            .min(search_limit.saturating_sub(1));
         if plan.device_arena_bytes <= limit || attempts == 3 || next_limit == 0 {
             plan.memory = price_decisions(&choice, &plan, &evaluate)?;
             return Ok(MemoryPlan {

@@ -41,9 +41,9 @@ impl Pass for Recompute {
         };
         // Producer (program index) and block of every tensor the chosen blocks' forward writes.
         let mut producer: IndexMap<TensorId, (usize, u32)> = IndexMap::new();
-        for i in 0..program.len() {
+        for (i, node) in program.iter().enumerate() {
             if let Some(block) = forward_block(i) {
-                for &t in &program[i].outputs {
+                for &t in &node.outputs {
                     producer.insert(t, (i, block));
                 }
             }
@@ -121,7 +121,10 @@ impl Pass for Recompute {
         }
         // Backward readers of checkpoints keep the originals: a node recomputed for a wanted
         // tensor may also make a checkpoint, whose readers can come before the recomputation.
-        let backward = edit.program.iter_mut().filter(|n| n.phase == Phase::Backward);
+        let backward = edit
+            .program
+            .iter_mut()
+            .filter(|n| n.phase == Phase::Backward);
         for node in backward {
             for t in node.inputs.iter_mut() {
                 if let Some(&r) = renamed.get(t)

@@ -239,9 +239,9 @@ fn explain(spec: &Path, opts: &CompileOptions) -> Result<()> {
     let start = Instant::now();
     let curve = tradeoff_curve(spec, opts, &budgets)?;
     println!(
-        "\ntrade-off curve (batch {}, {} s to compute):",
+        "\ntrade-off curve (batch {}, {:.2} s to compute):",
         opts.batch,
-        format!("{:.2}", start.elapsed().as_secs_f64())
+        start.elapsed().as_secs_f64()
     );
     println!(
         "  {:>11} {:>12} {:>11}  decisions",
