@@ -27,7 +27,8 @@ use llmq_compiler::ir::{Graph, Role};
 use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{MemoryDecision, Plan};
 use llmq_compiler::target::{DeviceProfile, RESERVE_BYTES};
-use std::cell::RefCell;
+use std::sync::Mutex;
+use std::thread;
 
 /// The names of the memory passes, for `--dump-after`.
 pub const MEMORY_PASSES: [&str; 4] = [
@@ -39,6 +40,9 @@ pub const MEMORY_PASSES: [&str; 4] = [
 
 /// The search aims at the budget less 1/this of it, for the allocator's fragmentation.
 const FRAGMENTATION_MARGIN: u64 = 50;
+
+/// Estimates a candidate (memoised, callable from several threads).
+type Evaluate<'a> = dyn Fn(&MemoryChoice) -> Result<Candidate, PassError> + Sync + 'a;
 
 /// What the search needs of a candidate's plan.
 #[derive(Clone, Copy, Debug)]
@@ -217,7 +221,7 @@ pub fn plan_memory(
     ctx: &PassContext,
     device: &DeviceProfile,
     dump_after: Option<&str>,
-    lower: &dyn Fn(&Graph, bool) -> Plan,
+    lower: &(dyn Fn(&Graph, bool) -> Plan + Sync),
 ) -> Result<MemoryPlan, PassError> {
     let blocks = graph
         .nodes()
@@ -225,9 +229,9 @@ pub fn plan_memory(
         .max()
         .map_or(0, |l| l + 1);
     // Candidates recur (the bottom of two ladders, the decisions' prices): evaluate each once.
-    let seen: RefCell<IndexMap<MemoryChoice, Candidate>> = RefCell::default();
+    let seen: Mutex<IndexMap<MemoryChoice, Candidate>> = Mutex::default();
     let evaluate = |choice: &MemoryChoice| -> Result<Candidate, PassError> {
-        if let Some(&c) = seen.borrow().get(choice) {
+        if let Some(&c) = seen.lock().expect("no panic holds the lock").get(choice) {
             return Ok(c);
         }
         let mut g = graph.clone();
@@ -237,7 +241,9 @@ pub fn plan_memory(
             arena_bytes: plan.device_arena_bytes,
             step_seconds: plan.estimates.step_seconds,
         };
-        seen.borrow_mut().insert(choice.clone(), c);
+        seen.lock()
+            .expect("no panic holds the lock")
+            .insert(choice.clone(), c);
         Ok(c)
     };
     let limit = ctx.vram_bytes.saturating_sub(RESERVE_BYTES);
@@ -275,7 +281,7 @@ fn search(
     graph: &Graph,
     blocks: u32,
     limit: u64,
-    evaluate: &dyn Fn(&MemoryChoice) -> Result<Candidate, PassError>,
+    evaluate: &Evaluate<'_>,
 ) -> Result<MemoryChoice, PassError> {
     let mut best: Option<(MemoryChoice, Candidate)> = None;
     let mut smallest: Option<(MemoryChoice, Candidate)> = None;
@@ -302,19 +308,36 @@ fn search(
             }
             continue;
         }
-        let mut recompute_alone_fits = false;
-        for ladder in [
+        // The three ladders are independent: search them on threads, then compare in order.
+        let ladders = [
             Ladder::Offload,
             Ladder::Recompute,
             Ladder::RecomputeAndOffload,
-        ] {
+        ];
+        let at = |ladder, k| MemoryChoice::new(level, ladder, k, blocks);
+        let found: Vec<Result<Option<(u32, Candidate)>, PassError>> = thread::scope(|scope| {
+            let searches: Vec<_> = ladders
+                .iter()
+                .map(|&ladder| {
+                    let at = &at;
+                    scope.spawn(move || {
+                        smallest_fitting(blocks, limit, &|k| evaluate(&at(ladder, k)))
+                    })
+                })
+                .collect();
+            searches
+                .into_iter()
+                .map(|s| s.join().expect("a ladder search does not panic"))
+                .collect()
+        });
+        let mut recompute_alone_fits = false;
+        for (&ladder, result) in ladders.iter().zip(found) {
             // Recomputing every block and offloading some costs more than recomputing some
-            // blocks, so that ladder is only for when recomputing alone does not fit.
+            // blocks, so that ladder counts only when recomputing alone does not fit.
             if ladder == Ladder::RecomputeAndOffload && recompute_alone_fits {
                 continue;
             }
-            let at = |k| MemoryChoice::new(level, ladder, k, blocks);
-            let Some((k, plan)) = smallest_fitting(blocks, limit, &|k| evaluate(&at(k)))? else {
+            let Some((k, plan)) = result? else {
                 continue;
             };
             recompute_alone_fits |= ladder == Ladder::Recompute;
@@ -322,7 +345,7 @@ fn search(
                 .as_ref()
                 .is_none_or(|(_, b)| plan.step_seconds < b.step_seconds);
             if faster {
-                best = Some((at(k), plan));
+                best = Some((at(ladder, k), plan));
             }
             if k == 0 && ladder != Ladder::RecomputeAndOffload {
                 break 'levels;
@@ -344,7 +367,7 @@ fn search(
 fn smallest_fitting(
     blocks: u32,
     limit: u64,
-    evaluate: &dyn Fn(u32) -> Result<Candidate, PassError>,
+    evaluate: &(dyn Fn(u32) -> Result<Candidate, PassError> + Sync),
 ) -> Result<Option<(u32, Candidate)>, PassError> {
     let top = evaluate(blocks)?;
     if top.arena_bytes > limit {
@@ -382,27 +405,17 @@ fn smallest_fitting(
 fn price_decisions(
     choice: &MemoryChoice,
     plan: &Plan,
-    evaluate: &dyn Fn(&MemoryChoice) -> Result<Candidate, PassError>,
+    evaluate: &Evaluate<'_>,
 ) -> Result<Vec<MemoryDecision>, PassError> {
-    let mut decisions = Vec::new();
-    let mut price = |class: &str, blocks: String, action: &str, without: MemoryChoice| {
-        evaluate(&without).map(|other| {
-            decisions.push(MemoryDecision {
-                class: class.into(),
-                blocks,
-                action: action.into(),
-                bytes_saved: other.arena_bytes as i64 - plan.device_arena_bytes as i64,
-                seconds_added: plan.estimates.step_seconds - other.step_seconds,
-            })
-        })
-    };
+    // (class, blocks, action, the choice without it), priced on threads afterwards.
+    let mut asked: Vec<(&str, String, String, MemoryChoice)> = Vec::new();
     if let Some(rows) = choice.lm_head_chunk {
         let without = MemoryChoice {
             lm_head_chunk: None,
             ..choice.clone()
         };
         let action = format!("fuse with loss, {rows}-token chunks");
-        price("lm head", "-".into(), &action, without)?;
+        asked.push(("lm head", "-".into(), action, without));
     }
     for &role in &choice.streamed {
         let mut without = choice.clone();
@@ -412,20 +425,20 @@ fn price_decisions(
         } else {
             "on host, streamed through"
         };
-        price(role.category().name(), "all".into(), action, without)?;
+        asked.push((role.category().name(), "all".into(), action.into(), without));
     }
     if !choice.recompute.is_empty() {
         let without = MemoryChoice {
             recompute: Vec::new(),
             ..choice.clone()
         };
-        let action = "recompute in backward";
-        price(
+        let blocks = block_range(&choice.recompute);
+        asked.push((
             "activations",
-            block_range(&choice.recompute),
-            action,
+            blocks,
+            "recompute in backward".into(),
             without,
-        )?;
+        ));
     }
     if !choice.offload.is_empty() {
         let without = MemoryChoice {
@@ -437,7 +450,32 @@ fn price_decisions(
         } else {
             "offload checkpoints to host"
         };
-        price("activations", block_range(&choice.offload), action, without)?;
+        asked.push((
+            "activations",
+            block_range(&choice.offload),
+            action.into(),
+            without,
+        ));
+    }
+    let others: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
+        let runs: Vec<_> = asked
+            .iter()
+            .map(|(_, _, _, without)| scope.spawn(move || evaluate(without)))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("an evaluation does not panic"))
+            .collect()
+    });
+    let mut decisions = Vec::with_capacity(asked.len());
+    for ((class, blocks, action, _), other) in asked.into_iter().zip(others) {
+        let other = other?;
+        decisions.push(MemoryDecision {
+            class: class.into(),
+            blocks,
+            action,
+            bytes_saved: other.arena_bytes as i64 - plan.device_arena_bytes as i64,
+            seconds_added: plan.estimates.step_seconds - other.step_seconds,
+        });
     }
     Ok(decisions)
 }
