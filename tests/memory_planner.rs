@@ -122,3 +122,28 @@ fn the_32b_fits_24g_and_plans_in_time() {
     assert!(speeds.len() >= 3, "{curve:?}");
     assert!(speeds.windows(2).all(|w| w[1] >= w[0] * 0.999), "{curve:?}");
 }
+
+#[test]
+fn batch_auto_and_the_trade_off_curve_from_the_command_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmqc"))
+        .args(["plan", "models/tiny.ron", "--seq", "64", "--vram", "800M"])
+        .args(["--batch", "auto", "--explain"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    // The tiny model's largest batch tried (64) is the fastest per token and fits.
+    assert!(text.contains("batch 64 × seq 64"), "{text}");
+    assert!(text.contains("trade-off curve (batch 64"), "{text}");
+    let curve: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("trade-off curve"))
+        .skip(2)
+        .collect();
+    assert_eq!(curve.len(), 6, "{text}");
+    // Below the reserve nothing fits; at the budget everything stays on the device.
+    assert!(curve[0].contains("does not fit"), "{text}");
+    assert!(curve[3].contains("everything on the device"), "{text}");
+}
