@@ -131,8 +131,8 @@ fn batch_auto_and_the_trade_off_curve_from_the_command_line() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     // The tiny model's largest batch tried (64) is the fastest per token and fits.
     assert!(text.contains("batch 64 × seq 64"), "{text}");

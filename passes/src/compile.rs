@@ -14,6 +14,7 @@ use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions, fits};
 use llmq_compiler::spec::{self, SpecError, SpecOptions};
 use llmq_compiler::target::{DeviceProfile, Precision, format_bytes};
 use std::path::Path;
+use std::thread;
 
 /// Everything a plan depends on besides the spec file.
 #[derive(Clone, Debug)]
@@ -125,7 +126,7 @@ fn selected_passes(
 /// Compiles the spec at `path` into a plan.
 pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileError> {
     let train = train_graph(path, opts)?;
-    plan_within(&train, opts, opts.vram_bytes)
+    Ok(plan_within(&train, opts, opts.vram_bytes, true)?.0)
 }
 
 /// Compiles the spec with the memory passes set by hand to `choice` instead of the planner's
@@ -199,7 +200,7 @@ pub struct CurvePoint {
     pub tokens_per_second: Option<f64>,
     /// Device arena the plan needs.
     pub arena_bytes: u64,
-    /// The decisions, one line (`on host: master, adam m; recompute in backward L0-L27`).
+    /// The memory planner's choice in one line (`on host: master, adam m; recompute L0-L27`).
     pub decisions: String,
 }
 
@@ -210,39 +211,29 @@ pub fn tradeoff_curve(
     budgets: &[u64],
 ) -> Result<Vec<CurvePoint>, CompileError> {
     let train = train_graph(path, opts)?;
-    budgets
-        .iter()
-        .map(|&vram| {
-            let compiled = plan_within(&train, opts, vram)?;
-            let plan = &compiled.plan;
-            let on_host: Vec<&str> = plan
-                .memory
-                .iter()
-                .filter(|d| d.class != "activations" && d.class != "lm head")
-                .map(|d| d.class.as_str())
-                .collect();
-            let mut decisions: Vec<String> = Vec::new();
-            if !on_host.is_empty() {
-                decisions.push(format!("on host: {}", on_host.join(", ")));
-            }
-            decisions.extend(
-                plan.memory
-                    .iter()
-                    .filter(|d| d.class == "activations" || d.class == "lm head")
-                    .map(|d| format!("{} {} {}", d.class, d.action, d.blocks)),
-            );
-            Ok(CurvePoint {
-                vram_bytes: vram,
-                tokens_per_second: fits(plan).then_some(plan.estimates.tokens_per_second),
-                arena_bytes: plan.device_arena_bytes,
-                decisions: if decisions.is_empty() {
-                    "everything on the device".into()
-                } else {
-                    decisions.join("; ")
-                },
+    // The budgets are independent: plan them on threads.
+    let points: Vec<Result<CurvePoint, CompileError>> = thread::scope(|scope| {
+        let runs: Vec<_> = budgets
+            .iter()
+            .map(|&vram| {
+                let train = &train;
+                scope.spawn(move || {
+                    let (compiled, choice) = plan_within(train, opts, vram, false)?;
+                    let plan = &compiled.plan;
+                    Ok(CurvePoint {
+                        vram_bytes: vram,
+                        tokens_per_second: fits(plan).then_some(plan.estimates.tokens_per_second),
+                        arena_bytes: plan.device_arena_bytes,
+                        decisions: choice.describe(),
+                    })
+                })
             })
-        })
-        .collect()
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("planning a budget does not panic"))
+            .collect()
+    });
+    points.into_iter().collect()
 }
 
 /// Spec, autodiff and the optimisation passes.
@@ -340,12 +331,13 @@ fn lower_for(
     })
 }
 
-/// The memory planner for a budget, then lowering.
+/// The memory planner for a budget, then lowering; `price` as for `plan_memory`.
 fn plan_within(
     train: &TrainGraph,
     opts: &CompileOptions,
     vram_bytes: u64,
-) -> Result<Compiled, CompileError> {
+    price: bool,
+) -> Result<(Compiled, MemoryChoice), CompileError> {
     let lower_graph = |graph: &Graph, layout| lower_for(train, opts, vram_bytes, graph, layout);
     let ctx = PassContext {
         vram_bytes,
@@ -357,6 +349,7 @@ fn plan_within(
         &opts.device,
         opts.dump_after.as_deref(),
         &lower_graph,
+        price,
     )?;
     let mut report = PassReport {
         timings: train.report.timings.clone(),
@@ -366,8 +359,9 @@ fn plan_within(
     if memory.report.dump.is_some() {
         report.dump = memory.report.dump;
     }
-    Ok(Compiled {
+    let compiled = Compiled {
         plan: memory.plan,
         report,
-    })
+    };
+    Ok((compiled, memory.choice))
 }

@@ -137,6 +137,29 @@ impl MemoryChoice {
         }
     }
 
+    /// The choice in one line: `on host: master, adam m; lm head chunked; recompute L0-L9`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.streamed.is_empty() {
+            let classes: Vec<&str> = self.streamed.iter().map(|r| r.category().name()).collect();
+            parts.push(format!("on host: {}", classes.join(", ")));
+        }
+        if self.lm_head_chunk.is_some() {
+            parts.push("lm head chunked".to_string());
+        }
+        if !self.recompute.is_empty() {
+            parts.push(format!("recompute {}", block_range(&self.recompute)));
+        }
+        if !self.offload.is_empty() {
+            parts.push(format!("offload {}", block_range(&self.offload)));
+        }
+        if parts.is_empty() {
+            "everything on the device".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
     /// Applies the choice to `graph` through the pass manager (verified after each pass).
     pub fn apply(
         &self,
@@ -215,13 +238,16 @@ pub struct MemoryPlan {
 
 /// Plans memory for `graph` within `ctx.vram_bytes`, lowering candidates with `lower` (its
 /// flag: lay the buffers out, or estimate the arena by the live peak). Returns the fastest
-/// plan that fits, or the one that needs the least memory when none does.
+/// plan that fits, or the one that needs the least memory when none does. With `price`, the
+/// plan's `memory` lists the decisions priced one by one; without (the trade-off curve, which
+/// keeps only the choice), it stays empty.
 pub fn plan_memory(
     graph: &Graph,
     ctx: &PassContext,
     device: &DeviceProfile,
     dump_after: Option<&str>,
     lower: &(dyn Fn(&Graph, bool) -> Plan + Sync),
+    price: bool,
 ) -> Result<MemoryPlan, PassError> {
     let blocks = graph
         .nodes()
@@ -263,7 +289,9 @@ pub fn plan_memory(
             .saturating_sub(fragmentation)
             .min(search_limit.saturating_sub(1));
         if plan.device_arena_bytes <= limit || attempts == 3 || next_limit == 0 {
-            plan.memory = price_decisions(&choice, &plan, &evaluate)?;
+            if price {
+                plan.memory = price_decisions(&choice, &plan, &evaluate)?;
+            }
             return Ok(MemoryPlan {
                 choice,
                 graph: planned,
