@@ -161,28 +161,35 @@ pub fn compile_auto_batch(
     opts: &CompileOptions,
     max_batch: u64,
 ) -> Result<Compiled, CompileError> {
-    let mut best: Option<Compiled> = None;
+    // Sizes are compared on unpriced plans; only the chosen one is planned again, priced.
+    let mut best: Option<(u64, f64)> = None;
     let mut batch = 1;
     while batch <= max_batch {
-        let compiled = compile(
+        let sized = CompileOptions {
+            batch,
+            ..opts.clone()
+        };
+        let (compiled, _) =
+            plan_within(&train_graph(path, &sized)?, &sized, opts.vram_bytes, false)?;
+        if !fits(&compiled.plan) {
+            break;
+        }
+        let speed = compiled.plan.estimates.tokens_per_second;
+        if best.is_none_or(|(_, fastest)| speed > fastest) {
+            best = Some((batch, speed));
+        }
+        batch *= 2;
+    }
+    let best = best.map(|(batch, _)| {
+        compile(
             path,
             &CompileOptions {
                 batch,
                 ..opts.clone()
             },
-        )?;
-        if !fits(&compiled.plan) {
-            break;
-        }
-        let faster = best.as_ref().is_none_or(|b| {
-            compiled.plan.estimates.tokens_per_second > b.plan.estimates.tokens_per_second
-        });
-        if faster {
-            best = Some(compiled);
-        }
-        batch *= 2;
-    }
-    best.ok_or_else(|| {
+        )
+    });
+    best.transpose()?.ok_or_else(|| {
         CompileError::Unsupported(format!(
             "--batch auto: not even one sequence of {} tokens fits {}",
             opts.seq,
