@@ -139,12 +139,12 @@ fn every_mechanism_trains_bit_identically_to_the_plain_plan() {
 }
 
 #[test]
-fn the_planner_under_a_tight_budget_streams_optimizer_state_and_trains_identically() {
+fn the_planner_under_a_tight_budget_moves_state_to_the_host_and_trains_identically() {
     let dir = tempfile::tempdir().unwrap();
     let data = corpus(dir.path());
     let roomy = common::options(2, 16, 1, Precision::Bf16, 1 << 30);
     let plain = compile(&model(), &roomy).unwrap().plan;
-    // A third of the plain plan's arena: only streaming the optimizer's state gets there.
+    // A third of the plain plan's arena: most of the state must leave the device.
     let tight_vram = llmq_compiler::target::RESERVE_BYTES + plain.device_arena_bytes / 3;
     let tight = common::options(2, 16, 1, Precision::Bf16, tight_vram);
     let plan = compile(&model(), &tight).unwrap().plan;
@@ -155,11 +155,9 @@ fn the_planner_under_a_tight_budget_streams_optimizer_state_and_trains_identical
     );
     assert!(plan.device_arena_bytes < plain.device_arena_bytes / 3);
     let classes: Vec<&str> = plan.memory.iter().map(|d| d.class.as_str()).collect();
-    for class in ["master", "adam m", "adam v", "gradients"] {
-        assert!(
-            classes.contains(&class),
-            "{class} not streamed: {classes:?}"
-        );
-    }
+    let state = ["weights", "master", "adam m", "adam v", "gradients"];
+    let streamed = state.iter().filter(|c| classes.contains(c)).count();
+    assert!(streamed >= 3, "only {classes:?}");
+    assert!(plan.host_arena_bytes > 0);
     assert_eq!(train(plan, &data), train(plain, &data));
 }

@@ -154,6 +154,24 @@ pub fn compile_with_choice(
     })
 }
 
+/// Plans the spec once per choice (front-end, autodiff and passes run once): the exhaustive
+/// search that checks the memory planner in tests. Plans are laid out, without prices.
+pub fn plan_choices(
+    path: &Path,
+    opts: &CompileOptions,
+    choices: &[MemoryChoice],
+) -> Result<Vec<Plan>, CompileError> {
+    let train = train_graph(path, opts)?;
+    choices
+        .iter()
+        .map(|choice| {
+            let mut graph = train.graph.clone();
+            choice.apply(&mut graph, &train.ctx, &opts.device, None)?;
+            Ok(lower_for(&train, opts, opts.vram_bytes, &graph, true))
+        })
+        .collect()
+}
+
 /// Compiles the spec for every micro-batch size from 1 up (doubling, up to `max_batch`) and
 /// keeps the plan with the highest estimated tokens/s among those that fit (`--batch auto`).
 pub fn compile_auto_batch(

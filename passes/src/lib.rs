@@ -14,7 +14,7 @@ pub mod stream_state;
 
 pub use compile::{
     CompileError, CompileOptions, Compiled, CurvePoint, compile, compile_auto_batch,
-    compile_with_choice, tradeoff_curve,
+    compile_with_choice, plan_choices, tradeoff_curve,
 };
 pub use fusion::Fusion;
 pub use pipeline::{pass_names, pipeline};

@@ -39,7 +39,7 @@ pub const MEMORY_PASSES: [&str; 4] = [
 ];
 
 /// The search aims at the budget less 1/this of it, for the allocator's fragmentation.
-const FRAGMENTATION_MARGIN: u64 = 50;
+pub const FRAGMENTATION_MARGIN: u64 = 50;
 
 /// Estimates a candidate (memoised, callable from several threads).
 type Evaluate<'a> = dyn Fn(&MemoryChoice) -> Result<Candidate, PassError> + Sync + 'a;
@@ -53,49 +53,83 @@ struct Candidate {
     step_seconds: f64,
 }
 
-/// Tokens per chunk of the fused LM head and loss.
-const LM_HEAD_CHUNK_ROWS: u64 = 1024;
+/// The fused LM head and loss runs in this many chunks, of at most `MAX_LM_HEAD_CHUNK_ROWS`
+/// tokens each.
+const LM_HEAD_CHUNKS: u64 = 4;
+const MAX_LM_HEAD_CHUNK_ROWS: u64 = 1024;
+
+/// What the choices are made over: the model's blocks and the LM head's chunk size.
+struct Shape {
+    blocks: u32,
+    chunk_rows: u64,
+}
 
 /// One level of the search: the state classes moved to the host, and whether the LM head is
 /// fused with the loss and chunked (it costs a second head matmul in the backward).
 struct Level {
-    streamed: &'static [Role],
+    streamed: Vec<Role>,
     chunk_lm_head: bool,
 }
 
-/// The levels, cheapest first.
-const LEVELS: [Level; 6] = [
-    Level {
-        streamed: &[],
-        chunk_lm_head: false,
-    },
-    Level {
-        streamed: &[],
-        chunk_lm_head: true,
-    },
-    Level {
-        streamed: &[Role::MasterWeight],
-        chunk_lm_head: true,
-    },
-    Level {
-        streamed: &[Role::MasterWeight, Role::AdamM, Role::AdamV],
-        chunk_lm_head: true,
-    },
-    Level {
-        streamed: &[Role::MasterWeight, Role::AdamM, Role::AdamV, Role::Gradient],
-        chunk_lm_head: true,
-    },
-    Level {
-        streamed: &[
-            Role::MasterWeight,
-            Role::AdamM,
-            Role::AdamV,
-            Role::Gradient,
-            Role::Weight,
-        ],
-        chunk_lm_head: true,
-    },
+/// The state classes the planner may move to the host.
+const STATE: [Role; 5] = [
+    Role::MasterWeight,
+    Role::AdamM,
+    Role::AdamV,
+    Role::Gradient,
+    Role::Weight,
 ];
+
+/// The levels, cheapest first: everything on the device; the LM head chunked; then the state
+/// classes added one at a time, in the order of the time each adds per byte it saves when
+/// moved alone (what hides behind compute depends on the model and the device: weights stream
+/// for free on a fast card with a slow step, the optimizer's state never hides).
+fn levels(evaluate: &Evaluate<'_>, shape: &Shape) -> Result<Vec<Level>, PassError> {
+    let alone = |streamed: Vec<Role>| MemoryChoice {
+        streamed,
+        recompute: Vec::new(),
+        offload: Vec::new(),
+        lm_head_chunk: Some(shape.chunk_rows),
+    };
+    let results: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
+        let runs: Vec<_> = std::iter::once(Vec::new())
+            .chain(STATE.iter().map(|&r| vec![r]))
+            .map(|streamed| {
+                let choice = alone(streamed);
+                scope.spawn(move || evaluate(&choice))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("an evaluation does not panic"))
+            .collect()
+    });
+    let mut results = results.into_iter();
+    let base = results.next().expect("the base was evaluated")?;
+    let mut price: Vec<(f64, Role)> = Vec::with_capacity(STATE.len());
+    for (&role, moved) in STATE.iter().zip(results) {
+        let moved = moved?;
+        let saved = base.arena_bytes.saturating_sub(moved.arena_bytes).max(1) as f64;
+        price.push(((moved.step_seconds - base.step_seconds) / saved, role));
+    }
+    price.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut levels = vec![
+        Level {
+            streamed: Vec::new(),
+            chunk_lm_head: false,
+        },
+        Level {
+            streamed: Vec::new(),
+            chunk_lm_head: true,
+        },
+    ];
+    for i in 1..=price.len() {
+        levels.push(Level {
+            streamed: price[..i].iter().map(|&(_, r)| r).collect(),
+            chunk_lm_head: true,
+        });
+    }
+    Ok(levels)
+}
 
 /// The ways of relieving activations, each a ladder over the number of blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,7 +156,8 @@ pub struct MemoryChoice {
 }
 
 impl MemoryChoice {
-    fn new(level: &Level, ladder: Ladder, k: u32, blocks: u32) -> Self {
+    fn new(level: &Level, ladder: Ladder, k: u32, shape: &Shape) -> Self {
+        let blocks = shape.blocks;
         let first = |n: u32| (0..n.min(blocks)).collect::<Vec<u32>>();
         let (recompute, offload) = match ladder {
             Ladder::Offload => (Vec::new(), first(k)),
@@ -130,10 +165,10 @@ impl MemoryChoice {
             Ladder::RecomputeAndOffload => (first(blocks), first(k)),
         };
         MemoryChoice {
-            streamed: level.streamed.to_vec(),
+            streamed: level.streamed.clone(),
             recompute,
             offload,
-            lm_head_chunk: level.chunk_lm_head.then_some(LM_HEAD_CHUNK_ROWS),
+            lm_head_chunk: level.chunk_lm_head.then_some(shape.chunk_rows),
         }
     }
 
@@ -254,6 +289,13 @@ pub fn plan_memory(
         .filter_map(|(_, n)| n.layer)
         .max()
         .map_or(0, |l| l + 1);
+    let tokens = graph
+        .find("tokens")
+        .map_or(1, |t| graph.tensor(t).ty.numel());
+    let shape = Shape {
+        blocks,
+        chunk_rows: (tokens / LM_HEAD_CHUNKS).clamp(1, MAX_LM_HEAD_CHUNK_ROWS),
+    };
     // Candidates recur (the bottom of two ladders, the decisions' prices): evaluate each once.
     let seen: Mutex<IndexMap<MemoryChoice, Candidate>> = Mutex::default();
     let evaluate = |choice: &MemoryChoice| -> Result<Candidate, PassError> {
@@ -279,7 +321,7 @@ pub fn plan_memory(
     let mut search_limit = limit - limit / FRAGMENTATION_MARGIN;
     let mut attempts = 0;
     loop {
-        let choice = search(graph, blocks, search_limit, &evaluate)?;
+        let choice = search(graph, &shape, search_limit, &evaluate)?;
         let mut planned = graph.clone();
         let report = choice.apply(&mut planned, ctx, device, dump_after)?;
         let mut plan = lower(&planned, true);
@@ -307,13 +349,15 @@ pub fn plan_memory(
 /// memory when none is.
 fn search(
     graph: &Graph,
-    blocks: u32,
+    shape: &Shape,
     limit: u64,
     evaluate: &Evaluate<'_>,
 ) -> Result<MemoryChoice, PassError> {
+    let blocks = shape.blocks;
     let mut best: Option<(MemoryChoice, Candidate)> = None;
     let mut smallest: Option<(MemoryChoice, Candidate)> = None;
-    'levels: for level in &LEVELS {
+    let levels = levels(evaluate, shape)?;
+    'levels: for level in &levels {
         // State left on the device is there for the whole step: when it alone exceeds the
         // budget, the level cannot fit.
         let resident: u64 = graph
@@ -324,8 +368,10 @@ fn search(
         if resident > limit {
             continue;
         }
-        // The most relieved point of this level next: when even it does not fit, skip.
-        let most = MemoryChoice::new(level, Ladder::RecomputeAndOffload, blocks, blocks);
+        // The most relieved point of this level next: when even it does not fit, skip. That
+        // is every block offloaded: recomputing holds a block's recomputed tensors at once,
+        // offloading brings each back just before its reader.
+        let most = MemoryChoice::new(level, Ladder::Offload, blocks, shape);
         let plan = evaluate(&most)?;
         if plan.arena_bytes > limit {
             let smaller = smallest
@@ -342,7 +388,7 @@ fn search(
             Ladder::Recompute,
             Ladder::RecomputeAndOffload,
         ];
-        let at = |ladder, k| MemoryChoice::new(level, ladder, k, blocks);
+        let at = |ladder, k| MemoryChoice::new(level, ladder, k, shape);
         let found: Vec<Result<Option<(u32, Candidate)>, PassError>> = thread::scope(|scope| {
             let searches: Vec<_> = ladders
                 .iter()
@@ -380,12 +426,56 @@ fn search(
             }
         }
     }
+    if let Some(found) = best {
+        return swap_state(found, limit, evaluate);
+    }
     // Nothing fits: the choice that needs the least memory, so the plan says by how much.
     let least = || {
-        let last = &LEVELS[LEVELS.len() - 1];
-        MemoryChoice::new(last, Ladder::RecomputeAndOffload, blocks, blocks)
+        let last = &levels[levels.len() - 1];
+        MemoryChoice::new(last, Ladder::Offload, blocks, shape)
     };
     Ok(best.or(smallest).map_or_else(least, |(choice, _)| choice))
+}
+
+/// Improves a choice by exchanging one state class on the host for one on the device, keeping
+/// its activation decisions, while that fits and is faster: the levels add classes in one
+/// order, and the best set for a budget is not always a prefix of it.
+fn swap_state(
+    found: (MemoryChoice, Candidate),
+    limit: u64,
+    evaluate: &Evaluate<'_>,
+) -> Result<MemoryChoice, PassError> {
+    let (mut choice, mut candidate) = found;
+    loop {
+        let mut swaps = Vec::new();
+        for &out in &choice.streamed {
+            for &into in STATE.iter().filter(|r| !choice.streamed.contains(r)) {
+                let mut swapped = choice.clone();
+                swapped.streamed.retain(|&r| r != out);
+                swapped.streamed.push(into);
+                swaps.push(swapped);
+            }
+        }
+        let results: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
+            let runs: Vec<_> = swaps
+                .iter()
+                .map(|c| scope.spawn(move || evaluate(c)))
+                .collect();
+            runs.into_iter()
+                .map(|r| r.join().expect("an evaluation does not panic"))
+                .collect()
+        });
+        let mut improved = false;
+        for (swapped, result) in swaps.into_iter().zip(results) {
+            let c = result?;
+            if c.arena_bytes <= limit && c.step_seconds < candidate.step_seconds {
+                (choice, candidate, improved) = (swapped, c, true);
+            }
+        }
+        if !improved {
+            return Ok(choice);
+        }
+    }
 }
 
 /// The smallest `k` in `0..=blocks` whose plan's arena is at most `limit`, with that plan;
