@@ -116,3 +116,24 @@ fn unsupported_flags_are_refused_clearly() {
     assert_ne!(code, 0);
     assert!(text.contains("unknown size unit"), "{text}");
 }
+
+#[test]
+fn fp8_is_the_default_and_its_passes_can_be_dumped() {
+    let dump = |extra: &[&str]| {
+        let mut args = vec!["plan", "models/tiny.ron", "--batch", "2", "--seq", "8"];
+        args.extend_from_slice(extra);
+        let (code, text) = llmqc(&args);
+        assert_eq!(code, 0, "{text}");
+        text
+    };
+    let fp8 = dump(&["--dump-after", "fp8_casts"]);
+    assert!(fp8.contains("fp8_matmul{out=bf16}"), "{fp8}");
+    assert!(fp8.contains("quantize_transposed{to=e4m3}"), "{fp8}");
+    let e5m2 = dump(&["--dump-after", "fp8_casts", "--grad-fp8", "e5m2"]);
+    assert!(e5m2.contains("quantize_transposed{to=e5m2}"), "{e5m2}");
+    let bf16 = dump(&["--precision", "bf16", "--dump-after", "autodiff"]);
+    assert!(!bf16.contains("fp8_matmul"), "{bf16}");
+    let (code, text) = llmqc(&["plan", "models/tiny.ron", "--grad-fp8", "bf16"]);
+    assert_ne!(code, 0);
+    assert!(text.contains("use e4m3 or e5m2"), "{text}");
+}

@@ -2,9 +2,15 @@
 #![allow(dead_code)]
 
 use llmq_compiler::autodiff::OptimizerOptions;
+use llmq_compiler::kernels::DType;
 use llmq_compiler::plan::Plan;
 use llmq_compiler::target::{Precision, device};
 use llmq_passes::{CompileOptions, compile};
+use llmq_runtime::backend::cpu::CpuBackend;
+use llmq_runtime::train::data::{DataLoader, TokenDataset, TokenVersion, write_token_file};
+use llmq_runtime::train::schedule::{Schedule, ScheduleParams};
+use llmq_runtime::train::tokenizer::bundled_train_eval;
+use llmq_runtime::trainer::{Trainer, TrainerOptions};
 use std::path::Path;
 
 /// Options for planning `batch × seq` in `precision` on an H100 with `vram` bytes.
@@ -20,6 +26,7 @@ pub fn options(
         seq,
         grad_accum,
         precision,
+        grad_fp8: DType::F8E4M3,
         vram_bytes: vram,
         gpus: 1,
         device: device("h100").unwrap(),
@@ -50,4 +57,80 @@ pub fn line_diff(before: &[String], after: &[String]) -> String {
         out += &format!("+ {l}\n");
     }
     out
+}
+
+/// Writes the bundled corpus's training split as a token file in `dir`; returns its path.
+pub fn corpus(dir: &Path) -> String {
+    let path = dir.join("train.bin");
+    write_token_file(&path, &bundled_train_eval().train, TokenVersion::U16).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// A CPU trainer of `plan` on the token file `data`: seed 99, cosine schedule, no eval.
+pub fn trainer(plan: Plan, data: &str, steps: u64, checkpoints: Option<&Path>) -> Trainer {
+    let (batch, seq) = (plan.options.batch as usize, plan.options.seq as usize);
+    let loader = DataLoader::new(TokenDataset::open(&[data], 256).unwrap(), batch, seq, 7).unwrap();
+    let params = ScheduleParams {
+        lr: 3e-3,
+        min_lr: 3e-4,
+        warmup_steps: 10,
+        decay_fraction: 0.2,
+    };
+    let opts = TrainerOptions {
+        total_steps: steps,
+        schedule: Schedule::parse("cosine", params).unwrap(),
+        seed: 99,
+        eval_every: 0,
+        eval_batches: 0,
+        checkpoint_dir: checkpoints.map(Path::to_path_buf),
+        checkpoint_every: 10,
+        keep_last: 0,
+        max_bad_steps: 3,
+        peak_flops: None,
+    };
+    Trainer::new(Box::new(CpuBackend::new(plan)), loader, None, opts)
+}
+
+fn all_state(t: &mut Trainer) -> Vec<Vec<u8>> {
+    let params = t.plan().io.params.clone();
+    let mut out = Vec::new();
+    for p in params {
+        for id in [p.weight, p.m, p.v].into_iter().chain(p.master) {
+            out.push(t.backend().read_bytes(id).unwrap());
+        }
+    }
+    out
+}
+
+/// Trains `model` 20 steps in `precision` (2 micro-batches a step), checkpointing at step 10,
+/// then resumes from that checkpoint: the last 10 losses and all the state must be identical.
+pub fn assert_resume_is_bit_exact(model: &str, precision: Precision) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let plan = plan(model, &options(2, 32, 2, precision, 1 << 30));
+    let ckpt = dir.path().join("ckpt");
+
+    let mut straight = trainer(plan.clone(), &data, 20, Some(&ckpt));
+    straight.init_weights().unwrap();
+    let losses: Vec<f32> = straight
+        .run(|_| {})
+        .unwrap()
+        .iter()
+        .map(|r| r.loss)
+        .collect();
+
+    let mut resumed = trainer(plan, &data, 20, None);
+    resumed.resume(&ckpt.join("step-000010")).unwrap();
+    assert_eq!(resumed.step, 10);
+    let tail: Vec<f32> = resumed
+        .run(|_| {})
+        .unwrap()
+        .iter()
+        .map(|r| r.loss)
+        .collect();
+    assert_eq!(tail, losses[10..], "losses after resuming differ");
+    assert!(
+        all_state(&mut straight) == all_state(&mut resumed),
+        "weights or optimizer state differ after resuming"
+    );
 }

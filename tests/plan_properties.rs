@@ -144,8 +144,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
     #[test]
     fn tiny_plans_are_sound(batch in 1u64..5, seq in prop::sample::select(vec![8u64, 16, 32]), accum in 1u32..3,
-                            model in prop::sample::select(vec!["tiny.ron", "tiny-qwen2.ron", "tiny-qwen3.ron"])) {
-        let plan = common::plan(model, &common::options(batch, seq, accum, Precision::Bf16, 1 << 30));
+                            model in prop::sample::select(vec!["tiny.ron", "tiny-qwen2.ron", "tiny-qwen3.ron"]),
+                            precision in prop::sample::select(vec![Precision::Fp8, Precision::Bf16])) {
+        let plan = common::plan(model, &common::options(batch, seq, accum, precision, 1 << 30));
         assert_no_overlap(&plan);
         assert_inputs_produced_first(&plan);
         assert_streams_keep_the_linear_order(&plan);
@@ -173,28 +174,34 @@ proptest! {
 
 #[test]
 fn a_real_model_plan_is_sound_and_packs_to_its_live_peak() {
-    let plan = common::plan(
-        "qwen2.5-0.5b.ron",
-        &common::options(2, 256, 1, Precision::Bf16, 80 << 30),
-    );
-    assert_no_overlap(&plan);
-    assert_inputs_produced_first(&plan);
-    // The allocator may waste a little to fragmentation, never more than 10% of the peak.
-    let live = plan.estimates.peak_live_bytes as f64;
-    assert!(
-        (plan.device_arena_bytes as f64) < 1.1 * live,
-        "arena {} vs live peak {live}",
-        plan.device_arena_bytes
-    );
-    assert!(plan.tensors.iter().any(|t| t.role == Role::Saved));
+    for precision in [Precision::Fp8, Precision::Bf16] {
+        let plan = common::plan(
+            "qwen2.5-0.5b.ron",
+            &common::options(2, 256, 1, precision, 80 << 30),
+        );
+        assert_no_overlap(&plan);
+        assert_inputs_produced_first(&plan);
+        // The allocator may waste a little to fragmentation, never more than 10% of the peak.
+        let live = plan.estimates.peak_live_bytes as f64;
+        assert!(
+            (plan.device_arena_bytes as f64) < 1.1 * live,
+            "{precision}: arena {} vs live peak {live}",
+            plan.device_arena_bytes
+        );
+        assert!(plan.tensors.iter().any(|t| t.role == Role::Saved));
+    }
 }
 
 #[test]
 fn the_same_spec_and_flags_give_the_same_bytes() {
+    for precision in [Precision::Fp8, Precision::Bf16] {
+        let opts = common::options(2, 64, 2, precision, 1 << 30);
+        let a = common::plan("tiny-qwen3.ron", &opts).to_bytes();
+        let b = common::plan("tiny-qwen3.ron", &opts).to_bytes();
+        assert_eq!(a, b, "{precision}");
+    }
     let opts = common::options(2, 64, 2, Precision::Bf16, 1 << 30);
     let a = common::plan("tiny-qwen3.ron", &opts).to_bytes();
-    let b = common::plan("tiny-qwen3.ron", &opts).to_bytes();
-    assert_eq!(a, b);
     let other = common::plan(
         "tiny-qwen3.ron",
         &common::options(4, 64, 2, Precision::Bf16, 1 << 30),

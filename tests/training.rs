@@ -7,56 +7,22 @@ mod common;
 use llmq_compiler::ir::{Graph, Role, TensorId};
 use llmq_compiler::kernels::interpret::{Value, run_backward_rule, run_op};
 use llmq_compiler::kernels::{DType, TensorType, rng};
-use llmq_compiler::plan::Plan;
 use llmq_compiler::spec::{self, SpecOptions};
 use llmq_compiler::target::Precision;
 use llmq_runtime::backend::Backend;
 use llmq_runtime::backend::cpu::CpuBackend;
-use llmq_runtime::train::data::{DataLoader, TokenDataset, TokenVersion, write_token_file};
-use llmq_runtime::train::schedule::{Schedule, ScheduleParams};
-use llmq_runtime::train::tokenizer::bundled_train_eval;
-use llmq_runtime::trainer::{Trainer, TrainerOptions};
+use llmq_runtime::train::data::{DataLoader, TokenDataset};
 use std::path::Path;
-
-fn corpus(dir: &Path) -> String {
-    let path = dir.join("train.bin");
-    write_token_file(&path, &bundled_train_eval().train, TokenVersion::U16).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
-fn trainer(plan: Plan, data: &str, steps: u64, checkpoints: Option<&Path>) -> Trainer {
-    let (batch, seq) = (plan.options.batch as usize, plan.options.seq as usize);
-    let loader = DataLoader::new(TokenDataset::open(&[data], 256).unwrap(), batch, seq, 7).unwrap();
-    let params = ScheduleParams {
-        lr: 3e-3,
-        min_lr: 3e-4,
-        warmup_steps: 10,
-        decay_fraction: 0.2,
-    };
-    let opts = TrainerOptions {
-        total_steps: steps,
-        schedule: Schedule::parse("cosine", params).unwrap(),
-        seed: 99,
-        eval_every: 0,
-        eval_batches: 0,
-        checkpoint_dir: checkpoints.map(Path::to_path_buf),
-        checkpoint_every: 10,
-        keep_last: 0,
-        max_bad_steps: 3,
-        peak_flops: None,
-    };
-    Trainer::new(Box::new(CpuBackend::new(plan)), loader, None, opts)
-}
 
 #[test]
 fn the_tiny_model_learns_the_bundled_corpus() {
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
+    let data = common::corpus(dir.path());
     let plan = common::plan(
         "tiny.ron",
         &common::options(8, 64, 1, Precision::Bf16, 1 << 30),
     );
-    let mut t = trainer(plan, &data, 200, None);
+    let mut t = common::trainer(plan, &data, 200, None);
     t.init_weights().unwrap();
     let records = t.run(|_| {}).unwrap();
     let first = records[0].loss;
@@ -71,58 +37,17 @@ fn the_tiny_model_learns_the_bundled_corpus() {
     assert!(records.iter().all(|r| r.applied && r.grad_norm.is_finite()));
 }
 
-fn all_state(t: &mut Trainer) -> Vec<Vec<u8>> {
-    let params = t.plan().io.params.clone();
-    let mut out = Vec::new();
-    for p in params {
-        for id in [p.weight, p.m, p.v].into_iter().chain(p.master) {
-            out.push(t.backend().read_bytes(id).unwrap());
-        }
-    }
-    out
-}
-
 #[test]
 fn resuming_from_a_checkpoint_is_bit_exact() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
-    let plan = common::plan(
-        "tiny-qwen2.ron",
-        &common::options(2, 32, 2, Precision::Bf16, 1 << 30),
-    );
-    let ckpt = dir.path().join("ckpt");
-
-    let mut straight = trainer(plan.clone(), &data, 20, Some(&ckpt));
-    straight.init_weights().unwrap();
-    let losses: Vec<f32> = straight
-        .run(|_| {})
-        .unwrap()
-        .iter()
-        .map(|r| r.loss)
-        .collect();
-
-    let mut resumed = trainer(plan, &data, 20, None);
-    resumed.resume(&ckpt.join("step-000010")).unwrap();
-    assert_eq!(resumed.step, 10);
-    let tail: Vec<f32> = resumed
-        .run(|_| {})
-        .unwrap()
-        .iter()
-        .map(|r| r.loss)
-        .collect();
-    assert_eq!(tail, losses[10..], "losses after resuming differ");
-    assert!(
-        all_state(&mut straight) == all_state(&mut resumed),
-        "weights or optimizer state differ after resuming"
-    );
+    common::assert_resume_is_bit_exact("tiny-qwen2.ron", Precision::Bf16);
 }
 
 #[test]
 fn a_checkpoint_of_another_model_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
+    let data = common::corpus(dir.path());
     let ckpt = dir.path().join("ckpt");
-    let mut a = trainer(
+    let mut a = common::trainer(
         common::plan(
             "tiny.ron",
             &common::options(2, 16, 1, Precision::Bf16, 1 << 30),
@@ -133,7 +58,7 @@ fn a_checkpoint_of_another_model_is_refused() {
     );
     a.init_weights().unwrap();
     a.run(|_| {}).unwrap();
-    let mut b = trainer(
+    let mut b = common::trainer(
         common::plan(
             "tiny-qwen3.ron",
             &common::options(2, 16, 1, Precision::Bf16, 1 << 30),
@@ -161,12 +86,12 @@ fn gradients_of_the_executed_plan_match_finite_differences_of_its_loss() {
     // FP32 plan, so the only error of the difference quotient is FP32 rounding of the loss
     // (about 1e-7 relative) over the step h, and h² truncation: |error| ≲ 1e-7·loss/h + h²·K.
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
+    let data = common::corpus(dir.path());
     let plan = common::plan(
         "tiny-qwen3.ron",
         &common::options(2, 16, 1, Precision::Fp32, 1 << 30),
     );
-    let mut t = trainer(plan.clone(), &data, 1, None);
+    let mut t = common::trainer(plan.clone(), &data, 1, None);
     t.init_weights().unwrap();
     let batch = DataLoader::new(TokenDataset::open(&[&data], 256).unwrap(), 2, 16, 1)
         .unwrap()

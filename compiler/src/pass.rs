@@ -5,6 +5,7 @@
 //! to whoever asked for it (`llmqc plan --dump-after NAME`). Passes themselves print nothing.
 
 use crate::ir::{Graph, GraphError, write_graph};
+use crate::kernels::DType;
 use crate::target::Precision;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 pub struct PassContext {
     /// The numeric recipe.
     pub precision: Precision,
+    /// The FP8 format of gradients in FP8 matmuls (e4m3 or e5m2), under `Precision::Fp8`.
+    pub grad_fp8: DType,
     /// Device memory budget in bytes.
     pub vram_bytes: u64,
     /// Number of GPUs.

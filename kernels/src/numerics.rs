@@ -5,6 +5,7 @@
 //! the largest finite magnitude clamp to it, NaN stays NaN.
 
 use crate::DType;
+use std::sync::LazyLock;
 
 /// Rounds `x` to the nearest value representable in `dtype`, returned as FP32.
 pub fn round_to(dtype: DType, x: f32) -> f32 {
@@ -26,32 +27,38 @@ pub fn encode_fp8(dtype: DType, x: f32) -> u8 {
     let a = x.abs().min(max_finite);
     let bias = (1i32 << (exp_bits - 1)) - 1;
     let min_normal_exp = 1 - bias;
-    // Quantum (spacing) of the format at |a|: normals share 2^(e - man_bits), subnormals the
-    // smallest one. Rounding a / quantum to an integer with ties to even is exact in FP32.
-    let e = if a == 0.0 {
-        min_normal_exp
+    let a_bits = a.to_bits();
+    let bits = if ((a_bits >> 23) as i32) - 127 >= min_normal_exp {
+        // A normal: round the FP32 mantissa to `man_bits` bits, nearest even, on the bits (a
+        // carry into the exponent is the right result), then re-bias the exponent. `a` is at
+        // most the largest finite value, so the result is too.
+        let shift = 23 - man_bits;
+        let round = ((a_bits >> shift) & 1) + (1 << (shift - 1)) - 1;
+        ((a_bits + round) >> shift) - (((127 - bias) as u32) << man_bits)
     } else {
-        (a.log2().floor() as i32).max(min_normal_exp)
-    };
-    let quantum = 2f32.powi(e - man_bits as i32);
-    let mut q = round_half_even(a / quantum);
-    let mut e = e;
-    if q >= (2u32 << man_bits) as f32 {
-        // Rounding carried into the next binade.
-        q /= 2.0;
-        e += 1;
-    }
-    let q = q as u32;
-    let bits = if q < (1u32 << man_bits) {
-        q // subnormal (e was the minimum)
-    } else {
-        (((e + bias) as u32) << man_bits) | (q - (1u32 << man_bits))
+        // A subnormal (or zero): a multiple of the smallest quantum 2^(min_normal_exp -
+        // man_bits); rounding up to 2^man_bits quanta gives the smallest normal's code.
+        let inv_quantum = f32::from_bits(((man_bits as i32 - min_normal_exp + 127) as u32) << 23);
+        (a * inv_quantum).round_ties_even() as u32
     };
     sign | (bits as u8)
 }
 
-/// Decodes an FP8 byte to FP32.
+/// Decodes an FP8 byte to FP32 (from a table built once per format).
 pub fn decode_fp8(dtype: DType, byte: u8) -> f32 {
+    static E4M3: LazyLock<[f32; 256]> =
+        LazyLock::new(|| std::array::from_fn(|b| decode_fp8_bits(DType::F8E4M3, b as u8)));
+    static E5M2: LazyLock<[f32; 256]> =
+        LazyLock::new(|| std::array::from_fn(|b| decode_fp8_bits(DType::F8E5M2, b as u8)));
+    match dtype {
+        DType::F8E4M3 => E4M3[byte as usize],
+        DType::F8E5M2 => E5M2[byte as usize],
+        other => panic!("{other} is not an FP8 format"),
+    }
+}
+
+/// Decodes an FP8 byte from its sign, exponent and mantissa fields.
+fn decode_fp8_bits(dtype: DType, byte: u8) -> f32 {
     let (exp_bits, man_bits, _) = fp8_layout(dtype);
     let sign = if byte & 0x80 != 0 { -1.0 } else { 1.0 };
     let exp = ((byte & 0x7f) >> man_bits) as i32;
@@ -85,11 +92,23 @@ fn fp8_layout(dtype: DType) -> (u32, u32, f32) {
     }
 }
 
-fn round_half_even(v: f32) -> f32 {
-    let r = v.round();
-    if (v - v.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
-        r - v.signum()
-    } else {
-        r
+/// Rounds `x` to BF16 stochastically with the 16 random bits `r`: up (in magnitude) with a
+/// probability equal to the distance from the lower neighbour over the spacing of the two, so
+/// the expected result is `x` (unbiased). Adding `r` to the 16 bits BF16 drops and truncating
+/// does exactly that. Infinities and NaN round to nearest (they stay what they are).
+pub fn round_bf16_stochastic(x: f32, r: u16) -> f32 {
+    if !x.is_finite() {
+        return round_to(DType::BF16, x);
+    }
+    f32::from_bits(x.to_bits().wrapping_add(r as u32) & 0xffff_0000)
+}
+
+/// Rounds every value of a tensor to BF16 stochastically, value `i` drawing its bits from
+/// position `i` of random stream `stream` under seed `step`: the same tensor, step and stream
+/// always round the same way, on any backend and after a resume.
+pub fn round_bf16_stochastic_all(values: &mut [f32], step: u64, stream: u64) {
+    for (i, v) in values.iter_mut().enumerate() {
+        let bits = (crate::rng::word(step, stream, i as u64) >> 48) as u16;
+        *v = round_bf16_stochastic(*v, bits);
     }
 }

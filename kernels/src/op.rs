@@ -249,6 +249,12 @@ declare_ops! {
     Quantize(Quantize),
     /// Sets every element to zero.
     Zero(Zero),
+    /// `Quantize` into the transposed layout, for matmuls contracting over rows.
+    QuantizeTransposed(QuantizeTransposed),
+    /// `c = a · bᵀ` of two K-major FP8 operands, descaled, FP32 accumulation.
+    Fp8Matmul(Fp8Matmul),
+    /// Conversion to BF16 with stochastic rounding from the counter-based generator.
+    CastStochastic(CastStochastic),
     /// The identity, between the device and the host arena (offload, prefetch, streaming).
     Copy(Copy),
 }

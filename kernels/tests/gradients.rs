@@ -419,6 +419,9 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::Cast(_)
         | Op::AbsMax(_)
         | Op::Quantize(_)
+        | Op::QuantizeTransposed(_)
+        | Op::Fp8Matmul(_)
+        | Op::CastStochastic(_)
         | Op::Zero(_)
         | Op::Copy(_) => false,
     }
@@ -589,6 +592,7 @@ fn backward_types_match_inputs() {
                 beta2: 0.95,
                 eps: 1e-8,
                 weight_decay: 0.1,
+                stochastic: None,
             }
             .into(),
             vec![bf(&[c]); 6],

@@ -1,7 +1,8 @@
 //! The CPU references of the ops that are not differentiated, against independent naive
 //! computations: sum_squares, clip_scale, adamw (PyTorch's AdamW re-done in f64), abs_max,
-//! quantize, cast and zero; and the fused ops (chunked LM head + loss, residual add + RMSNorm)
-//! against the unfused ones.
+//! quantize, cast and zero; the fused ops (chunked LM head + loss, residual add + RMSNorm)
+//! against the unfused ones; and those of LLMQ's FP8 recipe: quantize_transposed, fp8_matmul
+//! (against the BF16 path's matmuls), cast_stochastic and adamw's stochastic moments.
 
 use llmq_kernels::numerics::{decode_fp8, encode_fp8, round_to};
 use llmq_kernels::ops::*;
@@ -151,6 +152,7 @@ fn adamw_matches_pytorch() {
             beta2: 0.95,
             eps: 1e-4,
             weight_decay,
+            stochastic: None,
         };
         let hyper = (
             op.beta1 as f64,
@@ -313,6 +315,344 @@ fn zero() {
     assert_eq!(out_ty, vec![ty.clone()]);
     let y = &run(Zero, &[(ty, x)])[0];
     assert!(y.iter().all(|v| v.to_bits() == 0), "zero left {y:?}");
+}
+
+/// Quantises `x` (`[rows, cols]`) with its own abs-max as the plan does, `q` stored in `to`:
+/// returns the stored values and the descale.
+fn quantized(x: &[f32], cols: u64, to: DType, transposed: bool) -> (TensorType, Vec<f32>, f32) {
+    let amax = x.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    let ty = TensorType::new([x.len() as u64 / cols, cols], DType::BF16);
+    let input = [(ty.clone(), x.to_vec()), f32s(vec![amax])];
+    let out = if transposed {
+        run(QuantizeTransposed { to }, &input)
+    } else {
+        run(Quantize { to }, &input)
+    };
+    let q_ty = if transposed {
+        TensorType::new([cols, ty.rows()], to)
+    } else {
+        ty.with_dtype(to)
+    };
+    let q = out[0].iter().map(|&v| round_to(to, v)).collect();
+    (q_ty, q, out[1][0])
+}
+
+#[test]
+fn quantize_transposed_is_the_transpose_of_quantize() {
+    let s = seed();
+    let (rows, cols) = (6, 5);
+    let x = normals(s, 0, rows * cols, 0.3);
+    for to in [DType::F8E4M3, DType::F8E5M2] {
+        let (_, q, d) = quantized(&x, cols as u64, to, false);
+        let (ty, qt, dt) = quantized(&x, cols as u64, to, true);
+        assert_eq!(ty.shape, [cols as u64, rows as u64]);
+        assert_eq!(d.to_bits(), dt.to_bits(), "{to}: descales differ");
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(
+                    qt[c * rows + r].to_bits(),
+                    q[r * cols + c].to_bits(),
+                    "{to}: qT[{c}][{r}] is not q[{r}][{c}]"
+                );
+            }
+        }
+    }
+    // A 3-D activation is viewed as [rows, last dimension].
+    let ty = TensorType::new([2, 3, 5], DType::BF16);
+    let out = Op::from(QuantizeTransposed { to: DType::F8E4M3 })
+        .infer(&[ty, TensorType::new([1], DType::F32)])
+        .unwrap();
+    assert_eq!(out[0], TensorType::new([5, 6], DType::F8E4M3));
+}
+
+/// The largest error of one quantised element: half a quantum of the format at its magnitude,
+/// in unscaled units (relative 2^-(man_bits+1) for normals, half the smallest quantum below).
+fn fp8_error_bound(to: DType, v: f64, descale: f64) -> f64 {
+    let (man_bits, min_normal_exp) = match to {
+        DType::F8E4M3 => (3, -6),
+        _ => (2, -14),
+    };
+    let scaled = v.abs() / descale;
+    let binade = scaled.log2().floor().max(min_normal_exp as f64);
+    2f64.powf(binade - man_bits as f64 - 1.0) * descale
+}
+
+#[test]
+fn fp8_matmul_matches_the_bf16_matmuls_on_its_operands() {
+    // The three layouts the precision pass builds: y = x·Wᵀ, dx = dy·W (b = Wᵀ quantised
+    // transposed), dW = dyᵀ·x (both quantised transposed).
+    let s = seed();
+    let (rows, k, n) = (12usize, 16usize, 8usize);
+    let x = normals(s, 0, rows * k, 1.0);
+    let w = normals(s, 1, n * k, 0.05);
+    let dy = normals(s, 2, rows * n, 1e-3);
+    let bf = |shape: &[usize], d: &[f32]| {
+        let shape: Vec<u64> = shape.iter().map(|&v| v as u64).collect();
+        (TensorType::new(shape, DType::F32), d.to_vec())
+    };
+    let g = DType::F8E5M2;
+    let e4 = DType::F8E4M3;
+    type Case<'a> = (
+        &'a str,
+        (&'a [f32], usize, DType, bool),
+        (&'a [f32], usize, DType, bool),
+        Op,
+    );
+    let cases: [Case; 3] = [
+        (
+            "y = x·Wᵀ",
+            (&x, k, e4, false),
+            (&w, k, e4, false),
+            Linear.into(),
+        ),
+        (
+            "dx = dy·W",
+            (&dy, n, g, false),
+            (&w, k, e4, true),
+            LinearBackwardData.into(),
+        ),
+        (
+            "dW = dyᵀ·x",
+            (&dy, n, g, true),
+            (&x, k, e4, true),
+            LinearBackwardWeight.into(),
+        ),
+    ];
+    for (what, (a, a_cols, a_to, a_t), (b, b_cols, b_to, b_t), bf16_op) in cases {
+        let (aq_ty, aq, ad) = quantized(a, a_cols as u64, a_to, a_t);
+        let (bq_ty, bq, bd) = quantized(b, b_cols as u64, b_to, b_t);
+        let got = &run(
+            Fp8Matmul { out: DType::F32 },
+            &[
+                (aq_ty, aq.clone()),
+                f32s(vec![ad]),
+                (bq_ty, bq.clone()),
+                f32s(vec![bd]),
+            ],
+        )[0];
+        // The BF16 path's op on the dequantised operands, in their original layouts.
+        let deq = |q: &[f32], d: f32, t: bool, cols: usize| -> Vec<f32> {
+            let v: Vec<f32> = q.iter().map(|&e| e * d).collect();
+            if !t {
+                return v;
+            }
+            let rows = q.len() / cols;
+            let mut back = vec![0f32; v.len()];
+            for c in 0..cols {
+                for r in 0..rows {
+                    back[r * cols + c] = v[c * rows + r];
+                }
+            }
+            back
+        };
+        let (a_deq, b_deq) = (deq(&aq, ad, a_t, a_cols), deq(&bq, bd, b_t, b_cols));
+        let (a_shape, b_shape) = ([a.len() / a_cols, a_cols], [b.len() / b_cols, b_cols]);
+        let want = &run(bf16_op, &[bf(&a_shape, &a_deq), bf(&b_shape, &b_deq)])[0];
+        // The unquantised product, in f64, from the same layouts.
+        let exact = &run_f64_matmul(what, a, a_cols, b, b_cols);
+        let contraction = if a_t { a.len() / a_cols } else { a_cols } as f64;
+        assert_eq!(got.len(), want.len(), "{what}");
+        for i in 0..got.len() {
+            // Same products in FP32 both ways; they differ by the order of the descale
+            // multiplication and the accumulation: γ_K·Σ|a||b| plus 2u.
+            let (e, bound) = exact[i];
+            assert_close(
+                &format!("{what} [{i}] against the BF16 op"),
+                got[i] as f64,
+                want[i] as f64,
+                (contraction + 2.0) * 2.0 * U * bound + 1e-30,
+            );
+            // Against the unquantised product: each operand element is off by at most half
+            // a quantum; the sum of |errors × the other operand| bounds the result's error.
+            let tol = fp8_product_bound(what, a, a_cols, b, b_cols, i, (a_to, ad), (b_to, bd));
+            assert_close(
+                &format!("{what} [{i}] against exact"),
+                got[i] as f64,
+                e,
+                tol,
+            );
+        }
+    }
+}
+
+/// For each output of one of the three matmuls: the exact f64 value and Σ|a||b|.
+fn run_f64_matmul(
+    what: &str,
+    a: &[f32],
+    a_cols: usize,
+    b: &[f32],
+    b_cols: usize,
+) -> Vec<(f64, f64)> {
+    let terms = matmul_terms(what, a, a_cols, b, b_cols);
+    terms
+        .iter()
+        .map(|t| {
+            let sum = t.iter().map(|&(x, y)| x * y).sum();
+            let abs = t.iter().map(|&(x, y)| (x * y).abs()).sum();
+            (sum, abs)
+        })
+        .collect()
+}
+
+/// Per output element, the operand pairs whose products it sums, in the original layouts.
+fn matmul_terms(
+    what: &str,
+    a: &[f32],
+    a_cols: usize,
+    b: &[f32],
+    b_cols: usize,
+) -> Vec<Vec<(f64, f64)>> {
+    let (a_rows, b_rows) = (a.len() / a_cols, b.len() / b_cols);
+    let at = |r: usize, c: usize| a[r * a_cols + c] as f64;
+    let bt = |r: usize, c: usize| b[r * b_cols + c] as f64;
+    let mut out = Vec::new();
+    match what {
+        // y[r][m] = Σ_k x[r][k] w[m][k]
+        "y = x·Wᵀ" => (0..a_rows).for_each(|r| {
+            (0..b_rows).for_each(|m| out.push((0..a_cols).map(|k| (at(r, k), bt(m, k))).collect()))
+        }),
+        // dx[r][k] = Σ_m dy[r][m] w[m][k]
+        "dx = dy·W" => (0..a_rows).for_each(|r| {
+            (0..b_cols).for_each(|k| out.push((0..a_cols).map(|m| (at(r, m), bt(m, k))).collect()))
+        }),
+        // dw[m][k] = Σ_r dy[r][m] x[r][k]
+        _ => (0..a_cols).for_each(|m| {
+            (0..b_cols).for_each(|k| out.push((0..a_rows).map(|r| (at(r, m), bt(r, k))).collect()))
+        }),
+    }
+    out
+}
+
+/// The FP8 error bound of output `i`: Σ (e_a|b| + |a|e_b + e_a e_b) over its terms, plus the
+/// FP32 accumulation's γ_K·Σ|a||b|.
+#[allow(clippy::too_many_arguments)]
+fn fp8_product_bound(
+    what: &str,
+    a: &[f32],
+    a_cols: usize,
+    b: &[f32],
+    b_cols: usize,
+    i: usize,
+    (a_to, ad): (DType, f32),
+    (b_to, bd): (DType, f32),
+) -> f64 {
+    let terms = &matmul_terms(what, a, a_cols, b, b_cols)[i];
+    let k = terms.len() as f64;
+    terms
+        .iter()
+        .map(|&(x, y)| {
+            let (ex, ey) = (
+                fp8_error_bound(a_to, x, ad as f64),
+                fp8_error_bound(b_to, y, bd as f64),
+            );
+            ex * y.abs() + x.abs() * ey + ex * ey + (k + 2.0) * 2.0 * U * (x * y).abs()
+        })
+        .sum::<f64>()
+        + 1e-30
+}
+
+#[test]
+fn stochastic_rounding_is_unbiased_and_reproducible() {
+    let hyper = |step: f32| f32s(vec![1e-3, step]);
+    let cast = |x: &[f32], step: f32, stream: u64| {
+        run(CastStochastic { stream }, &[f32s(x.to_vec()), hyper(step)]).remove(0)
+    };
+    // A value 0.3 of the way from 1 to the next BF16 value, 1 + 2⁻⁷.
+    let spacing = 2f64.powi(-7);
+    let n = 20_000;
+    let x = vec![(1.0 + 0.3 * spacing) as f32; n];
+    let y = cast(&x, 5.0, 11);
+    assert!(
+        y.iter().all(|&v| v == 1.0 || v as f64 == 1.0 + spacing),
+        "not a neighbour"
+    );
+    let mean = y.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    // Rounding up with probability p = 0.3: the mean's standard deviation is
+    // spacing·√(p(1-p)/n); five of them bound a correct generator's deviation.
+    let sigma = spacing * (0.3f64 * 0.7 / n as f64).sqrt();
+    assert_close(
+        "mean of stochastic rounding",
+        mean,
+        x[0] as f64,
+        5.0 * sigma,
+    );
+
+    // Random values: each result is BF16 and one of the two neighbours of its input.
+    let s = seed();
+    let x = normals(s, 0, 1000, 3.0);
+    let y = cast(&x, 7.0, 3);
+    for (&xi, &yi) in x.iter().zip(&y) {
+        assert_eq!(round_to(DType::BF16, yi), yi, "{yi} is not a BF16 value");
+        let (down, up) = bf16_neighbours(xi);
+        assert!(
+            yi == down || yi == up,
+            "{xi} rounded to {yi}, not {down} or {up}"
+        );
+    }
+    // The same (step, stream) gives the same bits; another step or stream other bits.
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&cast(&x, 7.0, 3)), bits(&y));
+    assert_ne!(bits(&cast(&x, 8.0, 3)), bits(&y));
+    assert_ne!(bits(&cast(&x, 7.0, 4)), bits(&y));
+}
+
+/// The BF16 values at or below and at or above `x` in magnitude.
+fn bf16_neighbours(x: f32) -> (f32, f32) {
+    let down = f32::from_bits(x.to_bits() & 0xffff_0000);
+    let up = if down == x {
+        x
+    } else {
+        f32::from_bits((x.to_bits() & 0xffff_0000) + 0x1_0000)
+    };
+    (down, up)
+}
+
+#[test]
+fn adamw_stochastic_moments_round_the_nearest_free_update() {
+    let s = seed();
+    let n = 500;
+    let bf = |d: Vec<f32>| (TensorType::new([n as u64], DType::BF16), d);
+    let inputs = [
+        (
+            TensorType::new([n as u64], DType::F32),
+            normals(s, 0, n, 1.0),
+        ),
+        bf(normals(s, 1, n, 0.1)),
+        bf(normals(s, 2, n, 0.01)
+            .iter()
+            .map(|&v| round_to(DType::BF16, v))
+            .collect()),
+        bf(normals(s, 3, n, 0.001)
+            .iter()
+            .map(|&v| round_to(DType::BF16, v.abs()))
+            .collect()),
+        f32s(vec![0.5]),
+        f32s(vec![1e-3, 4.0]),
+    ];
+    let plain = AdamW {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        stochastic: None,
+    };
+    let sr = AdamW {
+        stochastic: Some(StochasticMoments {
+            m_stream: 1,
+            v_stream: 2,
+        }),
+        ..plain.clone()
+    };
+    let want = run(plain, &inputs);
+    let got = run(sr.clone(), &inputs);
+    assert_eq!(got[0], want[0], "the parameter changed");
+    for (which, (g, w)) in ["m", "v"].iter().zip(got[1..].iter().zip(&want[1..])) {
+        for (&gi, &wi) in g.iter().zip(w) {
+            let (down, up) = bf16_neighbours(wi);
+            assert!(gi == down || gi == up, "{which}: {wi} rounded to {gi}");
+        }
+    }
+    assert_eq!(run(sr, &inputs), got, "not reproducible");
 }
 
 /// The chunked LM head + loss gives, bit for bit, what the unfused `linear` → `cross_entropy`

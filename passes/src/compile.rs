@@ -27,6 +27,8 @@ pub struct CompileOptions {
     pub grad_accum: u32,
     /// The numeric recipe.
     pub precision: Precision,
+    /// The FP8 format of gradients in FP8 matmuls: e4m3 (LLMQ's default) or e5m2.
+    pub grad_fp8: DType,
     /// Device memory budget in bytes.
     pub vram_bytes: u64,
     /// Number of GPUs.
@@ -68,26 +70,76 @@ pub enum CompileError {
     Unsupported(String),
 }
 
-/// Dtypes of the training state for a precision.
+/// Dtypes of the training state for a precision. FP8 keeps LLMQ's BF16 Adam moments (written
+/// with stochastic rounding by the `stochastic_rounding` pass).
 fn train_options(precision: Precision, optimizer: OptimizerOptions) -> TrainOptions {
-    match precision {
-        Precision::Fp32 => TrainOptions {
-            grad_dtype: DType::F32,
-            master_dtype: None,
-            moment_dtype: DType::F32,
-            optimizer,
+    let (grad_dtype, master_dtype, moment_dtype) = match precision {
+        Precision::Fp32 => (DType::F32, None, DType::F32),
+        Precision::Bf16 => (DType::BF16, Some(DType::F32), DType::F32),
+        Precision::Fp8 => (DType::BF16, Some(DType::F32), DType::BF16),
+    };
+    TrainOptions {
+        grad_dtype,
+        master_dtype,
+        moment_dtype,
+        optimizer,
+    }
+}
+
+/// The training graph of a spec before any pass: front-end, then autodiff and the optimizer.
+#[derive(Debug)]
+pub struct TrainGraph {
+    /// Forward, backward and optimizer nodes.
+    pub graph: Graph,
+    /// The tensors the trainer talks through.
+    pub io: TrainIo,
+    /// What the plan records about the model.
+    pub model: ModelInfo,
+}
+
+/// Builds the training graph of the spec at `path`.
+pub fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, CompileError> {
+    let weight_dtype = if opts.precision == Precision::Fp32 {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+    let model = spec::load(
+        path,
+        &SpecOptions {
+            batch: opts.batch,
+            seq: opts.seq,
+            weight_dtype,
         },
-        Precision::Bf16 | Precision::Fp8 => TrainOptions {
-            grad_dtype: DType::BF16,
-            master_dtype: Some(DType::F32),
-            moment_dtype: DType::F32,
-            optimizer,
+    )?;
+    let param_count = model.param_count();
+    let mut graph = model.graph;
+    let train = train_options(opts.precision, opts.optimizer.clone());
+    let io = differentiate(&mut graph, model.tokens, model.targets, model.loss, &train)?;
+    Ok(TrainGraph {
+        graph,
+        io,
+        model: ModelInfo {
+            name: model.name,
+            fingerprint: model.fingerprint,
+            dims: model.dims,
+            param_count,
         },
+    })
+}
+
+/// What passes see of the options.
+pub fn pass_context(opts: &CompileOptions) -> PassContext {
+    PassContext {
+        precision: opts.precision,
+        grad_fp8: opts.grad_fp8,
+        vram_bytes: opts.vram_bytes,
+        gpus: opts.gpus,
     }
 }
 
 /// A training graph after the optimisation passes, ready for memory planning.
-struct TrainGraph {
+struct Optimised {
     graph: Graph,
     io: TrainIo,
     model: ModelInfo,
@@ -125,7 +177,7 @@ fn selected_passes(
 
 /// Compiles the spec at `path` into a plan.
 pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileError> {
-    let train = train_graph(path, opts)?;
+    let train = optimised(path, opts)?;
     Ok(plan_within(&train, opts, opts.vram_bytes, true)?.0)
 }
 
@@ -136,7 +188,7 @@ pub fn compile_with_choice(
     opts: &CompileOptions,
     choice: &MemoryChoice,
 ) -> Result<Compiled, CompileError> {
-    let mut train = train_graph(path, opts)?;
+    let mut train = optimised(path, opts)?;
     let report = choice.apply(
         &mut train.graph,
         &train.ctx,
@@ -161,7 +213,7 @@ pub fn plan_choices(
     opts: &CompileOptions,
     choices: &[MemoryChoice],
 ) -> Result<Vec<Plan>, CompileError> {
-    let train = train_graph(path, opts)?;
+    let train = optimised(path, opts)?;
     choices
         .iter()
         .map(|choice| {
@@ -188,7 +240,7 @@ pub fn compile_auto_batch(
             ..opts.clone()
         };
         let (compiled, _) =
-            plan_within(&train_graph(path, &sized)?, &sized, opts.vram_bytes, false)?;
+            plan_within(&optimised(path, &sized)?, &sized, opts.vram_bytes, false)?;
         if !fits(&compiled.plan) {
             break;
         }
@@ -235,7 +287,7 @@ pub fn tradeoff_curve(
     opts: &CompileOptions,
     budgets: &[u64],
 ) -> Result<Vec<CurvePoint>, CompileError> {
-    let train = train_graph(path, opts)?;
+    let train = optimised(path, opts)?;
     // The budgets are independent: plan them on threads.
     let points: Vec<Result<CurvePoint, CompileError>> = thread::scope(|scope| {
         let runs: Vec<_> = budgets
@@ -262,19 +314,18 @@ pub fn tradeoff_curve(
 }
 
 /// Spec, autodiff and the optimisation passes.
-fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, CompileError> {
+fn optimised(path: &Path, opts: &CompileOptions) -> Result<Optimised, CompileError> {
     if opts.gpus != 1 {
         return Err(CompileError::Unsupported(format!(
             "--gpus {}: multi-GPU plans (sharding and collectives) are not implemented yet; plan for --gpus 1",
             opts.gpus
         )));
     }
-    if opts.precision == Precision::Fp8 {
-        return Err(CompileError::Unsupported(
-            "--precision fp8: the precision pass that places the FP8 casts is not implemented yet; \
-             use --precision bf16"
-                .into(),
-        ));
+    if !opts.grad_fp8.is_fp8() {
+        return Err(CompileError::Unsupported(format!(
+            "gradient format {}: FP8 matmul gradients are e4m3 or e5m2",
+            opts.grad_fp8
+        )));
     }
     let known = pass_names();
     if let Some(name) = &opts.dump_after
@@ -286,28 +337,12 @@ fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, Compile
             known.join(", ")
         )));
     }
-    let weight_dtype = if opts.precision == Precision::Fp32 {
-        DType::F32
-    } else {
-        DType::BF16
-    };
-    let model = spec::load(
-        path,
-        &SpecOptions {
-            batch: opts.batch,
-            seq: opts.seq,
-            weight_dtype,
-        },
-    )?;
-    let param_count = model.param_count();
-    let mut graph = model.graph;
-    let train = train_options(opts.precision, opts.optimizer.clone());
-    let io = differentiate(&mut graph, model.tokens, model.targets, model.loss, &train)?;
-    let ctx = PassContext {
-        precision: opts.precision,
-        vram_bytes: opts.vram_bytes,
-        gpus: opts.gpus,
-    };
+    let TrainGraph {
+        mut graph,
+        io,
+        model,
+    } = train_graph(path, opts)?;
+    let ctx = pass_context(opts);
     let passes = selected_passes(&ctx, &opts.skip_passes)?;
     // The graph as autodiff left it, before any pass.
     let autodiff_dump =
@@ -316,15 +351,10 @@ fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, Compile
     if autodiff_dump.is_some() {
         report.dump = autodiff_dump;
     }
-    Ok(TrainGraph {
+    Ok(Optimised {
         graph,
         io,
-        model: ModelInfo {
-            name: model.name,
-            fingerprint: model.fingerprint,
-            dims: model.dims,
-            param_count,
-        },
+        model,
         report,
         ctx,
     })
@@ -332,7 +362,7 @@ fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, Compile
 
 /// Lowers `graph` (the training graph after memory passes) for the flags and budget.
 fn lower_for(
-    train: &TrainGraph,
+    train: &Optimised,
     opts: &CompileOptions,
     vram_bytes: u64,
     graph: &Graph,
@@ -358,7 +388,7 @@ fn lower_for(
 
 /// The memory planner for a budget, then lowering; `price` as for `plan_memory`.
 fn plan_within(
-    train: &TrainGraph,
+    train: &Optimised,
     opts: &CompileOptions,
     vram_bytes: u64,
     price: bool,

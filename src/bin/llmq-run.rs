@@ -5,6 +5,7 @@
 
 use clap::{Parser, ValueEnum};
 use llmq_compiler::autodiff::OptimizerOptions;
+use llmq_compiler::kernels::DType;
 use llmq_compiler::plan::Plan;
 use llmq_compiler::target::{Precision, device};
 use llmq_passes::{CompileOptions, compile};
@@ -70,9 +71,12 @@ struct Args {
     /// Micro-batches per optimizer step (when planning a spec).
     #[arg(long, default_value_t = 1)]
     grad_accum: u32,
-    /// Numeric recipe (when planning a spec): bf16 or fp32.
-    #[arg(long, default_value = "bf16")]
+    /// Numeric recipe (when planning a spec): fp8 (LLMQ's), bf16 or fp32.
+    #[arg(long, default_value = "fp8")]
     precision: String,
+    /// FP8 format of gradients in the FP8 matmuls (when planning a spec): e4m3 or e5m2.
+    #[arg(long, default_value = "e4m3")]
+    grad_fp8: String,
     /// AdamW weight decay on matrices (when planning a spec).
     #[arg(long, default_value_t = 0.1)]
     weight_decay: f32,
@@ -117,8 +121,16 @@ fn parse_precision(s: &str) -> Result<Precision> {
         "bf16" => Ok(Precision::Bf16),
         "fp32" => Ok(Precision::Fp32),
         "fp8" => Ok(Precision::Fp8),
-        other => Err(miette!("unknown precision `{other}`: use bf16 or fp32")),
+        other => Err(miette!(
+            "unknown precision `{other}`: use fp8, bf16 or fp32"
+        )),
     }
+}
+
+fn parse_grad_fp8(s: &str) -> Result<DType> {
+    DType::from_name(s)
+        .filter(|d| d.is_fp8())
+        .ok_or_else(|| miette!("unknown gradient format `{s}`: use e4m3 or e5m2"))
 }
 
 /// The plan: read from a .bin, planned from a .ron, or planned from the embedded tiny model.
@@ -145,6 +157,7 @@ fn load_plan(args: &Args) -> Result<Plan> {
         seq: args.seq,
         grad_accum: args.grad_accum,
         precision: parse_precision(&args.precision)?,
+        grad_fp8: parse_grad_fp8(&args.grad_fp8)?,
         vram_bytes: (device.memory_gib * (1u64 << 30) as f64) as u64,
         gpus: 1,
         device,

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use llmq_compiler::autodiff::OptimizerOptions;
+use llmq_compiler::kernels::DType;
 use llmq_compiler::plan::{
     Plan, ShowOptions, diff_plans, fits, group_digits, report_html, show_plan, summary,
 };
@@ -86,9 +87,12 @@ struct PlanArgs {
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1)]
     grad_accum: u32,
-    /// Numeric recipe: fp8 (LLMQ's; needs the precision pass, not yet available), bf16, fp32.
-    #[arg(long, default_value = "bf16", value_parser = parse_precision)]
+    /// Numeric recipe: fp8 (LLMQ's: FP8 block matmuls, stochastic rounding), bf16, fp32.
+    #[arg(long, default_value = "fp8", value_parser = parse_precision)]
     precision: Precision,
+    /// FP8 format of gradients in the FP8 matmuls: e4m3 or e5m2.
+    #[arg(long, default_value = "e4m3", value_parser = parse_grad_fp8)]
+    grad_fp8: DType,
     /// Device the estimates are for (`llmqc devices` lists them).
     #[arg(long, default_value = "h100", conflicts_with = "device_file")]
     device: String,
@@ -149,6 +153,12 @@ fn parse_precision(s: &str) -> Result<Precision, String> {
     }
 }
 
+fn parse_grad_fp8(s: &str) -> Result<DType, String> {
+    DType::from_name(s)
+        .filter(|d| d.is_fp8())
+        .ok_or_else(|| format!("unknown gradient format `{s}`: use e4m3 or e5m2"))
+}
+
 fn load_device(args: &PlanArgs) -> Result<DeviceProfile> {
     match &args.device_file {
         Some(path) => {
@@ -188,6 +198,7 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
         seq: args.seq,
         grad_accum: args.grad_accum,
         precision: args.precision,
+        grad_fp8: args.grad_fp8,
         vram_bytes,
         gpus: args.gpus,
         device,

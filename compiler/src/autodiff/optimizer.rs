@@ -114,6 +114,7 @@ pub(super) fn append(
             beta2: o.beta2,
             eps: o.eps,
             weight_decay,
+            stochastic: None,
         };
         let inputs = vec![param, grad, m, v, clip, hyper];
         node(

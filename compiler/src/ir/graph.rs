@@ -4,8 +4,13 @@
 //! moments, scalars) may be written by several nodes (accumulation, the optimizer); for those
 //! the graph records ordering edges so that every read sees the writes made before it in
 //! program order, and no write overtakes an earlier read.
+//!
+//! Program order is the order nodes were added in, until a pass edits the graph with
+//! [`Graph::rewrite`]: new nodes are placed before existing ones and every edge is derived
+//! again from the new program order, exactly as if the graph had been built that way.
 
 use super::{NodeId, Role, Tensor, TensorId};
+use indexmap::IndexMap;
 use llmq_kernels::{Op, OpError, TensorType};
 use petgraph::Direction;
 use petgraph::stable_graph::{NodeIndex, StableGraph};
@@ -106,6 +111,8 @@ pub struct Graph {
     /// Per tensor, true when it lives in the pinned host arena (decided by the memory planner;
     /// only `copy` nodes touch such tensors).
     on_host: Vec<bool>,
+    /// Per node index, its position in program order (ties in the topological order).
+    rank: Vec<usize>,
 }
 
 impl Graph {
@@ -213,10 +220,25 @@ impl Graph {
     /// Adds a node writing existing tensors, with the edges that order it after the writers
     /// of its inputs and around other accesses to the same state.
     pub fn add_node(&mut self, node: Node) -> NodeId {
+        let idx = self.add_unlinked(node);
+        self.link(idx);
+        NodeId(idx.index() as u32)
+    }
+
+    /// Adds a node last in program order, without edges.
+    fn add_unlinked(&mut self, node: Node) -> NodeIndex {
+        let idx = self.dfg.add_node(node);
+        self.rank.resize(idx.index() + 1, 0);
+        self.rank[idx.index()] = self.dfg.node_count() - 1;
+        idx
+    }
+
+    /// Adds the edges of a node placed after every node linked so far.
+    fn link(&mut self, idx: NodeIndex) {
+        let node = &self.dfg[idx];
         let inputs = node.inputs.clone();
         let outputs = node.outputs.clone();
         let accumulate = node.accumulate.clone();
-        let idx = self.dfg.add_node(node);
         for &t in &inputs {
             if let Some(w) = self.last_writer[t.index()] {
                 self.dfg.update_edge(w, idx, Dep::Data(t));
@@ -235,7 +257,66 @@ impl Graph {
             }
             self.last_writer[t.index()] = Some(idx);
         }
-        NodeId(idx.index() as u32)
+    }
+
+    /// Edits the graph through `edit`, then derives every edge again from the new program
+    /// order. Returns what `edit` returns.
+    pub fn rewrite<R>(&mut self, edit: impl FnOnce(&mut Rewrite) -> R) -> R {
+        let mut rewrite = Rewrite {
+            graph: self,
+            before: IndexMap::new(),
+        };
+        let result = edit(&mut rewrite);
+        let before = rewrite.before;
+        let mut inserted = vec![false; self.dfg.node_bound()];
+        for &idx in before.values().flatten() {
+            inserted[idx.index()] = true;
+        }
+        let mut old: Vec<NodeIndex> = self
+            .dfg
+            .node_indices()
+            .filter(|i| !inserted[i.index()])
+            .collect();
+        old.sort_by_key(|i| self.rank[i.index()]);
+        let mut order = Vec::with_capacity(self.dfg.node_count());
+        for idx in old {
+            place(idx, &before, &mut order);
+        }
+        self.dfg.clear_edges();
+        self.last_writer = vec![None; self.tensors.len()];
+        self.readers = vec![Vec::new(); self.tensors.len()];
+        for (rank, &idx) in order.iter().enumerate() {
+            self.rank[idx.index()] = rank;
+            self.link(idx);
+        }
+        result
+    }
+
+    /// Creates the output tensors of `op` applied to `inputs`.
+    fn new_outputs(
+        &mut self,
+        op: &Op,
+        inputs: &[TensorId],
+        names: &[String],
+        role: Role,
+        layer: Option<u32>,
+    ) -> Result<Vec<TensorId>, OpError> {
+        let types: Vec<TensorType> = inputs.iter().map(|&t| self.tensor(t).ty.clone()).collect();
+        let out_types = op.infer(&types)?;
+        Ok(out_types
+            .into_iter()
+            .zip(names)
+            .map(|(ty, name)| {
+                self.add_tensor(Tensor {
+                    name: name.clone(),
+                    ty,
+                    role,
+                    layer,
+                    hf_name: None,
+                    init: None,
+                })
+            })
+            .collect())
     }
 
     /// Applies `op` to `inputs`, creating one new tensor per output named `names[i]` with
@@ -249,22 +330,7 @@ impl Graph {
         phase: Phase,
         layer: Option<u32>,
     ) -> Result<Vec<TensorId>, OpError> {
-        let types: Vec<TensorType> = inputs.iter().map(|&t| self.tensor(t).ty.clone()).collect();
-        let out_types = op.infer(&types)?;
-        let outputs: Vec<TensorId> = out_types
-            .into_iter()
-            .zip(names)
-            .map(|(ty, name)| {
-                self.add_tensor(Tensor {
-                    name: name.clone(),
-                    ty,
-                    role,
-                    layer,
-                    hf_name: None,
-                    init: None,
-                })
-            })
-            .collect();
+        let outputs = self.new_outputs(&op, inputs, names, role, layer)?;
         let accumulate = vec![false; outputs.len()];
         self.add_node(Node {
             op,
@@ -282,21 +348,22 @@ impl Graph {
         self.last_writer[t.index()].map(|i| NodeId(i.index() as u32))
     }
 
-    /// Nodes in a dependency-respecting order; among ready nodes the earliest created runs
-    /// first, so the order is deterministic and follows program order when it can.
+    /// Nodes in a dependency-respecting order; among ready nodes the earliest in program order
+    /// runs first, so the order is deterministic and follows program order when it can.
     pub fn topological_order(&self) -> Vec<NodeId> {
         let mut indegree: Vec<usize> = vec![0; self.dfg.node_bound()];
         for e in (&self.dfg).edge_references() {
             indegree[e.target().index()] += 1;
         }
-        let mut ready: BinaryHeap<Reverse<usize>> = self
+        let key = |i: usize| Reverse((self.rank[i], i));
+        let mut ready: BinaryHeap<Reverse<(usize, usize)>> = self
             .dfg
             .node_indices()
             .filter(|i| indegree[i.index()] == 0)
-            .map(|i| Reverse(i.index()))
+            .map(|i| key(i.index()))
             .collect();
         let mut order = Vec::with_capacity(self.dfg.node_count());
-        while let Some(Reverse(i)) = ready.pop() {
+        while let Some(Reverse((_, i))) = ready.pop() {
             order.push(NodeId(i as u32));
             for e in self
                 .dfg
@@ -305,7 +372,7 @@ impl Graph {
                 let t = e.target().index();
                 indegree[t] -= 1;
                 if indegree[t] == 0 {
-                    ready.push(Reverse(t));
+                    ready.push(key(t));
                 }
             }
         }
@@ -414,5 +481,173 @@ impl Graph {
         self.tensors()
             .find(|(_, t)| t.name == name)
             .map(|(id, _)| id)
+    }
+}
+
+/// Appends to `order` the nodes placed before `idx` (and those placed before them), then `idx`.
+fn place(idx: NodeIndex, before: &IndexMap<NodeId, Vec<NodeIndex>>, order: &mut Vec<NodeIndex>) {
+    if let Some(first) = before.get(&NodeId(idx.index() as u32)) {
+        for &n in first {
+            place(n, before, order);
+        }
+    }
+    order.push(idx);
+}
+
+/// An edit of a built graph, open inside [`Graph::rewrite`]: nodes replaced in place (same ID)
+/// and new nodes placed before existing ones in program order.
+pub struct Rewrite<'g> {
+    graph: &'g mut Graph,
+    /// New nodes to place right before an existing node, in the order given.
+    before: IndexMap<NodeId, Vec<NodeIndex>>,
+}
+
+impl Rewrite<'_> {
+    /// The graph as edited so far (its edges are those from before the edit).
+    pub fn graph(&self) -> &Graph {
+        self.graph
+    }
+
+    /// Adds a tensor.
+    pub fn add_tensor(&mut self, tensor: Tensor) -> TensorId {
+        self.graph.add_tensor(tensor)
+    }
+
+    /// Mutable access to a tensor.
+    pub fn tensor_mut(&mut self, id: TensorId) -> &mut Tensor {
+        self.graph.tensor_mut(id)
+    }
+
+    /// Replaces the node `id` (its op, operands and results) keeping its place in program
+    /// order.
+    pub fn replace(&mut self, id: NodeId, node: Node) {
+        self.graph.dfg[NodeIndex::new(id.index())] = node;
+    }
+
+    /// Places `node` right before `anchor` in program order (after nodes placed there earlier).
+    pub fn insert_before(&mut self, anchor: NodeId, node: Node) -> NodeId {
+        let idx = self.graph.add_unlinked(node);
+        self.before.entry(anchor).or_default().push(idx);
+        NodeId(idx.index() as u32)
+    }
+
+    /// Applies `op` to `inputs` right before `anchor`, creating one tensor per output named
+    /// `names[i]` with `role`, in `anchor`'s phase and layer; returns the new tensors.
+    pub fn apply_before(
+        &mut self,
+        anchor: NodeId,
+        op: Op,
+        inputs: &[TensorId],
+        names: &[String],
+        role: Role,
+    ) -> Result<Vec<TensorId>, OpError> {
+        let (phase, layer) = {
+            let a = self.graph.node(anchor);
+            (a.phase, a.layer)
+        };
+        let outputs = self.graph.new_outputs(&op, inputs, names, role, layer)?;
+        self.insert_before(
+            anchor,
+            Node {
+                op,
+                inputs: inputs.to_vec(),
+                accumulate: vec![false; outputs.len()],
+                outputs: outputs.clone(),
+                phase,
+                layer,
+            },
+        );
+        Ok(outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmq_kernels::ops::{Add, Zero};
+    use llmq_kernels::{DType, TensorType};
+
+    fn tensor(graph: &mut Graph, name: &str, role: Role) -> TensorId {
+        graph.add_tensor(Tensor {
+            name: name.into(),
+            ty: TensorType::new([4], DType::F32),
+            role,
+            layer: None,
+            hf_name: None,
+            init: None,
+        })
+    }
+
+    fn node(op: impl Into<Op>, inputs: &[TensorId], outputs: &[TensorId]) -> Node {
+        Node {
+            op: op.into(),
+            inputs: inputs.to_vec(),
+            outputs: outputs.to_vec(),
+            accumulate: vec![false; outputs.len()],
+            phase: Phase::Forward,
+            layer: None,
+        }
+    }
+
+    /// Every edge as (position of source, position of target, dependency) in program order.
+    fn edges(graph: &Graph) -> Vec<(usize, usize, Dep)> {
+        let mut edges: Vec<_> = (&graph.dfg)
+            .edge_references()
+            .map(|e| {
+                let rank = |i: NodeIndex| graph.rank[i.index()];
+                (rank(e.source()), rank(e.target()), *e.weight())
+            })
+            .collect();
+        edges.sort_by_key(|&(s, t, dep)| (s, t, format!("{dep:?}")));
+        edges
+    }
+
+    /// Tensors x (input), w (state), a, b, c, m (activations); `program` lists the nodes.
+    fn build(program: &[fn(&[TensorId]) -> Node]) -> (Graph, Vec<TensorId>) {
+        let mut g = Graph::new();
+        let t: Vec<TensorId> = [
+            ("x", Role::Input),
+            ("w", Role::Weight),
+            ("a", Role::Activation),
+            ("b", Role::Activation),
+            ("c", Role::Activation),
+            ("m", Role::Activation),
+        ]
+        .iter()
+        .map(|&(n, r)| tensor(&mut g, n, r))
+        .collect();
+        for make in program {
+            g.add_node(make(&t));
+        }
+        (g, t)
+    }
+
+    #[test]
+    fn a_rewrite_links_as_if_the_graph_had_been_built_in_the_new_order() {
+        // Built: a = x + w; c = a + a; w = 0. Rewritten: m = w + w placed before the first
+        // node (it reads the state w, so zeroing w must wait for it), b = a + x before
+        // `c = a + a`, which becomes c = a + b.
+        let (mut g, t) = build(&[
+            |t| node(Add, &[t[0], t[1]], &[t[2]]),
+            |t| node(Add, &[t[2], t[2]], &[t[4]]),
+            |t| node(Zero, &[t[1]], &[t[1]]),
+        ]);
+        g.rewrite(|rw| {
+            rw.insert_before(NodeId(0), node(Add, &[t[1], t[1]], &[t[5]]));
+            rw.insert_before(NodeId(1), node(Add, &[t[2], t[0]], &[t[3]]));
+            rw.replace(NodeId(1), node(Add, &[t[2], t[3]], &[t[4]]));
+        });
+        let (direct, _) = build(&[
+            |t| node(Add, &[t[1], t[1]], &[t[5]]),
+            |t| node(Add, &[t[0], t[1]], &[t[2]]),
+            |t| node(Add, &[t[2], t[0]], &[t[3]]),
+            |t| node(Add, &[t[2], t[3]], &[t[4]]),
+            |t| node(Zero, &[t[1]], &[t[1]]),
+        ]);
+        assert_eq!(edges(&g), edges(&direct));
+        // The topological order follows the new program order; node IDs are kept.
+        let order: Vec<u32> = g.topological_order().iter().map(|n| n.0).collect();
+        assert_eq!(order, [3, 0, 4, 1, 2]);
+        g.verify().unwrap();
     }
 }

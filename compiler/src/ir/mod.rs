@@ -7,7 +7,7 @@ mod ids;
 mod tensor;
 mod text;
 
-pub use graph::{Dep, Graph, GraphError, Node, Phase};
+pub use graph::{Dep, Graph, GraphError, Node, Phase, Rewrite};
 pub use ids::{BufferId, NodeId, TensorId};
 pub use tensor::{Category, Init, Role, Tensor};
 pub use text::write_graph;

@@ -3,8 +3,10 @@
 //! rate and step number come from a device tensor `hyper = [lr, step]`, so captured CUDA graphs
 //! stay valid as they change; the gradient is multiplied by the clipping factor first. A
 //! clipping factor of exactly 0 (a non-finite gradient norm) leaves parameter and moments as
-//! they are: the step is skipped.
+//! they are: the step is skipped. With `stochastic` set, the two moments are stored in BF16
+//! with stochastic rounding (seed = the step, one random stream per moment), as LLMQ does.
 
+use crate::numerics::round_bf16_stochastic_all;
 use crate::op::check;
 use crate::{DType, OpError, OpSpec, TensorType, View, ViewMut};
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,18 @@ pub struct AdamW {
     pub eps: f32,
     /// Decoupled weight decay (zero for vectors: norms and biases).
     pub weight_decay: f32,
+    /// BF16 moments written with stochastic rounding, or `None` for nearest rounding.
+    #[serde(default)]
+    pub stochastic: Option<StochasticMoments>,
+}
+
+/// The random streams of the two moments' stochastic rounding (distinct for every tensor).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StochasticMoments {
+    /// The stream of the first moment.
+    pub m_stream: u64,
+    /// The stream of the second moment.
+    pub v_stream: u64,
 }
 
 impl OpSpec for AdamW {
@@ -39,6 +53,10 @@ impl OpSpec for AdamW {
         check::same_shape("adamw", "param and m", p, m)?;
         check::same_shape("adamw", "param and v", p, v)?;
         check::dtype("adamw", "clip", &inputs[4], DType::F32)?;
+        if self.stochastic.is_some() {
+            check::dtype("adamw", "m", m, DType::BF16)?;
+            check::dtype("adamw", "v", v, DType::BF16)?;
+        }
         check::shape("adamw", inputs[5].shape == [2], || {
             format!("hyper must be [2] (lr, step), got {:?}", inputs[5].shape)
         })?;
@@ -76,14 +94,22 @@ impl OpSpec for AdamW {
             mo[0].data[i] = m_new;
             vo[0].data[i] = v_new;
         }
+        if let Some(sr) = self.stochastic {
+            round_bf16_stochastic_all(mo[0].data, step as u64, sr.m_stream);
+            round_bf16_stochastic_all(vo[0].data, step as u64, sr.v_stream);
+        }
         Ok(())
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut attrs = vec![
             ("beta1", self.beta1.to_string()),
             ("beta2", self.beta2.to_string()),
             ("eps", format!("{:e}", self.eps)),
             ("weight_decay", self.weight_decay.to_string()),
-        ]
+        ];
+        if let Some(sr) = self.stochastic {
+            attrs.push(("sr_streams", format!("{}/{}", sr.m_stream, sr.v_stream)));
+        }
+        attrs
     }
 }

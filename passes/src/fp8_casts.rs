@@ -1,0 +1,209 @@
+//! `Fp8Casts`: LLMQ's FP8 recipe for the linear layers inside the blocks (q/k/v, attention
+//! output, gate/up, down), in the forward and in both backward matmuls.
+//!
+//! Every block `linear`, `linear_backward_data` and `linear_backward_weight` becomes an
+//! `fp8_matmul` whose operands are quantised with a per-tensor scale from the current abs-max
+//! (`abs_max`, then `quantize`/`quantize_transposed`): activations and weights to e4m3,
+//! gradients to the context's `grad_fp8` (e4m3 or e5m2). FP32 accumulation, results in the
+//! dtype the BF16 op had. `fp8_matmul` wants both operands contiguous in the contraction
+//! dimension (cuBLASLt's TN form), so:
+//!
+//! | matmul          | contracts over | a                       | b                        |
+//! |-----------------|----------------|-------------------------|--------------------------|
+//! | `y = x·Wᵀ`      | in (K)         | `x` `[rows, K]`         | `W` `[M, K]`             |
+//! | `dx = dy·W`     | out (M)        | `dy` `[rows, M]`        | `Wᵀ` `[K, M]`, transposed |
+//! | `dW = dyᵀ·x`    | rows           | `dyᵀ` `[M, rows]`, transposed | `xᵀ` `[K, rows]`, transposed |
+//!
+//! Invariants kept: each tensor's abs-max is computed once and shared by all its quantisations
+//! (q/k/v share their input's, the two backward matmuls share `dy`'s); the backward reuses the
+//! forward's abs-max of `x` and `W` (saved, one value each), so its transposed quantisations
+//! hold exactly the forward's FP8 values, and a recomputed forward reproduces them bit for bit.
+//! Embedding, LM head (no layer), norms, attention, softmax and loss are untouched. No catalogue
+//! op produces an abs-max as a side output yet, so `abs_max` is a separate node; fusing it into
+//! its producer is the fusion pass's job.
+//!
+//! Needs: the training graph from autodiff. Runs before the memory planner, which then sees
+//! the quantised operands as ordinary tensors.
+
+use indexmap::IndexMap;
+use llmq_compiler::ir::{Graph, Node, NodeId, Phase, Rewrite, Role, TensorId};
+use llmq_compiler::kernels::ops::{AbsMax, Fp8Matmul, Quantize, QuantizeTransposed};
+use llmq_compiler::kernels::{DType, Op};
+use llmq_compiler::pass::{Pass, PassContext, PassError};
+
+/// Puts the block linears on FP8 matmuls with per-tensor abs-max scales.
+pub struct Fp8Casts;
+
+const NAME: &str = "fp8_casts";
+
+/// The FP8 format of activations and weights.
+const OPERAND_FP8: DType = DType::F8E4M3;
+
+impl Pass for Fp8Casts {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn run(&self, graph: &mut Graph, ctx: &PassContext) -> Result<(), PassError> {
+        let targets: Vec<NodeId> = graph
+            .topological_order()
+            .into_iter()
+            .filter(|&id| is_block_linear(graph.node(id)))
+            .collect();
+        let amaxes = graph.rewrite(|rw| {
+            let mut q = Quantizer {
+                rw,
+                amax: IndexMap::new(),
+                quantized: IndexMap::new(),
+            };
+            for id in targets {
+                q.lower(id, ctx.grad_fp8)?;
+            }
+            Ok::<_, PassError>(q.amax)
+        })?;
+        mark_saved(graph, amaxes.values().copied());
+        Ok(())
+    }
+}
+
+/// A block linear or one of its backward matmuls.
+fn is_block_linear(node: &Node) -> bool {
+    node.layer.is_some()
+        && matches!(
+            node.op,
+            Op::Linear(_) | Op::LinearBackwardData(_) | Op::LinearBackwardWeight(_)
+        )
+}
+
+/// Forward abs-maxes read by the backward pass are saved for it.
+fn mark_saved(graph: &mut Graph, amaxes: impl Iterator<Item = TensorId>) {
+    let read_in_backward: Vec<bool> = {
+        let mut read = vec![false; graph.tensor_count()];
+        for (_, node) in graph.nodes().filter(|(_, n)| n.phase == Phase::Backward) {
+            for t in &node.inputs {
+                read[t.index()] = true;
+            }
+        }
+        read
+    };
+    for t in amaxes {
+        let tensor = graph.tensor_mut(t);
+        if tensor.role == Role::Activation && read_in_backward[t.index()] {
+            tensor.role = Role::Saved;
+        }
+    }
+}
+
+/// The rewrite in progress: abs-maxes and quantised copies made so far, so each is made once.
+struct Quantizer<'r, 'g> {
+    rw: &'r mut Rewrite<'g>,
+    /// Per source tensor, its abs-max.
+    amax: IndexMap<TensorId, TensorId>,
+    /// Per (source tensor, transposed), its quantised values and descale.
+    quantized: IndexMap<(TensorId, bool), (TensorId, TensorId)>,
+}
+
+impl Quantizer<'_, '_> {
+    /// Replaces one block matmul by its FP8 form, quantising its operands before it.
+    fn lower(&mut self, id: NodeId, grad_fp8: DType) -> Result<(), PassError> {
+        let node = self.rw.graph().node(id).clone();
+        let (x, y) = (node.inputs[0], node.inputs[1]);
+        let (a, b) = match node.op {
+            // y = x · Wᵀ
+            Op::Linear(_) => (
+                self.quantize(id, x, OPERAND_FP8, false)?,
+                self.quantize(id, y, OPERAND_FP8, false)?,
+            ),
+            // dx = dy · W: contracts over W's rows, so b = Wᵀ.
+            Op::LinearBackwardData(_) => (
+                self.quantize(id, x, grad_fp8, false)?,
+                self.quantize(id, y, OPERAND_FP8, true)?,
+            ),
+            // dW = dyᵀ · x: contracts over the rows of both.
+            Op::LinearBackwardWeight(_) => (
+                self.quantize(id, x, grad_fp8, true)?,
+                self.quantize(id, y, OPERAND_FP8, true)?,
+            ),
+            _ => unreachable!("only block matmuls are lowered"),
+        };
+        let out = self.rw.graph().tensor(node.outputs[0]).ty.dtype;
+        self.rw.replace(
+            id,
+            Node {
+                op: Fp8Matmul { out }.into(),
+                inputs: vec![a.0, a.1, b.0, b.1],
+                ..node
+            },
+        );
+        Ok(())
+    }
+
+    /// The quantised copy of `t` (made before `anchor` if it does not exist yet).
+    fn quantize(
+        &mut self,
+        anchor: NodeId,
+        t: TensorId,
+        to: DType,
+        transposed: bool,
+    ) -> Result<(TensorId, TensorId), PassError> {
+        if let Some(&q) = self.quantized.get(&(t, transposed)) {
+            return Ok(q);
+        }
+        let amax = self.amax(anchor, t)?;
+        let name = self.rw.graph().tensor(t).name.clone();
+        let (op, names): (Op, _) = if transposed {
+            (
+                QuantizeTransposed { to }.into(),
+                [format!("{name}.qT"), format!("{name}.descaleT")],
+            )
+        } else {
+            (
+                Quantize { to }.into(),
+                [format!("{name}.q"), format!("{name}.descale")],
+            )
+        };
+        let role = temporary_role(self.rw.graph(), anchor);
+        let out = self
+            .rw
+            .apply_before(anchor, op, &[t, amax], &names, role)
+            .map_err(|e| failed(format!("quantising `{name}`: {e}")))?;
+        self.quantized.insert((t, transposed), (out[0], out[1]));
+        Ok((out[0], out[1]))
+    }
+
+    /// The abs-max of `t` (computed before `anchor` if it does not exist yet).
+    fn amax(&mut self, anchor: NodeId, t: TensorId) -> Result<TensorId, PassError> {
+        if let Some(&a) = self.amax.get(&t) {
+            return Ok(a);
+        }
+        let name = format!("{}.amax", self.rw.graph().tensor(t).name);
+        let role = temporary_role(self.rw.graph(), anchor);
+        let amax = self
+            .rw
+            .apply_before(
+                anchor,
+                AbsMax.into(),
+                &[t],
+                std::slice::from_ref(&name),
+                role,
+            )
+            .map_err(|e| failed(format!("{name}: {e}")))?[0];
+        self.amax.insert(t, amax);
+        Ok(amax)
+    }
+}
+
+/// The role of a tensor made for the node `anchor`: a forward activation or a backward
+/// temporary.
+fn temporary_role(graph: &Graph, anchor: NodeId) -> Role {
+    match graph.node(anchor).phase {
+        Phase::Forward => Role::Activation,
+        _ => Role::Workspace,
+    }
+}
+
+fn failed(message: String) -> PassError {
+    PassError::Failed {
+        pass: NAME,
+        message,
+    }
+}

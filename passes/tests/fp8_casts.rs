@@ -1,0 +1,69 @@
+//! `fp8_casts` on the tiny model: the snapshot of what it changes, and its structure.
+
+mod common;
+
+use llmq_compiler::ir::{Phase, Role};
+use llmq_compiler::kernels::{DType, Op};
+use llmq_compiler::target::Precision;
+
+#[test]
+fn fp8_casts_on_the_tiny_model() {
+    let (graph, diff) =
+        common::pass_diff("tiny.ron", "fp8_casts", &common::options(Precision::Fp8));
+    insta::assert_snapshot!("tiny", diff);
+
+    let count = |pred: &dyn Fn(&Op) -> bool| graph.nodes().filter(|(_, n)| pred(&n.op)).count();
+    // 2 layers × 7 linears (q, k, v, o, gate, up, down) × 3 matmuls (forward, dx, dW).
+    assert_eq!(count(&|op| matches!(op, Op::Fp8Matmul(_))), 42);
+    // Only the LM head stays a BF16 linear; its backward matmuls too.
+    let bf16_matmuls: Vec<_> = graph
+        .nodes()
+        .filter(|(_, n)| {
+            matches!(
+                n.op,
+                Op::Linear(_) | Op::LinearBackwardData(_) | Op::LinearBackwardWeight(_)
+            )
+        })
+        .collect();
+    assert!(
+        bf16_matmuls.iter().all(|(_, n)| n.layer.is_none()),
+        "a block linear is left"
+    );
+    assert_eq!(bf16_matmuls.len(), 3);
+    // Per layer one abs-max per distinct operand: forward inputs h (shared by q/k/v), attn,
+    // m (shared by gate/up), act and the 7 weights; backward the 7 output gradients.
+    assert_eq!(count(&|op| matches!(op, Op::AbsMax(_))), 2 * (4 + 7 + 7));
+    for (_, node) in graph.nodes().filter(|(_, n)| matches!(n.op, Op::AbsMax(_))) {
+        let amax = graph.tensor(node.outputs[0]);
+        let read_in_backward = graph
+            .nodes()
+            .any(|(_, n)| n.phase == Phase::Backward && n.inputs.contains(&node.outputs[0]));
+        // Forward abs-maxes of x and W are reused by the backward's transposed quantisations.
+        if node.phase == Phase::Forward {
+            assert!(read_in_backward, "{} is not reused by backward", amax.name);
+            assert_eq!(amax.role, Role::Saved, "{}", amax.name);
+        }
+    }
+}
+
+#[test]
+fn e5m2_gradients_quantise_only_the_output_gradients_to_e5m2() {
+    let mut opts = common::options(Precision::Fp8);
+    opts.grad_fp8 = DType::F8E5M2;
+    let (graph, _) = common::pass_diff("tiny.ron", "fp8_casts", &opts);
+    for (_, node) in graph.nodes() {
+        let to = match &node.op {
+            Op::Quantize(q) => q.to,
+            Op::QuantizeTransposed(q) => q.to,
+            _ => continue,
+        };
+        let source = graph.tensor(node.inputs[0]);
+        let is_grad = source.name.starts_with("d.");
+        let want = if is_grad {
+            DType::F8E5M2
+        } else {
+            DType::F8E4M3
+        };
+        assert_eq!(to, want, "{} quantised to {to}", source.name);
+    }
+}
