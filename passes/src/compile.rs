@@ -239,8 +239,7 @@ pub fn compile_auto_batch(
             batch,
             ..opts.clone()
         };
-        let (compiled, _) =
-            plan_within(&optimised(path, &sized)?, &sized, opts.vram_bytes, false)?;
+        let (compiled, _) = plan_within(&optimised(path, &sized)?, &sized, opts.vram_bytes, false)?;
         if !fits(&compiled.plan) {
             break;
         }
