@@ -105,10 +105,19 @@ fn assert_uses_every_mechanism(plan: &Plan, recomputes: bool, chunks_lm_head: bo
 
 #[test]
 fn every_mechanism_trains_bit_identically_to_the_plain_plan() {
+    every_mechanism_trains_bit_identically(Precision::Bf16);
+}
+
+#[test]
+fn every_mechanism_trains_bit_identically_in_fp8() {
+    every_mechanism_trains_bit_identically(Precision::Fp8);
+}
+
+fn every_mechanism_trains_bit_identically(precision: Precision) {
     let dir = tempfile::tempdir().unwrap();
     let data = corpus(dir.path());
     // Two micro-batches, so gradients accumulate through their host copies.
-    let opts = common::options(2, 16, 2, Precision::Bf16, 1 << 30);
+    let opts = common::options(2, 16, 2, precision, 1 << 30);
     let plain = compile(&model(), &opts).unwrap().plan;
     assert!(plain.memory.is_empty(), "{:?}", plain.memory);
     assert_eq!(plain.host_arena_bytes, 0);
