@@ -46,6 +46,19 @@ pub fn plan(model: &str, opts: &CompileOptions) -> Plan {
         .plan
 }
 
+/// Lines only in `before` (`-`) and only in `after` (`+`), each side in its own order: what a
+/// pass changed in a graph dump, for snapshots.
+pub fn line_diff(before: &[String], after: &[String]) -> String {
+    let mut out = String::new();
+    for l in before.iter().filter(|l| !after.contains(l)) {
+        out += &format!("- {l}\n");
+    }
+    for l in after.iter().filter(|l| !before.contains(l)) {
+        out += &format!("+ {l}\n");
+    }
+    out
+}
+
 /// Writes the bundled corpus's training split as a token file in `dir`; returns its path.
 pub fn corpus(dir: &Path) -> String {
     let path = dir.join("train.bin");

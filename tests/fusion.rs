@@ -40,23 +40,11 @@ fn graph_after(model: &str, pass: &str) -> Vec<String> {
         .collect()
 }
 
-/// Lines only in `before` (`-`) and only in `after` (`+`), each side in its own order.
-fn line_diff(before: &[String], after: &[String]) -> String {
-    let mut out = String::new();
-    for l in before.iter().filter(|l| !after.contains(l)) {
-        out += &format!("- {l}\n");
-    }
-    for l in after.iter().filter(|l| !before.contains(l)) {
-        out += &format!("+ {l}\n");
-    }
-    out
-}
-
 #[test]
 fn fusion_snapshot_tiny() {
     let before = graph_after("tiny.ron", "autodiff");
     let after = graph_after("tiny.ron", "fusion");
-    insta::assert_snapshot!("fusion__tiny", line_diff(&before, &after));
+    insta::assert_snapshot!("fusion__tiny", common::line_diff(&before, &after));
 }
 
 #[test]

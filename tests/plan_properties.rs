@@ -4,33 +4,116 @@
 mod common;
 
 use llmq_compiler::ir::Role;
-use llmq_compiler::plan::{FormatError, Plan};
+use llmq_compiler::plan::{Arena, FormatError, Plan};
 use llmq_compiler::target::Precision;
+use llmq_passes::compile_with_choice;
+use llmq_passes::memory_plan::MemoryChoice;
 use proptest::prelude::*;
 
-/// Every pair of buffers whose lifetimes overlap occupies disjoint bytes.
+/// Every pair of buffers of one arena whose lifetimes overlap occupies disjoint bytes, and
+/// every buffer lies within its arena.
 fn assert_no_overlap(plan: &Plan) {
-    let mut bufs: Vec<_> = plan
-        .buffers
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.size > 0)
-        .collect();
-    bufs.sort_by_key(|(_, b)| b.offset);
-    for (i, (ia, a)) in bufs.iter().enumerate() {
-        assert!(
-            a.offset + a.size <= plan.device_arena_bytes,
-            "buffer {ia} past the arena"
-        );
-        for (ib, b) in &bufs[i + 1..] {
-            if b.offset >= a.offset + a.size {
-                break;
-            }
-            let live_together = a.first_step <= b.last_step && b.first_step <= a.last_step;
+    for (arena, bytes) in [
+        (Arena::Device, plan.device_arena_bytes),
+        (Arena::Host, plan.host_arena_bytes),
+    ] {
+        let mut bufs: Vec<_> = plan
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.size > 0 && b.arena == arena)
+            .collect();
+        bufs.sort_by_key(|(_, b)| b.offset);
+        for (i, (ia, a)) in bufs.iter().enumerate() {
             assert!(
-                !live_together,
-                "buffers {ia} and {ib} overlap in bytes and in time: {a:?} {b:?}"
+                a.offset + a.size <= bytes,
+                "buffer {ia} past the {arena:?} arena"
             );
+            for (ib, b) in &bufs[i + 1..] {
+                if b.offset >= a.offset + a.size {
+                    break;
+                }
+                let live_together = a.first_step <= b.last_step && b.first_step <= a.last_step;
+                assert!(
+                    !live_together,
+                    "buffers {ia} and {ib} overlap in bytes and in time: {a:?} {b:?}"
+                );
+            }
+        }
+    }
+}
+
+/// With copies on their own streams, the GPU may run steps of different streams in any order
+/// the events allow. Every two steps of a section that touch overlapping bytes of one arena,
+/// one of them writing, must then be ordered by stream order and events (happens-before,
+/// computed with vector clocks), the same way as in the linear order the CPU runs. Only
+/// copies touch the host arena, and every awaited event is recorded by an earlier step.
+fn assert_streams_keep_the_linear_order(plan: &Plan) {
+    let streams = plan.streams.len();
+    let mut recorder = vec![None; plan.events as usize];
+    for (s, step) in plan.steps.iter().enumerate() {
+        if let Some(e) = step.records {
+            recorder[e as usize] = Some(s);
+        }
+        let touches_host = step
+            .inputs
+            .iter()
+            .chain(&step.outputs)
+            .any(|&t| plan.buffer_of(t).arena == Arena::Host);
+        assert!(
+            !touches_host || step.op.name() == "copy",
+            "step {s} ({}) touches the host arena",
+            step.op
+        );
+    }
+    for section in &plan.sections {
+        let range = section.start as usize..section.end as usize;
+        // clock[s][k]: the last step of stream k known to have finished when s starts.
+        let mut clock: Vec<Vec<i64>> = vec![vec![-1; streams]; plan.steps.len()];
+        let mut last_on: Vec<Option<usize>> = vec![None; streams];
+        // Accesses so far: (arena, start, end, step, writes).
+        let mut accesses: Vec<(Arena, u64, u64, usize, bool)> = Vec::new();
+        for s in range.clone() {
+            let step = &plan.steps[s];
+            let k = step.stream as usize;
+            let mut c = last_on[k].map_or(vec![-1; streams], |p| clock[p].clone());
+            for &e in &step.waits {
+                let r = recorder[e as usize].expect("an awaited event is recorded");
+                assert!(
+                    r < s && range.contains(&r),
+                    "step {s} waits for a later event"
+                );
+                for (x, y) in c.iter_mut().zip(&clock[r]) {
+                    *x = (*x).max(*y);
+                }
+            }
+            c[k] = s as i64;
+            clock[s] = c;
+            last_on[k] = Some(s);
+            let reads = step.inputs.iter().map(|&t| (t, false));
+            let writes = step.outputs.iter().map(|&t| (t, true));
+            let mine: Vec<_> = reads
+                .chain(writes)
+                .map(|(t, w)| {
+                    let b = plan.buffer_of(t);
+                    (b.arena, b.offset, b.offset + plan.tensor(t).ty.bytes(), w)
+                })
+                .collect();
+            for &(arena, start, end, write) in &mine {
+                for &(a_arena, a_start, a_end, a, a_write) in &accesses {
+                    let conflict = arena == a_arena && start < a_end && a_start < end;
+                    if conflict && (write || a_write) && a != s {
+                        let a_stream = plan.steps[a].stream as usize;
+                        assert!(
+                            clock[s][a_stream] >= a as i64,
+                            "step {s} ({}) may run before step {a} ({}): they share bytes",
+                            step.op,
+                            plan.steps[a].op
+                        );
+                    }
+                }
+            }
+            accesses.extend(mine.into_iter().map(|(ar, st, en, w)| (ar, st, en, s, w)));
         }
     }
 }
@@ -66,6 +149,26 @@ proptest! {
         let plan = common::plan(model, &common::options(batch, seq, accum, precision, 1 << 30));
         assert_no_overlap(&plan);
         assert_inputs_produced_first(&plan);
+        assert_streams_keep_the_linear_order(&plan);
+    }
+
+    #[test]
+    fn plans_with_every_memory_mechanism_are_sound(recompute in 0u32..3, offload in 0u32..3,
+                                                   streamed in prop::sample::subsequence(
+                                                       vec![Role::Weight, Role::MasterWeight, Role::Gradient, Role::AdamM, Role::AdamV], 0..=5),
+                                                   accum in 1u32..3) {
+        let choice = MemoryChoice {
+            streamed,
+            recompute: (0..recompute).collect(),
+            offload: (2 - offload.min(2)..2).collect(),
+            lm_head_chunk: (recompute == 1).then_some(8),
+        };
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-qwen2.ron");
+        let opts = common::options(2, 16, accum, Precision::Bf16, 1 << 30);
+        let plan = compile_with_choice(&path, &opts, &choice).unwrap().plan;
+        assert_no_overlap(&plan);
+        assert_inputs_produced_first(&plan);
+        assert_streams_keep_the_linear_order(&plan);
     }
 }
 

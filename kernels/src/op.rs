@@ -255,6 +255,8 @@ declare_ops! {
     Fp8Matmul(Fp8Matmul),
     /// Conversion to BF16 with stochastic rounding from the counter-based generator.
     CastStochastic(CastStochastic),
+    /// The identity, between the device and the host arena (offload, prefetch, streaming).
+    Copy(Copy),
 }
 
 impl Op {

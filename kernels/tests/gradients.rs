@@ -422,7 +422,8 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::QuantizeTransposed(_)
         | Op::Fp8Matmul(_)
         | Op::CastStochastic(_)
-        | Op::Zero(_) => false,
+        | Op::Zero(_)
+        | Op::Copy(_) => false,
     }
 }
 

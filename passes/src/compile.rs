@@ -1,5 +1,7 @@
-//! From a spec file to a plan: front-end, autodiff, passes, lowering.
+//! From a spec file to a plan: front-end, autodiff, passes, the memory planner (which lowers
+//! its candidates), and the choices built on it: `--batch auto` and the trade-off curve.
 
+use crate::memory_plan::{MemoryChoice, plan_memory};
 use crate::pipeline::{pass_names, pipeline};
 use llmq_compiler::autodiff::{
     AutodiffError, OptimizerOptions, TrainIo, TrainOptions, differentiate,
@@ -8,10 +10,11 @@ use llmq_compiler::ir::{Graph, write_graph};
 use llmq_compiler::kernels::DType;
 use llmq_compiler::lower::{LowerInput, lower};
 use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
-use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions};
+use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions, fits};
 use llmq_compiler::spec::{self, SpecError, SpecOptions};
-use llmq_compiler::target::{DeviceProfile, Precision};
+use llmq_compiler::target::{DeviceProfile, Precision, format_bytes};
 use std::path::Path;
+use std::thread;
 
 /// Everything a plan depends on besides the spec file.
 #[derive(Clone, Debug)]
@@ -135,6 +138,15 @@ pub fn pass_context(opts: &CompileOptions) -> PassContext {
     }
 }
 
+/// A training graph after the optimisation passes, ready for memory planning.
+struct Optimised {
+    graph: Graph,
+    io: TrainIo,
+    model: ModelInfo,
+    report: PassReport,
+    ctx: PassContext,
+}
+
 /// The pipeline for `ctx` less the passes in `skip`, which must exist and not be required.
 fn selected_passes(
     ctx: &PassContext,
@@ -165,6 +177,143 @@ fn selected_passes(
 
 /// Compiles the spec at `path` into a plan.
 pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileError> {
+    let train = optimised(path, opts)?;
+    Ok(plan_within(&train, opts, opts.vram_bytes, true)?.0)
+}
+
+/// Compiles the spec with the memory passes set by hand to `choice` instead of the planner's
+/// search (tests use it to force every mechanism on a tiny model).
+pub fn compile_with_choice(
+    path: &Path,
+    opts: &CompileOptions,
+    choice: &MemoryChoice,
+) -> Result<Compiled, CompileError> {
+    let mut train = optimised(path, opts)?;
+    let report = choice.apply(
+        &mut train.graph,
+        &train.ctx,
+        &opts.device,
+        opts.dump_after.as_deref(),
+    )?;
+    train.report.timings.extend(report.timings);
+    if report.dump.is_some() {
+        train.report.dump = report.dump;
+    }
+    let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph, true);
+    Ok(Compiled {
+        plan,
+        report: train.report,
+    })
+}
+
+/// Plans the spec once per choice (front-end, autodiff and passes run once): the exhaustive
+/// search that checks the memory planner in tests. Plans are laid out, without prices.
+pub fn plan_choices(
+    path: &Path,
+    opts: &CompileOptions,
+    choices: &[MemoryChoice],
+) -> Result<Vec<Plan>, CompileError> {
+    let train = optimised(path, opts)?;
+    choices
+        .iter()
+        .map(|choice| {
+            let mut graph = train.graph.clone();
+            choice.apply(&mut graph, &train.ctx, &opts.device, None)?;
+            Ok(lower_for(&train, opts, opts.vram_bytes, &graph, true))
+        })
+        .collect()
+}
+
+/// Compiles the spec for every micro-batch size from 1 up (doubling, up to `max_batch`) and
+/// keeps the plan with the highest estimated tokens/s among those that fit (`--batch auto`).
+pub fn compile_auto_batch(
+    path: &Path,
+    opts: &CompileOptions,
+    max_batch: u64,
+) -> Result<Compiled, CompileError> {
+    // Sizes are compared on unpriced plans; only the chosen one is planned again, priced.
+    let mut best: Option<(u64, f64)> = None;
+    let mut batch = 1;
+    while batch <= max_batch {
+        let sized = CompileOptions {
+            batch,
+            ..opts.clone()
+        };
+        let (compiled, _) = plan_within(&optimised(path, &sized)?, &sized, opts.vram_bytes, false)?;
+        if !fits(&compiled.plan) {
+            break;
+        }
+        let speed = compiled.plan.estimates.tokens_per_second;
+        if best.is_none_or(|(_, fastest)| speed > fastest) {
+            best = Some((batch, speed));
+        }
+        batch *= 2;
+    }
+    let best = best.map(|(batch, _)| {
+        compile(
+            path,
+            &CompileOptions {
+                batch,
+                ..opts.clone()
+            },
+        )
+    });
+    best.transpose()?.ok_or_else(|| {
+        CompileError::Unsupported(format!(
+            "--batch auto: not even one sequence of {} tokens fits {}",
+            opts.seq,
+            format_bytes(opts.vram_bytes)
+        ))
+    })
+}
+
+/// One point of the trade-off curve: a budget and the plan the memory planner makes for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CurvePoint {
+    /// Device memory budget in bytes.
+    pub vram_bytes: u64,
+    /// Estimated tokens/s, or `None` when nothing fits the budget.
+    pub tokens_per_second: Option<f64>,
+    /// Device arena the plan needs.
+    pub arena_bytes: u64,
+    /// The memory planner's choice in one line (`on host: master, adam m; recompute L0-L27`).
+    pub decisions: String,
+}
+
+/// The budget → estimated tokens/s curve for the spec and flags (`llmqc plan --explain`).
+pub fn tradeoff_curve(
+    path: &Path,
+    opts: &CompileOptions,
+    budgets: &[u64],
+) -> Result<Vec<CurvePoint>, CompileError> {
+    let train = optimised(path, opts)?;
+    // The budgets are independent: plan them on threads.
+    let points: Vec<Result<CurvePoint, CompileError>> = thread::scope(|scope| {
+        let runs: Vec<_> = budgets
+            .iter()
+            .map(|&vram| {
+                let train = &train;
+                scope.spawn(move || {
+                    let (compiled, choice) = plan_within(train, opts, vram, false)?;
+                    let plan = &compiled.plan;
+                    Ok(CurvePoint {
+                        vram_bytes: vram,
+                        tokens_per_second: fits(plan).then_some(plan.estimates.tokens_per_second),
+                        arena_bytes: plan.device_arena_bytes,
+                        decisions: choice.describe(),
+                    })
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("planning a budget does not panic"))
+            .collect()
+    });
+    points.into_iter().collect()
+}
+
+/// Spec, autodiff and the optimisation passes.
+fn optimised(path: &Path, opts: &CompileOptions) -> Result<Optimised, CompileError> {
     if opts.gpus != 1 {
         return Err(CompileError::Unsupported(format!(
             "--gpus {}: multi-GPU plans (sharding and collectives) are not implemented yet; plan for --gpus 1",
@@ -201,20 +350,72 @@ pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileEr
     if autodiff_dump.is_some() {
         report.dump = autodiff_dump;
     }
-    let plan = lower(LowerInput {
-        graph: &graph,
-        io: &io,
+    Ok(Optimised {
+        graph,
+        io,
         model,
+        report,
+        ctx,
+    })
+}
+
+/// Lowers `graph` (the training graph after memory passes) for the flags and budget.
+fn lower_for(
+    train: &Optimised,
+    opts: &CompileOptions,
+    vram_bytes: u64,
+    graph: &Graph,
+    layout: bool,
+) -> Plan {
+    lower(LowerInput {
+        layout,
+        graph,
+        io: &train.io,
+        model: train.model.clone(),
         options: PlanOptions {
             batch: opts.batch,
             seq: opts.seq,
             grad_accum: opts.grad_accum,
             precision: opts.precision,
-            vram_bytes: opts.vram_bytes,
+            vram_bytes,
             gpus: opts.gpus,
             optimizer: opts.optimizer.clone(),
         },
         device: opts.device.clone(),
-    });
-    Ok(Compiled { plan, report })
+    })
+}
+
+/// The memory planner for a budget, then lowering; `price` as for `plan_memory`.
+fn plan_within(
+    train: &Optimised,
+    opts: &CompileOptions,
+    vram_bytes: u64,
+    price: bool,
+) -> Result<(Compiled, MemoryChoice), CompileError> {
+    let lower_graph = |graph: &Graph, layout| lower_for(train, opts, vram_bytes, graph, layout);
+    let ctx = PassContext {
+        vram_bytes,
+        ..train.ctx.clone()
+    };
+    let memory = plan_memory(
+        &train.graph,
+        &ctx,
+        &opts.device,
+        opts.dump_after.as_deref(),
+        &lower_graph,
+        price,
+    )?;
+    let mut report = PassReport {
+        timings: train.report.timings.clone(),
+        dump: train.report.dump.clone(),
+    };
+    report.timings.extend(memory.report.timings);
+    if memory.report.dump.is_some() {
+        report.dump = memory.report.dump;
+    }
+    let compiled = Compiled {
+        plan: memory.plan,
+        report,
+    };
+    Ok((compiled, memory.choice))
 }

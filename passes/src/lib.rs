@@ -2,14 +2,21 @@
 //! [`compile`], the whole way from a model spec to a plan.
 #![warn(missing_docs)]
 
+pub mod chunk_lm_head;
 mod compile;
 mod fp8_casts;
 mod fusion;
+pub mod memory_edit;
+pub mod memory_plan;
+pub mod offload_activations;
 mod pipeline;
+pub mod recompute;
 mod stochastic_rounding;
+pub mod stream_state;
 
 pub use compile::{
-    CompileError, CompileOptions, Compiled, TrainGraph, compile, pass_context, train_graph,
+    CompileError, CompileOptions, Compiled, CurvePoint, TrainGraph, compile, compile_auto_batch,
+    compile_with_choice, pass_context, plan_choices, tradeoff_curve, train_graph,
 };
 pub use fp8_casts::Fp8Casts;
 pub use fusion::Fusion;

@@ -25,7 +25,8 @@ pub fn pipeline(ctx: &PassContext) -> Vec<&'static dyn Pass> {
     passes
 }
 
-/// Names accepted by `--dump-after`: the passes of the pipeline that runs the most.
+/// Names accepted by `--dump-after`: the passes of the pipeline that runs the most, then the
+/// memory planner's passes.
 pub fn pass_names() -> Vec<&'static str> {
     let all = PassContext {
         precision: Precision::Fp8,
@@ -33,5 +34,7 @@ pub fn pass_names() -> Vec<&'static str> {
         vram_bytes: u64::MAX,
         gpus: 1,
     };
-    pipeline(&all).iter().map(|p| p.name()).collect()
+    let mut names: Vec<&'static str> = pipeline(&all).iter().map(|p| p.name()).collect();
+    names.extend(crate::memory_plan::MEMORY_PASSES);
+    names
 }

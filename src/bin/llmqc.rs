@@ -4,9 +4,13 @@
 use clap::{Parser, Subcommand};
 use llmq_compiler::autodiff::OptimizerOptions;
 use llmq_compiler::kernels::DType;
-use llmq_compiler::plan::{Plan, ShowOptions, diff_plans, fits, report_html, show_plan, summary};
-use llmq_compiler::target::{DeviceProfile, Precision, device, known_devices, parse_size};
-use llmq_passes::{CompileOptions, compile};
+use llmq_compiler::plan::{
+    Plan, ShowOptions, diff_plans, fits, group_digits, report_html, show_plan, summary,
+};
+use llmq_compiler::target::{
+    DeviceProfile, Precision, device, format_bytes, known_devices, parse_size,
+};
+use llmq_passes::{CompileOptions, compile, compile_auto_batch, tradeoff_curve};
 use miette::{Context, IntoDiagnostic, Result, miette};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +20,7 @@ use std::time::Instant;
 ///
 /// Examples:
 ///   llmqc plan models/qwen2.5-0.5b.ron --vram 80G --batch 8 -o plan.bin
-///   llmqc plan models/qwen2.5-7b.ron --vram 16G --device rtx4060ti-16g
+///   llmqc plan models/qwen2.5-7b.ron --vram 16G --device rtx4060ti-16g --batch auto --explain
 ///   llmqc show plan.bin --detail 2 --layer 3
 ///   llmqc diff a.bin b.bin
 #[derive(Parser)]
@@ -73,9 +77,10 @@ struct PlanArgs {
     /// Number of GPUs (only 1 for now).
     #[arg(long, default_value_t = 1)]
     gpus: u32,
-    /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 4)]
-    batch: u64,
+    /// Sequences per micro-batch, or `auto`: the size with the highest estimated tokens/s that
+    /// fits the budget.
+    #[arg(long, default_value = "4", value_parser = parse_batch)]
+    batch: Batch,
     /// Tokens per sequence.
     #[arg(long, default_value_t = 1024)]
     seq: u64,
@@ -106,6 +111,35 @@ struct PlanArgs {
     /// Print how long each compiler stage took.
     #[arg(long)]
     timings: bool,
+    /// Print the trade-off curve: for budgets from a quarter to twice `--vram`, the memory
+    /// planner's decisions and the estimated tokens/s.
+    #[arg(long)]
+    explain: bool,
+}
+
+/// `--batch`: a size, or the planner's choice.
+#[derive(Clone, Copy, Debug)]
+enum Batch {
+    Fixed(u64),
+    Auto,
+}
+
+/// The largest micro-batch `--batch auto` tries.
+const MAX_AUTO_BATCH: u64 = 64;
+
+/// Budgets of the trade-off curve, as multiples of `--vram`.
+const CURVE_POINTS: [f64; 6] = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0];
+
+fn parse_batch(s: &str) -> Result<Batch, String> {
+    if s == "auto" {
+        return Ok(Batch::Auto);
+    }
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Batch::Fixed(n)),
+        _ => Err(format!(
+            "`{s}` is not a batch size: give a positive number or `auto`"
+        )),
+    }
 }
 
 fn parse_precision(s: &str) -> Result<Precision, String> {
@@ -157,7 +191,10 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
         .vram
         .unwrap_or((device.memory_gib * (1u64 << 30) as f64) as u64);
     let opts = CompileOptions {
-        batch: args.batch,
+        batch: match args.batch {
+            Batch::Fixed(n) => n,
+            Batch::Auto => 1,
+        },
         seq: args.seq,
         grad_accum: args.grad_accum,
         precision: args.precision,
@@ -170,7 +207,10 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
         skip_passes: args.skip_passes.clone(),
     };
     let start = Instant::now();
-    let compiled = compile(&args.spec, &opts)?;
+    let compiled = match args.batch {
+        Batch::Fixed(_) => compile(&args.spec, &opts)?,
+        Batch::Auto => compile_auto_batch(&args.spec, &opts, MAX_AUTO_BATCH)?,
+    };
     let elapsed = start.elapsed();
     if let Some(dump) = &compiled.report.dump {
         println!("{dump}");
@@ -182,6 +222,14 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
             println!("  {pass:<24} {:.1} ms", t.as_secs_f64() * 1e3);
         }
     }
+    if args.explain {
+        let opts = CompileOptions {
+            batch: compiled.plan.options.batch,
+            dump_after: None,
+            ..opts
+        };
+        explain(&args.spec, &opts)?;
+    }
     if let Some(out) = &args.output {
         write_atomically(out, &compiled.plan.to_bytes())?;
         println!("wrote {}", out.display());
@@ -191,6 +239,38 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Prints the budget → estimated tokens/s curve.
+fn explain(spec: &Path, opts: &CompileOptions) -> Result<()> {
+    let budgets: Vec<u64> = CURVE_POINTS
+        .iter()
+        .map(|f| (opts.vram_bytes as f64 * f) as u64)
+        .collect();
+    let start = Instant::now();
+    let curve = tradeoff_curve(spec, opts, &budgets)?;
+    println!(
+        "\ntrade-off curve (batch {}, {:.2} s to compute):",
+        opts.batch,
+        start.elapsed().as_secs_f64()
+    );
+    println!(
+        "  {:>11} {:>12} {:>11}  decisions",
+        "budget", "tokens/s", "arena"
+    );
+    for p in curve {
+        let speed = p.tokens_per_second.map_or("does not fit".to_string(), |t| {
+            group_digits(t.round() as u64)
+        });
+        println!(
+            "  {:>11} {:>12} {:>11}  {}",
+            format_bytes(p.vram_bytes),
+            speed,
+            format_bytes(p.arena_bytes),
+            p.decisions
+        );
+    }
+    Ok(())
 }
 
 /// Writes a file through a temporary name, so a crash never leaves half a plan.

@@ -59,13 +59,15 @@ pub(super) fn append(
     let o = &opts.optimizer;
     let sum_squares = scalar_tensor(graph, "grad_sum_squares", [1], Role::Scalar);
     for (i, &grad) in grads.values().enumerate() {
+        // In the gradient's block, so per-block decisions (streaming) see it there.
+        let layer = graph.tensor(grad).layer;
         node(
             graph,
             SumSquares.into(),
             vec![grad],
             vec![sum_squares],
             vec![i > 0],
-            None,
+            layer,
         );
     }
     let grad_norm = scalar_tensor(graph, "grad_norm", [1], Role::Scalar);

@@ -108,6 +108,9 @@ pub struct Graph {
     last_writer: Vec<Option<NodeIndex>>,
     /// Per tensor, the nodes that read it since its last write (while building).
     readers: Vec<Vec<NodeIndex>>,
+    /// Per tensor, true when it lives in the pinned host arena (decided by the memory planner;
+    /// only `copy` nodes touch such tensors).
+    on_host: Vec<bool>,
     /// Per node index, its position in program order (ties in the topological order).
     rank: Vec<usize>,
 }
@@ -123,7 +126,55 @@ impl Graph {
         self.tensors.push(tensor);
         self.last_writer.push(None);
         self.readers.push(Vec::new());
+        self.on_host.push(false);
         TensorId(self.tensors.len() as u32 - 1)
+    }
+
+    /// Moves a tensor to the pinned host arena.
+    pub fn place_on_host(&mut self, id: TensorId) {
+        self.on_host[id.index()] = true;
+    }
+
+    /// True when the tensor lives in the pinned host arena.
+    pub fn is_on_host(&self, id: TensorId) -> bool {
+        self.on_host[id.index()]
+    }
+
+    /// The topological order, stably partitioned by phase: forward, backward, optimizer. Valid
+    /// because no phase reads what a later phase writes within the same step. This is the
+    /// order of the plan's steps.
+    pub fn schedule(&self) -> Vec<NodeId> {
+        let order = self.topological_order();
+        [Phase::Forward, Phase::Backward, Phase::Optimizer]
+            .into_iter()
+            .flat_map(|phase| {
+                order
+                    .iter()
+                    .copied()
+                    .filter(move |&n| self.node(n).phase == phase)
+            })
+            .collect()
+    }
+
+    /// The nodes in schedule order: the program a pass may edit and give back to
+    /// [`Graph::set_program`].
+    pub fn program(&self) -> Vec<Node> {
+        self.schedule()
+            .into_iter()
+            .map(|id| self.node(id).clone())
+            .collect()
+    }
+
+    /// Replaces every node by `program`, in that order: node IDs follow it and the edges are
+    /// rebuilt from it, so the order is kept exactly (a pass that inserts, duplicates or
+    /// rewires nodes states the order it wants and the graph derives the dependencies).
+    pub fn set_program(&mut self, program: Vec<Node>) {
+        self.dfg.clear();
+        self.last_writer = vec![None; self.tensors.len()];
+        self.readers = vec![Vec::new(); self.tensors.len()];
+        for node in program {
+            self.add_node(node);
+        }
     }
 
     /// The tensor with this ID.
@@ -329,10 +380,18 @@ impl Graph {
     }
 
     /// Checks that every node's output types match its op's shape rule, that activations
-    /// have exactly one writer, and that the graph has no cycle.
+    /// have exactly one plain writer and are accumulated into or updated in place only after
+    /// it (the memory planner stages state on the device: gradients are accumulated into the
+    /// staged copy, AdamW updates it in place), that only copies touch host tensors, and that
+    /// the graph has no cycle.
     pub fn verify(&self) -> Result<(), GraphError> {
+        let order = self.topological_order();
+        if order.len() != self.node_count() {
+            return Err(GraphError::Dataflow("the graph has a cycle".into()));
+        }
         let mut writers = vec![0usize; self.tensors.len()];
-        for (id, node) in self.nodes() {
+        for id in order {
+            let node = self.node(id);
             let types: Vec<TensorType> = node
                 .inputs
                 .iter()
@@ -343,37 +402,68 @@ impl Graph {
                 op: node.op.name(),
                 source,
             })?;
-            for (&t, want) in node.outputs.iter().zip(&expected) {
-                let got = &self.tensor(t).ty;
+            let is_copy = matches!(node.op, Op::Copy(_));
+            if let Some(&t) = node
+                .inputs
+                .iter()
+                .chain(&node.outputs)
+                .find(|&&t| self.is_on_host(t) && !is_copy)
+            {
+                return Err(GraphError::Dataflow(format!(
+                    "{id} ({}) touches host tensor {t} `{}`; only copies may",
+                    node.op.name(),
+                    self.tensor(t).name
+                )));
+            }
+            for ((&t, want), &acc) in node.outputs.iter().zip(&expected).zip(&node.accumulate) {
+                let tensor = self.tensor(t);
                 // State is stored in its own dtype (the write converts); shapes must agree.
-                let ok = if self.tensor(t).role.is_persistent() {
-                    got.shape == want.shape
+                let ok = if tensor.role.is_persistent() {
+                    tensor.ty.shape == want.shape
                 } else {
-                    got == want
+                    tensor.ty == *want
                 };
                 if !ok {
                     return Err(GraphError::OutputType {
                         node: id,
                         op: node.op.name(),
                         tensor: t,
-                        got: got.clone(),
+                        got: tensor.ty.clone(),
                         expected: want.clone(),
                     });
                 }
-                writers[t.index()] += 1;
+                if tensor.role.is_persistent() {
+                    continue;
+                }
+                // Accumulating into it, or updating it in place (the node reads it too),
+                // follows the one plain write.
+                let updates = acc || node.inputs.contains(&t);
+                if !updates {
+                    writers[t.index()] += 1;
+                } else if writers[t.index()] == 0 {
+                    return Err(GraphError::Dataflow(format!(
+                        "{id} updates activation {t} `{}` before anything wrote it",
+                        tensor.name
+                    )));
+                }
+            }
+        }
+        let mut read = vec![false; self.tensors.len()];
+        for (_, node) in self.nodes() {
+            for t in &node.inputs {
+                read[t.index()] = true;
             }
         }
         for (id, t) in self.tensors() {
-            if !t.role.is_persistent() && writers[id.index()] != 1 {
+            // A tensor no node touches any more (a pass replaced its ops) is dead, not wrong.
+            let dead = writers[id.index()] == 0 && !read[id.index()];
+            if !t.role.is_persistent() && writers[id.index()] != 1 && !dead {
                 return Err(GraphError::Dataflow(format!(
-                    "activation {id} `{}` has {} writers; activations have exactly one",
+                    "activation {id} `{}` has {} plain writers; activations have exactly one",
                     t.name,
                     writers[id.index()]
                 )));
             }
-        }
-        if self.topological_order().len() != self.node_count() {
-            return Err(GraphError::Dataflow("the graph has a cycle".into()));
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! t0 input tokens: i32[2,8]
+//! t40 saved host.layers.0.h: bf16[2,8,64] @host
 //! op3 fwd L0 rms_norm{eps=1e-6}(t2, t5) -> t6, t7
 //! ```
 
@@ -13,6 +14,9 @@ pub fn write_graph(graph: &Graph) -> String {
     let mut out = String::new();
     for (id, t) in graph.tensors() {
         let _ = write!(out, "{id} {} {}: {}", t.role.name(), t.name, t.ty);
+        if graph.is_on_host(id) {
+            out.push_str(" @host");
+        }
         if let Some(hf) = &t.hf_name {
             let _ = write!(out, " hf={hf}");
         }

@@ -1,25 +1,33 @@
 //! Lowering: a training graph becomes a [`Plan`].
 //!
-//! 1. Order: the graph's topological order, partitioned by phase into three sections: forward
+//! 1. Order: the graph's schedule (`Graph::schedule`) in three sections: forward
 //!    and backward (run once per micro-batch; eval runs the forward alone) and the optimizer;
 //!    each is a CUDA-graph segment.
-//! 2. Liveness (`liveness.rs`): every tensor's first and last step; state lives throughout.
-//! 3. Allocation (`allocate.rs`): state packed at the arena's start, transient buffers packed
-//!    above it so that buffers live at the same time never overlap.
-//! 4. Estimates (`cost.rs`): per step time from the device profile; memory by category at peak.
+//! 2. Streams and events (`streams.rs`): copies to and from the host arena on copy streams,
+//!    with the events that keep every execution equivalent to the linear order.
+//! 3. Liveness (`liveness.rs`): every tensor's first and last step; state lives throughout;
+//!    the source of a device → host copy until the step that waits for the copy.
+//! 4. Allocation (`allocate.rs`), once per arena: state packed at the arena's start,
+//!    transient buffers packed above it so that buffers live at the same time never overlap.
+//! 5. Estimates (`cost.rs`, `timeline.rs`): per step time from the device profile, sections
+//!    timed with their streams overlapping; device memory by category at peak.
 
 mod allocate;
 mod cost;
 mod liveness;
+mod streams;
+mod timeline;
 
 pub use allocate::allocate;
+pub use cost::estimate;
 pub use liveness::{Interval, liveness};
+pub use streams::{COMPUTE, DEVICE_TO_HOST, HOST_TO_DEVICE};
 
 use crate::autodiff::TrainIo;
-use crate::ir::{BufferId, Category, Graph, NodeId, Phase};
+use crate::ir::{BufferId, Category, Graph, Phase, TensorId};
 use crate::plan::{
     Arena, Buffer, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor, Repeat,
-    Section, Step, StreamKind,
+    Section, Step, StepEstimate, StreamKind,
 };
 use crate::target::DeviceProfile;
 use indexmap::IndexMap;
@@ -37,12 +45,16 @@ pub struct LowerInput<'a> {
     pub options: PlanOptions,
     /// The device profile for the estimates.
     pub device: DeviceProfile,
+    /// False for a quick estimate (the memory planner's candidates): buffers get no offsets
+    /// and the device arena is taken to be the live-bytes peak, which the allocator reaches
+    /// or comes close to. Such a plan is for comparing, never for running.
+    pub layout: bool,
 }
 
 /// Lowers a training graph to a plan.
 pub fn lower(input: LowerInput) -> Plan {
     let graph = input.graph;
-    let order = schedule_order(graph);
+    let order = graph.schedule();
     let count = |phase| {
         order
             .iter()
@@ -51,7 +63,7 @@ pub fn lower(input: LowerInput) -> Plan {
     };
     let forward_len = count(Phase::Forward);
     let micro_len = forward_len + count(Phase::Backward);
-    let steps: Vec<Step> = order
+    let mut steps: Vec<Step> = order
         .iter()
         .map(|&id| {
             let node = graph.node(id);
@@ -65,6 +77,7 @@ pub fn lower(input: LowerInput) -> Plan {
                 .iter()
                 .map(|&t| graph.tensor(t).ty.clone())
                 .collect();
+            let stream = streams::stream_of(graph, &node.inputs, &node.outputs);
             Step {
                 op: node.op.clone(),
                 inputs: node.inputs.clone(),
@@ -72,45 +85,13 @@ pub fn lower(input: LowerInput) -> Plan {
                 accumulate: node.accumulate.clone(),
                 phase: node.phase,
                 layer: node.layer,
-                stream: 0,
+                stream,
                 waits: Vec::new(),
                 records: None,
-                estimate: cost::estimate(&node.op, &ins, &outs, &input.device),
+                estimate: step_estimate(&node.op, stream, &ins, &outs, &input.device),
             }
         })
         .collect();
-
-    let intervals = liveness(graph, &steps);
-    let sizes: Vec<u64> = graph.tensors().map(|(_, t)| t.ty.bytes()).collect();
-    let persistent: Vec<bool> = graph
-        .tensors()
-        .map(|(_, t)| t.role.is_persistent())
-        .collect();
-    let categories: Vec<Category> = graph.tensors().map(|(_, t)| t.role.category()).collect();
-    let (offsets, arena_bytes) = allocate(&sizes, &intervals, &persistent, &categories);
-
-    let buffers: Vec<Buffer> = (0..sizes.len())
-        .map(|i| Buffer {
-            arena: Arena::Device,
-            offset: offsets[i],
-            size: sizes[i],
-            first_step: intervals[i].first,
-            last_step: intervals[i].last,
-        })
-        .collect();
-    let tensors: Vec<PlanTensor> = graph
-        .tensors()
-        .map(|(id, t)| PlanTensor {
-            name: t.name.clone(),
-            ty: t.ty.clone(),
-            role: t.role,
-            layer: t.layer,
-            buffer: BufferId(id.0),
-            hf_name: t.hf_name.clone(),
-            init: t.init.clone(),
-        })
-        .collect();
-
     let n = steps.len() as u32;
     let sections = vec![
         Section {
@@ -132,6 +113,73 @@ pub fn lower(input: LowerInput) -> Plan {
             repeat: Repeat::Once,
         },
     ];
+    let (events, releases) = streams::place_events(&mut steps, &sections);
+
+    let mut intervals = liveness(graph, &steps);
+    for (copy, release) in releases {
+        for &t in &steps[copy as usize].inputs {
+            let i = &mut intervals[t.index()];
+            i.last = i.last.max(release);
+        }
+    }
+    // A transient tensor no step touches (a pass replaced its ops) takes no bytes.
+    let mut touched = vec![false; graph.tensor_count()];
+    for step in &steps {
+        for t in step.inputs.iter().chain(&step.outputs) {
+            touched[t.index()] = true;
+        }
+    }
+    let sizes: Vec<u64> = graph
+        .tensors()
+        .map(|(id, t)| {
+            if touched[id.index()] || t.role.is_persistent() {
+                t.ty.bytes()
+            } else {
+                0
+            }
+        })
+        .collect();
+    let on_host: Vec<bool> = graph
+        .tensors()
+        .map(|(id, _)| graph.is_on_host(id))
+        .collect();
+    let categories: Vec<Category> = graph.tensors().map(|(_, t)| t.role.category()).collect();
+    let mut offsets = vec![0u64; sizes.len()];
+    let (arena_bytes, host_arena_bytes) = if input.layout {
+        (
+            allocate_arena(graph, &sizes, &intervals, &categories, &mut offsets, false),
+            allocate_arena(graph, &sizes, &intervals, &categories, &mut offsets, true),
+        )
+    } else {
+        (0, 0)
+    };
+
+    let buffers: Vec<Buffer> = (0..sizes.len())
+        .map(|i| Buffer {
+            arena: if on_host[i] {
+                Arena::Host
+            } else {
+                Arena::Device
+            },
+            offset: offsets[i],
+            size: sizes[i],
+            first_step: intervals[i].first,
+            last_step: intervals[i].last,
+        })
+        .collect();
+    let tensors: Vec<PlanTensor> = graph
+        .tensors()
+        .map(|(id, t)| PlanTensor {
+            name: t.name.clone(),
+            ty: t.ty.clone(),
+            role: t.role,
+            layer: t.layer,
+            buffer: BufferId(id.0),
+            hf_name: t.hf_name.clone(),
+            init: t.init.clone(),
+        })
+        .collect();
+
     let graph_segments = sections
         .iter()
         .map(|s| GraphSegment {
@@ -139,14 +187,13 @@ pub fn lower(input: LowerInput) -> Plan {
             end: s.end,
         })
         .collect();
-    let estimates = estimates(
-        &steps,
-        &buffers,
-        &categories,
-        &input.options,
-        micro_len,
-        input.model.param_count,
-    );
+    let estimates = estimates(&steps, &sections, &buffers, &categories, &input.options);
+    let arena_bytes = if input.layout {
+        arena_bytes
+    } else {
+        estimates.peak_live_bytes
+    };
+    let uses_host = on_host.iter().any(|&h| h);
 
     Plan {
         model: input.model,
@@ -156,45 +203,78 @@ pub fn lower(input: LowerInput) -> Plan {
         tensors,
         buffers,
         device_arena_bytes: arena_bytes,
-        host_arena_bytes: 0,
+        host_arena_bytes,
         steps,
-        streams: vec![StreamKind::Compute],
-        events: 0,
+        streams: if uses_host {
+            streams::STREAMS.to_vec()
+        } else {
+            vec![StreamKind::Compute]
+        },
+        events,
         sections,
         graph_segments,
         collectives: Vec::new(),
         io: input.io.clone(),
         estimates,
+        memory: Vec::new(),
     }
 }
 
-/// The topological order, stably partitioned by phase: forward, backward, optimizer. Valid
-/// because no phase reads what a later phase writes within the same step.
-fn schedule_order(graph: &Graph) -> Vec<NodeId> {
-    let order = graph.topological_order();
-    [Phase::Forward, Phase::Backward, Phase::Optimizer]
-        .into_iter()
-        .flat_map(|phase| {
-            order
-                .iter()
-                .copied()
-                .filter(move |&n| graph.node(n).phase == phase)
-        })
-        .collect()
+/// The estimate of one step: a copy to or from the host arena takes its bytes over the host
+/// link, everything else the roofline of `cost.rs`.
+fn step_estimate(
+    op: &llmq_kernels::Op,
+    stream: crate::plan::StreamId,
+    ins: &[TensorType],
+    outs: &[TensorType],
+    device: &DeviceProfile,
+) -> StepEstimate {
+    let mut e = cost::estimate(op, ins, outs, device);
+    if stream != COMPUTE {
+        e.seconds = e.bytes / (device.host_gbps * 1e9) + crate::target::LAUNCH_SECONDS;
+    }
+    e
+}
+
+/// Lays out the buffers of one arena (host or device): returns its size, fills `offsets`.
+fn allocate_arena(
+    graph: &Graph,
+    sizes: &[u64],
+    intervals: &[Interval],
+    categories: &[Category],
+    offsets: &mut [u64],
+    host: bool,
+) -> u64 {
+    let members: Vec<usize> = (0..sizes.len())
+        .filter(|&i| graph.is_on_host(TensorId(i as u32)) == host)
+        .collect();
+    let persistent: Vec<bool> = members
+        .iter()
+        .map(|&i| graph.tensor(TensorId(i as u32)).role.is_persistent())
+        .collect();
+    let (local, bytes) = allocate(
+        &members.iter().map(|&i| sizes[i]).collect::<Vec<_>>(),
+        &members.iter().map(|&i| intervals[i]).collect::<Vec<_>>(),
+        &persistent,
+        &members.iter().map(|&i| categories[i]).collect::<Vec<_>>(),
+    );
+    for (&i, o) in members.iter().zip(local) {
+        offsets[i] = o;
+    }
+    bytes
 }
 
 fn estimates(
     steps: &[Step],
+    sections: &[Section],
     buffers: &[Buffer],
     categories: &[Category],
     options: &PlanOptions,
-    micro_len: u32,
-    _param_count: u64,
 ) -> Estimates {
-    // Live bytes per step, by a sweep over buffer intervals.
+    // Live device bytes per step, by a sweep over buffer intervals.
     let n = steps.len().max(1);
     let mut delta = vec![0i64; n + 1];
-    for b in buffers {
+    for b in buffers.iter().filter(|b| b.arena == Arena::Device) {
         delta[b.first_step as usize] += b.size as i64;
         delta[b.last_step as usize + 1] -= b.size as i64;
     }
@@ -208,19 +288,22 @@ fn estimates(
     let mut memory_at_peak: IndexMap<Category, u64> =
         Category::ALL.iter().map(|&c| (c, 0)).collect();
     for (b, &c) in buffers.iter().zip(categories) {
-        if (b.first_step as usize..=b.last_step as usize).contains(&peak_step) {
+        if b.arena == Arena::Device
+            && (b.first_step as usize..=b.last_step as usize).contains(&peak_step)
+        {
             memory_at_peak[&c] += b.size;
         }
     }
 
-    let micro: f64 = steps[..micro_len as usize]
-        .iter()
-        .map(|s| s.estimate.seconds)
-        .sum();
-    let optimizer: f64 = steps[micro_len as usize..]
-        .iter()
-        .map(|s| s.estimate.seconds)
-        .sum();
+    let time = |repeat| -> f64 {
+        sections
+            .iter()
+            .filter(|s| s.repeat == repeat)
+            .map(|s| timeline::section_seconds(steps, s))
+            .sum()
+    };
+    let micro = time(Repeat::PerMicroBatch);
+    let optimizer = time(Repeat::Once);
     let step_seconds = micro * options.grad_accum as f64 + optimizer;
     let tokens = (options.batch * options.seq * options.grad_accum as u64) as f64;
     // Model FLOPs: the forward's matrix work (every matmul and attention) times three.

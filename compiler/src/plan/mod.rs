@@ -203,6 +203,22 @@ pub struct Estimates {
     pub model_flops_per_token: f64,
 }
 
+/// One decision of the memory planner about a class of tensors, with its price: what
+/// `llmqc show` prints under "memory decisions".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryDecision {
+    /// The tensors concerned (`weights`, `adam m`, `activations`).
+    pub class: String,
+    /// The blocks it applies to (`all`, `L0-L13`).
+    pub blocks: String,
+    /// What was decided (`stream from host per block`, `recompute in backward`).
+    pub action: String,
+    /// Device bytes at peak the decision saves: the peak without it minus the peak with it.
+    pub bytes_saved: i64,
+    /// Estimated seconds per step it adds: the step time with it minus without it.
+    pub seconds_added: f64,
+}
+
 /// The model a plan trains.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -251,6 +267,8 @@ pub struct Plan {
     pub io: TrainIo,
     /// The compiler's estimates.
     pub estimates: Estimates,
+    /// What the memory planner decided, and why; empty when everything stays on the device.
+    pub memory: Vec<MemoryDecision>,
 }
 
 impl Plan {

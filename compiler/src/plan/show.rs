@@ -2,7 +2,9 @@
 //!
 //! Detail 0 prints the summary (model, flags, memory by category against the budget, time);
 //! 1 adds a line per section and phase; 2 adds one line per step (stream, op, inputs →
-//! outputs, bytes, estimated time); 3 adds every buffer's offset and lifetime.
+//! outputs, bytes, estimated time, events waited for and recorded); 3 adds every buffer's
+//! arena, offset and lifetime. The summary lists the memory planner's decisions, per tensor
+//! class and blocks, with the device bytes each saves and the time it adds.
 
 use super::{Plan, Repeat};
 use crate::ir::{Category, Phase};
@@ -88,6 +90,33 @@ pub fn summary(plan: &Plan) -> String {
         )
     };
     let _ = writeln!(out, "  {verdict}");
+    if plan.host_arena_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>12}",
+            "host arena",
+            format_bytes(plan.host_arena_bytes)
+        );
+    }
+    if !plan.memory.is_empty() {
+        let _ = writeln!(out, "\nmemory decisions:");
+        for d in &plan.memory {
+            let saved = if d.bytes_saved < 0 {
+                format!("-{}", format_bytes(d.bytes_saved.unsigned_abs()))
+            } else {
+                format_bytes(d.bytes_saved as u64)
+            };
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<8} {:<34} saves {:>11}, adds {:>8.1} ms",
+                d.class,
+                d.blocks,
+                d.action,
+                saved,
+                d.seconds_added * 1e3
+            );
+        }
+    }
     let _ = writeln!(out);
     let mfu_flops = e.model_flops_per_token * e.tokens_per_second;
     let peak = match o.precision {
@@ -169,9 +198,17 @@ pub fn show_plan(plan: &Plan, opts: ShowOptions) -> String {
                 })
                 .collect();
             let layer = step.layer.map(|l| format!("L{l}")).unwrap_or_default();
+            let mut events = String::new();
+            if !step.waits.is_empty() {
+                let waits: Vec<String> = step.waits.iter().map(|e| format!("e{e}")).collect();
+                let _ = write!(events, "   waits {}", waits.join(","));
+            }
+            if let Some(e) = step.records {
+                let _ = write!(events, "   records e{e}");
+            }
             let _ = writeln!(
                 out,
-                "{i:>6} s{} {} {:<4} {}({}) -> {}   {} {:.3} ms",
+                "{i:>6} s{} {} {:<4} {}({}) -> {}   {} {:.3} ms{events}",
                 step.stream,
                 step.phase.name(),
                 layer,
@@ -192,11 +229,16 @@ pub fn show_plan(plan: &Plan, opts: ShowOptions) -> String {
             let b = &plan.buffers[t.buffer.index()];
             let _ = writeln!(
                 out,
-                "  {} t{i} {:<40} {:<8} {:>14} @ {:>12} live {}..={}",
+                "  {} t{i} {:<40} {:<8} {:>14} @ {}{:>12} live {}..={}",
                 t.buffer,
                 t.name,
                 t.role.name(),
                 t.ty.to_string(),
+                if b.arena == super::Arena::Host {
+                    "host "
+                } else {
+                    ""
+                },
                 b.offset,
                 b.first_step,
                 b.last_step

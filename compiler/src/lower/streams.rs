@@ -1,0 +1,128 @@
+//! Streams and events: copies to and from the host arena run on their own streams, beside the
+//! compute stream, and events order them wherever the linear order matters.
+//!
+//! The plan keeps one linear order (the CPU backend runs it as is); these rules make every
+//! execution the GPU may choose within the events agree with it, for every buffer:
+//! - a copy waits for the compute step just before it in its section, so it never starts
+//!   before the compute stream reaches its place (its destination may reuse freed bytes);
+//! - a step waits for the last writer of each tensor it reads or writes when that writer runs
+//!   on another stream;
+//! - the source of a device → host copy stays allocated until a *release* step: the first
+//!   compute step after the copy by which, by the estimates, the copy has finished (or a few
+//!   steps later at most); that step waits for the copy, so the bytes are reused only after.
+//!
+//! Sections are CUDA-graph segments, and a captured segment joins all its streams at its
+//! end, so nothing crosses a section boundary.
+
+use crate::ir::{Graph, TensorId};
+use crate::plan::{Section, Step, StreamId, StreamKind};
+use std::collections::BTreeMap;
+
+/// The stream of the compute steps.
+pub const COMPUTE: StreamId = 0;
+/// The stream of host → device copies (prefetches).
+pub const HOST_TO_DEVICE: StreamId = 1;
+/// The stream of device → host copies (offloads, write-backs).
+pub const DEVICE_TO_HOST: StreamId = 2;
+
+/// How many compute steps may run before the source of a device → host copy is released
+/// (then waited for). Where compute is short against the link (the optimizer), holding every
+/// source until its copy is hidden would keep many streamed buffers at once; the compute
+/// stream waits instead, which the timeline counts.
+const MAX_RELEASE_DELAY: usize = 8;
+
+/// The streams of a plan with host copies, indexed by the constants above.
+pub const STREAMS: [StreamKind; 3] = [
+    StreamKind::Compute,
+    StreamKind::HostToDevice,
+    StreamKind::DeviceToHost,
+];
+
+/// The stream a step runs on: copies from the host arena on `HOST_TO_DEVICE`, to it on
+/// `DEVICE_TO_HOST`, everything else on `COMPUTE`.
+pub fn stream_of(graph: &Graph, inputs: &[TensorId], outputs: &[TensorId]) -> StreamId {
+    if inputs.iter().any(|&t| graph.is_on_host(t)) {
+        HOST_TO_DEVICE
+    } else if outputs.iter().any(|&t| graph.is_on_host(t)) {
+        DEVICE_TO_HOST
+    } else {
+        COMPUTE
+    }
+}
+
+/// Fills `waits` and `records` of every step. Returns the number of events and, per device →
+/// host copy, the step until which its source must stay allocated.
+pub fn place_events(steps: &mut [Step], sections: &[Section]) -> (u32, Vec<(u32, u32)>) {
+    let mut waits: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    let mut releases = Vec::new();
+    for section in sections {
+        let (start, end) = (section.start as usize, section.end as usize);
+        let mut last_writer: BTreeMap<TensorId, usize> = BTreeMap::new();
+        let mut last_compute: Option<usize> = None;
+        for s in start..end {
+            let step = &steps[s];
+            if step.stream != COMPUTE
+                && let Some(c) = last_compute
+            {
+                waits[s].push(c);
+            }
+            for t in step.inputs.iter().chain(&step.outputs) {
+                if let Some(&w) = last_writer.get(t)
+                    && steps[w].stream != step.stream
+                {
+                    waits[s].push(w);
+                }
+            }
+            for &t in &step.outputs {
+                last_writer.insert(t, s);
+            }
+            if step.stream == COMPUTE {
+                last_compute = Some(s);
+            }
+            if step.stream == DEVICE_TO_HOST {
+                let release = release_step(steps, s, end);
+                if let Some(r) = release {
+                    waits[r].push(s);
+                }
+                releases.push((s as u32, release.unwrap_or(end - 1) as u32));
+            }
+        }
+    }
+    // One event per step that something waits for, numbered in step order.
+    let mut event_of: Vec<Option<u32>> = vec![None; steps.len()];
+    for w in waits.iter_mut() {
+        w.sort_unstable();
+        w.dedup();
+        for &s in w.iter() {
+            event_of[s] = Some(0);
+        }
+    }
+    let mut events = 0;
+    for e in event_of.iter_mut().flatten() {
+        *e = events;
+        events += 1;
+    }
+    for (s, step) in steps.iter_mut().enumerate() {
+        step.records = event_of[s];
+        step.waits = waits[s].iter().filter_map(|&w| event_of[w]).collect();
+    }
+    (events, releases)
+}
+
+/// The first compute step after `copy` (before `end`) by whose start the copy has finished by
+/// the estimates, but at most `MAX_RELEASE_DELAY` compute steps after it, or else the
+/// section's last compute step after it.
+fn release_step(steps: &[Step], copy: usize, end: usize) -> Option<usize> {
+    let needed = steps[copy].estimate.seconds;
+    let mut elapsed = 0.0;
+    let mut last = None;
+    let compute = (copy + 1..end).filter(|&s| steps[s].stream == COMPUTE);
+    for (n, s) in compute.enumerate() {
+        if elapsed >= needed || n == MAX_RELEASE_DELAY {
+            return Some(s);
+        }
+        elapsed += steps[s].estimate.seconds;
+        last = Some(s);
+    }
+    last
+}

@@ -1,0 +1,173 @@
+//! `ChunkLmHead`: the LM head and the loss (`linear` → `cross_entropy`, and in the backward
+//! `cross_entropy_backward` → `linear_backward_data` and `linear_backward_weight`) become the
+//! fused, chunked `classifier_cross_entropy` and its backward, so the logits of the whole batch
+//! (`tokens × vocab`, the largest activation of a model with a large vocabulary) never exist at
+//! once: one chunk's logits live in a scratch buffer, and the backward recomputes them.
+//!
+//! The fused ops round the logits and their gradient as the unfused ones do, so the pass
+//! changes no number. Needs: the training graph with one loss. Keeps: the loss tensor, the
+//! hidden states' gradient and the head weight's gradient accumulation.
+
+use crate::memory_edit::ProgramEdit;
+use llmq_compiler::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
+use llmq_compiler::kernels::ops::{ClassifierCrossEntropy, ClassifierCrossEntropyBackward};
+use llmq_compiler::kernels::{Op, TensorType};
+use llmq_compiler::pass::{Pass, PassContext, PassError};
+
+/// Fuses and chunks the LM head with the loss, `chunk_rows` tokens at a time.
+pub struct ChunkLmHead {
+    /// Tokens per chunk.
+    pub chunk_rows: u64,
+}
+
+/// The five nodes of the unfused head and loss, by program index.
+struct Head {
+    linear: usize,
+    loss: usize,
+    loss_backward: usize,
+    data_backward: usize,
+    weight_backward: usize,
+}
+
+impl Pass for ChunkLmHead {
+    fn name(&self) -> &'static str {
+        "chunk-lm-head"
+    }
+
+    fn run(&self, graph: &mut Graph, _: &PassContext) -> Result<(), PassError> {
+        let mut edit = ProgramEdit::new(graph);
+        let Some(head) = find_head(&edit.program) else {
+            return Err(PassError::Failed {
+                pass: "chunk-lm-head",
+                message: "no `linear` → `cross_entropy` head found to chunk".into(),
+            });
+        };
+        let p = &edit.program;
+        let (x, w) = (p[head.linear].inputs[0], p[head.linear].inputs[1]);
+        let (targets, loss) = (p[head.loss].inputs[1], p[head.loss].outputs[0]);
+        let dloss = p[head.loss_backward].inputs[2];
+        let dx = p[head.data_backward].outputs[0];
+        let dx_accumulates = p[head.data_backward].accumulate[0];
+        let dw = p[head.weight_backward].outputs[0];
+        let logits = graph.tensor(p[head.linear].outputs[0]).ty.dtype;
+        let (layer, backward_layer) = (p[head.loss].layer, p[head.weight_backward].layer);
+
+        let forward_op = ClassifierCrossEntropy {
+            chunk_rows: self.chunk_rows,
+            logits,
+        };
+        let fail = |e: llmq_compiler::kernels::OpError| PassError::Failed {
+            pass: "chunk-lm-head",
+            message: e.to_string(),
+        };
+        let out = Op::from(forward_op.clone())
+            .infer(&types(graph, &[x, w, targets]))
+            .map_err(fail)?;
+        let lse = new_tensor(graph, "lm_head.lse", out[1].clone(), Role::Saved, layer);
+        let scratch = new_tensor(
+            graph,
+            "lm_head.scratch",
+            out[2].clone(),
+            Role::Workspace,
+            layer,
+        );
+        let backward_op = ClassifierCrossEntropyBackward {
+            chunk_rows: self.chunk_rows,
+            logits,
+        };
+        let bout = Op::from(backward_op.clone())
+            .infer(&types(graph, &[x, w, targets, lse, dloss]))
+            .map_err(fail)?;
+        let scratch_back = new_tensor(
+            graph,
+            "lm_head.scratch_backward",
+            bout[2].clone(),
+            Role::Workspace,
+            backward_layer,
+        );
+
+        let forward = Node {
+            op: forward_op.into(),
+            inputs: vec![x, w, targets],
+            outputs: vec![loss, lse, scratch],
+            accumulate: vec![false; 3],
+            phase: Phase::Forward,
+            layer,
+        };
+        let backward = Node {
+            op: backward_op.into(),
+            inputs: vec![x, w, targets, lse, dloss],
+            outputs: vec![dx, dw, scratch_back],
+            accumulate: vec![dx_accumulates, true, false],
+            phase: Phase::Backward,
+            layer: backward_layer,
+        };
+        // The fused backward stands where the last of the three backward nodes stood, so
+        // everything that read their results still comes after it.
+        let last = head.data_backward.max(head.weight_backward);
+        edit.program[head.loss] = forward;
+        edit.program[last] = backward;
+        let mut dropped = vec![head.linear, head.loss_backward, head.data_backward];
+        dropped.push(head.weight_backward);
+        dropped.retain(|&i| i != last);
+        edit.remove(&dropped);
+        edit.finish(graph);
+        Ok(())
+    }
+}
+
+/// The unfused head: the `cross_entropy` of a `linear`, whose logits only the loss and its
+/// backward read, with the two matmul backwards of that `linear`.
+fn find_head(program: &[Node]) -> Option<Head> {
+    let loss = program
+        .iter()
+        .position(|n| matches!(n.op, Op::CrossEntropy(_)))?;
+    let logits = program[loss].inputs[0];
+    let linear = program
+        .iter()
+        .position(|n| matches!(n.op, Op::Linear(_)) && n.outputs == [logits])?;
+    let loss_backward = program
+        .iter()
+        .position(|n| matches!(n.op, Op::CrossEntropyBackward(_)) && n.inputs[0] == logits)?;
+    let dlogits = program[loss_backward].outputs[0];
+    let readers: Vec<usize> = (0..program.len())
+        .filter(|&i| program[i].inputs.contains(&logits) || program[i].inputs.contains(&dlogits))
+        .collect();
+    let data_backward = program
+        .iter()
+        .position(|n| matches!(n.op, Op::LinearBackwardData(_)) && n.inputs[0] == dlogits)?;
+    let weight_backward = program
+        .iter()
+        .position(|n| matches!(n.op, Op::LinearBackwardWeight(_)) && n.inputs[0] == dlogits)?;
+    let expected = [loss, loss_backward, data_backward, weight_backward];
+    (readers.len() == expected.len() && expected.iter().all(|i| readers.contains(i))).then_some(
+        Head {
+            linear,
+            loss,
+            loss_backward,
+            data_backward,
+            weight_backward,
+        },
+    )
+}
+
+fn types(graph: &Graph, ids: &[TensorId]) -> Vec<TensorType> {
+    ids.iter().map(|&t| graph.tensor(t).ty.clone()).collect()
+}
+
+fn new_tensor(
+    graph: &mut Graph,
+    name: &str,
+    ty: TensorType,
+    role: Role,
+    layer: Option<u32>,
+) -> TensorId {
+    graph.add_tensor(Tensor {
+        name: name.into(),
+        ty,
+        role,
+        layer,
+        hf_name: None,
+        init: None,
+    })
+}

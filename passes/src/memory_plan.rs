@@ -1,0 +1,608 @@
+//! The memory planner: decides which training state lives on the host and streams through the
+//! device, and per block whether saved activations are kept, recomputed or offloaded, so
+//! that the plan fits the budget (less `RESERVE_BYTES`) with the shortest estimated step time.
+//!
+//! The search is small because the choices are ordered:
+//! - state, cheapest first: everything on the device; the LM head fused with the loss and
+//!   chunked (no logits of the whole batch); and master weights on the host; and the Adam
+//!   moments; and the gradients; and the weights (streamed per block). Each level moves a
+//!   class whose traffic the step hides worse than the one before;
+//! - activations, one ladder per mechanism: offload the first `k` blocks (their transfers have
+//!   the longest to hide), recompute the first `k`, or recompute all and offload the first `k`
+//!   blocks' checkpoints. Peak memory falls as `k` grows, so a binary search finds the
+//!   smallest `k` that fits.
+//!
+//! Each candidate is applied by the memory passes (`chunk-lm-head`, `recompute`,
+//! `offload-activations`, `stream-state`) and lowered: the peak and the step time are the plan's own. The fastest
+//! candidate that fits wins; the search stops at the first state level that fits with no
+//! activation measure, since moving more state only adds transfers. The decisions are then
+//! priced one by one (the plan without each) for `llmqc show`.
+
+use crate::chunk_lm_head::ChunkLmHead;
+use crate::offload_activations::OffloadActivations;
+use crate::recompute::Recompute;
+use crate::stream_state::StreamState;
+use indexmap::IndexMap;
+use llmq_compiler::ir::{Graph, Role};
+use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
+use llmq_compiler::plan::{MemoryDecision, Plan};
+use llmq_compiler::target::{DeviceProfile, RESERVE_BYTES};
+use std::sync::Mutex;
+use std::thread;
+
+/// The names of the memory passes, for `--dump-after`.
+pub const MEMORY_PASSES: [&str; 4] = [
+    "chunk-lm-head",
+    "recompute",
+    "offload-activations",
+    "stream-state",
+];
+
+/// The search aims at the budget less 1/this of it, for the allocator's fragmentation.
+pub const FRAGMENTATION_MARGIN: u64 = 50;
+
+/// Estimates a candidate (memoised, callable from several threads).
+type Evaluate<'a> = dyn Fn(&MemoryChoice) -> Result<Candidate, PassError> + Sync + 'a;
+
+/// What the search needs of a candidate's plan.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    /// The device arena (estimated by the live-bytes peak).
+    arena_bytes: u64,
+    /// Estimated seconds per optimizer step.
+    step_seconds: f64,
+}
+
+/// The fused LM head and loss runs in this many chunks, of at most `MAX_LM_HEAD_CHUNK_ROWS`
+/// tokens each.
+const LM_HEAD_CHUNKS: u64 = 4;
+const MAX_LM_HEAD_CHUNK_ROWS: u64 = 1024;
+
+/// What the choices are made over: the model's blocks and the LM head's chunk size.
+struct Shape {
+    blocks: u32,
+    chunk_rows: u64,
+}
+
+/// One level of the search: the state classes moved to the host, and whether the LM head is
+/// fused with the loss and chunked (it costs a second head matmul in the backward).
+struct Level {
+    streamed: Vec<Role>,
+    chunk_lm_head: bool,
+}
+
+/// The state classes the planner may move to the host.
+const STATE: [Role; 5] = [
+    Role::MasterWeight,
+    Role::AdamM,
+    Role::AdamV,
+    Role::Gradient,
+    Role::Weight,
+];
+
+/// The levels, cheapest first: everything on the device; the LM head chunked; then the state
+/// classes added one at a time, in the order of the time each adds per byte it saves when
+/// moved alone (what hides behind compute depends on the model and the device: weights stream
+/// for free on a fast card with a slow step, the optimizer's state never hides).
+fn levels(evaluate: &Evaluate<'_>, shape: &Shape) -> Result<Vec<Level>, PassError> {
+    let alone = |streamed: Vec<Role>| MemoryChoice {
+        streamed,
+        recompute: Vec::new(),
+        offload: Vec::new(),
+        lm_head_chunk: Some(shape.chunk_rows),
+    };
+    let results: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
+        let runs: Vec<_> = std::iter::once(Vec::new())
+            .chain(STATE.iter().map(|&r| vec![r]))
+            .map(|streamed| {
+                let choice = alone(streamed);
+                scope.spawn(move || evaluate(&choice))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("an evaluation does not panic"))
+            .collect()
+    });
+    let mut results = results.into_iter();
+    let base = results.next().expect("the base was evaluated")?;
+    let mut price: Vec<(f64, Role)> = Vec::with_capacity(STATE.len());
+    for (&role, moved) in STATE.iter().zip(results) {
+        let moved = moved?;
+        let saved = base.arena_bytes.saturating_sub(moved.arena_bytes).max(1) as f64;
+        price.push(((moved.step_seconds - base.step_seconds) / saved, role));
+    }
+    price.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut levels = vec![
+        Level {
+            streamed: Vec::new(),
+            chunk_lm_head: false,
+        },
+        Level {
+            streamed: Vec::new(),
+            chunk_lm_head: true,
+        },
+    ];
+    for i in 1..=price.len() {
+        levels.push(Level {
+            streamed: price[..i].iter().map(|&(_, r)| r).collect(),
+            chunk_lm_head: true,
+        });
+    }
+    Ok(levels)
+}
+
+/// The ways of relieving activations, each a ladder over the number of blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ladder {
+    /// Offload the saved tensors of the first `k` blocks.
+    Offload,
+    /// Recompute the first `k` blocks.
+    Recompute,
+    /// Recompute every block and offload the checkpoints of the first `k`.
+    RecomputeAndOffload,
+}
+
+/// One point of the search space: the memory passes' settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MemoryChoice {
+    /// State roles living on the host.
+    pub streamed: Vec<Role>,
+    /// Blocks recomputed in backward.
+    pub recompute: Vec<u32>,
+    /// Blocks whose saved tensors are offloaded.
+    pub offload: Vec<u32>,
+    /// Fuse the LM head with the loss and run it this many tokens at a time.
+    pub lm_head_chunk: Option<u64>,
+}
+
+impl MemoryChoice {
+    fn new(level: &Level, ladder: Ladder, k: u32, shape: &Shape) -> Self {
+        let blocks = shape.blocks;
+        let first = |n: u32| (0..n.min(blocks)).collect::<Vec<u32>>();
+        let (recompute, offload) = match ladder {
+            Ladder::Offload => (Vec::new(), first(k)),
+            Ladder::Recompute => (first(k), Vec::new()),
+            Ladder::RecomputeAndOffload => (first(blocks), first(k)),
+        };
+        MemoryChoice {
+            streamed: level.streamed.clone(),
+            recompute,
+            offload,
+            lm_head_chunk: level.chunk_lm_head.then_some(shape.chunk_rows),
+        }
+    }
+
+    /// The choice in one line: `on host: master, adam m; lm head chunked; recompute L0-L9`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.streamed.is_empty() {
+            let classes: Vec<&str> = self.streamed.iter().map(|r| r.category().name()).collect();
+            parts.push(format!("on host: {}", classes.join(", ")));
+        }
+        if self.lm_head_chunk.is_some() {
+            parts.push("lm head chunked".to_string());
+        }
+        if !self.recompute.is_empty() {
+            parts.push(format!("recompute {}", block_range(&self.recompute)));
+        }
+        if !self.offload.is_empty() {
+            parts.push(format!("offload {}", block_range(&self.offload)));
+        }
+        if parts.is_empty() {
+            "everything on the device".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    /// Applies the choice to `graph` through the pass manager (verified after each pass).
+    pub fn apply(
+        &self,
+        graph: &mut Graph,
+        ctx: &PassContext,
+        device: &DeviceProfile,
+        dump_after: Option<&str>,
+    ) -> Result<PassReport, PassError> {
+        let (chunk, recompute, offload, stream) = self.passes(device);
+        match &chunk {
+            Some(chunk) => run_passes(
+                graph,
+                &[chunk, &recompute, &offload, &stream],
+                ctx,
+                dump_after,
+            ),
+            None => run_passes(graph, &[&recompute, &offload, &stream], ctx, dump_after),
+        }
+    }
+
+    /// Applies the choice without the pass manager's verification: for the search's
+    /// candidates, of which only the chosen one is kept (and applied with [`Self::apply`]).
+    fn apply_unverified(
+        &self,
+        graph: &mut Graph,
+        ctx: &PassContext,
+        device: &DeviceProfile,
+    ) -> Result<(), PassError> {
+        let (chunk, recompute, offload, stream) = self.passes(device);
+        if let Some(chunk) = chunk {
+            chunk.run(graph, ctx)?;
+        }
+        recompute.run(graph, ctx)?;
+        offload.run(graph, ctx)?;
+        stream.run(graph, ctx)
+    }
+
+    fn passes(
+        &self,
+        device: &DeviceProfile,
+    ) -> (
+        Option<ChunkLmHead>,
+        Recompute,
+        OffloadActivations,
+        StreamState,
+    ) {
+        (
+            self.lm_head_chunk
+                .map(|chunk_rows| ChunkLmHead { chunk_rows }),
+            Recompute {
+                blocks: self.recompute.clone(),
+            },
+            OffloadActivations {
+                blocks: self.offload.clone(),
+                device: device.clone(),
+            },
+            StreamState {
+                roles: self.streamed.clone(),
+                device: device.clone(),
+            },
+        )
+    }
+}
+
+/// What the planner settled on.
+pub struct MemoryPlan {
+    /// The choice.
+    pub choice: MemoryChoice,
+    /// The graph after the memory passes.
+    pub graph: Graph,
+    /// Its plan, with the priced decisions in `memory`.
+    pub plan: Plan,
+    /// Timings (and the requested dump) of the memory passes.
+    pub report: PassReport,
+}
+
+/// Plans memory for `graph` within `ctx.vram_bytes`, lowering candidates with `lower` (its
+/// flag: lay the buffers out, or estimate the arena by the live peak). Returns the fastest
+/// plan that fits, or the one that needs the least memory when none does. With `price`, the
+/// plan's `memory` lists the decisions priced one by one; without (the trade-off curve, which
+/// keeps only the choice), it stays empty.
+pub fn plan_memory(
+    graph: &Graph,
+    ctx: &PassContext,
+    device: &DeviceProfile,
+    dump_after: Option<&str>,
+    lower: &(dyn Fn(&Graph, bool) -> Plan + Sync),
+    price: bool,
+) -> Result<MemoryPlan, PassError> {
+    let blocks = graph
+        .nodes()
+        .filter_map(|(_, n)| n.layer)
+        .max()
+        .map_or(0, |l| l + 1);
+    let tokens = graph
+        .find("tokens")
+        .map_or(1, |t| graph.tensor(t).ty.numel());
+    let shape = Shape {
+        blocks,
+        chunk_rows: (tokens / LM_HEAD_CHUNKS).clamp(1, MAX_LM_HEAD_CHUNK_ROWS),
+    };
+    // Candidates recur (the bottom of two ladders, the decisions' prices): evaluate each once.
+    let seen: Mutex<IndexMap<MemoryChoice, Candidate>> = Mutex::default();
+    let evaluate = |choice: &MemoryChoice| -> Result<Candidate, PassError> {
+        if let Some(&c) = seen.lock().expect("no panic holds the lock").get(choice) {
+            return Ok(c);
+        }
+        let mut g = graph.clone();
+        choice.apply_unverified(&mut g, ctx, device)?;
+        let plan = lower(&g, false);
+        let c = Candidate {
+            arena_bytes: plan.device_arena_bytes,
+            step_seconds: plan.estimates.step_seconds,
+        };
+        seen.lock()
+            .expect("no panic holds the lock")
+            .insert(choice.clone(), c);
+        Ok(c)
+    };
+    let limit = ctx.vram_bytes.saturating_sub(RESERVE_BYTES);
+    // Candidates are judged by their live-bytes peak; the final layout needs a little more
+    // (fragmentation, about 1.5% on the Qwen models), so the search leaves that margin. When
+    // the layout still does not fit, search again with the excess taken off.
+    let mut search_limit = limit - limit / FRAGMENTATION_MARGIN;
+    let mut attempts = 0;
+    loop {
+        let choice = search(graph, &shape, search_limit, &evaluate)?;
+        let mut planned = graph.clone();
+        let report = choice.apply(&mut planned, ctx, device, dump_after)?;
+        let mut plan = lower(&planned, true);
+        attempts += 1;
+        let fragmentation = plan.device_arena_bytes - plan.estimates.peak_live_bytes;
+        let next_limit = limit
+            .saturating_sub(fragmentation)
+            .min(search_limit.saturating_sub(1));
+        if plan.device_arena_bytes <= limit || attempts == 3 || next_limit == 0 {
+            if price {
+                plan.memory = price_decisions(&choice, &plan, &evaluate)?;
+            }
+            return Ok(MemoryPlan {
+                choice,
+                graph: planned,
+                plan,
+                report,
+            });
+        }
+        search_limit = next_limit;
+    }
+}
+
+/// The fastest choice whose estimated arena is at most `limit`, or the one needing the least
+/// memory when none is.
+fn search(
+    graph: &Graph,
+    shape: &Shape,
+    limit: u64,
+    evaluate: &Evaluate<'_>,
+) -> Result<MemoryChoice, PassError> {
+    let blocks = shape.blocks;
+    let mut best: Option<(MemoryChoice, Candidate)> = None;
+    let mut smallest: Option<(MemoryChoice, Candidate)> = None;
+    let levels = levels(evaluate, shape)?;
+    'levels: for level in &levels {
+        // State left on the device is there for the whole step: when it alone exceeds the
+        // budget, the level cannot fit.
+        let resident: u64 = graph
+            .tensors()
+            .filter(|(_, t)| t.role.is_persistent() && !level.streamed.contains(&t.role))
+            .map(|(_, t)| t.ty.bytes())
+            .sum();
+        if resident > limit {
+            continue;
+        }
+        // The most relieved point of this level next: when even it does not fit, skip. That
+        // is every block offloaded: recomputing holds a block's recomputed tensors at once,
+        // offloading brings each back just before its reader.
+        let most = MemoryChoice::new(level, Ladder::Offload, blocks, shape);
+        let plan = evaluate(&most)?;
+        if plan.arena_bytes > limit {
+            let smaller = smallest
+                .as_ref()
+                .is_none_or(|(_, p)| plan.arena_bytes < p.arena_bytes);
+            if smaller {
+                smallest = Some((most, plan));
+            }
+            continue;
+        }
+        // The three ladders are independent: search them on threads, then compare in order.
+        let ladders = [
+            Ladder::Offload,
+            Ladder::Recompute,
+            Ladder::RecomputeAndOffload,
+        ];
+        let at = |ladder, k| MemoryChoice::new(level, ladder, k, shape);
+        let found: Vec<Result<Option<(u32, Candidate)>, PassError>> = thread::scope(|scope| {
+            let searches: Vec<_> = ladders
+                .iter()
+                .map(|&ladder| {
+                    let at = &at;
+                    scope.spawn(move || {
+                        smallest_fitting(blocks, limit, &|k| evaluate(&at(ladder, k)))
+                    })
+                })
+                .collect();
+            searches
+                .into_iter()
+                .map(|s| s.join().expect("a ladder search does not panic"))
+                .collect()
+        });
+        let mut recompute_alone_fits = false;
+        for (&ladder, result) in ladders.iter().zip(found) {
+            // Recomputing every block and offloading some costs more than recomputing some
+            // blocks, so that ladder counts only when recomputing alone does not fit.
+            if ladder == Ladder::RecomputeAndOffload && recompute_alone_fits {
+                continue;
+            }
+            let Some((k, plan)) = result? else {
+                continue;
+            };
+            recompute_alone_fits |= ladder == Ladder::Recompute;
+            let faster = best
+                .as_ref()
+                .is_none_or(|(_, b)| plan.step_seconds < b.step_seconds);
+            if faster {
+                best = Some((at(ladder, k), plan));
+            }
+            if k == 0 && ladder != Ladder::RecomputeAndOffload {
+                break 'levels;
+            }
+        }
+    }
+    if let Some(found) = best {
+        return swap_state(found, limit, evaluate);
+    }
+    // Nothing fits: the choice that needs the least memory, so the plan says by how much.
+    let least = || {
+        let last = &levels[levels.len() - 1];
+        MemoryChoice::new(last, Ladder::Offload, blocks, shape)
+    };
+    Ok(best.or(smallest).map_or_else(least, |(choice, _)| choice))
+}
+
+/// Improves a choice by exchanging one state class on the host for one on the device, keeping
+/// its activation decisions, while that fits and is faster: the levels add classes in one
+/// order, and the best set for a budget is not always a prefix of it.
+fn swap_state(
+    found: (MemoryChoice, Candidate),
+    limit: u64,
+    evaluate: &Evaluate<'_>,
+) -> Result<MemoryChoice, PassError> {
+    let (mut choice, mut candidate) = found;
+    loop {
+        let mut swaps = Vec::new();
+        for &out in &choice.streamed {
+            for &into in STATE.iter().filter(|r| !choice.streamed.contains(r)) {
+                let mut swapped = choice.clone();
+                swapped.streamed.retain(|&r| r != out);
+                swapped.streamed.push(into);
+                swaps.push(swapped);
+            }
+        }
+        let results: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
+            let runs: Vec<_> = swaps
+                .iter()
+                .map(|c| scope.spawn(move || evaluate(c)))
+                .collect();
+            runs.into_iter()
+                .map(|r| r.join().expect("an evaluation does not panic"))
+                .collect()
+        });
+        let mut improved = false;
+        for (swapped, result) in swaps.into_iter().zip(results) {
+            let c = result?;
+            if c.arena_bytes <= limit && c.step_seconds < candidate.step_seconds {
+                (choice, candidate, improved) = (swapped, c, true);
+            }
+        }
+        if !improved {
+            return Ok(choice);
+        }
+    }
+}
+
+/// The smallest `k` in `0..=blocks` whose plan's arena is at most `limit`, with that plan;
+/// `None` when even `blocks` does not fit. The arena falls about linearly with `k` (each block
+/// relieves the same bytes), so each probe interpolates between the bounds, and every other
+/// probe bisects, which keeps the worst case logarithmic.
+fn smallest_fitting(
+    blocks: u32,
+    limit: u64,
+    evaluate: &(dyn Fn(u32) -> Result<Candidate, PassError> + Sync),
+) -> Result<Option<(u32, Candidate)>, PassError> {
+    let top = evaluate(blocks)?;
+    if top.arena_bytes > limit {
+        return Ok(None);
+    }
+    let bottom = evaluate(0)?;
+    if bottom.arena_bytes <= limit {
+        return Ok(Some((0, bottom)));
+    }
+    // Invariant: `lo` does not fit, `hi` fits.
+    let (mut lo, mut lo_bytes) = (0u32, bottom.arena_bytes);
+    let (mut hi, mut found) = (blocks, top);
+    let mut bisect = false;
+    while hi - lo > 1 {
+        let k = if bisect {
+            (lo + hi) / 2
+        } else {
+            let (over, span) = (lo_bytes - limit, lo_bytes - found.arena_bytes);
+            let step = (over as f64 / span.max(1) as f64 * (hi - lo) as f64).ceil() as u32;
+            (lo + step).clamp(lo + 1, hi - 1)
+        };
+        bisect = !bisect;
+        let plan = evaluate(k)?;
+        if plan.arena_bytes <= limit {
+            (hi, found) = (k, plan);
+        } else {
+            (lo, lo_bytes) = (k, plan.arena_bytes);
+        }
+    }
+    Ok(Some((hi, found)))
+}
+
+/// Each decision of `choice` with what it saves and costs: the plan without it, against
+/// `plan`.
+fn price_decisions(
+    choice: &MemoryChoice,
+    plan: &Plan,
+    evaluate: &Evaluate<'_>,
+) -> Result<Vec<MemoryDecision>, PassError> {
+    // (class, blocks, action, the choice without it), priced on threads afterwards.
+    let mut asked: Vec<(&str, String, String, MemoryChoice)> = Vec::new();
+    if let Some(rows) = choice.lm_head_chunk {
+        let without = MemoryChoice {
+            lm_head_chunk: None,
+            ..choice.clone()
+        };
+        let action = format!("fuse with loss, {rows}-token chunks");
+        asked.push(("lm head", "-".into(), action, without));
+    }
+    for &role in &choice.streamed {
+        let mut without = choice.clone();
+        without.streamed.retain(|&r| r != role);
+        let action = if role == Role::Weight {
+            "stream from host, per block"
+        } else {
+            "on host, streamed through"
+        };
+        asked.push((role.category().name(), "all".into(), action.into(), without));
+    }
+    if !choice.recompute.is_empty() {
+        let without = MemoryChoice {
+            recompute: Vec::new(),
+            ..choice.clone()
+        };
+        let blocks = block_range(&choice.recompute);
+        asked.push((
+            "activations",
+            blocks,
+            "recompute in backward".into(),
+            without,
+        ));
+    }
+    if !choice.offload.is_empty() {
+        let without = MemoryChoice {
+            offload: Vec::new(),
+            ..choice.clone()
+        };
+        let action = if choice.recompute.is_empty() {
+            "offload saved to host"
+        } else {
+            "offload checkpoints to host"
+        };
+        asked.push((
+            "activations",
+            block_range(&choice.offload),
+            action.into(),
+            without,
+        ));
+    }
+    let others: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
+        let runs: Vec<_> = asked
+            .iter()
+            .map(|(_, _, _, without)| scope.spawn(move || evaluate(without)))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("an evaluation does not panic"))
+            .collect()
+    });
+    let mut decisions = Vec::with_capacity(asked.len());
+    for ((class, blocks, action, _), other) in asked.into_iter().zip(others) {
+        let other = other?;
+        decisions.push(MemoryDecision {
+            class: class.into(),
+            blocks,
+            action,
+            bytes_saved: other.arena_bytes as i64 - plan.device_arena_bytes as i64,
+            seconds_added: plan.estimates.step_seconds - other.step_seconds,
+        });
+    }
+    Ok(decisions)
+}
+
+/// `L0-L13` for the blocks `0..=13` (the ladders always choose a prefix).
+fn block_range(blocks: &[u32]) -> String {
+    match (blocks.first(), blocks.last()) {
+        (Some(a), Some(b)) if a == b => format!("L{a}"),
+        (Some(a), Some(b)) => format!("L{a}-L{b}"),
+        _ => String::new(),
+    }
+}

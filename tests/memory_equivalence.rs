@@ -1,0 +1,172 @@
+//! The memory planner's mechanisms change where bytes live and when they move, never a value:
+//! the tiny model trained through plans that recompute, offload activations and stream every
+//! class of state gives the same losses and the same weights and optimizer state, bit for bit,
+//! as the plain plan, on the CPU backend (which executes the plan over its arenas at the
+//! planned offsets, so a wrong offset, lifetime or copy shows as a different number).
+
+mod common;
+
+use llmq_compiler::ir::Role;
+use llmq_compiler::plan::{Arena, Plan};
+use llmq_compiler::target::Precision;
+use llmq_passes::memory_plan::MemoryChoice;
+use llmq_passes::{compile, compile_with_choice};
+use llmq_runtime::backend::cpu::CpuBackend;
+use llmq_runtime::train::data::{DataLoader, TokenDataset, TokenVersion, write_token_file};
+use llmq_runtime::train::schedule::{Schedule, ScheduleParams};
+use llmq_runtime::train::tokenizer::bundled_train_eval;
+use llmq_runtime::trainer::{Trainer, TrainerOptions};
+use std::path::{Path, PathBuf};
+
+const STEPS: u64 = 5;
+
+fn model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny.ron")
+}
+
+/// Losses of `STEPS` optimizer steps, then the bytes of every weight, master weight and moment.
+fn train(plan: Plan, data: &str) -> (Vec<f32>, Vec<Vec<u8>>) {
+    let (batch, seq) = (plan.options.batch as usize, plan.options.seq as usize);
+    let loader = DataLoader::new(TokenDataset::open(&[data], 256).unwrap(), batch, seq, 3).unwrap();
+    let params = ScheduleParams {
+        lr: 3e-3,
+        min_lr: 3e-4,
+        warmup_steps: 2,
+        decay_fraction: 0.2,
+    };
+    let opts = TrainerOptions {
+        total_steps: STEPS,
+        schedule: Schedule::parse("cosine", params).unwrap(),
+        seed: 5,
+        eval_every: 0,
+        eval_batches: 0,
+        checkpoint_dir: None,
+        checkpoint_every: 0,
+        keep_last: 0,
+        max_bad_steps: 1,
+        peak_flops: None,
+    };
+    let mut t = Trainer::new(Box::new(CpuBackend::new(plan)), loader, None, opts);
+    t.init_weights().unwrap();
+    let losses = t.run(|_| {}).unwrap().iter().map(|r| r.loss).collect();
+    let params = t.plan().io.params.clone();
+    let mut state = Vec::new();
+    for p in params {
+        for id in [p.weight, p.m, p.v].into_iter().chain(p.master) {
+            state.push(t.backend().read_bytes(id).unwrap());
+        }
+    }
+    (losses, state)
+}
+
+fn corpus(dir: &Path) -> String {
+    let path = dir.join("train.bin");
+    write_token_file(&path, &bundled_train_eval().train, TokenVersion::U16).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn every_state_role() -> Vec<Role> {
+    vec![
+        Role::Weight,
+        Role::MasterWeight,
+        Role::Gradient,
+        Role::AdamM,
+        Role::AdamV,
+    ]
+}
+
+/// Asserts that the plan really uses the host arena for every state class and for
+/// activations, and recomputes and chunks the LM head where asked.
+fn assert_uses_every_mechanism(plan: &Plan, recomputes: bool, chunks_lm_head: bool) {
+    let on_host = |role: Role| {
+        plan.tensors
+            .iter()
+            .any(|t| t.role == role && plan.buffers[t.buffer.index()].arena == Arena::Host)
+    };
+    for role in every_state_role().into_iter().chain([Role::Saved]) {
+        assert!(on_host(role), "no {} tensor on the host", role.name());
+    }
+    let recomputed = plan
+        .tensors
+        .iter()
+        .any(|t| t.name.starts_with("recompute."));
+    assert_eq!(recomputed, recomputes);
+    let chunked = plan
+        .steps
+        .iter()
+        .any(|s| s.op.name() == "classifier_cross_entropy");
+    assert_eq!(chunked, chunks_lm_head);
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| s.stream != 0 && s.records.is_some())
+    );
+}
+
+#[test]
+fn every_mechanism_trains_bit_identically_to_the_plain_plan() {
+    every_mechanism_trains_bit_identically(Precision::Bf16);
+}
+
+#[test]
+fn every_mechanism_trains_bit_identically_in_fp8() {
+    every_mechanism_trains_bit_identically(Precision::Fp8);
+}
+
+fn every_mechanism_trains_bit_identically(precision: Precision) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    // Two micro-batches, so gradients accumulate through their host copies.
+    let opts = common::options(2, 16, 2, precision, 1 << 30);
+    let plain = compile(&model(), &opts).unwrap().plan;
+    assert!(plain.memory.is_empty(), "{:?}", plain.memory);
+    assert_eq!(plain.host_arena_bytes, 0);
+    let reference = train(plain, &data);
+
+    let mixed = MemoryChoice {
+        streamed: every_state_role(),
+        recompute: vec![0],
+        offload: vec![1],
+        lm_head_chunk: Some(8),
+    };
+    let recompute_and_offload = MemoryChoice {
+        streamed: every_state_role(),
+        recompute: vec![0, 1],
+        offload: vec![0, 1],
+        lm_head_chunk: None,
+    };
+    for choice in [mixed, recompute_and_offload] {
+        let plan = compile_with_choice(&model(), &opts, &choice).unwrap().plan;
+        assert_uses_every_mechanism(&plan, true, choice.lm_head_chunk.is_some());
+        let (losses, state) = train(plan, &data);
+        assert_eq!(losses, reference.0, "losses differ for {choice:?}");
+        assert!(
+            state == reference.1,
+            "weights or optimizer state differ for {choice:?}"
+        );
+    }
+}
+
+#[test]
+fn the_planner_under_a_tight_budget_moves_state_to_the_host_and_trains_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let roomy = common::options(2, 16, 1, Precision::Bf16, 1 << 30);
+    let plain = compile(&model(), &roomy).unwrap().plan;
+    // A third of the plain plan's arena: most of the state must leave the device.
+    let tight_vram = llmq_compiler::target::RESERVE_BYTES + plain.device_arena_bytes / 3;
+    let tight = common::options(2, 16, 1, Precision::Bf16, tight_vram);
+    let plan = compile(&model(), &tight).unwrap().plan;
+    assert!(
+        llmq_compiler::plan::fits(&plan),
+        "{}",
+        llmq_compiler::plan::summary(&plan)
+    );
+    assert!(plan.device_arena_bytes < plain.device_arena_bytes / 3);
+    let classes: Vec<&str> = plan.memory.iter().map(|d| d.class.as_str()).collect();
+    let state = ["weights", "master", "adam m", "adam v", "gradients"];
+    let streamed = state.iter().filter(|c| classes.contains(c)).count();
+    assert!(streamed >= 3, "only {classes:?}");
+    assert!(plan.host_arena_bytes > 0);
+    assert_eq!(train(plan, &data), train(plain, &data));
+}

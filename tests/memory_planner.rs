@@ -1,0 +1,149 @@
+//! The memory planner on the real models: what LLMQ's users pick by hand on small cards, the
+//! compiler picks from the budget, and a model with room to spare is left alone.
+
+mod common;
+
+use llmq_compiler::plan::{Arena, Plan, fits, summary};
+use llmq_compiler::target::{Precision, device, parse_size};
+use llmq_passes::{CompileOptions, tradeoff_curve};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn options(card: &str, vram: &str) -> CompileOptions {
+    CompileOptions {
+        device: device(card).unwrap(),
+        ..common::options(4, 1024, 1, Precision::Bf16, parse_size(vram).unwrap())
+    }
+}
+
+/// The decisions as `class blocks action` lines, for messages and checks.
+fn decisions(plan: &Plan) -> Vec<String> {
+    plan.memory
+        .iter()
+        .map(|d| format!("{} {} {}", d.class, d.blocks, d.action))
+        .collect()
+}
+
+/// Fits, streams every class of state from the host, relieves activations and chunks the LM
+/// head: the decisions LLMQ needs on consumer cards.
+fn assert_fits_like_llmq(plan: &Plan) {
+    let text = summary(plan);
+    assert!(fits(plan), "{text}");
+    let d = decisions(plan);
+    for class in [
+        "weights",
+        "master",
+        "adam m",
+        "adam v",
+        "gradients",
+        "lm head",
+    ] {
+        assert!(
+            d.iter().any(|l| l.starts_with(class)),
+            "no {class} decision: {text}"
+        );
+    }
+    assert!(
+        d.iter().any(|l| l.starts_with("activations")),
+        "activations neither recomputed nor offloaded: {text}"
+    );
+    let streamed = plan
+        .steps
+        .iter()
+        .filter(|s| s.op.name() == "copy" && s.layer == Some(3) && s.stream == 1)
+        .count();
+    assert!(streamed > 0, "no block weights streamed in: {text}");
+    // Every decision is priced: it saves device memory.
+    for m in &plan.memory {
+        assert!(
+            m.bytes_saved > 0,
+            "{} {} saves nothing: {text}",
+            m.class,
+            m.action
+        );
+    }
+}
+
+#[test]
+fn qwen_7b_fits_16g_on_a_4060_ti() {
+    let plan = common::plan("qwen2.5-7b.ron", &options("rtx4060ti-16g", "16G"));
+    assert_fits_like_llmq(&plan);
+}
+
+#[test]
+fn qwen_14b_fits_24g_on_a_4090() {
+    let plan = common::plan("qwen2.5-14b.ron", &options("rtx4090", "24G"));
+    assert_fits_like_llmq(&plan);
+}
+
+#[test]
+fn qwen_0_5b_on_an_h100_keeps_everything() {
+    let plan = common::plan("qwen2.5-0.5b.ron", &options("h100", "80G"));
+    assert!(fits(&plan), "{}", summary(&plan));
+    assert!(plan.memory.is_empty(), "{:?}", decisions(&plan));
+    assert_eq!(plan.host_arena_bytes, 0);
+    assert!(plan.buffers.iter().all(|b| b.arena == Arena::Device));
+    assert!(plan.steps.iter().all(|s| s.op.name() != "copy"));
+}
+
+/// Planning time limits hold for release builds (`cargo test --release --test
+/// memory_planner`); a build with debug assertions (the CI's) gets ten times as long.
+fn limit(release: Duration) -> Duration {
+    if cfg!(debug_assertions) {
+        release * 10
+    } else {
+        release
+    }
+}
+
+#[test]
+fn the_32b_fits_24g_and_plans_in_time() {
+    let opts = options("rtx4090", "24G");
+    let start = Instant::now();
+    let plan = common::plan("qwen2.5-32b.ron", &opts);
+    let took = start.elapsed();
+    assert_fits_like_llmq(&plan);
+    assert!(
+        took < limit(Duration::from_secs(1)),
+        "planning took {took:?}"
+    );
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/qwen2.5-32b.ron");
+    let budgets: Vec<u64> = [16u64, 24, 32, 48].iter().map(|g| g << 30).collect();
+    let start = Instant::now();
+    let curve = tradeoff_curve(&path, &opts, &budgets).unwrap();
+    let took = start.elapsed();
+    assert!(
+        took < limit(Duration::from_secs(5)),
+        "the curve took {took:?}"
+    );
+    // More memory never makes the estimated step slower.
+    let speeds: Vec<f64> = curve.iter().filter_map(|p| p.tokens_per_second).collect();
+    assert!(speeds.len() >= 3, "{curve:?}");
+    assert!(speeds.windows(2).all(|w| w[1] >= w[0] * 0.999), "{curve:?}");
+}
+
+#[test]
+fn batch_auto_and_the_trade_off_curve_from_the_command_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmqc"))
+        .args(["plan", "models/tiny.ron", "--seq", "64", "--vram", "800M"])
+        .args(["--batch", "auto", "--explain"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    // The tiny model's largest batch tried (64) is the fastest per token and fits.
+    assert!(text.contains("batch 64 × seq 64"), "{text}");
+    assert!(text.contains("trade-off curve (batch 64"), "{text}");
+    let curve: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("trade-off curve"))
+        .skip(2)
+        .collect();
+    assert_eq!(curve.len(), 6, "{text}");
+    // Below the reserve nothing fits; at the budget everything stays on the device.
+    assert!(curve[0].contains("does not fit"), "{text}");
+    assert!(curve[3].contains("everything on the device"), "{text}");
+}
