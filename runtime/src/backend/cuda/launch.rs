@@ -103,6 +103,16 @@ pub enum Action {
         /// The result's address.
         d: u64,
     },
+    /// `bytes` bytes from `src` to `dst` (device or mapped pinned host memory: unified
+    /// addressing tells the copy engine the direction).
+    Copy {
+        /// Destination address.
+        dst: u64,
+        /// Source address.
+        src: u64,
+        /// Length.
+        bytes: usize,
+    },
     /// `bytes` zero bytes at `ptr`.
     Memset {
         /// Address.
@@ -254,6 +264,16 @@ impl StepContext<'_> {
 
     fn launch(&self, modules: &Modules, gemms: &mut Gemms) -> Result<Launch, String> {
         let op = &self.step.op;
+        if let Op::Copy(_) = op {
+            return Ok(Launch {
+                zero_first: Vec::new(),
+                action: Action::Copy {
+                    dst: (self.address)(self.step.outputs[0]),
+                    src: (self.address)(self.step.inputs[0]),
+                    bytes: self.out_ty(0).bytes() as usize,
+                },
+            });
+        }
         if let Op::Zero(_) = op {
             return Ok(Launch {
                 zero_first: Vec::new(),
@@ -601,10 +621,11 @@ impl StepContext<'_> {
                 call.grid = self.stride_grid(n);
             }
             Op::Zero(_)
+            | Op::Copy(_)
             | Op::Linear(_)
             | Op::LinearBackwardData(_)
             | Op::LinearBackwardWeight(_) => {
-                unreachable!("memset and cuBLASLt steps are built by the caller")
+                unreachable!("memset, copy and cuBLASLt steps are built by the caller")
             }
         }
         Ok(call)

@@ -323,6 +323,12 @@ impl CudaBackend {
                 .gemms
                 .run(*gemm, *a, *b, *d, cu_stream)
                 .map_err(|e| fail(e.to_string()))?,
+            Action::Copy { dst, src, bytes } => {
+                // SAFETY: both ranges are tensors of the arenas, `bytes` long, and the plan's
+                // events order this copy after their writers and before their readers.
+                let status = unsafe { sys::cuMemcpyAsync(*dst, *src, *bytes, cu_stream) };
+                status.result().map_err(|e| fail(e.to_string()))?
+            }
             Action::Memset { ptr, bytes } => {
                 // SAFETY: `ptr..ptr+bytes` is one tensor of the arenas.
                 unsafe { result::memset_d8_async(*ptr, 0, *bytes, cu_stream) }
