@@ -8,6 +8,7 @@ use super::modules::Modules;
 use cudarc::driver::sys::CUfunction_attribute;
 use llmq_compiler::ir::TensorId;
 use llmq_compiler::plan::{Plan, Step};
+use llmq_kernels::ops::{Linear, LinearBackwardData, LinearBackwardWeight};
 use llmq_kernels::{DType, Op, TensorType};
 
 /// Threads per block of the grid-stride and per-row kernels.
@@ -123,12 +124,13 @@ pub enum Action {
 }
 
 /// A step's launch: scalars to zero first (reductions that combine blocks with atomics and do
-/// not accumulate across steps), then the action.
+/// not accumulate across steps), then the actions, in order on the step's stream (one for most
+/// ops; a matmul and kernels per chunk for the chunked LM head).
 pub struct Launch {
-    /// FP32 scalars set to zero before the action.
+    /// FP32 scalars set to zero before the actions.
     pub zero_first: Vec<u64>,
     /// The work.
-    pub action: Action,
+    pub actions: Vec<Action>,
 }
 
 /// Why a step cannot be launched.
@@ -179,6 +181,29 @@ struct StepContext<'a> {
     address: &'a dyn Fn(TensorId) -> u64,
     sm_count: u32,
     scratch: u64,
+}
+
+/// The action of a kernel call: its function looked up, its shared memory raised if it asks.
+fn kernel_action(modules: &Modules, call: KernelCall) -> Result<Action, String> {
+    let function = modules.function(&call.name).map_err(|e| e.to_string())?;
+    if call.shared_bytes > 0 {
+        function
+            .set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                call.shared_bytes as i32,
+            )
+            .map_err(|e| format!("{}: raising its shared memory: {e}", call.name))?;
+    }
+    let grid =
+        u32::try_from(call.grid).map_err(|_| format!("{} blocks do not fit a grid", call.grid))?;
+    Ok(Action::Kernel {
+        name: call.name,
+        function,
+        grid,
+        block: call.block,
+        shared_bytes: call.shared_bytes,
+        slots: call.args.into_iter().map(Arg::slot).collect(),
+    })
 }
 
 /// A kernel launch before its function is looked up.
@@ -267,20 +292,20 @@ impl StepContext<'_> {
         if let Op::Copy(_) = op {
             return Ok(Launch {
                 zero_first: Vec::new(),
-                action: Action::Copy {
+                actions: vec![Action::Copy {
                     dst: (self.address)(self.step.outputs[0]),
                     src: (self.address)(self.step.inputs[0]),
                     bytes: self.out_ty(0).bytes() as usize,
-                },
+                }],
             });
         }
         if let Op::Zero(_) = op {
             return Ok(Launch {
                 zero_first: Vec::new(),
-                action: Action::Memset {
+                actions: vec![Action::Memset {
                     ptr: (self.address)(self.step.outputs[0]),
                     bytes: self.out_ty(0).bytes() as usize,
-                },
+                }],
             });
         }
         let dtype = self.float_dtype()?;
@@ -302,36 +327,131 @@ impl StepContext<'_> {
             let ptr = |a: Arg| a.slot();
             return Ok(Launch {
                 zero_first: Vec::new(),
-                action: Action::Matmul {
+                actions: vec![Action::Matmul {
                     gemm,
                     a: ptr(self.input(1)),
                     b: ptr(self.input(0)),
                     d: ptr(self.output(0)),
-                },
+                }],
             });
         }
-        let call = self.kernel_call(dtype)?;
-        let function = modules.function(&call.name).map_err(|e| e.to_string())?;
-        if call.shared_bytes > 0 {
-            function
-                .set_attribute(
-                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    call.shared_bytes as i32,
-                )
-                .map_err(|e| format!("{}: raising its shared memory: {e}", call.name))?;
+        if let Op::ClassifierCrossEntropy(_) | Op::ClassifierCrossEntropyBackward(_) = op {
+            return self.chunked_head(modules, gemms, dtype);
         }
-        let grid = u32::try_from(call.grid)
-            .map_err(|_| format!("{} blocks do not fit a grid", call.grid))?;
+        let mut call = self.kernel_call(dtype)?;
         Ok(Launch {
-            zero_first: call.zero_first,
-            action: Action::Kernel {
-                name: call.name,
-                function,
-                grid,
-                block: call.block,
-                shared_bytes: call.shared_bytes,
-                slots: call.args.into_iter().map(Arg::slot).collect(),
-            },
+            zero_first: std::mem::take(&mut call.zero_first),
+            actions: vec![kernel_action(modules, call)?],
+        })
+    }
+
+    /// The chunked LM head and loss (classifier_cross_entropy.cu): per chunk of rows, a
+    /// cuBLASLt matmul into the scratch and the loss kernel on it; the backward recomputes the
+    /// logits, turns them into their gradient in place, then runs the data- and weight-gradient
+    /// matmuls for the chunk (the weight gradient accumulating over chunks).
+    fn chunked_head(
+        &self,
+        modules: &Modules,
+        gemms: &mut Gemms,
+        dtype: DType,
+    ) -> Result<Launch, String> {
+        use Arg::{I32, I64, Ptr};
+        let (backward, chunk_rows) = match &self.step.op {
+            Op::ClassifierCrossEntropy(c) => (false, c.chunk_rows),
+            Op::ClassifierCrossEntropyBackward(c) => (true, c.chunk_rows),
+            _ => unreachable!("called for the chunked head only"),
+        };
+        if !matches!(dtype, DType::BF16 | DType::F32) {
+            return Err(format!(
+                "cuBLASLt matmuls take bf16 or f32 here, not {dtype}"
+            ));
+        }
+        let (x, w) = (self.in_ty(0), self.in_ty(1));
+        let (rows, vocab, hidden) = (x.rows(), w.shape[0], w.shape[1]);
+        let row_bytes = hidden * dtype.size_bytes();
+        let addr = |a: Arg| a.slot();
+        let (x_ptr, w_ptr, targets, lse) = (
+            addr(self.input(0)),
+            addr(self.input(1)),
+            self.input(2),
+            addr(if backward {
+                self.input(3)
+            } else {
+                self.output(1)
+            }),
+        );
+        let scratch = addr(self.output(2));
+        let mut gemm = |op: Op, a: &[u64], b: &[u64], acc: bool| {
+            let shape = GemmShape::of(&op, [a, b], dtype, acc).expect("a matmul op");
+            gemms.prepare(shape).map_err(|e| e.to_string())
+        };
+        let mut actions = Vec::new();
+        let mut first = 0;
+        while first < rows {
+            let n = chunk_rows.min(rows - first);
+            let x_chunk = x_ptr + first * row_bytes;
+            let logits = gemm(Linear.into(), &[n, hidden], &[vocab, hidden], false)?;
+            actions.push(Action::Matmul {
+                gemm: logits,
+                a: w_ptr,
+                b: x_chunk,
+                d: scratch,
+            });
+            let mut call = KernelCall {
+                name: String::new(),
+                grid: n,
+                block: BLOCK,
+                shared_bytes: 0,
+                args: Vec::new(),
+                zero_first: Vec::new(),
+            };
+            let counts = [
+                I64(first as i64),
+                I64(n as i64),
+                I64(rows as i64),
+                I32(vocab as i32),
+            ];
+            if backward {
+                call.name = format!("classifier_cross_entropy_backward_{dtype}");
+                call.args = vec![Ptr(scratch), targets, Ptr(lse), self.input(4)];
+            } else {
+                call.name = format!("classifier_cross_entropy_{dtype}");
+                call.args = vec![Ptr(scratch), targets, Ptr(lse), self.output(0)];
+            }
+            call.args.extend(counts);
+            actions.push(kernel_action(modules, call)?);
+            if backward {
+                let data = gemm(
+                    LinearBackwardData.into(),
+                    &[n, vocab],
+                    &[vocab, hidden],
+                    self.acc(0),
+                )?;
+                actions.push(Action::Matmul {
+                    gemm: data,
+                    a: w_ptr,
+                    b: scratch,
+                    d: addr(self.output(0)) + first * row_bytes,
+                });
+                let acc = self.acc(1) || first > 0;
+                let weight = gemm(LinearBackwardWeight.into(), &[n, vocab], &[n, hidden], acc)?;
+                actions.push(Action::Matmul {
+                    gemm: weight,
+                    a: x_chunk,
+                    b: scratch,
+                    d: addr(self.output(1)),
+                });
+            }
+            first += n;
+        }
+        let zero_first = if backward {
+            Vec::new()
+        } else {
+            self.scalar_out(0)
+        };
+        Ok(Launch {
+            zero_first,
+            actions,
         })
     }
 
@@ -435,13 +555,6 @@ impl StepContext<'_> {
                     F32(r.eps),
                 ];
                 call.grid = n / group;
-            }
-            Op::ClassifierCrossEntropy(_) | Op::ClassifierCrossEntropyBackward(_) => {
-                return Err(
-                    "the CUDA launcher of the chunked LM head (a cuBLASLt matmul and a \
-                            loss kernel per chunk) is not written yet"
-                        .into(),
-                );
             }
             Op::Fp8Matmul(_) | Op::QuantizeTransposed(_) | Op::CastStochastic(_) => {
                 return Err(
@@ -622,10 +735,14 @@ impl StepContext<'_> {
             }
             Op::Zero(_)
             | Op::Copy(_)
+            | Op::ClassifierCrossEntropy(_)
+            | Op::ClassifierCrossEntropyBackward(_)
             | Op::Linear(_)
             | Op::LinearBackwardData(_)
             | Op::LinearBackwardWeight(_) => {
-                unreachable!("memset, copy and cuBLASLt steps are built by the caller")
+                unreachable!(
+                    "memset, copy, chunked-head and cuBLASLt steps are built by the caller"
+                )
             }
         }
         Ok(call)

@@ -290,49 +290,51 @@ impl CudaBackend {
             unsafe { sys::cuMemsetD32Async(p, 0, 1, cu_stream).result() }
                 .map_err(|e| fail(e.to_string()))?;
         }
-        match &launch.action {
-            Action::Kernel {
-                name,
-                function,
-                grid,
-                block,
-                shared_bytes,
-                slots,
-            } => {
-                let mut params: Vec<*mut c_void> = slots
-                    .iter()
-                    .map(|s| s as *const u64 as *mut c_void)
-                    .collect();
-                // SAFETY: the arguments follow the kernel's documented order and types (one
-                // 8-byte slot each, read up to the parameter's size), every pointer addresses
-                // a tensor of the arenas with the extents passed, and the grid and block meet
-                // the kernel's stated limits (launch.rs checks them at start-up).
-                unsafe {
-                    result::launch_kernel(
-                        function.cu_function(),
-                        (*grid, 1, 1),
-                        (*block, 1, 1),
-                        *shared_bytes,
-                        cu_stream,
-                        &mut params,
-                    )
+        for action in &launch.actions {
+            match action {
+                Action::Kernel {
+                    name,
+                    function,
+                    grid,
+                    block,
+                    shared_bytes,
+                    slots,
+                } => {
+                    let mut params: Vec<*mut c_void> = slots
+                        .iter()
+                        .map(|s| s as *const u64 as *mut c_void)
+                        .collect();
+                    // SAFETY: the arguments follow the kernel's documented order and types (one
+                    // 8-byte slot each, read up to the parameter's size), every pointer addresses
+                    // a tensor of the arenas with the extents passed, and the grid and block meet
+                    // the kernel's stated limits (launch.rs checks them at start-up).
+                    unsafe {
+                        result::launch_kernel(
+                            function.cu_function(),
+                            (*grid, 1, 1),
+                            (*block, 1, 1),
+                            *shared_bytes,
+                            cu_stream,
+                            &mut params,
+                        )
+                    }
+                    .map_err(|e| fail(format!("launching {name}: {e}")))?;
                 }
-                .map_err(|e| fail(format!("launching {name}: {e}")))?;
-            }
-            Action::Matmul { gemm, a, b, d } => self
-                .gemms
-                .run(*gemm, *a, *b, *d, cu_stream)
-                .map_err(|e| fail(e.to_string()))?,
-            Action::Copy { dst, src, bytes } => {
-                // SAFETY: both ranges are tensors of the arenas, `bytes` long, and the plan's
-                // events order this copy after their writers and before their readers.
-                let status = unsafe { sys::cuMemcpyAsync(*dst, *src, *bytes, cu_stream) };
-                status.result().map_err(|e| fail(e.to_string()))?
-            }
-            Action::Memset { ptr, bytes } => {
-                // SAFETY: `ptr..ptr+bytes` is one tensor of the arenas.
-                unsafe { result::memset_d8_async(*ptr, 0, *bytes, cu_stream) }
-                    .map_err(|e| fail(e.to_string()))?
+                Action::Matmul { gemm, a, b, d } => self
+                    .gemms
+                    .run(*gemm, *a, *b, *d, cu_stream)
+                    .map_err(|e| fail(e.to_string()))?,
+                Action::Copy { dst, src, bytes } => {
+                    // SAFETY: both ranges are tensors of the arenas, `bytes` long, and the plan's
+                    // events order this copy after their writers and before their readers.
+                    let status = unsafe { sys::cuMemcpyAsync(*dst, *src, *bytes, cu_stream) };
+                    status.result().map_err(|e| fail(e.to_string()))?
+                }
+                Action::Memset { ptr, bytes } => {
+                    // SAFETY: `ptr..ptr+bytes` is one tensor of the arenas.
+                    unsafe { result::memset_d8_async(*ptr, 0, *bytes, cu_stream) }
+                        .map_err(|e| fail(e.to_string()))?
+                }
             }
         }
         if let Some(r) = step.records {
