@@ -59,6 +59,17 @@ pub fn line_diff(before: &[String], after: &[String]) -> String {
     out
 }
 
+/// The lines of a graph dump with node numbers dropped (passes that rebuild the graph
+/// renumber its nodes), for before/after diffs.
+pub fn dump_lines(dump: &str) -> Vec<String> {
+    dump.lines()
+        .map(|l| match l.split_once(' ') {
+            Some((id, rest)) if id.starts_with("op") => rest.to_string(),
+            _ => l.to_string(),
+        })
+        .collect()
+}
+
 /// Writes the bundled corpus's training split as a token file in `dir`; returns its path.
 pub fn corpus(dir: &Path) -> String {
     let path = dir.join("train.bin");

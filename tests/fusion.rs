@@ -6,11 +6,6 @@ mod common;
 use llmq_compiler::plan::Plan;
 use llmq_compiler::target::Precision;
 use llmq_passes::{CompileOptions, compile};
-use llmq_runtime::backend::cpu::CpuBackend;
-use llmq_runtime::train::data::{DataLoader, TokenDataset, TokenVersion, write_token_file};
-use llmq_runtime::train::schedule::{Schedule, ScheduleParams};
-use llmq_runtime::train::tokenizer::bundled_train_eval;
-use llmq_runtime::trainer::{Trainer, TrainerOptions};
 use std::path::Path;
 
 fn spec(model: &str) -> std::path::PathBuf {
@@ -31,13 +26,7 @@ fn options(skip_fusion: bool) -> CompileOptions {
 fn graph_after(model: &str, pass: &str) -> Vec<String> {
     let mut opts = options(false);
     opts.dump_after = Some(pass.into());
-    let dump = compile(&spec(model), &opts).unwrap().report.dump.unwrap();
-    dump.lines()
-        .map(|l| match l.split_once(' ') {
-            Some((id, rest)) if id.starts_with("op") => rest.to_string(),
-            _ => l.to_string(),
-        })
-        .collect()
+    common::dump_lines(&compile(&spec(model), &opts).unwrap().report.dump.unwrap())
 }
 
 #[test]
@@ -65,28 +54,8 @@ fn every_residual_add_feeding_a_norm_is_fused() {
 
 /// Five optimizer steps of a plan on the bundled corpus: the losses and every parameter's bytes.
 fn train(plan: Plan, data: &str) -> (Vec<u32>, Vec<Vec<u8>>) {
-    let (batch, seq) = (plan.options.batch as usize, plan.options.seq as usize);
-    let loader = DataLoader::new(TokenDataset::open(&[data], 256).unwrap(), batch, seq, 3).unwrap();
-    let params = ScheduleParams {
-        lr: 3e-3,
-        min_lr: 3e-4,
-        warmup_steps: 1,
-        decay_fraction: 0.2,
-    };
-    let opts = TrainerOptions {
-        total_steps: 5,
-        schedule: Schedule::parse("cosine", params).unwrap(),
-        seed: 5,
-        eval_every: 0,
-        eval_batches: 0,
-        checkpoint_dir: None,
-        checkpoint_every: 0,
-        keep_last: 0,
-        max_bad_steps: 1,
-        peak_flops: None,
-    };
     let io = plan.io.clone();
-    let mut t = Trainer::new(Box::new(CpuBackend::new(plan)), loader, None, opts);
+    let mut t = common::trainer(plan, data, 5, None);
     t.init_weights().unwrap();
     let losses = t
         .run(|_| {})
@@ -105,9 +74,7 @@ fn train(plan: Plan, data: &str) -> (Vec<u32>, Vec<Vec<u8>>) {
 #[test]
 fn fused_plans_train_bit_for_bit_as_unfused_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("train.bin");
-    write_token_file(&data, &bundled_train_eval().train, TokenVersion::U16).unwrap();
-    let data = data.to_string_lossy().into_owned();
+    let data = common::corpus(dir.path());
     for model in ["tiny.ron", "tiny-qwen3.ron"] {
         let fused = train(common::plan(model, &options(false)), &data);
         let unfused = train(common::plan(model, &options(true)), &data);

@@ -26,12 +26,7 @@ fn graph_after(pass: &str) -> Vec<String> {
         .report
         .dump
         .unwrap_or_else(|| panic!("no dump after {pass}"));
-    dump.lines()
-        .map(|l| match l.split_once(' ') {
-            Some((id, rest)) if id.starts_with("op") => rest.to_string(),
-            _ => l.to_string(),
-        })
-        .collect()
+    common::dump_lines(&dump)
 }
 
 #[test]

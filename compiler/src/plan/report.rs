@@ -48,7 +48,8 @@ fn category_index(c: Category) -> usize {
 /// starts when its stream is free and every event it waits for has been recorded.
 pub fn step_times(steps: &[Step]) -> Vec<(f64, f64)> {
     let mut stream_free: Vec<f64> = Vec::new();
-    let mut recorded: Vec<(u32, f64)> = Vec::new();
+    // Per event, when it was last recorded.
+    let mut recorded: Vec<Option<f64>> = Vec::new();
     steps
         .iter()
         .map(|step| {
@@ -59,12 +60,16 @@ pub fn step_times(steps: &[Step]) -> Vec<(f64, f64)> {
             let start = step
                 .waits
                 .iter()
-                .filter_map(|e| recorded.iter().rev().find(|(r, _)| r == e))
-                .fold(stream_free[s], |t, &(_, at)| t.max(at));
+                .filter_map(|&e| recorded.get(e as usize).copied().flatten())
+                .fold(stream_free[s], f64::max);
             let finish = start + step.estimate.seconds;
             stream_free[s] = finish;
             if let Some(e) = step.records {
-                recorded.push((e, finish));
+                let e = e as usize;
+                if recorded.len() <= e {
+                    recorded.resize(e + 1, None);
+                }
+                recorded[e] = Some(finish);
             }
             (start, finish)
         })
