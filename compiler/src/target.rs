@@ -4,6 +4,7 @@
 //! Rates are dense datasheet figures (FP32 accumulation for matrix units), then scaled by the
 //! efficiencies below, which the CUDA backend's measurements calibrate (docs/benchmarks.md).
 
+use llmq_kernels::DType;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -102,6 +103,25 @@ impl fmt::Display for Precision {
     }
 }
 
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// The flag value: `fp8`, `bf16` or `fp32`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Precision::Fp8, Precision::Bf16, Precision::Fp32]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown precision `{s}`: use fp8, bf16 or fp32"))
+    }
+}
+
+/// Parses the FP8 format of gradients (`--grad-fp8`): `e4m3` or `e5m2`.
+pub fn parse_grad_fp8(s: &str) -> Result<DType, String> {
+    DType::from_name(s)
+        .filter(|d| d.is_fp8())
+        .ok_or_else(|| format!("unknown gradient format `{s}`: use e4m3 or e5m2"))
+}
+
 /// Parses a byte size: `16G`, `16GiB`, `24000M`, `512MiB`, `1.5T`, or plain bytes. `G`, `GB`
 /// and `GiB` all mean 2³⁰ bytes, as cards are sold in binary gigabytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -145,6 +165,21 @@ pub fn format_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precisions_and_gradient_formats_parse_from_their_flag_values() {
+        for p in [Precision::Fp8, Precision::Bf16, Precision::Fp32] {
+            assert_eq!(p.name().parse::<Precision>(), Ok(p));
+        }
+        assert!(
+            "fp16"
+                .parse::<Precision>()
+                .unwrap_err()
+                .contains("fp8, bf16 or fp32")
+        );
+        assert_eq!(parse_grad_fp8("e5m2"), Ok(DType::F8E5M2));
+        assert!(parse_grad_fp8("bf16").is_err());
+    }
 
     #[test]
     fn sizes_in_the_usual_forms() {

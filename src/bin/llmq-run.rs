@@ -7,7 +7,7 @@ use clap::{Parser, ValueEnum};
 use llmq_compiler::autodiff::OptimizerOptions;
 use llmq_compiler::kernels::DType;
 use llmq_compiler::plan::Plan;
-use llmq_compiler::target::{Precision, device};
+use llmq_compiler::target::{Precision, device, parse_grad_fp8};
 use llmq_passes::{CompileOptions, compile};
 use llmq_runtime::backend::cpu::CpuBackend;
 use llmq_runtime::backend::cuda::{self, CudaBackend, CudaOptions};
@@ -20,6 +20,7 @@ use llmq_runtime::trainer::{JsonLog, StepRecord, Trainer, TrainerOptions};
 use miette::{Context, IntoDiagnostic, Result, miette};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::str::FromStr;
 
 const TINY_SPEC: &str = include_str!("../../models/tiny.ron");
 const LLAMA_ARCH: &str = include_str!("../../models/arch/llama.ron");
@@ -73,11 +74,11 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     grad_accum: u32,
     /// Numeric recipe (when planning a spec): fp8 (LLMQ's), bf16 or fp32.
-    #[arg(long, default_value = "fp8")]
-    precision: String,
+    #[arg(long, default_value = "fp8", value_parser = Precision::from_str)]
+    precision: Precision,
     /// FP8 format of gradients in the FP8 matmuls (when planning a spec): e4m3 or e5m2.
-    #[arg(long, default_value = "e4m3")]
-    grad_fp8: String,
+    #[arg(long, default_value = "e4m3", value_parser = parse_grad_fp8)]
+    grad_fp8: DType,
     /// AdamW weight decay on matrices (when planning a spec).
     #[arg(long, default_value_t = 0.1)]
     weight_decay: f32,
@@ -124,23 +125,6 @@ enum BackendKind {
     Cuda,
 }
 
-fn parse_precision(s: &str) -> Result<Precision> {
-    match s {
-        "bf16" => Ok(Precision::Bf16),
-        "fp32" => Ok(Precision::Fp32),
-        "fp8" => Ok(Precision::Fp8),
-        other => Err(miette!(
-            "unknown precision `{other}`: use fp8, bf16 or fp32"
-        )),
-    }
-}
-
-fn parse_grad_fp8(s: &str) -> Result<DType> {
-    DType::from_name(s)
-        .filter(|d| d.is_fp8())
-        .ok_or_else(|| miette!("unknown gradient format `{s}`: use e4m3 or e5m2"))
-}
-
 /// The plan: read from a .bin, planned from a .ron, or planned from the embedded tiny model.
 fn load_plan(args: &Args) -> Result<Plan> {
     let spec_path = match &args.model {
@@ -164,8 +148,8 @@ fn load_plan(args: &Args) -> Result<Plan> {
         batch: args.batch,
         seq: args.seq,
         grad_accum: args.grad_accum,
-        precision: parse_precision(&args.precision)?,
-        grad_fp8: parse_grad_fp8(&args.grad_fp8)?,
+        precision: args.precision,
+        grad_fp8: args.grad_fp8,
         vram_bytes: (device.memory_gib * (1u64 << 30) as f64) as u64,
         gpus: 1,
         device,

@@ -8,12 +8,13 @@ use llmq_compiler::plan::{
     Plan, ShowOptions, diff_plans, fits, group_digits, report_html, show_plan, summary,
 };
 use llmq_compiler::target::{
-    DeviceProfile, Precision, device, format_bytes, known_devices, parse_size,
+    DeviceProfile, Precision, device, format_bytes, known_devices, parse_grad_fp8, parse_size,
 };
 use llmq_passes::{CompileOptions, compile, compile_auto_batch, tradeoff_curve};
 use miette::{Context, IntoDiagnostic, Result, miette};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Instant;
 
 /// The LLMQ-rs compiler: decides, before anything runs, how a model trains on a GPU.
@@ -88,7 +89,7 @@ struct PlanArgs {
     #[arg(long, default_value_t = 1)]
     grad_accum: u32,
     /// Numeric recipe: fp8 (LLMQ's: FP8 block matmuls, stochastic rounding), bf16, fp32.
-    #[arg(long, default_value = "fp8", value_parser = parse_precision)]
+    #[arg(long, default_value = "fp8", value_parser = Precision::from_str)]
     precision: Precision,
     /// FP8 format of gradients in the FP8 matmuls: e4m3 or e5m2.
     #[arg(long, default_value = "e4m3", value_parser = parse_grad_fp8)]
@@ -140,23 +141,6 @@ fn parse_batch(s: &str) -> Result<Batch, String> {
             "`{s}` is not a batch size: give a positive number or `auto`"
         )),
     }
-}
-
-fn parse_precision(s: &str) -> Result<Precision, String> {
-    match s {
-        "fp8" => Ok(Precision::Fp8),
-        "bf16" => Ok(Precision::Bf16),
-        "fp32" => Ok(Precision::Fp32),
-        other => Err(format!(
-            "unknown precision `{other}`: use fp8, bf16 or fp32"
-        )),
-    }
-}
-
-fn parse_grad_fp8(s: &str) -> Result<DType, String> {
-    DType::from_name(s)
-        .filter(|d| d.is_fp8())
-        .ok_or_else(|| format!("unknown gradient format `{s}`: use e4m3 or e5m2"))
 }
 
 fn load_device(args: &PlanArgs) -> Result<DeviceProfile> {
