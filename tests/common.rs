@@ -145,3 +145,19 @@ pub fn assert_resume_is_bit_exact(model: &str, precision: Precision) {
         "weights or optimizer state differ after resuming"
     );
 }
+
+/// Trains `plan` for `steps` optimizer steps with [`trainer`]; returns the losses, then the bytes
+/// of every parameter's weight, moments and master copy (the state plan-equivalence tests compare).
+pub fn train_state(plan: Plan, data: &str, steps: u64) -> (Vec<f32>, Vec<Vec<u8>>) {
+    let params = plan.io.params.clone();
+    let mut t = trainer(plan, data, steps, None);
+    t.init_weights().unwrap();
+    let losses = t.run(|_| {}).unwrap().iter().map(|r| r.loss).collect();
+    let mut state = Vec::new();
+    for p in params {
+        for id in [p.weight, p.m, p.v].into_iter().chain(p.master) {
+            state.push(t.backend().read_bytes(id).unwrap());
+        }
+    }
+    (losses, state)
+}

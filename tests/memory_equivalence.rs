@@ -11,11 +11,6 @@ use llmq_compiler::plan::{Arena, Plan};
 use llmq_compiler::target::Precision;
 use llmq_passes::memory_plan::MemoryChoice;
 use llmq_passes::{compile, compile_with_choice};
-use llmq_runtime::backend::cpu::CpuBackend;
-use llmq_runtime::train::data::{DataLoader, TokenDataset, TokenVersion, write_token_file};
-use llmq_runtime::train::schedule::{Schedule, ScheduleParams};
-use llmq_runtime::train::tokenizer::bundled_train_eval;
-use llmq_runtime::trainer::{Trainer, TrainerOptions};
 use std::path::{Path, PathBuf};
 
 const STEPS: u64 = 5;
@@ -26,43 +21,7 @@ fn model() -> PathBuf {
 
 /// Losses of `STEPS` optimizer steps, then the bytes of every weight, master weight and moment.
 fn train(plan: Plan, data: &str) -> (Vec<f32>, Vec<Vec<u8>>) {
-    let (batch, seq) = (plan.options.batch as usize, plan.options.seq as usize);
-    let loader = DataLoader::new(TokenDataset::open(&[data], 256).unwrap(), batch, seq, 3).unwrap();
-    let params = ScheduleParams {
-        lr: 3e-3,
-        min_lr: 3e-4,
-        warmup_steps: 2,
-        decay_fraction: 0.2,
-    };
-    let opts = TrainerOptions {
-        total_steps: STEPS,
-        schedule: Schedule::parse("cosine", params).unwrap(),
-        seed: 5,
-        eval_every: 0,
-        eval_batches: 0,
-        checkpoint_dir: None,
-        checkpoint_every: 0,
-        keep_last: 0,
-        max_bad_steps: 1,
-        peak_flops: None,
-    };
-    let mut t = Trainer::new(Box::new(CpuBackend::new(plan)), loader, None, opts);
-    t.init_weights().unwrap();
-    let losses = t.run(|_| {}).unwrap().iter().map(|r| r.loss).collect();
-    let params = t.plan().io.params.clone();
-    let mut state = Vec::new();
-    for p in params {
-        for id in [p.weight, p.m, p.v].into_iter().chain(p.master) {
-            state.push(t.backend().read_bytes(id).unwrap());
-        }
-    }
-    (losses, state)
-}
-
-fn corpus(dir: &Path) -> String {
-    let path = dir.join("train.bin");
-    write_token_file(&path, &bundled_train_eval().train, TokenVersion::U16).unwrap();
-    path.to_string_lossy().into_owned()
+    common::train_state(plan, data, STEPS)
 }
 
 fn every_state_role() -> Vec<Role> {
@@ -115,7 +74,7 @@ fn every_mechanism_trains_bit_identically_in_fp8() {
 
 fn every_mechanism_trains_bit_identically(precision: Precision) {
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
+    let data = common::corpus(dir.path());
     // Two micro-batches, so gradients accumulate through their host copies.
     let opts = common::options(2, 16, 2, precision, 1 << 30);
     let plain = compile(&model(), &opts).unwrap().plan;
@@ -150,7 +109,7 @@ fn every_mechanism_trains_bit_identically(precision: Precision) {
 #[test]
 fn the_planner_under_a_tight_budget_moves_state_to_the_host_and_trains_identically() {
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
+    let data = common::corpus(dir.path());
     let roomy = common::options(2, 16, 1, Precision::Bf16, 1 << 30);
     let plain = compile(&model(), &roomy).unwrap().plan;
     // A third of the plain plan's arena: most of the state must leave the device.
