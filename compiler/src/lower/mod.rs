@@ -27,7 +27,7 @@ use crate::autodiff::TrainIo;
 use crate::ir::{BufferId, Category, Graph, Phase, TensorId};
 use crate::plan::{
     Arena, Buffer, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor, Repeat,
-    Section, Step, StepEstimate, StreamKind,
+    Section, Step, StepEstimate, StreamKind, live_bytes,
 };
 use crate::target::DeviceProfile;
 use indexmap::IndexMap;
@@ -271,29 +271,21 @@ fn estimates(
     categories: &[Category],
     options: &PlanOptions,
 ) -> Estimates {
-    // Live device bytes per step, by a sweep over buffer intervals.
-    let n = steps.len().max(1);
-    let mut delta = vec![0i64; n + 1];
-    for b in buffers.iter().filter(|b| b.arena == Arena::Device) {
-        delta[b.first_step as usize] += b.size as i64;
-        delta[b.last_step as usize + 1] -= b.size as i64;
-    }
-    let (mut live, mut peak, mut peak_step) = (0i64, 0i64, 0usize);
-    for (s, d) in delta.iter().take(n).enumerate() {
-        live += d;
-        if live > peak {
-            (peak, peak_step) = (live, s);
-        }
-    }
-    let mut memory_at_peak: IndexMap<Category, u64> =
-        Category::ALL.iter().map(|&c| (c, 0)).collect();
-    for (b, &c) in buffers.iter().zip(categories) {
-        if b.arena == Arena::Device
-            && (b.first_step as usize..=b.last_step as usize).contains(&peak_step)
-        {
-            memory_at_peak[&c] += b.size;
-        }
-    }
+    // Live device bytes per step and category; the peak is the first step with the most.
+    let profile = live_bytes(
+        buffers.iter().zip(categories.iter().copied()),
+        Arena::Device,
+        steps.len(),
+    );
+    let total = |s: usize| -> u64 { profile[s].iter().sum() };
+    let peak_step =
+        (0..profile.len()).fold(0, |best, s| if total(s) > total(best) { s } else { best });
+    let peak = profile.get(peak_step).map_or(0, |_| total(peak_step));
+    let memory_at_peak: IndexMap<Category, u64> = Category::ALL
+        .iter()
+        .enumerate()
+        .map(|(c, &category)| (category, profile.get(peak_step).map_or(0, |p| p[c])))
+        .collect();
 
     let time = |repeat| -> f64 {
         sections
@@ -316,7 +308,7 @@ fn estimates(
     Estimates {
         memory_at_peak,
         peak_step: peak_step as u32,
-        peak_live_bytes: peak as u64,
+        peak_live_bytes: peak,
         micro_batch_seconds: micro,
         optimizer_seconds: optimizer,
         step_seconds,

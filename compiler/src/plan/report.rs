@@ -3,7 +3,7 @@
 //! the budget; the same for the pinned host arena when it is used; and the streams as a
 //! timeline of the estimated step, one lane per stream, so overlap of copies and compute shows.
 
-use super::{Arena, Plan, Step, StreamKind};
+use super::{Arena, Buffer, Plan, Step, StreamKind};
 use crate::ir::{Category, Phase};
 use crate::target::format_bytes;
 use std::fmt::Write;
@@ -11,20 +11,32 @@ use std::fmt::Write;
 /// Live bytes per step and category of one arena: `profile[step][category index]`, a buffer
 /// counting from its first to its last step (inclusive), categories in [`Category::ALL`] order.
 pub fn memory_profile(plan: &Plan, arena: Arena) -> Vec<[u64; Category::ALL.len()]> {
-    let n = plan.steps.len();
-    let mut delta = vec![[0i64; Category::ALL.len()]; n + 1];
-    for t in &plan.tensors {
-        let b = &plan.buffers[t.buffer.index()];
-        if b.arena != arena || n == 0 {
+    let buffers = plan
+        .tensors
+        .iter()
+        .map(|t| (&plan.buffers[t.buffer.index()], t.role.category()));
+    live_bytes(buffers, arena, plan.steps.len())
+}
+
+/// Live bytes per step and category of `arena` over `steps` steps, from each buffer and the
+/// category its bytes count under (lowering's estimates and [`memory_profile`] both use it).
+pub fn live_bytes<'a>(
+    buffers: impl Iterator<Item = (&'a Buffer, Category)>,
+    arena: Arena,
+    steps: usize,
+) -> Vec<[u64; Category::ALL.len()]> {
+    let mut delta = vec![[0i64; Category::ALL.len()]; steps + 1];
+    for (b, category) in buffers {
+        if b.arena != arena || steps == 0 {
             continue;
         }
-        let c = category_index(t.role.category());
-        let last = (b.last_step as usize).min(n - 1);
+        let c = category_index(category);
+        let last = (b.last_step as usize).min(steps - 1);
         delta[b.first_step as usize][c] += b.size as i64;
         delta[last + 1][c] -= b.size as i64;
     }
     let mut live = [0i64; Category::ALL.len()];
-    delta[..n]
+    delta[..steps]
         .iter()
         .map(|d| {
             let mut out = [0u64; Category::ALL.len()];
