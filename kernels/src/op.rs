@@ -201,6 +201,8 @@ declare_ops! {
     RmsNorm(RmsNorm),
     /// Gradients of `RmsNorm` for its input and weight.
     RmsNormBackward(RmsNormBackward),
+    /// `RmsNorm` that also emits the abs-max of its output (an FP8 scale input).
+    RmsNormAbsMax(RmsNormAbsMax),
     /// `y = x · Wᵀ` (PyTorch's `nn.Linear` layout, weight `[out, in]`).
     Linear(Linear),
     /// `dx = dy · W`.
@@ -223,10 +225,14 @@ declare_ops! {
     SwiGlu(SwiGlu),
     /// Gradients of `SwiGlu`.
     SwiGluBackward(SwiGluBackward),
+    /// `SwiGlu` that also emits the abs-max of its output (an FP8 scale input).
+    SwiGluAbsMax(SwiGluAbsMax),
     /// Elementwise sum of two tensors of one shape.
     Add(Add),
     /// A residual add and the RMS normalisation of its result, fused.
     AddRmsNorm(AddRmsNorm),
+    /// `AddRmsNorm` that also emits the abs-max of its normalised output (an FP8 scale input).
+    AddRmsNormAbsMax(AddRmsNormAbsMax),
     /// Mean cross-entropy of logits against target ids (negative targets are ignored).
     CrossEntropy(CrossEntropy),
     /// Gradient of the mean cross-entropy with respect to the logits.

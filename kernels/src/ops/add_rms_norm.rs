@@ -5,8 +5,13 @@
 //! Its outputs are those of the pair, `s` and `y, rstd`, and so are its numbers, bit for bit:
 //! `s` is rounded to its storage dtype (`dtype`) before it is normalised, as the unfused `rms_norm`
 //! would read it back from memory. It is made by a pass after autodiff, so it has no backward rule.
+//!
+//! `AddRmsNormAbsMax` also emits `max |y|` of `y` as stored, the scale input of the FP8 operand
+//! of the matmuls the norm feeds (q/k/v, gate/up): the fusion pass puts it where an `abs_max`
+//! reads the fused norm's output.
 
 use super::RmsNorm;
+use super::abs_max::{abs_max_as_stored, with_abs_max};
 use crate::op::check;
 use crate::{DType, OpError, OpSpec, TensorType, View, ViewMut, numerics};
 use serde::{Deserialize, Serialize};
@@ -18,6 +23,24 @@ pub struct AddRmsNorm {
     pub eps: f32,
     /// The storage dtype of `s` (that of `a` and `b`).
     pub dtype: DType,
+}
+
+/// `(s, y, rstd) = add_rms_norm(a, b, w)`, `amax = max |y|` once `y` is rounded to `dtype`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddRmsNormAbsMax {
+    /// Added to the mean square before the square root.
+    pub eps: f32,
+    /// The storage dtype of `s` and `y` (that of `a` and `b`).
+    pub dtype: DType,
+}
+
+impl AddRmsNormAbsMax {
+    fn add_norm(&self) -> AddRmsNorm {
+        AddRmsNorm {
+            eps: self.eps,
+            dtype: self.dtype,
+        }
+    }
 }
 
 impl AddRmsNorm {
@@ -71,5 +94,33 @@ impl OpSpec for AddRmsNorm {
             ("eps", format!("{:e}", self.eps)),
             ("dtype", self.dtype.name().to_string()),
         ]
+    }
+}
+
+impl OpSpec for AddRmsNormAbsMax {
+    fn name(&self) -> &'static str {
+        "add_rms_norm_abs_max"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["a", "b", "w"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["s", "y", "rstd", "amax"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        let outputs = self.add_norm().infer(inputs)?;
+        with_abs_max("add_rms_norm_abs_max", self.dtype, outputs, 1)
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        6.0 * inputs[0].numel() as f64
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let (add_norm, amax) = outputs.split_at_mut(3);
+        self.add_norm().cpu(inputs, add_norm)?;
+        amax[0].data[0] = abs_max_as_stored(self.dtype, add_norm[1].data);
+        Ok(())
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        self.add_norm().attrs()
     }
 }

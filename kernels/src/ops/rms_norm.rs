@@ -2,7 +2,12 @@
 //!
 //! The weight's length is the group size: `[hidden]` for the block norms, `[head_dim]` for
 //! Qwen3's per-head QK-norm. The inverse RMS of every group is an output, kept for backward.
+//!
+//! `RmsNormAbsMax` also emits `max |y|` of `y` as stored, the scale input of the FP8 operand
+//! of the matmuls it feeds (q/k/v after the first block's input norm): the fusion pass puts it
+//! where an `abs_max` reads an `rms_norm`'s output. Made after autodiff, it has no backward rule.
 
+use super::abs_max::{abs_max_as_stored, with_abs_max};
 use crate::op::check;
 use crate::{BackwardStep, DType, OpError, OpSpec, Ref, TensorType, View, ViewMut};
 use serde::{Deserialize, Serialize};
@@ -12,6 +17,15 @@ use serde::{Deserialize, Serialize};
 pub struct RmsNorm {
     /// Added to the mean square before the square root.
     pub eps: f32,
+}
+
+/// `(y, rstd) = rms_norm(x, w)`, `amax = max |y|` once `y` is rounded to `dtype`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RmsNormAbsMax {
+    /// Added to the mean square before the square root.
+    pub eps: f32,
+    /// The storage dtype of `y` (that of `x`).
+    pub dtype: DType,
 }
 
 /// Gradients of [`RmsNorm`] for `x` and `w`.
@@ -77,6 +91,37 @@ impl OpSpec for RmsNorm {
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("eps", format!("{:e}", self.eps))]
+    }
+}
+
+impl OpSpec for RmsNormAbsMax {
+    fn name(&self) -> &'static str {
+        "rms_norm_abs_max"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["x", "w"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["y", "rstd", "amax"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        let norm = RmsNorm { eps: self.eps };
+        with_abs_max("rms_norm_abs_max", self.dtype, norm.infer(inputs)?, 0)
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        5.0 * inputs[0].numel() as f64
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let (norm, amax) = outputs.split_at_mut(2);
+        RmsNorm { eps: self.eps }.cpu(inputs, norm)?;
+        amax[0].data[0] = abs_max_as_stored(self.dtype, norm[0].data);
+        Ok(())
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("eps", format!("{:e}", self.eps)),
+            ("dtype", self.dtype.name().to_string()),
+        ]
     }
 }
 

@@ -1,12 +1,24 @@
 //! `SwiGlu`: `h = silu(gate) · up`, the gated activation of the Llama/Qwen MLP.
+//!
+//! `SwiGluAbsMax` also emits `max |h|` of `h` as stored, the scale input of the down
+//! projection's FP8 operand: the fusion pass puts it where an `abs_max` reads a `swiglu`'s
+//! output, saving a read of `h`. Made after autodiff, it has no backward rule.
 
+use super::abs_max::{abs_max_as_stored, with_abs_max};
 use crate::op::check;
-use crate::{BackwardStep, OpError, OpSpec, Ref, TensorType, View, ViewMut};
+use crate::{BackwardStep, DType, OpError, OpSpec, Ref, TensorType, View, ViewMut};
 use serde::{Deserialize, Serialize};
 
 /// `h = gate·σ(gate)·up`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SwiGlu;
+
+/// `h = swiglu(gate, up)`, `amax = max |h|` once `h` is rounded to `dtype`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwiGluAbsMax {
+    /// The storage dtype of `h` (that of `gate` and `up`).
+    pub dtype: DType,
+}
 
 /// Gradients of [`SwiGlu`] for gate and up.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,6 +65,33 @@ impl OpSpec for SwiGlu {
             *h = g * sigmoid(*g) * u;
         }
         Ok(())
+    }
+}
+
+impl OpSpec for SwiGluAbsMax {
+    fn name(&self) -> &'static str {
+        "swiglu_abs_max"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["gate", "up"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["h", "amax"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        with_abs_max("swiglu_abs_max", self.dtype, SwiGlu.infer(inputs)?, 0)
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        6.0 * inputs[0].numel() as f64
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let (h, amax) = outputs.split_at_mut(1);
+        SwiGlu.cpu(inputs, h)?;
+        amax[0].data[0] = abs_max_as_stored(self.dtype, h[0].data);
+        Ok(())
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("dtype", self.dtype.name().to_string())]
     }
 }
 
