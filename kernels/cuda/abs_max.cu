@@ -1,5 +1,5 @@
 // abs_max: `amax = max |x|` over a whole tensor; any NaN makes it NaN (ops/abs_max.rs).
-#include "common.cuh"
+#include "abs_max.cuh"
 
 // abs_max_{f32,bf16}(const T* x, long long n, float* amax)
 // grid: any (grid-stride), block: multiple of 32. `amax` must hold 0 (or an earlier max) before
@@ -9,15 +9,9 @@ __device__ void abs_max(const T* x, long long n, float* amax) {
     float m = 0.0f;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        const float a = fabsf(load(x, i));
-        // Once NaN, `m` stays NaN: every comparison with it is false.
-        if (a > m || isnan(a)) m = a;
+        m = nan_max(m, fabsf(load(x, i)));
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        const float other = __shfl_xor_sync(0xffffffffu, m, o);
-        if (other > m || isnan(other)) m = other;
-    }
-    if ((threadIdx.x & 31) == 0) atomic_max_nonneg(amax, fabsf(m));
+    block_abs_max_into(m, amax);
 }
 
 extern "C" __global__ void abs_max_f32(const float* x, long long n, float* amax) { abs_max(x, n, amax); }

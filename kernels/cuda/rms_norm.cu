@@ -1,12 +1,16 @@
 // rms_norm: `y = x · rstd · w` with `rstd = 1/√(mean(x²) + eps)` over groups of `group_size`
-// consecutive elements (the weight's length), and its backward (ops/rms_norm.rs).
-#include "common.cuh"
+// consecutive elements (the weight's length), the same with the abs-max of `y` as stored, and
+// the backward (ops/rms_norm.rs).
+#include "abs_max.cuh"
 
 // rms_norm_{f32,bf16}(const T* x, const T* w, T* y, float* rstd, long long groups,
 //                     int group_size, float eps)
-// grid: groups (one block per group), block: multiple of 32.
+// rms_norm_abs_max_{f32,bf16}(const T* x, const T* w, T* y, float* rstd, float* amax,
+//                             long long groups, int group_size, float eps)
+// grid: groups (one block per group), block: multiple of 32. With `amax` (zeroed by the
+// launcher), the abs-max of `y` read back as stored, so it equals abs_max's on `y` bit for bit.
 template <typename T>
-__device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, long long groups,
+__device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, float* amax, long long groups,
                          int group_size, float eps) {
     const long long g = blockIdx.x;
     if (g >= groups) return;
@@ -19,10 +23,13 @@ __device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, long long gr
     }
     const float mean_sq = block_sum(sq) / (float)group_size;
     const float r = 1.0f / sqrtf(mean_sq + eps);
+    float m = 0.0f;
     for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
         store(yg, i, load(xg, i) * r * load(w, i));
+        if (amax) m = nan_max(m, fabsf(load(yg, i)));
     }
     if (threadIdx.x == 0) rstd[g] = r;
+    if (amax) block_abs_max_into(m, amax);
 }
 
 // rms_norm_backward_{f32,bf16}(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
@@ -64,11 +71,21 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const flo
 
 extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y, float* rstd,
                                         long long groups, int group_size, float eps) {
-    rms_norm(x, w, y, rstd, groups, group_size, eps);
+    rms_norm(x, w, y, rstd, nullptr, groups, group_size, eps);
 }
 extern "C" __global__ void rms_norm_bf16(const bf16* x, const bf16* w, bf16* y, float* rstd,
                                          long long groups, int group_size, float eps) {
-    rms_norm(x, w, y, rstd, groups, group_size, eps);
+    rms_norm(x, w, y, rstd, nullptr, groups, group_size, eps);
+}
+extern "C" __global__ void rms_norm_abs_max_f32(const float* x, const float* w, float* y,
+                                                float* rstd, float* amax, long long groups,
+                                                int group_size, float eps) {
+    rms_norm(x, w, y, rstd, amax, groups, group_size, eps);
+}
+extern "C" __global__ void rms_norm_abs_max_bf16(const bf16* x, const bf16* w, bf16* y,
+                                                 float* rstd, float* amax, long long groups,
+                                                 int group_size, float eps) {
+    rms_norm(x, w, y, rstd, amax, groups, group_size, eps);
 }
 extern "C" __global__ void rms_norm_backward_f32(const float* dy, const float* x, const float* w,
                                                  const float* rstd, float* dx, float* dw, float* scratch,

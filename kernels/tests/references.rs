@@ -835,9 +835,16 @@ fn abs_max_variants_equal_the_op_then_abs_max() {
         }
         let source_values = (act.clone(), stored(&want[source], dtype));
         let amax = run(AbsMax, &[source_values])[0][0];
-        assert_eq!(got[want.len()][0].to_bits(), amax.to_bits(), "{fused}: amax");
+        assert_eq!(
+            got[want.len()][0].to_bits(),
+            amax.to_bits(),
+            "{fused}: amax"
+        );
 
         inputs[0].1[37] = f32::NAN;
-        assert!(run(fused.clone(), &inputs)[want.len()][0].is_nan(), "{fused}: NaN hidden");
+        assert!(
+            run(fused.clone(), &inputs)[want.len()][0].is_nan(),
+            "{fused}: NaN hidden"
+        );
     }
 }

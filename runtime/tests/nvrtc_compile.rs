@@ -22,7 +22,12 @@ const KERNELS: &[(&str, &[&str])] = &[
     ("add.cu", &["add_f32", "add_bf16"]),
     (
         "add_rms_norm.cu",
-        &["add_rms_norm_f32", "add_rms_norm_bf16"],
+        &[
+            "add_rms_norm_f32",
+            "add_rms_norm_bf16",
+            "add_rms_norm_abs_max_f32",
+            "add_rms_norm_abs_max_bf16",
+        ],
     ),
     (
         "attention.cu",
@@ -108,6 +113,8 @@ const KERNELS: &[(&str, &[&str])] = &[
         &[
             "rms_norm_f32",
             "rms_norm_bf16",
+            "rms_norm_abs_max_f32",
+            "rms_norm_abs_max_bf16",
             "rms_norm_backward_f32",
             "rms_norm_backward_bf16",
         ],
@@ -127,6 +134,8 @@ const KERNELS: &[(&str, &[&str])] = &[
         &[
             "swiglu_f32",
             "swiglu_bf16",
+            "swiglu_abs_max_f32",
+            "swiglu_abs_max_bf16",
             "swiglu_backward_f32",
             "swiglu_backward_bf16",
         ],

@@ -658,6 +658,29 @@ impl StepContext<'_> {
                 call.args = vec![i(0), i(1), i(2), o(0), o(1), I64(n as i64), self.acc_all()?];
                 call.grid = self.stride_grid(n);
             }
+            Op::SwiGluAbsMax(_) => {
+                self.no_acc()?;
+                call.args = vec![i(0), i(1), o(0), o(1), I64(n as i64)];
+                call.grid = self.stride_grid(n);
+                call.zero_first = self.scalar_out(1);
+            }
+            Op::RmsNormAbsMax(_) | Op::AddRmsNormAbsMax(_) => {
+                let eps = match op {
+                    Op::RmsNormAbsMax(r) => r.eps,
+                    Op::AddRmsNormAbsMax(r) => r.eps,
+                    _ => unreachable!("matched above"),
+                };
+                // Every input, then every output (the abs-max last); the weight, the last
+                // input, is one group.
+                self.no_acc()?;
+                let (ins, outs) = (self.step.inputs.len(), self.step.outputs.len());
+                let group = self.in_ty(ins - 1).numel();
+                call.args = (0..ins).map(i).chain((0..outs).map(o)).collect();
+                call.args
+                    .extend([I64((n / group) as i64), I32(group as i32), F32(eps)]);
+                call.grid = n / group;
+                call.zero_first = self.scalar_out(outs - 1);
+            }
             Op::CrossEntropy(_) => {
                 let vocab = x.last_dim();
                 call.args = vec![i(0), i(1), o(0), I64((n / vocab) as i64), I32(vocab as i32)];

@@ -43,6 +43,7 @@ macro_rules! source {
 /// Every file of `kernels/cuda/`, sorted by name. A test checks that it lists every file there.
 pub const SOURCES: &[Source] = &[
     source!("abs_max.cu"),
+    source!("abs_max.cuh"),
     source!("adamw.cu"),
     source!("add.cu"),
     source!("add_rms_norm.cu"),

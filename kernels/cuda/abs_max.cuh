@@ -1,0 +1,27 @@
+// abs_max.cuh: the abs-max reduction shared by abs_max.cu and the kernels that emit the abs-max
+// of their own output (swiglu_abs_max, rms_norm_abs_max, add_rms_norm_abs_max), so they all
+// compute it the same way: a NaN anywhere makes it NaN (ops/abs_max.rs).
+#pragma once
+
+#include "common.cuh"
+
+// `m` with `v` folded in: the larger, or NaN once either is NaN (every comparison with NaN is
+// false, so a NaN `m` stays).
+__device__ __forceinline__ float nan_max(float m, float v) { return (v > m || isnan(v)) ? v : m; }
+
+// Folds every thread's partial `m` (a maximum of absolute values) into `*amax`: a NaN-aware
+// block reduction, then one atomic max on the float's bits per block. `*amax` must hold 0 (or
+// an earlier maximum) before the launch. Every thread of the block must call it (blockDim a
+// multiple of 32).
+__device__ void block_abs_max_into(float m, float* amax) {
+    __shared__ float partial[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) m = nan_max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) partial[warp] = m;
+    __syncthreads();
+    if (warp == 0) {
+        m = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) m = nan_max(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if (lane == 0) atomic_max_nonneg(amax, fabsf(m));
+    }
+}
