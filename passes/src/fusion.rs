@@ -1,176 +1,511 @@
-//! Fusion: rewrites that let the GPU make fewer passes over memory, found with `egg`.
+//! Fusion: rewrites that let the GPU make fewer passes over memory, and the clean-up of casts
+//! that change no value, found with `egg`.
 //!
-//! The pass writes the graph's fusible dataflow as terms of a small language (one term per op
-//! output, other tensors as leaves), lets egg saturate the e-graph with the rules below, and
-//! then applies a fusion wherever egg proved the fused term equal to the unfused one for the
-//! same operands. Each rule is an equality the CPU references satisfy bit for bit, checked on
-//! random inputs in `kernels/tests/references.rs`; so a fused plan computes exactly what the
-//! unfused plan computes (tested on the tiny models in `tests/fusion.rs`).
+//! The pass writes the graph's fusible dataflow as terms (`fusion/rules.rs`: one term per op
+//! output, other tensors as leaves), lets egg saturate the e-graph with the rules, and then
+//! applies a rewrite wherever egg proved the rewritten term equal to the original one for the
+//! same operands. Each rule is an equality the CPU references satisfy bit for bit on every
+//! input, checked on random inputs in `kernels/tests/references.rs`; so a fused plan computes
+//! exactly what the unfused plan computes (tested on the tiny models in `tests/fusion.rs`).
 //!
 //! Rules:
 //! - `residual-add-rms-norm`: `s = a + b` feeding `rms_norm(s, w)` becomes one `add_rms_norm`
 //!   producing `s`, the normalised value and `rstd` (every pre-norm block has two).
+//! - `swiglu-abs-max`, `rms-norm-abs-max`, `add-rms-norm-abs-max`: an `abs_max` of the output of
+//!   `swiglu`, `rms_norm` or `add_rms_norm` (the FP8 scale inputs of the down, q/k/v and
+//!   gate/up matmuls) becomes one more output of that op, its `_abs_max` variant, so the GPU
+//!   does not read the tensor again. The variants are separate ops rather than an attribute of
+//!   the base op: each op keeps a fixed signature (the launchers, the memory planner and the
+//!   backward rules see `rms_norm` exactly as before), the kernel name follows the op's, and
+//!   the variant records the storage dtype the abs-max is taken in. A recomputed fused op
+//!   reproduces its abs-max bit for bit (a max does not depend on the order of reduction).
+//! - Cast clean-up (`cast-to-own-dtype`, `double-cast`, `*-of-exact-cast`): a reader of a
+//!   cast's result reads the cast's operand instead when the cast changes no value (bf16 → f32,
+//!   FP8 → bf16/f32); a cast left unread goes. The pipeline makes no such casts today (the only
+//!   casts are the optimizer's FP32 master → BF16 weight, and memory planning adds copies, not
+//!   casts); the rules are there for graphs that will (an FP8 LM head, persistent quantised
+//!   weights) and are tested on a hand-made graph (`passes/tests/fusion_casts.rs`).
 //!
-//! Invariants: tensors keep their IDs, names and roles (only nodes change); the fused node
-//! takes the place of the `add` in program order, and the `rms_norm` node goes.
+//! Not done: horizontal fusion of the linears sharing their input (q/k/v into one matmul,
+//! gate/up into one). One GEMM over the concatenated weights `[q|k|v, K]` writes `[rows,
+//! q|k|v]`, each row holding its q, k and v parts side by side, while RoPE and attention read
+//! q, k and v as separate contiguous tensors, and the backward's data gradient wants the three
+//! output gradients side by side in one `[rows, q|k|v]` operand. The design that fits: (1) the
+//! memory planner places the three weights (and their gradients) adjacent in the arena, so the
+//! concatenated weight is a view, not a copy (a layout constraint lowering lacks today); (2) a
+//! `qkv_split` view, or RoPE and attention taking a row stride, reads the fused output in
+//! place; (3) the three output gradients are written into one strided `[rows, q|k|v]` buffer by
+//! RoPE's and attention's backward (again a row stride), so `dx` is one GEMM and `dW` one GEMM
+//! into the adjacent gradients; (4) the FP8 recipe already shares the input's scale (one
+//! abs-max for q/k/v); the fused weight needs one scale over the three weights, which changes
+//! their FP8 values (today each weight has its own), so fused and unfused plans would no longer
+//! be bit-identical and the test must become a tolerance one. Strides in the catalogue's
+//! `View`s and an adjacency constraint in the allocator are the work; neither fits this pass
+//! alone. With cuBLASLt, q/k/v could instead be one grouped or batched GEMM with three output
+//! pointers, which needs none of this and saves the same launches, not the same reads.
+//!
+//! Invariants: tensors keep their IDs, names and roles (only nodes change, and a forward
+//! tensor newly read by the backward becomes saved); a fused node takes the place of the first
+//! node it fuses in program order, and the others go. egg runs to saturation with explicit
+//! limits; a limit reached is an error, never a silent partial result.
 
-use egg::{EGraph, Id, Rewrite, Runner, define_language, rewrite};
-use llmq_compiler::ir::{Graph, Node, NodeId, TensorId};
-use llmq_compiler::kernels::Op;
-use llmq_compiler::kernels::ops::AddRmsNorm;
+mod rules;
+
+use egg::{EGraph, Id, Runner, SimpleScheduler, StopReason};
+use indexmap::{IndexMap, IndexSet};
+use llmq_compiler::ir::{Graph, Node, NodeId, Phase, Role, TensorId};
+use llmq_compiler::kernels::ops::{AddRmsNorm, AddRmsNormAbsMax, RmsNormAbsMax, SwiGluAbsMax};
+use llmq_compiler::kernels::{DType, Op};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
+use rules::{Dtypes, Term, dtype_leaf, rules};
+use std::time::Duration;
 
-define_language! {
-    /// The terms egg rewrites: the fusible ops, the fused ops and their outputs, and leaves.
-    enum Term {
-        "add" = Add([Id; 2]),
-        "rms_norm" = RmsNorm([Id; 2]),
-        "add_rms_norm" = AddRmsNorm([Id; 3]),
-        "normed_of" = NormedOf(Id),
-        Leaf(egg::Symbol),
-    }
-}
-
-/// The rewrite rules, each an equality of CPU references (see the module doc).
-/// (The fused op's first output is `a + b` stored as the `add` stores it, by its definition, so
-/// only the normalised output needs a rule.)
-fn rules() -> Vec<Rewrite<Term, ()>> {
-    vec![rewrite!(
-        "residual-add-rms-norm";
-        "(rms_norm (add ?a ?b) ?w)" => "(normed_of (add_rms_norm ?a ?b ?w))"
-    )]
-}
+/// egg's limits. Every rule adds at most two e-nodes per match and chains are at most two
+/// rules deep, so a few iterations saturate; the node limit scales with the graph. The time
+/// limit is far above any run (26 ms on the 32B): it must never be what decides a plan.
+const ITERATIONS: usize = 8;
+const NODES_PER_TERM: usize = 4;
+const TIME_LIMIT: Duration = Duration::from_secs(600);
 
 /// The fusion pass.
 pub struct Fusion;
 
+const NAME: &str = "fusion";
+
 impl Pass for Fusion {
     fn name(&self) -> &'static str {
-        "fusion"
+        NAME
     }
 
     fn run(&self, graph: &mut Graph, _: &PassContext) -> Result<(), PassError> {
         let order = graph.topological_order();
         let terms = Terms::build(graph, &order);
-        let runner = Runner::default().with_egraph(terms.egraph).run(&rules());
-        let fused = residual_norm_fusions(graph, &order, &terms.of_tensor, &runner.egraph);
-        if fused.is_empty() {
-            return Ok(());
+        let node_limit = NODES_PER_TERM * terms.egraph.total_number_of_nodes() + 1000;
+        let runner = Runner::default()
+            .with_scheduler(SimpleScheduler)
+            .with_iter_limit(ITERATIONS)
+            .with_node_limit(node_limit)
+            .with_time_limit(TIME_LIMIT)
+            .with_egraph(terms.egraph)
+            .run(&rules());
+        if !matches!(runner.stop_reason, Some(StopReason::Saturated)) {
+            return Err(PassError::Failed {
+                pass: NAME,
+                message: format!("egg stopped before saturating: {:?}", runner.stop_reason),
+            });
         }
+        let mut edits = Edits {
+            graph,
+            egraph: &runner.egraph,
+            of_tensor: &terms.of_tensor,
+            fused: IndexMap::new(),
+            absorbed_by: IndexMap::new(),
+            rewired: IndexMap::new(),
+        };
+        edits.fuse_residual_norms(&order);
+        edits.fuse_abs_maxes(&order);
+        edits.bypass_exact_casts(&order);
+        let unread = edits.unread_casts(&order);
+        let Edits { fused, rewired, .. } = edits;
+        let saved = newly_saved(graph, &rewired);
         graph.rewrite(|edit| {
-            for f in fused {
-                edit.replace(f.add, f.node);
-                edit.remove(f.norm);
+            for (at, f) in fused {
+                edit.replace(at, f.node);
+                for n in f.absorbs {
+                    edit.remove(n);
+                }
+            }
+            for (n, node) in rewired {
+                edit.replace(n, node);
+            }
+            for n in unread {
+                edit.remove(n);
+            }
+            for t in saved {
+                edit.tensor_mut(t).role = Role::Saved;
             }
         });
         Ok(())
     }
 }
 
-/// The e-graph of the graph's fusible ops, and the e-class of every tensor in it.
+/// An operand of a term: a tensor, or the dtype a cast or quantisation converts to.
+enum Child {
+    Tensor(TensorId),
+    Dtype(DType),
+}
+
+/// The term of a node's op (its output for single-output ops), with its operands' e-classes
+/// from `child`; `None` for ops no rule models, or when an operand has no e-class.
+fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Term> {
+    let to = match &node.op {
+        Op::Cast(c) => Some(c.to),
+        Op::Quantize(q) => Some(q.to),
+        Op::QuantizeTransposed(q) => Some(q.to),
+        Op::Add(_) | Op::RmsNorm(_) | Op::SwiGlu(_) | Op::AbsMax(_) | Op::AddRmsNorm(_) => None,
+        _ => return None,
+    };
+    let mut children = Vec::with_capacity(node.inputs.len() + 1);
+    if let Some(to) = to {
+        children.push(child(Child::Dtype(to))?);
+    }
+    for &t in &node.inputs {
+        children.push(child(Child::Tensor(t))?);
+    }
+    Some(match (&node.op, children.as_slice()) {
+        (Op::Add(_), &[a, b]) => Term::Add([a, b]),
+        (Op::RmsNorm(_), &[x, w]) => Term::RmsNorm([x, w]),
+        (Op::SwiGlu(_), &[g, u]) => Term::SwiGlu([g, u]),
+        (Op::AbsMax(_), &[x]) => Term::AbsMax(x),
+        (Op::AddRmsNorm(_), &[a, b, w]) => Term::AddRmsNorm([a, b, w]),
+        (Op::Cast(_), &[to, x]) => Term::Cast([to, x]),
+        (Op::Quantize(_), &[to, x, m]) => Term::Quantize([to, x, m]),
+        (Op::QuantizeTransposed(_), &[to, x, m]) => Term::QuantizeTransposed([to, x, m]),
+        _ => unreachable!("the modelled ops have these operands"),
+    })
+}
+
+/// The e-graph of the graph's modelled ops, and the e-class of every tensor in it.
 struct Terms {
-    egraph: EGraph<Term, ()>,
+    egraph: EGraph<Term, Dtypes>,
     of_tensor: Vec<Option<Id>>,
 }
 
 impl Terms {
     fn build(graph: &Graph, order: &[NodeId]) -> Terms {
         let mut terms = Terms {
-            egraph: EGraph::default(),
+            egraph: EGraph::new(Dtypes::default()),
             of_tensor: vec![None; graph.tensor_count()],
         };
         for &n in order {
             let node = graph.node(n);
-            if node.accumulate.iter().any(|&a| a) {
+            // A term is a value: only nodes writing fresh single-assignment tensors have one
+            // (not an accumulation, nor the optimizer's cast writing a weight read earlier).
+            let fresh = |&t: &TensorId| {
+                terms.of_tensor[t.index()].is_none() && !graph.tensor(t).role.is_persistent()
+            };
+            if node.accumulate.iter().any(|&a| a) || !node.outputs.iter().all(fresh) {
                 continue;
             }
-            let term = match &node.op {
-                Op::Add(_) => Term::Add([terms.id(node.inputs[0]), terms.id(node.inputs[1])]),
-                Op::RmsNorm(_) => {
-                    Term::RmsNorm([terms.id(node.inputs[0]), terms.id(node.inputs[1])])
-                }
-                _ => continue,
+            let Some(term) = term_of(node, |c| Some(terms.child(graph, c))) else {
+                continue;
             };
             let id = terms.egraph.add(term);
-            terms.of_tensor[node.outputs[0].index()] = Some(id);
+            let outputs = &node.outputs;
+            match &node.op {
+                // An already fused norm: its sum is the add's, its `y` the normalised output.
+                Op::AddRmsNorm(_) => {
+                    let (a, b) = (terms.of(node.inputs[0]), terms.of(node.inputs[1]));
+                    let sum = terms.egraph.add(Term::Add([a, b]));
+                    terms.of_tensor[outputs[0].index()] = Some(sum);
+                    terms.of_tensor[outputs[1].index()] =
+                        Some(terms.egraph.add(Term::NormedOf(id)));
+                }
+                // The quantised values and their descale are leaves: no rule reads them.
+                Op::Quantize(_) | Op::QuantizeTransposed(_) => {}
+                _ => terms.of_tensor[outputs[0].index()] = Some(id),
+            }
         }
         terms.egraph.rebuild();
         terms
     }
 
-    /// The e-class of a tensor: its op's term, or a leaf named after it.
-    fn id(&mut self, t: TensorId) -> Id {
-        match self.of_tensor[t.index()] {
-            Some(id) => id,
-            None => {
-                let id = self.egraph.add(Term::Leaf(t.to_string().into()));
-                self.of_tensor[t.index()] = Some(id);
-                id
+    /// The e-class of an operand: a tensor's op term, or a leaf named after the tensor (its
+    /// dtype recorded) or the dtype.
+    fn child(&mut self, graph: &Graph, child: Child) -> Id {
+        match child {
+            Child::Dtype(d) => self.egraph.add(Term::Leaf(dtype_leaf(d))),
+            Child::Tensor(t) => {
+                if self.of_tensor[t.index()].is_none() {
+                    let leaf = t.to_string().into();
+                    self.egraph.analysis.set(leaf, graph.tensor(t).ty.dtype);
+                    self.of_tensor[t.index()] = Some(self.egraph.add(Term::Leaf(leaf)));
+                }
+                self.of(t)
             }
         }
     }
+
+    fn of(&self, t: TensorId) -> Id {
+        self.of_tensor[t.index()].expect("operands get an e-class first")
+    }
 }
 
-/// A fusion to apply: the `add` node becomes `op`, writing the outputs of both nodes, and the
-/// `rms_norm` node goes.
+/// A fused node replacing node `at` of the graph, and the nodes it absorbs.
 struct Fused {
-    add: NodeId,
-    norm: NodeId,
     node: Node,
+    absorbs: Vec<NodeId>,
 }
 
-/// The `rms_norm` nodes whose output egg proved equal to `normed_of(add_rms_norm(a, b, w))`
-/// for the `add` that produces their input.
-fn residual_norm_fusions(
-    graph: &Graph,
-    order: &[NodeId],
-    of_tensor: &[Option<Id>],
-    egraph: &EGraph<Term, ()>,
-) -> Vec<Fused> {
-    let class = |t: TensorId| of_tensor[t.index()].map(|id| egraph.find(id));
-    let mut fused: Vec<Fused> = Vec::new();
-    for &n in order {
-        let norm = graph.node(n);
-        let Op::RmsNorm(rms) = &norm.op else { continue };
-        let Some(add) = graph.producer(norm.inputs[0]) else {
-            continue;
-        };
-        let add_node = graph.node(add);
-        if !matches!(add_node.op, Op::Add(_)) || fused.iter().any(|f| f.add == add) {
-            continue;
+/// The rewrites egg proved, collected before the graph is edited.
+struct Edits<'a> {
+    graph: &'a Graph,
+    egraph: &'a EGraph<Term, Dtypes>,
+    of_tensor: &'a [Option<Id>],
+    /// Per replaced node, its fused replacement.
+    fused: IndexMap<NodeId, Fused>,
+    /// Per absorbed node, the node whose replacement absorbed it.
+    absorbed_by: IndexMap<NodeId, NodeId>,
+    /// Nodes that read a cast's operand instead of its result, with their new operands.
+    rewired: IndexMap<NodeId, Node>,
+}
+
+impl Edits<'_> {
+    fn class(&self, t: TensorId) -> Option<Id> {
+        self.of_tensor[t.index()].map(|id| self.egraph.find(id))
+    }
+
+    fn classes(&self, tensors: &[TensorId]) -> Option<Vec<Id>> {
+        tensors.iter().map(|&t| self.class(t)).collect()
+    }
+
+    /// True when egg proved `t` equal to the output `project` names of the fused term.
+    fn proves(&self, t: TensorId, fused: Term, project: fn(Id) -> Term) -> bool {
+        let output = self
+            .egraph
+            .lookup(fused)
+            .and_then(|f| self.egraph.lookup(project(f)));
+        output.is_some() && output == self.class(t)
+    }
+
+    /// The node that writes what node `n` writes once the fusions so far are applied: its
+    /// place in program order and the node.
+    fn current(&self, n: NodeId) -> (NodeId, &Node) {
+        let at = self.absorbed_by.get(&n).copied().unwrap_or(n);
+        let node = self.fused.get(&at).map_or(self.graph.node(at), |f| &f.node);
+        (at, node)
+    }
+
+    /// Records that `node` replaces node `at` (or its earlier replacement) and absorbs `n`.
+    fn fuse(&mut self, at: NodeId, n: NodeId, node: Node) {
+        self.absorbed_by.insert(n, at);
+        match self.fused.get_mut(&at) {
+            Some(f) => {
+                f.node = node;
+                f.absorbs.push(n);
+            }
+            None => {
+                self.fused.insert(
+                    at,
+                    Fused {
+                        node,
+                        absorbs: vec![n],
+                    },
+                );
+            }
         }
-        let (Some(a), Some(b), Some(w), Some(y)) = (
-            class(add_node.inputs[0]),
-            class(add_node.inputs[1]),
-            class(norm.inputs[1]),
-            class(norm.outputs[0]),
-        ) else {
-            continue;
-        };
-        let proved = egraph
-            .lookup(Term::AddRmsNorm([a, b, w]))
-            .and_then(|f| egraph.lookup(Term::NormedOf(f)))
-            .is_some_and(|normed| normed == y);
-        if !proved {
-            continue;
-        }
-        let sum = add_node.outputs[0];
-        fused.push(Fused {
-            add,
-            norm: n,
-            node: Node {
+    }
+
+    /// `residual-add-rms-norm`: each `rms_norm` of an `add`'s result, with the `add`.
+    fn fuse_residual_norms(&mut self, order: &[NodeId]) {
+        for &n in order {
+            let norm = self.graph.node(n);
+            let Op::RmsNorm(rms) = &norm.op else { continue };
+            let Some(add) = self.graph.producer(norm.inputs[0]) else {
+                continue;
+            };
+            let add_node = self.graph.node(add);
+            if !matches!(add_node.op, Op::Add(_)) || self.fused.contains_key(&add) {
+                continue;
+            }
+            let inputs = vec![add_node.inputs[0], add_node.inputs[1], norm.inputs[1]];
+            let Some(&[a, b, w]) = self.classes(&inputs).as_deref() else {
+                continue;
+            };
+            if !self.proves(norm.outputs[0], Term::AddRmsNorm([a, b, w]), Term::NormedOf) {
+                continue;
+            }
+            let sum = add_node.outputs[0];
+            let node = Node {
                 op: AddRmsNorm {
                     eps: rms.eps,
-                    dtype: graph.tensor(sum).ty.dtype,
+                    dtype: self.graph.tensor(sum).ty.dtype,
                 }
                 .into(),
-                inputs: vec![add_node.inputs[0], add_node.inputs[1], norm.inputs[1]],
+                inputs,
                 outputs: vec![sum, norm.outputs[0], norm.outputs[1]],
                 accumulate: vec![false; 3],
                 phase: add_node.phase,
                 layer: add_node.layer,
-            },
-        });
+            };
+            self.fuse(add, n, node);
+        }
     }
-    fused
+
+    /// The abs-max rules: each `abs_max` of a `swiglu`'s or a norm's output (the norm fused
+    /// with its residual add or not), into that op.
+    fn fuse_abs_maxes(&mut self, order: &[NodeId]) {
+        for &n in order {
+            let node = self.graph.node(n);
+            if !matches!(node.op, Op::AbsMax(_)) || node.accumulate[0] {
+                continue;
+            }
+            let (x, amax) = (node.inputs[0], node.outputs[0]);
+            let Some(producer) = self.graph.producer(x) else {
+                continue;
+            };
+            let (at, producer) = self.current(producer);
+            let Some(children) = self.classes(&producer.inputs) else {
+                continue;
+            };
+            let dtype = self.graph.tensor(x).ty.dtype;
+            let (op, fused): (Op, Term) = match (&producer.op, children.as_slice()) {
+                (Op::SwiGlu(_), &[g, u]) => {
+                    (SwiGluAbsMax { dtype }.into(), Term::SwiGluAbsMax([g, u]))
+                }
+                (Op::RmsNorm(r), &[x, w]) => (
+                    RmsNormAbsMax { eps: r.eps, dtype }.into(),
+                    Term::RmsNormAbsMax([x, w]),
+                ),
+                (Op::AddRmsNorm(r), &[a, b, w]) => (
+                    AddRmsNormAbsMax { eps: r.eps, dtype }.into(),
+                    Term::AddRmsNormAbsMax([a, b, w]),
+                ),
+                _ => continue,
+            };
+            if !self.proves(amax, fused, Term::AmaxOf) {
+                continue;
+            }
+            let mut outputs = producer.outputs.clone();
+            outputs.push(amax);
+            let node = Node {
+                op,
+                accumulate: vec![false; outputs.len()],
+                outputs,
+                ..producer.clone()
+            };
+            self.fuse(at, n, node);
+        }
+    }
+
+    /// The cast clean-up: every operand that a chain of casts produces is read from the
+    /// earliest tensor of the chain whose values the reader may take instead.
+    fn bypass_exact_casts(&mut self, order: &[NodeId]) {
+        for &n in order {
+            if self.fused.contains_key(&n) || self.absorbed_by.contains_key(&n) {
+                continue;
+            }
+            let mut node = self.graph.node(n).clone();
+            let mut changed = false;
+            for i in 0..node.inputs.len() {
+                let sources = self.cast_sources(node.inputs[i]);
+                if let Some(&x) = sources.iter().rev().find(|&&x| self.may_read(&node, i, x)) {
+                    node.inputs[i] = x;
+                    changed = true;
+                }
+            }
+            if changed {
+                self.rewired.insert(n, node);
+            }
+        }
+    }
+
+    /// The operands of the casts that produce `t`, nearest first (`x, w` for `t = cast(cast(w))`
+    /// with `x = cast(w)`).
+    fn cast_sources(&self, mut t: TensorId) -> Vec<TensorId> {
+        let mut sources = Vec::new();
+        while let Some(p) = self.graph.producer(t) {
+            let node = self.graph.node(p);
+            if !matches!(node.op, Op::Cast(_)) || node.accumulate[0] {
+                break;
+            }
+            t = node.inputs[0];
+            sources.push(t);
+        }
+        sources
+    }
+
+    /// True when `node` may read `x` instead of its operand `i`: `x` is written once (its
+    /// value cannot change in between), and either egg proved the two equal in the same dtype,
+    /// or it proved the node's result the same from `x` and the op takes `x` with unchanged
+    /// output types (a cast to `x`'s own dtype is no op of the catalogue).
+    fn may_read(&self, node: &Node, i: usize, x: TensorId) -> bool {
+        let t = node.inputs[i];
+        let (tx, tt) = (self.graph.tensor(x), self.graph.tensor(t));
+        if !matches!(
+            tx.role,
+            Role::Input | Role::Activation | Role::Saved | Role::Workspace
+        ) {
+            return false;
+        }
+        if self.class(x).is_some() && self.class(x) == self.class(t) && tx.ty.dtype == tt.ty.dtype {
+            return true;
+        }
+        if matches!(&node.op, Op::Cast(c) if c.to == tx.ty.dtype) {
+            return false;
+        }
+        let mut with_x = node.clone();
+        with_x.inputs[i] = x;
+        let same_result = self.lookup(node).is_some() && self.lookup(node) == self.lookup(&with_x);
+        same_result && self.output_types(node) == self.output_types(&with_x)
+    }
+
+    /// The e-class of a node's term, if egg has it.
+    fn lookup(&self, node: &Node) -> Option<Id> {
+        let term = term_of(node, |c| match c {
+            Child::Tensor(t) => self.class(t),
+            Child::Dtype(d) => self.egraph.lookup(Term::Leaf(dtype_leaf(d))),
+        })?;
+        self.egraph.lookup(term)
+    }
+
+    fn output_types(&self, node: &Node) -> Option<Vec<llmq_compiler::kernels::TensorType>> {
+        let types: Vec<_> = node
+            .inputs
+            .iter()
+            .map(|&t| self.graph.tensor(t).ty.clone())
+            .collect();
+        node.op.infer(&types).ok()
+    }
+
+    /// The casts whose result nothing reads once readers are rewired (a chain goes whole),
+    /// among those some reader was taken from; persistent results (a weight written by the
+    /// optimizer) stay.
+    fn unread_casts(&self, order: &[NodeId]) -> Vec<NodeId> {
+        let mut readers = vec![0usize; self.graph.tensor_count()];
+        let mut bypassed: IndexSet<TensorId> = IndexSet::new();
+        for &n in order {
+            if self.absorbed_by.contains_key(&n) {
+                continue;
+            }
+            let node = self.rewired.get(&n).unwrap_or_else(|| self.current(n).1);
+            for &t in &node.inputs {
+                readers[t.index()] += 1;
+            }
+            if let Some(new) = self.rewired.get(&n) {
+                let old = &self.graph.node(n).inputs;
+                bypassed.extend(old.iter().filter(|t| !new.inputs.contains(t)));
+            }
+        }
+        let mut unread = Vec::new();
+        for &n in order.iter().rev() {
+            let node = self.rewired.get(&n).unwrap_or_else(|| self.graph.node(n));
+            let out = node.outputs[0];
+            let is_cast = matches!(node.op, Op::Cast(_)) && !self.fused.contains_key(&n);
+            if is_cast
+                && readers[out.index()] == 0
+                && bypassed.contains(&out)
+                && !self.graph.tensor(out).role.is_persistent()
+            {
+                unread.push(n);
+                let input = node.inputs[0];
+                readers[input.index()] -= 1;
+                bypassed.insert(input);
+            }
+        }
+        unread
+    }
+}
+
+/// Forward activations that a rewired backward or optimizer node now reads: saved for it.
+fn newly_saved(graph: &Graph, rewired: &IndexMap<NodeId, Node>) -> Vec<TensorId> {
+    let mut saved = IndexSet::new();
+    for node in rewired.values().filter(|n| n.phase != Phase::Forward) {
+        for &t in &node.inputs {
+            if graph.tensor(t).role == Role::Activation {
+                saved.insert(t);
+            }
+        }
+    }
+    saved.into_iter().collect()
 }
