@@ -1,5 +1,7 @@
-//! The fusion pass on the tiny models: what it changes in the graph (a snapshot), how much, and
-//! that a fused plan trains exactly as the unfused one, bit for bit.
+//! The fusion pass on the tiny models: what it changes in the graph (a snapshot, in BF16 and in
+//! FP8), how much, and that a fused plan trains exactly as the unfused one, bit for bit, in
+//! both precisions (in FP8 that checks the abs-maxes fused into their producers: a wrong one
+//! changes an FP8 scale and the losses).
 
 mod common;
 
@@ -15,7 +17,11 @@ fn spec(model: &str) -> std::path::PathBuf {
 }
 
 fn options(skip_fusion: bool) -> CompileOptions {
-    let mut opts = common::options(2, 16, 1, Precision::Bf16, 1 << 30);
+    precision_options(Precision::Bf16, skip_fusion)
+}
+
+fn precision_options(precision: Precision, skip_fusion: bool) -> CompileOptions {
+    let mut opts = common::options(2, 16, 1, precision, 1 << 30);
     if skip_fusion {
         opts.skip_passes = vec!["fusion".into()];
     }
@@ -24,7 +30,11 @@ fn options(skip_fusion: bool) -> CompileOptions {
 
 /// The graph's text after `pass`, with node numbers dropped (a rebuilt graph renumbers them).
 fn graph_after(model: &str, pass: &str) -> Vec<String> {
-    let mut opts = options(false);
+    graph_after_in(Precision::Bf16, model, pass)
+}
+
+fn graph_after_in(precision: Precision, model: &str, pass: &str) -> Vec<String> {
+    let mut opts = precision_options(precision, false);
     opts.dump_after = Some(pass.into());
     common::dump_lines(&compile(&spec(model), &opts).unwrap().report.dump.unwrap())
 }
@@ -34,6 +44,52 @@ fn fusion_snapshot_tiny() {
     let before = graph_after("tiny.ron", "autodiff");
     let after = graph_after("tiny.ron", "fusion");
     insta::assert_snapshot!("fusion__tiny", common::line_diff(&before, &after));
+}
+
+/// FP8: the pass after the FP8 recipe's, so the diff shows the abs-maxes folded into the
+/// norms and swiglu.
+#[test]
+fn fusion_snapshot_tiny_fp8() {
+    let before = graph_after_in(Precision::Fp8, "tiny.ron", "stochastic_rounding");
+    let after = graph_after_in(Precision::Fp8, "tiny.ron", "fusion");
+    insta::assert_snapshot!("fusion__tiny_fp8", common::line_diff(&before, &after));
+}
+
+#[test]
+fn every_abs_max_of_a_norm_or_swiglu_output_is_fused() {
+    for model in ["tiny.ron", "tiny-qwen3.ron"] {
+        let plan = common::plan(model, &precision_options(Precision::Fp8, false));
+        let unfused = common::plan(model, &precision_options(Precision::Fp8, true));
+        let count = |p: &Plan, name: &str| p.steps.iter().filter(|s| s.op.name() == name).count();
+        let layers = plan.model.dims["layers"] as usize;
+        // Per block: the input norm (fused with the residual add but in the first block) and
+        // the post-attention norm feed q/k/v and gate/up; swiglu feeds down.
+        assert_eq!(count(&plan, "rms_norm_abs_max"), 1, "{model}");
+        assert_eq!(
+            count(&plan, "add_rms_norm_abs_max"),
+            2 * layers - 1,
+            "{model}"
+        );
+        assert_eq!(count(&plan, "swiglu_abs_max"), layers, "{model}");
+        assert_eq!(
+            count(&unfused, "abs_max") - count(&plan, "abs_max"),
+            3 * layers,
+            "{model}"
+        );
+        // No abs_max is left reading what a norm or swiglu wrote.
+        for step in plan.steps.iter().filter(|s| s.op.name() == "abs_max") {
+            let writer = plan
+                .steps
+                .iter()
+                .find(|w| w.outputs.contains(&step.inputs[0]))
+                .map(|w| w.op.name());
+            assert!(
+                !matches!(writer, Some("rms_norm" | "add_rms_norm" | "swiglu")),
+                "{model}: abs_max of {writer:?} left"
+            );
+        }
+        assert!(plan.estimates.micro_batch_seconds < unfused.estimates.micro_batch_seconds);
+    }
 }
 
 #[test]
@@ -62,10 +118,21 @@ fn train(plan: Plan, data: &str) -> (Vec<u32>, Vec<Vec<u8>>) {
 fn fused_plans_train_bit_for_bit_as_unfused_ones() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::corpus(dir.path());
-    for model in ["tiny.ron", "tiny-qwen3.ron"] {
-        let fused = train(common::plan(model, &options(false)), &data);
-        let unfused = train(common::plan(model, &options(true)), &data);
-        assert_eq!(fused.0, unfused.0, "{model}: losses differ");
-        assert!(fused.1 == unfused.1, "{model}: weights differ");
+    for precision in [Precision::Bf16, Precision::Fp8] {
+        for model in ["tiny.ron", "tiny-qwen3.ron"] {
+            let fused = train(
+                common::plan(model, &precision_options(precision, false)),
+                &data,
+            );
+            let unfused = train(
+                common::plan(model, &precision_options(precision, true)),
+                &data,
+            );
+            assert_eq!(fused.0, unfused.0, "{model} {precision:?}: losses differ");
+            assert!(
+                fused.1 == unfused.1,
+                "{model} {precision:?}: weights differ"
+            );
+        }
     }
 }
