@@ -5,9 +5,11 @@
 
 mod common;
 
+use llmq_compiler::ir::Phase;
 use llmq_compiler::plan::Plan;
 use llmq_compiler::target::Precision;
-use llmq_passes::{CompileOptions, compile};
+use llmq_passes::memory_plan::MemoryChoice;
+use llmq_passes::{CompileOptions, compile, compile_with_choice};
 use std::path::Path;
 
 fn spec(model: &str) -> std::path::PathBuf {
@@ -89,6 +91,29 @@ fn every_abs_max_of_a_norm_or_swiglu_output_is_fused() {
             );
         }
         assert!(plan.estimates.micro_batch_seconds < unfused.estimates.micro_batch_seconds);
+    }
+}
+
+/// A recomputed block runs its fused ops again, abs-maxes included, so the backward's
+/// transposed quantisations read recomputed abs-maxes (that they are the forward's bit for bit
+/// is `tests/memory_equivalence.rs`'s FP8 case, which recomputes every block).
+#[test]
+fn recomputed_blocks_recompute_their_fused_abs_maxes() {
+    let choice = MemoryChoice {
+        recompute: vec![0, 1],
+        ..MemoryChoice::default()
+    };
+    let opts = precision_options(Precision::Fp8, false);
+    let plan = compile_with_choice(&spec("tiny.ron"), &opts, &choice)
+        .unwrap()
+        .plan;
+    for name in ["add_rms_norm_abs_max", "swiglu_abs_max"] {
+        let recomputed = plan
+            .steps
+            .iter()
+            .filter(|s| s.phase == Phase::Backward && s.op.name() == name)
+            .count();
+        assert!(recomputed > 0, "no {name} recomputed");
     }
 }
 
