@@ -799,7 +799,8 @@ fn abs_max_variants_equal_the_op_then_abs_max() {
     let w = (TensorType::new([hidden], DType::BF16), bf16(3, hidden, 1.0));
     let (eps, dtype) = (1e-6, DType::BF16);
     // (fused, unfused, inputs, the unfused output whose abs-max the fused op emits)
-    let cases: [(Op, Op, Vec<(TensorType, Vec<f32>)>, usize); 3] = [
+    type Inputs = Vec<(TensorType, Vec<f32>)>;
+    let cases: [(Op, Op, Inputs, usize); 3] = [
         (
             SwiGluAbsMax { dtype }.into(),
             SwiGlu.into(),

@@ -18,9 +18,9 @@
 //! (q/k/v share their input's, the two backward matmuls share `dy`'s); the backward reuses the
 //! forward's abs-max of `x` and `W` (saved, one value each), so its transposed quantisations
 //! hold exactly the forward's FP8 values, and a recomputed forward reproduces them bit for bit.
-//! Embedding, LM head (no layer), norms, attention, softmax and loss are untouched. No catalogue
-//! op produces an abs-max as a side output yet, so `abs_max` is a separate node; fusing it into
-//! its producer is the fusion pass's job.
+//! Embedding, LM head (no layer), norms, attention, softmax and loss are untouched. `abs_max`
+//! is a separate node here; the fusion pass then folds it into its producer where the
+//! catalogue has a variant with an abs-max output (the norms and swiglu).
 //!
 //! Needs: the training graph from autodiff. Runs before the memory planner, which then sees
 //! the quantised operands as ordinary tensors.

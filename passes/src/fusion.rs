@@ -27,22 +27,29 @@
 //!   weights) and are tested on a hand-made graph (`passes/tests/fusion_casts.rs`).
 //!
 //! Not done: horizontal fusion of the linears sharing their input (q/k/v into one matmul,
-//! gate/up into one). One GEMM over the concatenated weights `[q|k|v, K]` writes `[rows,
-//! q|k|v]`, each row holding its q, k and v parts side by side, while RoPE and attention read
-//! q, k and v as separate contiguous tensors, and the backward's data gradient wants the three
-//! output gradients side by side in one `[rows, q|k|v]` operand. The design that fits: (1) the
-//! memory planner places the three weights (and their gradients) adjacent in the arena, so the
-//! concatenated weight is a view, not a copy (a layout constraint lowering lacks today); (2) a
-//! `qkv_split` view, or RoPE and attention taking a row stride, reads the fused output in
-//! place; (3) the three output gradients are written into one strided `[rows, q|k|v]` buffer by
-//! RoPE's and attention's backward (again a row stride), so `dx` is one GEMM and `dW` one GEMM
-//! into the adjacent gradients; (4) the FP8 recipe already shares the input's scale (one
-//! abs-max for q/k/v); the fused weight needs one scale over the three weights, which changes
-//! their FP8 values (today each weight has its own), so fused and unfused plans would no longer
-//! be bit-identical and the test must become a tolerance one. Strides in the catalogue's
-//! `View`s and an adjacency constraint in the allocator are the work; neither fits this pass
-//! alone. With cuBLASLt, q/k/v could instead be one grouped or batched GEMM with three output
-//! pointers, which needs none of this and saves the same launches, not the same reads.
+//! gate/up into one). The design, and why it is left:
+//! - The fused weight. FP8 plans quantise the weights every micro-batch into fresh buffers, so
+//!   the concatenated weight costs nothing: one quantisation of the three weights into one
+//!   `[q+k+v, K]` e4m3 buffer, with one scale from the largest of their abs-maxes (the shared
+//!   FP8 scale). It changes the weights' FP8 values (each has its own scale today), so a fused
+//!   plan is no longer bit-identical to an unfused one: the only rewrite here that is not an
+//!   exact equality, tested by a tolerance instead. BF16 plans need the three weights adjacent
+//!   in the arena (an allocator constraint lowering lacks) or a copy.
+//! - The output. The GEMM writes `[rows, q|k|v]`, each row holding its q, k and v side by
+//!   side, while RoPE and attention read q, k, v as separate contiguous tensors: either a
+//!   column split copies them out (a read and a write of the output, most of the gain for
+//!   models whose k/v are narrow), or RoPE and attention take a row stride, which the
+//!   catalogue's `View`s (and every CPU reference and kernel) do not have. The transposed
+//!   product `W·xᵀ` gives contiguous q, k, v parts, but feature-major, a layout no consumer
+//!   reads.
+//! - The backward. `dx = dq·Wq + dk·Wk + dv·Wv` becomes one GEMM if RoPE's and attention's
+//!   backward write their gradients side by side into one `[rows, q|k|v]` buffer (a stride
+//!   again, or a concatenating copy); `dW` becomes one GEMM whose `[q+k+v, K]` result is split
+//!   into three accumulated gradients.
+//!
+//! That is strides in the catalogue or adjacency in the allocator, three new ops with kernels
+//! and launchers, and a tolerance test: more than one pass. The launch saving alone is simpler
+//! to get in the CUDA backend, as one grouped cuBLASLt GEMM writing three outputs.
 //!
 //! Invariants: tensors keep their IDs, names and roles (only nodes change, and a forward
 //! tensor newly read by the backward becomes saved); a fused node takes the place of the first
