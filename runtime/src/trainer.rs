@@ -11,7 +11,7 @@
 use crate::backend::{Backend, BackendError};
 use crate::train::TrainError;
 use crate::train::checkpoint::{
-    CheckpointMeta, TensorDtype, TensorRef, load_checkpoint, save_checkpoint,
+    CheckpointMeta, TensorDtype, TensorRef, load_checkpoint, save_checkpoint, write_tensors,
 };
 use crate::train::data::DataLoader;
 use crate::train::schedule::Schedule;
@@ -318,6 +318,47 @@ impl Trainer {
             self.opts.keep_last,
         )?;
         Ok(Some(path))
+    }
+
+    /// Runs forward and backward of the next training micro-batch on the current weights and
+    /// writes into `dir` what another implementation needs to check this step's numerics:
+    /// `model.safetensors` (the weights, as in a checkpoint: Hugging Face names) and
+    /// `step.safetensors` (`tokens`, `targets` as I32, `loss` as F32, and each parameter's
+    /// gradient as `grad.<weight name>`). The loss gradient is 1 (one micro-batch's mean) and
+    /// no optimizer step runs, so the weights are left as they were.
+    pub fn dump_step(&mut self, dir: &Path) -> Result<f32, TrainerError> {
+        std::fs::create_dir_all(dir).map_err(TrainError::io(dir, "create"))?;
+        let params = self.plan().io.params.clone();
+        let model = params
+            .iter()
+            .map(|p| self.snapshot(p.weight, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = self.train.next_batch();
+        self.write_micro_batch(&batch.inputs, &batch.targets, 1.0)?;
+        self.backend.run_section("forward")?;
+        self.backend.run_section("backward")?;
+        let loss = self.read_scalar(self.plan().io.loss)?;
+        let (b, s) = (
+            self.plan().options.batch as usize,
+            self.plan().options.seq as usize,
+        );
+        let ints = |name: &str, v: &[i32]| -> Snapshot {
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (name.into(), TensorDtype::I32, vec![b, s], bytes)
+        };
+        let loss_bytes = loss.to_le_bytes().to_vec();
+        let mut step = vec![
+            ints("tokens", &batch.inputs),
+            ints("targets", &batch.targets),
+            ("loss".into(), TensorDtype::F32, vec![1], loss_bytes),
+        ];
+        for (p, weight) in params.iter().zip(&model) {
+            let (_, dtype, shape, bytes) = self.snapshot(p.grad, false)?;
+            step.push((format!("grad.{}", weight.0), dtype, shape, bytes));
+        }
+        write_tensors(&dir.join("model.safetensors"), &views(&model))?;
+        write_tensors(&dir.join("step.safetensors"), &views(&step))?;
+        Ok(loss)
     }
 
     /// A tensor's bytes under its checkpoint name: weights by their Hugging Face name.

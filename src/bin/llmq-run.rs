@@ -116,6 +116,12 @@ struct Args {
     /// time per op and per section beside the planner's estimate.
     #[arg(long)]
     profile: bool,
+    /// Instead of training: run forward and backward of the first micro-batch on the initial (or
+    /// resumed) weights, write the weights, the batch, the loss and every gradient to DIR as
+    /// safetensors, and stop. For checking numerics against another implementation
+    /// (tools/hf_step_check.py compares with PyTorch + transformers).
+    #[arg(long, value_name = "DIR")]
+    dump_step: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -324,12 +330,14 @@ fn run(args: Args) -> Result<()> {
     let peak_flops = plan.device.bf16_tflops * 1e12;
     let cpu_fallback = args.backend == BackendKind::Auto && args.model.is_none();
     let backend = make_backend(args.backend, plan, !args.no_graphs, cpu_fallback)?;
-    println!(
-        "training {model} ({params} parameters) on {}: {} steps of {tokens} tokens, run directory {}",
-        backend.name(),
-        args.steps,
-        args.out_dir.display()
-    );
+    if args.dump_step.is_none() {
+        println!(
+            "training {model} ({params} parameters) on {}: {} steps of {tokens} tokens, run directory {}",
+            backend.name(),
+            args.steps,
+            args.out_dir.display()
+        );
+    }
     let opts = TrainerOptions {
         total_steps: args.steps,
         schedule,
@@ -358,6 +366,18 @@ fn run(args: Args) -> Result<()> {
             println!("resumed from {} at step {}", path.display(), trainer.step);
         }
         None => trainer.init_weights().into_diagnostic()?,
+    }
+    if let Some(dir) = &args.dump_step {
+        let loss = trainer.dump_step(dir).into_diagnostic()?;
+        println!(
+            "{model} on {}, one micro-batch of {}×{} tokens: loss {loss:.6}; weights, batch \
+             and gradients written to {}",
+            trainer.backend().name(),
+            trainer.plan().options.batch,
+            trainer.plan().options.seq,
+            dir.display()
+        );
+        return Ok(());
     }
     let mut log = JsonLog::open(&args.out_dir.join("log.jsonl")).into_diagnostic()?;
     let bar = indicatif::ProgressBar::new(args.steps);
