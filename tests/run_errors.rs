@@ -166,3 +166,14 @@ fn planning_flags_next_to_a_plan_file_are_refused_not_ignored() {
     );
     assert!(!dir.path().join("runs").exists(), "nothing written");
 }
+
+#[test]
+fn no_checkpoints_writes_none_and_refuses_checkpoint_flags_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = tiny_run(dir.path(), &["--backend", "cpu", "--no-checkpoints"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(dir.path().join("runs/default/log.jsonl").exists());
+    assert!(!dir.path().join("runs/default/checkpoints").exists());
+    let (code, text) = tiny_run(dir.path(), &["--no-checkpoints", "--keep", "2"]);
+    assert_refused(code, &text, &["--no-checkpoints", "--keep"]);
+}

@@ -83,6 +83,9 @@ struct Args {
     /// Checkpoint every N steps (and at the end); 0 for only at the end.
     #[arg(long, default_value_t = 100)]
     checkpoint_every: u64,
+    /// Write no checkpoint at all (benchmarks, smoke runs): the trained state is lost at exit.
+    #[arg(long, conflicts_with_all = ["checkpoint_every", "keep"])]
+    no_checkpoints: bool,
     /// Keep the last K checkpoints (0 keeps all).
     #[arg(long, default_value_t = 3)]
     keep: usize,
@@ -329,7 +332,7 @@ fn run(args: Args) -> Result<()> {
         seed: args.seed,
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
-        checkpoint_dir: Some(checkpoints.clone()),
+        checkpoint_dir: (!args.no_checkpoints).then(|| checkpoints.clone()),
         checkpoint_every: args.checkpoint_every,
         keep_last: args.keep,
         max_bad_steps: args.max_bad_steps,
@@ -388,11 +391,16 @@ fn run(args: Args) -> Result<()> {
     if args.profile {
         print_profile(trainer.backend())?;
     }
-    println!(
-        "done: checkpoints in {}, log in {}",
-        checkpoints.display(),
-        args.out_dir.join("log.jsonl").display()
-    );
+    let log = args.out_dir.join("log.jsonl");
+    if args.no_checkpoints {
+        println!("done (no checkpoints, as asked): log in {}", log.display());
+    } else {
+        println!(
+            "done: checkpoints in {}, log in {}",
+            checkpoints.display(),
+            log.display()
+        );
+    }
     Ok(())
 }
 
