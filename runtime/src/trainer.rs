@@ -16,7 +16,7 @@ use crate::train::checkpoint::{
 use crate::train::data::DataLoader;
 use crate::train::schedule::Schedule;
 use llmq_compiler::ir::{Init, TensorId};
-use llmq_compiler::plan::Plan;
+use llmq_compiler::plan::{Plan, QUANTIZE_WEIGHTS_SECTION};
 use llmq_kernels::{DType, rng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -144,6 +144,20 @@ impl Trainer {
         self.backend.plan()
     }
 
+    /// Makes the weights' FP8 copies, in a plan that keeps them across micro-batches (they are
+    /// made after each optimizer step, and here after the weights are set or restored).
+    fn quantize_weights(&mut self) -> Result<(), BackendError> {
+        let has_section = |p: &Plan| {
+            p.sections
+                .iter()
+                .any(|s| s.name == QUANTIZE_WEIGHTS_SECTION)
+        };
+        if has_section(self.plan()) {
+            self.backend.run_section(QUANTIZE_WEIGHTS_SECTION)?;
+        }
+        Ok(())
+    }
+
     /// The backend, to read tensors.
     pub fn backend(&mut self) -> &mut dyn Backend {
         self.backend.as_mut()
@@ -169,7 +183,7 @@ impl Trainer {
             }
             self.backend.write_f32(p.weight, &values)?;
         }
-        Ok(())
+        Ok(self.quantize_weights()?)
     }
 
     fn write_micro_batch(
@@ -206,6 +220,7 @@ impl Trainer {
         self.backend
             .write_f32(io.hyper, &[lr, (self.applied + 1) as f32])?;
         self.backend.run_section("optimizer")?;
+        self.quantize_weights()?;
         let grad_norm = self.read_scalar(io.grad_norm)?;
         self.step += 1;
         let applied = loss.is_finite() && grad_norm.is_finite();
@@ -399,7 +414,7 @@ impl Trainer {
             .unwrap_or(ckpt.meta.step);
         self.bad_steps = ckpt.meta.extra["bad_steps"].as_u64().unwrap_or(0) as u32;
         self.train.seek(ckpt.meta.data_position)?;
-        Ok(())
+        Ok(self.quantize_weights()?)
     }
 
     fn restore(
