@@ -49,7 +49,7 @@ fn fusion_snapshot_tiny() {
 }
 
 /// FP8: the pass after the FP8 recipe's, so the diff shows the abs-maxes folded into the
-/// norms and swiglu.
+/// norms, swiglu and its backward.
 #[test]
 fn fusion_snapshot_tiny_fp8() {
     let before = graph_after_in(Precision::Fp8, "tiny.ron", "stochastic_rounding");
@@ -58,14 +58,15 @@ fn fusion_snapshot_tiny_fp8() {
 }
 
 #[test]
-fn every_abs_max_of_a_norm_or_swiglu_output_is_fused() {
+fn every_abs_max_of_a_norm_or_swiglu_output_is_fused_forward_and_backward() {
     for model in ["tiny.ron", "tiny-qwen3.ron"] {
         let plan = common::plan(model, &precision_options(Precision::Fp8, false));
         let unfused = common::plan(model, &precision_options(Precision::Fp8, true));
         let count = |p: &Plan, name: &str| p.steps.iter().filter(|s| s.op.name() == name).count();
         let layers = plan.model.dims["layers"] as usize;
         // Per block: the input norm (fused with the residual add but in the first block) and
-        // the post-attention norm feed q/k/v and gate/up; swiglu feeds down.
+        // the post-attention norm feed q/k/v and gate/up; swiglu feeds down; swiglu's backward
+        // feeds the gate and up projections' backward, two abs-maxes.
         assert_eq!(count(&plan, "rms_norm_abs_max"), 1, "{model}");
         assert_eq!(
             count(&plan, "add_rms_norm_abs_max"),
@@ -73,9 +74,10 @@ fn every_abs_max_of_a_norm_or_swiglu_output_is_fused() {
             "{model}"
         );
         assert_eq!(count(&plan, "swiglu_abs_max"), layers, "{model}");
+        assert_eq!(count(&plan, "swiglu_backward_abs_max"), layers, "{model}");
         assert_eq!(
             count(&unfused, "abs_max") - count(&plan, "abs_max"),
-            3 * layers,
+            5 * layers,
             "{model}"
         );
         // No abs_max is left reading what a norm or swiglu wrote.
@@ -86,7 +88,10 @@ fn every_abs_max_of_a_norm_or_swiglu_output_is_fused() {
                 .find(|w| w.outputs.contains(&step.inputs[0]))
                 .map(|w| w.op.name());
             assert!(
-                !matches!(writer, Some("rms_norm" | "add_rms_norm" | "swiglu")),
+                !matches!(
+                    writer,
+                    Some("rms_norm" | "add_rms_norm" | "swiglu" | "swiglu_backward")
+                ),
                 "{model}: abs_max of {writer:?} left"
             );
         }

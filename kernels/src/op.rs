@@ -227,6 +227,8 @@ declare_ops! {
     SwiGluBackward(SwiGluBackward),
     /// `SwiGlu` that also emits the abs-max of its output (an FP8 scale input).
     SwiGluAbsMax(SwiGluAbsMax),
+    /// `SwiGluBackward` that also emits the abs-max of both gradients.
+    SwiGluBackwardAbsMax(SwiGluBackwardAbsMax),
     /// Elementwise sum of two tensors of one shape.
     Add(Add),
     /// A residual add and the RMS normalisation of its result, fused.

@@ -416,6 +416,7 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::RmsNormAbsMax(_)
         | Op::AddRmsNormAbsMax(_)
         | Op::SwiGluAbsMax(_)
+        | Op::SwiGluBackwardAbsMax(_)
         | Op::SumSquares(_)
         | Op::ClipScale(_)
         | Op::AdamW(_)

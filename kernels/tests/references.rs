@@ -1,8 +1,9 @@
 //! The CPU references of the ops that are not differentiated, against independent naive
 //! computations: sum_squares, clip_scale, adamw (PyTorch's AdamW re-done in f64), abs_max,
 //! quantize, cast and zero; the fused ops (chunked LM head + loss, residual add + RMSNorm, the
-//! abs-max variants of swiglu and the norms) against the unfused ones; and those of LLMQ's FP8 recipe: quantize_transposed, fp8_matmul
-//! (against the BF16 path's matmuls), cast_stochastic and adamw's stochastic moments.
+//! abs-max variants of swiglu, its backward and the norms) against the unfused ones; and those
+//! of LLMQ's FP8 recipe: quantize_transposed, fp8_matmul (against the BF16 path's matmuls),
+//! cast_stochastic and adamw's stochastic moments.
 
 use llmq_kernels::numerics::{decode_fp8, encode_fp8, round_to};
 use llmq_kernels::ops::*;
@@ -780,9 +781,9 @@ fn add_rms_norm_equals_add_then_rms_norm() {
     );
 }
 
-/// Every output of a fused op with an abs-max equals the unfused op's, bit for bit once stored,
-/// and its abs-max is `abs_max` of the unfused output as stored (BF16 here): the equalities the
-/// fusion pass's abs-max rules stand on. A NaN in an input shows in the abs-max.
+/// Every output of a fused op with abs-maxes equals the unfused op's, bit for bit once stored,
+/// and each abs-max is `abs_max` of its unfused output as stored (BF16 here): the equalities
+/// the fusion pass's abs-max rules stand on. A NaN in an input shows in the abs-max.
 #[test]
 fn abs_max_variants_equal_the_op_then_abs_max() {
     let s = seed();
@@ -800,47 +801,56 @@ fn abs_max_variants_equal_the_op_then_abs_max() {
     let (eps, dtype) = (1e-6, DType::BF16);
     // (fused, unfused, inputs, the unfused output whose abs-max the fused op emits)
     type Inputs = Vec<(TensorType, Vec<f32>)>;
-    let cases: [(Op, Op, Inputs, usize); 3] = [
+    let cases: [(Op, Op, Inputs, &[usize]); 4] = [
         (
             SwiGluAbsMax { dtype }.into(),
             SwiGlu.into(),
             vec![a.clone(), b.clone()],
-            0,
+            &[0],
+        ),
+        (
+            SwiGluBackwardAbsMax { dtype }.into(),
+            SwiGluBackward.into(),
+            vec![
+                a.clone(),
+                b.clone(),
+                (act.clone(), bf16(4, rows * hidden, 2.0)),
+            ],
+            &[0, 1],
         ),
         (
             RmsNormAbsMax { eps, dtype }.into(),
             RmsNorm { eps }.into(),
             vec![a.clone(), w.clone()],
-            0,
+            &[0],
         ),
         (
             AddRmsNormAbsMax { eps, dtype }.into(),
             AddRmsNorm { eps, dtype }.into(),
             vec![a.clone(), b.clone(), w.clone()],
-            1,
+            &[1],
         ),
     ];
     let stored = |values: &[f32], dtype| -> Vec<f32> {
         values.iter().map(|&v| round_to(dtype, v)).collect()
     };
     let bits = |values: &[f32]| -> Vec<u32> { values.iter().map(|v| v.to_bits()).collect() };
-    for (fused, unfused, mut inputs, source) in cases {
+    for (fused, unfused, mut inputs, sources) in cases {
         let types: Vec<TensorType> = inputs.iter().map(|(t, _)| t.clone()).collect();
         let out_types = unfused.infer(&types).unwrap();
         let want = run(unfused.clone(), &inputs);
         let got = run(fused.clone(), &inputs);
-        assert_eq!(got.len(), want.len() + 1, "{fused}");
+        assert_eq!(got.len(), want.len() + sources.len(), "{fused}");
         for (i, ty) in out_types.iter().enumerate() {
             let (g, w) = (stored(&got[i], ty.dtype), stored(&want[i], ty.dtype));
             assert_eq!(bits(&g), bits(&w), "{fused}: output {i}");
         }
-        let source_values = (act.clone(), stored(&want[source], dtype));
-        let amax = run(AbsMax, &[source_values])[0][0];
-        assert_eq!(
-            got[want.len()][0].to_bits(),
-            amax.to_bits(),
-            "{fused}: amax"
-        );
+        for (k, &source) in sources.iter().enumerate() {
+            let source_values = (act.clone(), stored(&want[source], dtype));
+            let amax = run(AbsMax, &[source_values])[0][0];
+            let got_amax = got[want.len() + k][0];
+            assert_eq!(got_amax.to_bits(), amax.to_bits(), "{fused}: amax {k}");
+        }
 
         inputs[0].1[37] = f32::NAN;
         assert!(

@@ -1,24 +1,30 @@
 //! Fusion: rewrites that let the GPU make fewer passes over memory, and the clean-up of casts
 //! that change no value, found with `egg`.
 //!
-//! The pass writes the graph's fusible dataflow as terms (`fusion/rules.rs`: one term per op
-//! output, other tensors as leaves), lets egg saturate the e-graph with the rules, and then
-//! applies a rewrite wherever egg proved the rewritten term equal to the original one for the
-//! same operands. Each rule is an equality the CPU references satisfy bit for bit on every
-//! input, checked on random inputs in `kernels/tests/references.rs`; so a fused plan computes
-//! exactly what the unfused plan computes (tested on the tiny models in `tests/fusion.rs`).
+//! The pass writes the graph's fusible dataflow as terms (`fusion/rules.rs`: one term per op,
+//! `(output k op)` per output of an op with several, other tensors as leaves). It proposes
+//! fused nodes from the graph's structure (each writing the tensors of the nodes it replaces),
+//! adds their terms, and lets egg saturate the e-graph with the rules, which define each
+//! output of a fused op by the unfused ops. A proposal is applied when egg proved every one of
+//! its outputs equal to the tensor it takes over. Each rule is an equality the CPU references
+//! satisfy bit for bit on every input, checked on random inputs in
+//! `kernels/tests/references.rs`; so a fused plan computes exactly what the unfused plan
+//! computes (tested on the tiny models in `tests/fusion.rs`, in BF16 and FP8).
 //!
 //! Rules:
 //! - `residual-add-rms-norm`: `s = a + b` feeding `rms_norm(s, w)` becomes one `add_rms_norm`
 //!   producing `s`, the normalised value and `rstd` (every pre-norm block has two).
-//! - `swiglu-abs-max`, `rms-norm-abs-max`, `add-rms-norm-abs-max`: an `abs_max` of the output of
-//!   `swiglu`, `rms_norm` or `add_rms_norm` (the FP8 scale inputs of the down, q/k/v and
-//!   gate/up matmuls) becomes one more output of that op, its `_abs_max` variant, so the GPU
-//!   does not read the tensor again. The variants are separate ops rather than an attribute of
-//!   the base op: each op keeps a fixed signature (the launchers, the memory planner and the
-//!   backward rules see `rms_norm` exactly as before), the kernel name follows the op's, and
-//!   the variant records the storage dtype the abs-max is taken in. A recomputed fused op
-//!   reproduces its abs-max bit for bit (a max does not depend on the order of reduction).
+//! - `{op}-abs-max-*`: the `abs_max` of an output of `swiglu`, `rms_norm`, `add_rms_norm` or
+//!   `swiglu_backward` (the FP8 scale inputs of the down, q/k/v and gate/up matmuls and of the
+//!   gate/up backward matmuls' `dy`) becomes one more output of that op, its `{op}_abs_max`
+//!   variant, so the GPU does not read the tensor again; `swiglu_backward_abs_max` takes both
+//!   gradients' abs-maxes, so it is used when both are wanted. The variants are separate ops
+//!   rather than an attribute of the base op: each op keeps a fixed signature (the launchers,
+//!   the memory planner and the backward rules see `rms_norm` exactly as before), the kernel
+//!   name follows the op's, and the variant records the storage dtype the abs-max is taken in.
+//!   A recomputed fused op reproduces its abs-max bit for bit (a max does not depend on the
+//!   order of reduction). Abs-maxes of weights, of the attention output and of the other
+//!   gradients stay separate nodes.
 //! - Cast clean-up (`cast-to-own-dtype`, `double-cast`, `*-of-exact-cast`): a reader of a
 //!   cast's result reads the cast's operand instead when the cast changes no value (bf16 → f32,
 //!   FP8 → bf16/f32); a cast left unread goes. The pipeline makes no such casts today (the only
@@ -61,14 +67,16 @@ mod rules;
 use egg::{EGraph, Id, Runner, SimpleScheduler, StopReason};
 use indexmap::{IndexMap, IndexSet};
 use llmq_compiler::ir::{Graph, Node, NodeId, Phase, Role, TensorId};
-use llmq_compiler::kernels::ops::{AddRmsNorm, AddRmsNormAbsMax, RmsNormAbsMax, SwiGluAbsMax};
+use llmq_compiler::kernels::ops::{
+    AddRmsNorm, AddRmsNormAbsMax, RmsNormAbsMax, SwiGluAbsMax, SwiGluBackwardAbsMax,
+};
 use llmq_compiler::kernels::{DType, Op};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
-use rules::{Dtypes, Term, dtype_leaf, rules};
+use rules::{Dtypes, Term, dtype_leaf, index_leaf, rules};
 use std::time::Duration;
 
-/// egg's limits. Every rule adds at most two e-nodes per match and chains are at most two
-/// rules deep, so a few iterations saturate; the node limit scales with the graph. The time
+/// egg's limits. Every rule adds a few e-nodes per match and chains are at most three rules
+/// deep, so a few iterations saturate; the node limit scales with the graph. The time
 /// limit is far above any run (26 ms on the 32B): it must never be what decides a plan.
 const ITERATIONS: usize = 8;
 const NODES_PER_TERM: usize = 4;
@@ -86,31 +94,23 @@ impl Pass for Fusion {
 
     fn run(&self, graph: &mut Graph, _: &PassContext) -> Result<(), PassError> {
         let order = graph.topological_order();
-        let terms = Terms::build(graph, &order);
-        let node_limit = NODES_PER_TERM * terms.egraph.total_number_of_nodes() + 1000;
-        let runner = Runner::default()
-            .with_scheduler(SimpleScheduler)
-            .with_iter_limit(ITERATIONS)
-            .with_node_limit(node_limit)
-            .with_time_limit(TIME_LIMIT)
-            .with_egraph(terms.egraph)
-            .run(&rules());
-        if !matches!(runner.stop_reason, Some(StopReason::Saturated)) {
-            return Err(PassError::Failed {
-                pass: NAME,
-                message: format!("egg stopped before saturating: {:?}", runner.stop_reason),
-            });
+        let mut terms = Terms::build(graph, &order);
+        let mut candidates = Candidates::new(graph);
+        candidates.residual_norms(&order);
+        candidates.abs_maxes(&order);
+        for stage in candidates.stages.values().flatten() {
+            terms.add(graph, &stage.node);
         }
+        let egraph = saturate(terms.egraph)?;
         let mut edits = Edits {
             graph,
-            egraph: &runner.egraph,
+            egraph: &egraph,
             of_tensor: &terms.of_tensor,
             fused: IndexMap::new(),
             absorbed_by: IndexMap::new(),
             rewired: IndexMap::new(),
         };
-        edits.fuse_residual_norms(&order);
-        edits.fuse_abs_maxes(&order);
+        edits.keep_proven(candidates.stages);
         edits.bypass_exact_casts(&order);
         let unread = edits.unread_casts(&order);
         let Edits { fused, rewired, .. } = edits;
@@ -136,6 +136,25 @@ impl Pass for Fusion {
     }
 }
 
+/// Runs egg's rules to saturation under explicit limits; a limit reached is an error.
+fn saturate(egraph: EGraph<Term, Dtypes>) -> Result<EGraph<Term, Dtypes>, PassError> {
+    let node_limit = NODES_PER_TERM * egraph.total_number_of_nodes() + 1000;
+    let runner = Runner::default()
+        .with_scheduler(SimpleScheduler)
+        .with_iter_limit(ITERATIONS)
+        .with_node_limit(node_limit)
+        .with_time_limit(TIME_LIMIT)
+        .with_egraph(egraph)
+        .run(&rules());
+    match runner.stop_reason {
+        Some(StopReason::Saturated) => Ok(runner.egraph),
+        reason => Err(PassError::Failed {
+            pass: NAME,
+            message: format!("egg stopped before saturating: {reason:?}"),
+        }),
+    }
+}
+
 /// An operand of a term: a tensor, or the dtype a cast or quantisation converts to.
 enum Child {
     Tensor(TensorId),
@@ -149,7 +168,16 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
         Op::Cast(c) => Some(c.to),
         Op::Quantize(q) => Some(q.to),
         Op::QuantizeTransposed(q) => Some(q.to),
-        Op::Add(_) | Op::RmsNorm(_) | Op::SwiGlu(_) | Op::AbsMax(_) | Op::AddRmsNorm(_) => None,
+        Op::Add(_)
+        | Op::RmsNorm(_)
+        | Op::SwiGlu(_)
+        | Op::SwiGluBackward(_)
+        | Op::AbsMax(_)
+        | Op::AddRmsNorm(_)
+        | Op::RmsNormAbsMax(_)
+        | Op::AddRmsNormAbsMax(_)
+        | Op::SwiGluAbsMax(_)
+        | Op::SwiGluBackwardAbsMax(_) => None,
         _ => return None,
     };
     let mut children = Vec::with_capacity(node.inputs.len() + 1);
@@ -163,12 +191,29 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
         (Op::Add(_), &[a, b]) => Term::Add([a, b]),
         (Op::RmsNorm(_), &[x, w]) => Term::RmsNorm([x, w]),
         (Op::SwiGlu(_), &[g, u]) => Term::SwiGlu([g, u]),
+        (Op::SwiGluBackward(_), &[g, u, d]) => Term::SwiGluBackward([g, u, d]),
         (Op::AbsMax(_), &[x]) => Term::AbsMax(x),
         (Op::AddRmsNorm(_), &[a, b, w]) => Term::AddRmsNorm([a, b, w]),
+        (Op::RmsNormAbsMax(_), &[x, w]) => Term::RmsNormAbsMax([x, w]),
+        (Op::AddRmsNormAbsMax(_), &[a, b, w]) => Term::AddRmsNormAbsMax([a, b, w]),
+        (Op::SwiGluAbsMax(_), &[g, u]) => Term::SwiGluAbsMax([g, u]),
+        (Op::SwiGluBackwardAbsMax(_), &[g, u, d]) => Term::SwiGluBackwardAbsMax([g, u, d]),
         (Op::Cast(_), &[to, x]) => Term::Cast([to, x]),
         (Op::Quantize(_), &[to, x, m]) => Term::Quantize([to, x, m]),
         (Op::QuantizeTransposed(_), &[to, x, m]) => Term::QuantizeTransposed([to, x, m]),
         _ => unreachable!("the modelled ops have these operands"),
+    })
+}
+
+/// The abs-max variant of an op, stored in `dtype`, and the outputs whose abs-max it emits
+/// (after its own outputs, in this order).
+fn abs_max_variant(op: &Op, dtype: DType) -> Option<(Op, &'static [usize])> {
+    Some(match op {
+        Op::SwiGlu(_) => (SwiGluAbsMax { dtype }.into(), &[0]),
+        Op::SwiGluBackward(_) => (SwiGluBackwardAbsMax { dtype }.into(), &[0, 1]),
+        Op::RmsNorm(r) => (RmsNormAbsMax { eps: r.eps, dtype }.into(), &[0]),
+        Op::AddRmsNorm(r) => (AddRmsNormAbsMax { eps: r.eps, dtype }.into(), &[1]),
+        _ => return None,
     })
 }
 
@@ -194,27 +239,29 @@ impl Terms {
             if node.accumulate.iter().any(|&a| a) || !node.outputs.iter().all(fresh) {
                 continue;
             }
-            let Some(term) = term_of(node, |c| Some(terms.child(graph, c))) else {
-                continue;
-            };
-            let id = terms.egraph.add(term);
-            let outputs = &node.outputs;
-            match &node.op {
-                // An already fused norm: its sum is the add's, its `y` the normalised output.
-                Op::AddRmsNorm(_) => {
-                    let (a, b) = (terms.of(node.inputs[0]), terms.of(node.inputs[1]));
-                    let sum = terms.egraph.add(Term::Add([a, b]));
-                    terms.of_tensor[outputs[0].index()] = Some(sum);
-                    terms.of_tensor[outputs[1].index()] =
-                        Some(terms.egraph.add(Term::NormedOf(id)));
+            if let Some(outputs) = terms.add(graph, node) {
+                for (&t, id) in node.outputs.iter().zip(outputs) {
+                    terms.of_tensor[t.index()] = Some(id);
                 }
-                // The quantised values and their descale are leaves: no rule reads them.
-                Op::Quantize(_) | Op::QuantizeTransposed(_) => {}
-                _ => terms.of_tensor[outputs[0].index()] = Some(id),
             }
         }
         terms.egraph.rebuild();
         terms
+    }
+
+    /// Adds the term of a node's op and of its outputs (`(output k op)` when it has several);
+    /// returns the e-class of each output, or `None` for an op no rule models.
+    fn add(&mut self, graph: &Graph, node: &Node) -> Option<Vec<Id>> {
+        let term = term_of(node, |c| Some(self.child(graph, c)))?;
+        let op = self.egraph.add(term);
+        if node.outputs.len() == 1 {
+            return Some(vec![op]);
+        }
+        let output = |k: usize| {
+            let index = self.egraph.add(Term::Leaf(index_leaf(k)));
+            self.egraph.add(Term::Output([index, op]))
+        };
+        Some((0..node.outputs.len()).map(output).collect())
     }
 
     /// The e-class of an operand: a tensor's op term, or a leaf named after the tensor (its
@@ -244,6 +291,125 @@ struct Fused {
     absorbs: Vec<NodeId>,
 }
 
+/// The fusions to try, found on the graph's structure: per node to replace, its proposals in
+/// order, each building on the one before (an `add_rms_norm`, then its abs-max variant).
+struct Candidates<'a> {
+    graph: &'a Graph,
+    stages: IndexMap<NodeId, Vec<Fused>>,
+    /// Per absorbed node, the node whose replacement absorbs it.
+    absorbed_by: IndexMap<NodeId, NodeId>,
+}
+
+impl<'a> Candidates<'a> {
+    fn new(graph: &'a Graph) -> Self {
+        Candidates {
+            graph,
+            stages: IndexMap::new(),
+            absorbed_by: IndexMap::new(),
+        }
+    }
+
+    /// The node that writes what node `n` writes once the fusions proposed so far are
+    /// applied: its place in program order and the node.
+    fn current(&self, n: NodeId) -> (NodeId, &Node) {
+        let at = self.absorbed_by.get(&n).copied().unwrap_or(n);
+        let node = self
+            .stages
+            .get(&at)
+            .and_then(|s| s.last())
+            .map_or(self.graph.node(at), |f| &f.node);
+        (at, node)
+    }
+
+    /// Proposes `node` to replace node `at` (or its proposal so far), absorbing `absorbs`.
+    fn propose(&mut self, at: NodeId, absorbs: &[NodeId], node: Node) {
+        for &n in absorbs {
+            self.absorbed_by.insert(n, at);
+        }
+        let absorbs = absorbs.to_vec();
+        self.stages
+            .entry(at)
+            .or_default()
+            .push(Fused { node, absorbs });
+    }
+
+    /// `residual-add-rms-norm`: each `rms_norm` of an `add`'s result, with the `add`.
+    fn residual_norms(&mut self, order: &[NodeId]) {
+        for &n in order {
+            let norm = self.graph.node(n);
+            let Op::RmsNorm(rms) = &norm.op else { continue };
+            let Some(add) = self.graph.producer(norm.inputs[0]) else {
+                continue;
+            };
+            let add_node = self.graph.node(add);
+            if !matches!(add_node.op, Op::Add(_)) || self.stages.contains_key(&add) {
+                continue;
+            }
+            let sum = add_node.outputs[0];
+            let node = Node {
+                op: AddRmsNorm {
+                    eps: rms.eps,
+                    dtype: self.graph.tensor(sum).ty.dtype,
+                }
+                .into(),
+                inputs: vec![add_node.inputs[0], add_node.inputs[1], norm.inputs[1]],
+                outputs: vec![sum, norm.outputs[0], norm.outputs[1]],
+                accumulate: vec![false; 3],
+                phase: add_node.phase,
+                layer: add_node.layer,
+            };
+            self.propose(add, &[n], node);
+        }
+    }
+
+    /// The abs-max rules: the `abs_max` nodes reading the outputs of one op (a norm fused with
+    /// its residual add or not, swiglu, its backward) become outputs of its abs-max variant,
+    /// when there is one for every output the variant takes the abs-max of.
+    fn abs_maxes(&mut self, order: &[NodeId]) {
+        // Per producer (as fused so far), the abs_max nodes reading its outputs: (output
+        // index, node).
+        let mut readers: IndexMap<NodeId, Vec<(usize, NodeId)>> = IndexMap::new();
+        for &n in order {
+            let node = self.graph.node(n);
+            if !matches!(node.op, Op::AbsMax(_)) || node.accumulate[0] {
+                continue;
+            }
+            let x = node.inputs[0];
+            let Some(producer) = self.graph.producer(x) else {
+                continue;
+            };
+            let (at, producer) = self.current(producer);
+            if let Some(k) = producer.outputs.iter().position(|&t| t == x) {
+                readers.entry(at).or_default().push((k, n));
+            }
+        }
+        for (at, readers) in readers {
+            let producer = self.current(at).1;
+            let dtype = self.graph.tensor(producer.outputs[0]).ty.dtype;
+            let Some((op, sources)) = abs_max_variant(&producer.op, dtype) else {
+                continue;
+            };
+            let reader_of = |k: usize| readers.iter().find(|r| r.0 == k).map(|r| r.1);
+            let Some(absorbs) = sources
+                .iter()
+                .map(|&k| reader_of(k))
+                .collect::<Option<Vec<_>>>()
+            else {
+                continue;
+            };
+            let mut outputs = producer.outputs.clone();
+            outputs.extend(absorbs.iter().map(|&n| self.graph.node(n).outputs[0]));
+            let node = Node {
+                op,
+                accumulate: vec![false; outputs.len()],
+                outputs,
+                ..producer.clone()
+            };
+            self.propose(at, &absorbs, node);
+        }
+    }
+}
+
 /// The rewrites egg proved, collected before the graph is edited.
 struct Edits<'a> {
     graph: &'a Graph,
@@ -262,127 +428,48 @@ impl Edits<'_> {
         self.of_tensor[t.index()].map(|id| self.egraph.find(id))
     }
 
-    fn classes(&self, tensors: &[TensorId]) -> Option<Vec<Id>> {
-        tensors.iter().map(|&t| self.class(t)).collect()
+    /// True when egg proved every output of `node`, a fused node writing the tensors of the
+    /// nodes it replaces, equal to that output of its op on its operands.
+    fn proves(&self, node: &Node) -> bool {
+        let Some(op) = self.lookup(node) else {
+            return false;
+        };
+        let output = |k: usize| match node.outputs.len() {
+            1 => Some(op),
+            _ => {
+                let index = self.egraph.lookup(Term::Leaf(index_leaf(k)))?;
+                self.egraph.lookup(Term::Output([index, op]))
+            }
+        };
+        node.outputs
+            .iter()
+            .enumerate()
+            .all(|(k, &t)| self.class(t).is_some() && output(k) == self.class(t))
     }
 
-    /// True when egg proved `t` equal to the output `project` names of the fused term.
-    fn proves(&self, t: TensorId, fused: Term, project: fn(Id) -> Term) -> bool {
-        let output = self
-            .egraph
-            .lookup(fused)
-            .and_then(|f| self.egraph.lookup(project(f)));
-        output.is_some() && output == self.class(t)
+    /// Keeps, per replaced node, its last proposal egg proved (with everything the proposals
+    /// up to it absorb).
+    fn keep_proven(&mut self, stages: IndexMap<NodeId, Vec<Fused>>) {
+        for (at, stages) in stages {
+            let Some(last) = stages.iter().rposition(|f| self.proves(&f.node)) else {
+                continue;
+            };
+            let absorbs: Vec<NodeId> = stages[..=last]
+                .iter()
+                .flat_map(|f| f.absorbs.iter().copied())
+                .collect();
+            for &n in &absorbs {
+                self.absorbed_by.insert(n, at);
+            }
+            let node = stages[last].node.clone();
+            self.fused.insert(at, Fused { node, absorbs });
+        }
     }
 
-    /// The node that writes what node `n` writes once the fusions so far are applied: its
-    /// place in program order and the node.
-    fn current(&self, n: NodeId) -> (NodeId, &Node) {
+    /// The node that writes what node `n` writes once the kept fusions are applied.
+    fn current(&self, n: NodeId) -> &Node {
         let at = self.absorbed_by.get(&n).copied().unwrap_or(n);
-        let node = self.fused.get(&at).map_or(self.graph.node(at), |f| &f.node);
-        (at, node)
-    }
-
-    /// Records that `node` replaces node `at` (or its earlier replacement) and absorbs `n`.
-    fn fuse(&mut self, at: NodeId, n: NodeId, node: Node) {
-        self.absorbed_by.insert(n, at);
-        match self.fused.get_mut(&at) {
-            Some(f) => {
-                f.node = node;
-                f.absorbs.push(n);
-            }
-            None => {
-                self.fused.insert(
-                    at,
-                    Fused {
-                        node,
-                        absorbs: vec![n],
-                    },
-                );
-            }
-        }
-    }
-
-    /// `residual-add-rms-norm`: each `rms_norm` of an `add`'s result, with the `add`.
-    fn fuse_residual_norms(&mut self, order: &[NodeId]) {
-        for &n in order {
-            let norm = self.graph.node(n);
-            let Op::RmsNorm(rms) = &norm.op else { continue };
-            let Some(add) = self.graph.producer(norm.inputs[0]) else {
-                continue;
-            };
-            let add_node = self.graph.node(add);
-            if !matches!(add_node.op, Op::Add(_)) || self.fused.contains_key(&add) {
-                continue;
-            }
-            let inputs = vec![add_node.inputs[0], add_node.inputs[1], norm.inputs[1]];
-            let Some(&[a, b, w]) = self.classes(&inputs).as_deref() else {
-                continue;
-            };
-            if !self.proves(norm.outputs[0], Term::AddRmsNorm([a, b, w]), Term::NormedOf) {
-                continue;
-            }
-            let sum = add_node.outputs[0];
-            let node = Node {
-                op: AddRmsNorm {
-                    eps: rms.eps,
-                    dtype: self.graph.tensor(sum).ty.dtype,
-                }
-                .into(),
-                inputs,
-                outputs: vec![sum, norm.outputs[0], norm.outputs[1]],
-                accumulate: vec![false; 3],
-                phase: add_node.phase,
-                layer: add_node.layer,
-            };
-            self.fuse(add, n, node);
-        }
-    }
-
-    /// The abs-max rules: each `abs_max` of a `swiglu`'s or a norm's output (the norm fused
-    /// with its residual add or not), into that op.
-    fn fuse_abs_maxes(&mut self, order: &[NodeId]) {
-        for &n in order {
-            let node = self.graph.node(n);
-            if !matches!(node.op, Op::AbsMax(_)) || node.accumulate[0] {
-                continue;
-            }
-            let (x, amax) = (node.inputs[0], node.outputs[0]);
-            let Some(producer) = self.graph.producer(x) else {
-                continue;
-            };
-            let (at, producer) = self.current(producer);
-            let Some(children) = self.classes(&producer.inputs) else {
-                continue;
-            };
-            let dtype = self.graph.tensor(x).ty.dtype;
-            let (op, fused): (Op, Term) = match (&producer.op, children.as_slice()) {
-                (Op::SwiGlu(_), &[g, u]) => {
-                    (SwiGluAbsMax { dtype }.into(), Term::SwiGluAbsMax([g, u]))
-                }
-                (Op::RmsNorm(r), &[x, w]) => (
-                    RmsNormAbsMax { eps: r.eps, dtype }.into(),
-                    Term::RmsNormAbsMax([x, w]),
-                ),
-                (Op::AddRmsNorm(r), &[a, b, w]) => (
-                    AddRmsNormAbsMax { eps: r.eps, dtype }.into(),
-                    Term::AddRmsNormAbsMax([a, b, w]),
-                ),
-                _ => continue,
-            };
-            if !self.proves(amax, fused, Term::AmaxOf) {
-                continue;
-            }
-            let mut outputs = producer.outputs.clone();
-            outputs.push(amax);
-            let node = Node {
-                op,
-                accumulate: vec![false; outputs.len()],
-                outputs,
-                ..producer.clone()
-            };
-            self.fuse(at, n, node);
-        }
+        self.fused.get(&at).map_or(self.graph.node(at), |f| &f.node)
     }
 
     /// The cast clean-up: every operand that a chain of casts produces is read from the
@@ -475,7 +562,7 @@ impl Edits<'_> {
             if self.absorbed_by.contains_key(&n) {
                 continue;
             }
-            let node = self.rewired.get(&n).unwrap_or_else(|| self.current(n).1);
+            let node = self.rewired.get(&n).unwrap_or_else(|| self.current(n));
             for &t in &node.inputs {
                 readers[t.index()] += 1;
             }

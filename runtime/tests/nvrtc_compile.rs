@@ -138,6 +138,8 @@ const KERNELS: &[(&str, &[&str])] = &[
             "swiglu_abs_max_bf16",
             "swiglu_backward_f32",
             "swiglu_backward_bf16",
+            "swiglu_backward_abs_max_f32",
+            "swiglu_backward_abs_max_bf16",
         ],
     ),
     (

@@ -41,5 +41,5 @@ pub use quantize::{Quantize, QuantizeTransposed};
 pub use rms_norm::{RmsNorm, RmsNormAbsMax, RmsNormBackward};
 pub use rope::{Rope, RopeBackward};
 pub use sum_squares::SumSquares;
-pub use swiglu::{SwiGlu, SwiGluAbsMax, SwiGluBackward};
+pub use swiglu::{SwiGlu, SwiGluAbsMax, SwiGluBackward, SwiGluBackwardAbsMax};
 pub use zero::Zero;

@@ -2,7 +2,9 @@
 //!
 //! `SwiGluAbsMax` also emits `max |h|` of `h` as stored, the scale input of the down
 //! projection's FP8 operand: the fusion pass puts it where an `abs_max` reads a `swiglu`'s
-//! output, saving a read of `h`. Made after autodiff, it has no backward rule.
+//! output, saving a read of `h`. `SwiGluBackwardAbsMax` does the same for both gradients (the
+//! FP8 `dy` of the gate and up projections' backward). Made after autodiff, neither has a
+//! backward rule.
 
 use super::abs_max::{abs_max_as_stored, with_abs_max};
 use crate::op::check;
@@ -23,6 +25,14 @@ pub struct SwiGluAbsMax {
 /// Gradients of [`SwiGlu`] for gate and up.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SwiGluBackward;
+
+/// `(dgate, dup) = swiglu_backward(gate, up, dh)` and the abs-max of each once rounded to
+/// `dtype`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwiGluBackwardAbsMax {
+    /// The storage dtype of `dgate` and `dup` (that of `dh`).
+    pub dtype: DType,
+}
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -121,5 +131,36 @@ impl OpSpec for SwiGluBackward {
             dg[0].data[i] = dh[i] * up[i] * s * (1.0 + gate[i] * (1.0 - s));
         }
         Ok(())
+    }
+}
+
+impl OpSpec for SwiGluBackwardAbsMax {
+    fn name(&self) -> &'static str {
+        "swiglu_backward_abs_max"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["gate", "up", "dh"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["dgate", "dup", "dgate_amax", "dup_amax"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        let op = "swiglu_backward_abs_max";
+        let outputs = with_abs_max(op, self.dtype, SwiGluBackward.infer(inputs)?, 0)?;
+        with_abs_max(op, self.dtype, outputs, 1)
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        12.0 * inputs[0].numel() as f64
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let (grads, amaxes) = outputs.split_at_mut(2);
+        SwiGluBackward.cpu(inputs, grads)?;
+        for (amax, grad) in amaxes.iter_mut().zip(grads.iter()) {
+            amax.data[0] = abs_max_as_stored(self.dtype, grad.data);
+        }
+        Ok(())
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("dtype", self.dtype.name().to_string())]
     }
 }

@@ -1,13 +1,15 @@
 //! The terms egg rewrites, the dtypes it knows of them, and the rules, grouped by topic.
 //!
-//! A term stands for an op's output (or, for the multi-output ops `quantize` and the fused
-//! ops, for the op itself, its outputs then named by a projection: `normed_of`, `amax_of`).
-//! Tensors that no modelled op produces are leaves named after their ID (`t12`); a cast's
-//! target dtype is a leaf named after the dtype (`bf16`). Every rule is an equality of the CPU
-//! references that holds on every input, bit for bit once results are stored; the fused ops'
-//! other outputs are the unfused op's by their definition, so only the new output needs a rule.
+//! A term stands for an op's output when the op has one, and for the op itself when it has
+//! several, each output then named `(output k op)`. Tensors that no modelled op produces are
+//! leaves named after their ID (`t12`); a cast's target dtype is a leaf named after the dtype
+//! (`bf16`), an output index a leaf named after the number. Every rule is an equality of the
+//! CPU references that holds on every input, bit for bit once results are stored, and a fused
+//! op gets one rule per output, so the pass can ask egg for every output of a fusion.
 
-use egg::{Analysis, DidMerge, EGraph, Id, Rewrite, Subst, Symbol, Var, define_language, rewrite};
+use egg::{
+    Analysis, DidMerge, EGraph, Id, Pattern, Rewrite, Subst, Symbol, Var, define_language, rewrite,
+};
 use indexmap::IndexMap;
 use llmq_compiler::kernels::DType;
 
@@ -17,22 +19,27 @@ define_language! {
         "add" = Add([Id; 2]),
         "rms_norm" = RmsNorm([Id; 2]),
         "swiglu" = SwiGlu([Id; 2]),
+        "swiglu_backward" = SwiGluBackward([Id; 3]),
         "abs_max" = AbsMax(Id),
         // (cast to x)
         "cast" = Cast([Id; 2]),
-        // (quantize to x amax): the op, whose outputs no rule names.
+        // (quantize to x amax)
         "quantize" = Quantize([Id; 3]),
         "quantize_transposed" = QuantizeTransposed([Id; 3]),
         "add_rms_norm" = AddRmsNorm([Id; 3]),
         "rms_norm_abs_max" = RmsNormAbsMax([Id; 2]),
         "add_rms_norm_abs_max" = AddRmsNormAbsMax([Id; 3]),
         "swiglu_abs_max" = SwiGluAbsMax([Id; 2]),
-        // The normalised output `y` of a fused norm.
-        "normed_of" = NormedOf(Id),
-        // The abs-max output of a fused op.
-        "amax_of" = AmaxOf(Id),
+        "swiglu_backward_abs_max" = SwiGluBackwardAbsMax([Id; 3]),
+        // (output k op): output k of an op with several outputs.
+        "output" = Output([Id; 2]),
         Leaf(Symbol),
     }
+}
+
+/// The leaf naming output index `k`.
+pub fn index_leaf(k: usize) -> Symbol {
+    k.to_string().into()
 }
 
 /// The storage dtype of the e-classes where the cast rules need it: a tensor leaf's, the
@@ -98,27 +105,57 @@ pub fn rules() -> Vec<Rewrite<Term, Dtypes>> {
 }
 
 /// Fewer passes over memory: a residual add into the norm after it, and an abs-max into the
-/// op whose output it reads (the norms feeding FP8 matmuls, swiglu feeding the down matmul).
+/// op whose output it reads (the norms feeding FP8 matmuls, swiglu feeding the down matmul, its
+/// backward feeding the gate and up matmuls' backward). Each rule defines an output of a fused
+/// op by the unfused ops, in that direction: the pass proposes a fused node, and egg proves
+/// each of its outputs equal to the tensor it takes over, or not.
 fn fusion_rules() -> Vec<Rewrite<Term, Dtypes>> {
-    vec![
+    let mut rules = vec![
+        rewrite!(
+            "residual-add-rms-norm-sum";
+            "(output 0 (add_rms_norm ?a ?b ?w))" => "(add ?a ?b)"
+        ),
         rewrite!(
             "residual-add-rms-norm";
-            "(rms_norm (add ?a ?b) ?w)" => "(normed_of (add_rms_norm ?a ?b ?w))"
+            "(output 1 (add_rms_norm ?a ?b ?w))" => "(output 0 (rms_norm (add ?a ?b) ?w))"
         ),
         rewrite!(
-            "swiglu-abs-max";
-            "(abs_max (swiglu ?g ?u))" => "(amax_of (swiglu_abs_max ?g ?u))"
+            "residual-add-rms-norm-rstd";
+            "(output 2 (add_rms_norm ?a ?b ?w))" => "(output 1 (rms_norm (add ?a ?b) ?w))"
         ),
-        rewrite!(
-            "rms-norm-abs-max";
-            "(abs_max (rms_norm ?x ?w))" => "(amax_of (rms_norm_abs_max ?x ?w))"
-        ),
-        rewrite!(
-            "add-rms-norm-abs-max";
-            "(abs_max (normed_of (add_rms_norm ?a ?b ?w)))"
-                => "(amax_of (add_rms_norm_abs_max ?a ?b ?w))"
-        ),
-    ]
+    ];
+    rules.extend(abs_max_rules("swiglu", "?g ?u", 1, &[0]));
+    rules.extend(abs_max_rules("rms_norm", "?x ?w", 2, &[0]));
+    rules.extend(abs_max_rules("add_rms_norm", "?a ?b ?w", 3, &[1]));
+    rules.extend(abs_max_rules("swiglu_backward", "?g ?u ?d", 2, &[0, 1]));
+    rules
+}
+
+/// The rules of `{op}_abs_max`, the variant of `op` (`outputs` outputs, operands `args`) that
+/// also emits the abs-max of its outputs `sources`, after its own: its first outputs are
+/// `op`'s, and its output `outputs + j` is `abs_max` of `op`'s output `sources[j]`.
+fn abs_max_rules(
+    op: &str,
+    args: &str,
+    outputs: usize,
+    sources: &[usize],
+) -> Vec<Rewrite<Term, Dtypes>> {
+    let base = |k: usize| match outputs {
+        1 => format!("({op} {args})"),
+        _ => format!("(output {k} ({op} {args}))"),
+    };
+    let variant = |k: usize| format!("(output {k} ({op}_abs_max {args}))");
+    let rule = |name: String, from: String, to: String| {
+        let from: Pattern<Term> = from.parse().unwrap();
+        let to: Pattern<Term> = to.parse().unwrap();
+        Rewrite::new(name, from, to).unwrap()
+    };
+    let own = (0..outputs).map(|k| rule(format!("{op}-abs-max-output-{k}"), variant(k), base(k)));
+    let amax = sources.iter().enumerate().map(|(j, &k)| {
+        let name = format!("{op}-abs-max-of-output-{k}");
+        rule(name, variant(outputs + j), format!("(abs_max {})", base(k)))
+    });
+    own.chain(amax).collect()
 }
 
 /// Casts that change no value. A cast `(cast ?a ?x)` is exact when every value of `?x`'s dtype
@@ -214,37 +251,67 @@ mod tests {
     #[test]
     fn fusion_rules_fold_the_residual_add_and_the_abs_maxes() {
         let none = &[];
-        assert!(proves(
-            none,
-            "(rms_norm (add a b) w)",
-            "(normed_of (add_rms_norm a b w))"
-        ));
-        assert!(proves(
-            none,
-            "(abs_max (swiglu g u))",
-            "(amax_of (swiglu_abs_max g u))"
-        ));
-        assert!(proves(
-            none,
-            "(abs_max (rms_norm x w))",
-            "(amax_of (rms_norm_abs_max x w))"
-        ));
-        assert!(proves(
-            none,
-            "(abs_max (rms_norm (add a b) w))",
-            "(amax_of (add_rms_norm_abs_max a b w))"
-        ));
-        // The abs-max of the norm's input is not the abs-max of its output.
-        assert!(!proves(
-            none,
-            "(abs_max (add a b))",
-            "(amax_of (add_rms_norm_abs_max a b w))"
-        ));
-        assert!(!proves(
-            none,
-            "(abs_max g)",
-            "(amax_of (swiglu_abs_max g u))"
-        ));
+        let fused = [
+            ("(add a b)", "(output 0 (add_rms_norm a b w))"),
+            (
+                "(output 0 (rms_norm (add a b) w))",
+                "(output 1 (add_rms_norm a b w))",
+            ),
+            (
+                "(output 1 (rms_norm (add a b) w))",
+                "(output 2 (add_rms_norm a b w))",
+            ),
+            ("(swiglu g u)", "(output 0 (swiglu_abs_max g u))"),
+            ("(abs_max (swiglu g u))", "(output 1 (swiglu_abs_max g u))"),
+            (
+                "(output 1 (rms_norm x w))",
+                "(output 1 (rms_norm_abs_max x w))",
+            ),
+            (
+                "(abs_max (output 0 (rms_norm x w)))",
+                "(output 2 (rms_norm_abs_max x w))",
+            ),
+            (
+                "(abs_max (output 0 (rms_norm (add a b) w)))",
+                "(output 3 (add_rms_norm_abs_max a b w))",
+            ),
+            ("(add a b)", "(output 0 (add_rms_norm_abs_max a b w))"),
+            (
+                "(output 1 (swiglu_backward g u d))",
+                "(output 1 (swiglu_backward_abs_max g u d))",
+            ),
+            (
+                "(abs_max (output 0 (swiglu_backward g u d)))",
+                "(output 2 (swiglu_backward_abs_max g u d))",
+            ),
+            (
+                "(abs_max (output 1 (swiglu_backward g u d)))",
+                "(output 3 (swiglu_backward_abs_max g u d))",
+            ),
+        ];
+        for (from, to) in fused {
+            assert!(proves(none, from, to), "{from} = {to}");
+        }
+        let not = [
+            // The abs-max of the norm's input is not the abs-max of its output.
+            (
+                "(abs_max (add a b))",
+                "(output 3 (add_rms_norm_abs_max a b w))",
+            ),
+            ("(abs_max g)", "(output 1 (swiglu_abs_max g u))"),
+            // Nor is one output another, or one gradient's abs-max the other's.
+            (
+                "(output 1 (rms_norm x w))",
+                "(output 0 (rms_norm_abs_max x w))",
+            ),
+            (
+                "(abs_max (output 0 (swiglu_backward g u d)))",
+                "(output 3 (swiglu_backward_abs_max g u d))",
+            ),
+        ];
+        for (from, to) in not {
+            assert!(!proves(none, from, to), "{from} = {to}");
+        }
     }
 
     #[test]

@@ -664,6 +664,15 @@ impl StepContext<'_> {
                 call.grid = self.stride_grid(n);
                 call.zero_first = self.scalar_out(1);
             }
+            Op::SwiGluBackwardAbsMax(_) => {
+                self.no_acc()?;
+                call.args = vec![i(0), i(1), i(2), o(0), o(1), o(2), o(3), I64(n as i64)];
+                call.grid = self.stride_grid(n);
+                call.zero_first = [2, 3]
+                    .into_iter()
+                    .flat_map(|k| self.scalar_out(k))
+                    .collect();
+            }
             Op::RmsNormAbsMax(_) | Op::AddRmsNormAbsMax(_) => {
                 let eps = match op {
                     Op::RmsNormAbsMax(r) => r.eps,
