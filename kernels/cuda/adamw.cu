@@ -1,6 +1,8 @@
 // adamw: one AdamW update in place, as PyTorch computes it (ops/adamw.rs): the gradient times
 // the clipping factor, decoupled weight decay, then the bias-corrected Adam step.
 // `hyper = [lr, step]` and `clip` are read from device memory so captured graphs stay valid.
+// The `_sr` kernels store the BF16 moments with stochastic rounding (seed = the step, streams
+// `m_stream` and `v_stream`), bit for bit as the CPU backend.
 #include "common.cuh"
 
 // adamw_{param}_{grad}_{moments}(P* param, const G* grad, M* m, M* v, const float* clip,
@@ -9,14 +11,28 @@
 // (param, grad, moments): (f32, f32, f32), (bf16, bf16, f32), (bf16, bf16, bf16),
 //                         (f32, bf16, f32), (f32, bf16, bf16).
 // grid: any (grid-stride), block: any.
-template <typename P, typename G, typename M>
+
+// Stores a moment: nearest rounding, or stochastic (`Stochastic`, BF16 moments only).
+template <bool Stochastic, typename M>
+__device__ __forceinline__ void store_moment(M* p, long long i, float v, unsigned long long seed,
+                                             unsigned long long stream) {
+    if constexpr (Stochastic) {
+        store_stochastic(p, i, v, seed, stream);
+    } else {
+        store(p, i, v);
+    }
+}
+
+template <bool Stochastic, typename P, typename G, typename M>
 __device__ void adamw(P* param, const G* grad, M* m, M* v, const float* clip, const float* hyper,
-                      long long n, float beta1, float beta2, float eps, float weight_decay) {
+                      long long n, float beta1, float beta2, float eps, float weight_decay,
+                      unsigned long long m_stream, unsigned long long v_stream) {
     const float c = clip[0];
     if (c == 0.0f) return;  // non-finite gradient norm: the step is skipped (ops/adamw.rs)
     const float lr = hyper[0], step = hyper[1];
     const float bias1 = 1.0f - powf(beta1, step);
     const float bias2_sqrt = sqrtf(1.0f - powf(beta2, step));
+    const unsigned long long seed = step_seed(hyper);
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const float g = load(grad, i) * c;
@@ -25,8 +41,8 @@ __device__ void adamw(P* param, const G* grad, M* m, M* v, const float* clip, co
         const float decayed = load(param, i) * (1.0f - lr * weight_decay);
         const float denom = sqrtf(v_new) / bias2_sqrt + eps;
         store(param, i, decayed - lr / bias1 * m_new / denom);
-        store(m, i, m_new);
-        store(v, i, v_new);
+        store_moment<Stochastic>(m, i, m_new, seed, m_stream);
+        store_moment<Stochastic>(v, i, v_new, seed, v_stream);
     }
 }
 
@@ -34,7 +50,18 @@ __device__ void adamw(P* param, const G* grad, M* m, M* v, const float* clip, co
     extern "C" __global__ void NAME(P* param, const G* grad, M* m, M* v, const float* clip,     \
                                     const float* hyper, long long n, float beta1, float beta2,  \
                                     float eps, float weight_decay) {                            \
-        adamw(param, grad, m, v, clip, hyper, n, beta1, beta2, eps, weight_decay);              \
+        adamw<false>(param, grad, m, v, clip, hyper, n, beta1, beta2, eps, weight_decay, 0, 0); \
+    }
+
+// adamw_{param}_{grad}_bf16_sr(..., float weight_decay, long long m_stream, long long v_stream):
+// the arguments above, then the moments' random streams. (param, grad): (f32, bf16), (bf16, bf16).
+#define ADAMW_SR_ENTRY(NAME, P, G)                                                              \
+    extern "C" __global__ void NAME(P* param, const G* grad, bf16* m, bf16* v, const float* clip, \
+                                    const float* hyper, long long n, float beta1, float beta2,  \
+                                    float eps, float weight_decay, long long m_stream,          \
+                                    long long v_stream) {                                       \
+        adamw<true>(param, grad, m, v, clip, hyper, n, beta1, beta2, eps, weight_decay,         \
+                    (unsigned long long)m_stream, (unsigned long long)v_stream);                \
     }
 
 ADAMW_ENTRY(adamw_f32_f32_f32, float, float, float)
@@ -42,3 +69,5 @@ ADAMW_ENTRY(adamw_bf16_bf16_f32, bf16, bf16, float)
 ADAMW_ENTRY(adamw_bf16_bf16_bf16, bf16, bf16, bf16)
 ADAMW_ENTRY(adamw_f32_bf16_f32, float, bf16, float)
 ADAMW_ENTRY(adamw_f32_bf16_bf16, float, bf16, bf16)
+ADAMW_SR_ENTRY(adamw_f32_bf16_bf16_sr, float, bf16)
+ADAMW_SR_ENTRY(adamw_bf16_bf16_bf16_sr, bf16, bf16)

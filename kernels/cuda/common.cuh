@@ -63,6 +63,42 @@ __device__ __forceinline__ void store_acc(T* p, long long i, float v, int accumu
     store(p, i, v);
 }
 
+// ---- the counter-based random generator and stochastic rounding (kernels/src/rng.rs,
+// kernels/src/numerics.rs): bit for bit the CPU backend's, so both round the same way ----------
+
+// One 64-bit random word for position `index` of stream `stream` under `seed` (rng::word).
+__device__ __forceinline__ unsigned long long rng_word(unsigned long long seed,
+                                                       unsigned long long stream,
+                                                       unsigned long long index) {
+    unsigned long long z = seed * 0x9E3779B97F4A7C15ull + stream * 0xD1B54A32D192ED03ull +
+                           index * 0xBF58476D1CE4E5B9ull + 0x94D049BB133111EBull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// Stores `v` as BF16 rounded stochastically with the top 16 bits of word `index` of `stream`
+// under seed `step` (numerics::round_bf16_stochastic_all): add the 16 random bits to the bits
+// BF16 drops, then truncate. Infinities and NaN round to nearest.
+__device__ __forceinline__ void store_stochastic(bf16* p, long long i, float v,
+                                                 unsigned long long step,
+                                                 unsigned long long stream) {
+    if (!isfinite(v)) {
+        p[i] = __float2bfloat16_rn(v);
+        return;
+    }
+    const unsigned int r = (unsigned int)(rng_word(step, stream, (unsigned long long)i) >> 48);
+    const unsigned int bits = (__float_as_uint(v) + r) >> 16;
+    p[i] = __ushort_as_bfloat16((unsigned short)bits);
+}
+
+// The optimizer step `hyper[1]` as the generator's seed (`as u64` on the CPU: truncation,
+// negative values to 0).
+__device__ __forceinline__ unsigned long long step_seed(const float* hyper) {
+    const float s = hyper[1];
+    return s > 0.0f ? (unsigned long long)s : 0ull;
+}
+
 // ---- warp and block reductions ---------------------------------------------------------------
 
 __device__ __forceinline__ float warp_sum(float v) {
