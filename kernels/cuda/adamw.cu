@@ -12,14 +12,14 @@
 //                         (f32, bf16, f32), (f32, bf16, bf16).
 // grid: any (grid-stride), block: any.
 
-// Stores a moment: nearest rounding, or stochastic (`Stochastic`, BF16 moments only).
+// Stores eight values of a moment: nearest rounding, or stochastic (`Stochastic`, BF16 only).
 template <bool Stochastic, typename M>
-__device__ __forceinline__ void store_moment(M* p, long long i, float v, unsigned long long seed,
-                                             unsigned long long stream) {
+__device__ __forceinline__ void store_moment8(M* p, long long i, long long n, const float v[8],
+                                              unsigned long long seed, unsigned long long stream) {
     if constexpr (Stochastic) {
-        store_stochastic(p, i, v, seed, stream);
+        store8_stochastic(p, i, n, v, seed, stream);
     } else {
-        store(p, i, v);
+        store8(p, i, n, v);
     }
 }
 
@@ -33,16 +33,25 @@ __device__ void adamw(P* param, const G* grad, M* m, M* v, const float* clip, co
     const float bias1 = 1.0f - powf(beta1, step);
     const float bias2_sqrt = sqrtf(1.0f - powf(beta2, step));
     const unsigned long long seed = step_seed(hyper);
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        const float g = load(grad, i) * c;
-        const float m_new = beta1 * load(m, i) + (1.0f - beta1) * g;
-        const float v_new = beta2 * load(v, i) + (1.0f - beta2) * g * g;
-        const float decayed = load(param, i) * (1.0f - lr * weight_decay);
-        const float denom = sqrtf(v_new) / bias2_sqrt + eps;
-        store(param, i, decayed - lr / bias1 * m_new / denom);
-        store_moment<Stochastic>(m, i, m_new, seed, m_stream);
-        store_moment<Stochastic>(v, i, v_new, seed, v_stream);
+    for (long long i = first8(); i < n; i += stride8()) {
+        float p8[8], g8[8], m8[8], v8[8];
+        load8(param, i, n, p8);
+        load8(grad, i, n, g8);
+        load8(m, i, n, m8);
+        load8(v, i, n, v8);
+        for (int k = 0; k < 8; ++k) {
+            const float g = g8[k] * c;
+            const float m_new = beta1 * m8[k] + (1.0f - beta1) * g;
+            const float v_new = beta2 * v8[k] + (1.0f - beta2) * g * g;
+            const float decayed = p8[k] * (1.0f - lr * weight_decay);
+            const float denom = sqrtf(v_new) / bias2_sqrt + eps;
+            p8[k] = decayed - lr / bias1 * m_new / denom;
+            m8[k] = m_new;
+            v8[k] = v_new;
+        }
+        store8(param, i, n, p8);
+        store_moment8<Stochastic>(m, i, n, m8, seed, m_stream);
+        store_moment8<Stochastic>(v, i, n, v8, seed, v_stream);
     }
 }
 

@@ -9,9 +9,10 @@
 // grid: any (grid-stride), block: any.
 template <typename F, typename T>
 __device__ void cast(const F* x, T* y, long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        store(y, i, load(x, i));
+    for (long long i = first8(); i < n; i += stride8()) {
+        float v[8];
+        load8(x, i, n, v);
+        store8(y, i, n, v);
     }
 }
 
@@ -32,8 +33,9 @@ extern "C" __global__ void cast_e5m2_bf16(const e5m2* x, bf16* y, long long n) {
 extern "C" __global__ void cast_stochastic_f32_bf16(const float* x, const float* hyper, bf16* y,
                                                     long long n, long long stream) {
     const unsigned long long seed = step_seed(hyper);
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        store_stochastic(y, i, x[i], seed, (unsigned long long)stream);
+    for (long long i = first8(); i < n; i += stride8()) {
+        float v[8];
+        load8(x, i, n, v);
+        store8_stochastic(y, i, n, v, seed, (unsigned long long)stream);
     }
 }

@@ -19,9 +19,11 @@ template <typename F, typename Q>
 __device__ void quantize(const F* x, const float* amax, Q* q, float* descale, long long n) {
     const float scale = scale_from_amax<Q>(amax[0]);
     if (blockIdx.x == 0 && threadIdx.x == 0) descale[0] = 1.0f / scale;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        store(q, i, load(x, i) * scale);
+    for (long long i = first8(); i < n; i += stride8()) {
+        float v[8];
+        load8(x, i, n, v);
+        for (int k = 0; k < 8; ++k) v[k] *= scale;
+        store8(q, i, n, v);
     }
 }
 

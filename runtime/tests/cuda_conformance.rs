@@ -181,12 +181,13 @@ fn unit_roundoff(dtype: DType) -> f32 {
 }
 
 /// `None` when `gpu` is within the tolerance rule of `cpu` (FP8: equal), else a description of
-/// the worst element and the first values.
-fn compare(dtype: DType, cpu: &[f32], gpu: &[f32]) -> Option<String> {
+/// the worst element and the first values. `roundings`: how many times the GPU rounds the
+/// result to its dtype where the CPU rounds once (the rule's bound grows with each).
+fn compare(dtype: DType, roundings: u64, cpu: &[f32], gpu: &[f32]) -> Option<String> {
     let u = if dtype.is_fp8() {
         0.0
     } else {
-        unit_roundoff(dtype)
+        unit_roundoff(dtype) * roundings as f32
     };
     let rms =
         (cpu.iter().map(|v| (v * v) as f64).sum::<f64>() / cpu.len().max(1) as f64).sqrt() as f32;
@@ -214,6 +215,18 @@ fn compare(dtype: DType, cpu: &[f32], gpu: &[f32]) -> Option<String> {
             &cpu[..cpu.len().min(4)]
         )
     })
+}
+
+/// How many times the GPU rounds output `t` of `step` where the CPU rounds once: the chunked
+/// LM head's backward adds each chunk's weight gradient into the (BF16) output, one rounding
+/// per chunk; the CPU reference sums every chunk in FP32 first.
+fn roundings(plan: &Plan, step: &Step, t: llmq_compiler::ir::TensorId) -> u64 {
+    match &step.op {
+        Op::ClassifierCrossEntropyBackward(c) if step.outputs[1] == t => {
+            plan.tensor(step.inputs[0]).ty.rows().div_ceil(c.chunk_rows)
+        }
+        _ => 1,
+    }
 }
 
 /// Runs every step of `plan` that `select` takes alone on both backends from the same random
@@ -245,7 +258,7 @@ fn check_steps(label: &str, plan: &Plan, seed: u64, select: fn(&Step) -> bool) -
         for &t in &step.outputs {
             let tensor = plan.tensor(t);
             let (c, g) = (cpu.read_f32(t).unwrap(), gpu.read_f32(t).unwrap());
-            let verdict = compare(tensor.ty.dtype, &c, &g);
+            let verdict = compare(tensor.ty.dtype, roundings(plan, step, t), &c, &g);
             let line = format!(
                 "{label} step {i:>3} {:<60} {:<28} {:>5} {}",
                 step.op.to_string(),
@@ -382,14 +395,11 @@ const BF16_STEP: StepBars = StepBars {
 
 /// FP8: a moved abs-max shifts a whole tensor's FP8 values by up to one FP8 ulp (module doc);
 /// the loss bar is the FP8 bar against PyTorch (1%), the gradient cosine its 0.98.
-/// Updates are those of AdamW's first steps, nearly `lr·sign(g)`: where a gradient element
-/// near zero changes sign between the backends, the update's cosine drops by 2/n for a
-/// tensor of n elements, so two such elements of a 64-wide norm weight give 0.9375 (seen on
-/// the H100 with the 769 MiB plan, whose gradient cosines were all above 0.995): 0.9.
+/// Updates (elements of undecided gradient sign left out, see `whole_steps_match`): 0.95.
 const FP8_STEP: StepBars = StepBars {
     loss: 1e-2,
     grad_cosine: 0.98,
-    update_cosine: 0.9,
+    update_cosine: 0.95,
 };
 
 /// Two training steps (forward, backward, optimizer) on both backends from the same weights
@@ -434,10 +444,12 @@ fn whole_steps_match(plan: Plan, seed: u64, bars: StepBars) {
         let rel = ((lg - lc) / lc).abs();
         println!("step {step}: loss cpu {lc} gpu {lg} (relative error {rel:e})");
         assert!(rel < bars.loss, "step {step}: loss cpu {lc} gpu {lg}");
+        let mut grads = Vec::new();
         for p in &io.params {
             let name = &plan.tensor(p.grad).name;
             let (gc, gg) = (cpu.read_f32(p.grad).unwrap(), gpu.read_f32(p.grad).unwrap());
             let cos = cosine(&gc, &gg);
+            grads.push((gc, gg));
             println!("step {step}: {name:<28} cosine {cos:.6}");
             assert!(
                 cos > bars.grad_cosine,
@@ -459,13 +471,31 @@ fn whole_steps_match(plan: Plan, seed: u64, bars: StepBars) {
         let rel = ((ng - nc) / nc).abs();
         println!("step {step}: gradient norm cpu {nc} gpu {ng} (relative error {rel:e})");
         assert!(rel < bars.loss, "grad norm cpu {nc} gpu {ng}");
-        for (p, old) in io.params.iter().zip(&before) {
+        for ((p, old), (gc, gg)) in io.params.iter().zip(&before).zip(&grads) {
             let t = p.master.unwrap_or(p.weight);
             let (wc, wg) = (cpu.read_f32(t).unwrap(), gpu.read_f32(t).unwrap());
-            let delta = |w: &[f32]| w.iter().zip(old).map(|(a, b)| a - b).collect::<Vec<f32>>();
+            // AdamW's first updates are nearly lr·sign(g): an element whose gradient differs
+            // between the backends by as much as its own size has no agreed sign, and its
+            // update is left out (else one such element of a 64-wide norm weight costs 0.03).
+            let decided: Vec<bool> = gc
+                .iter()
+                .zip(gg)
+                .map(|(c, g)| (g - c).abs() < c.abs())
+                .collect();
+            let delta = |w: &[f32]| -> Vec<f32> {
+                w.iter()
+                    .zip(old)
+                    .zip(&decided)
+                    .map(|((a, b), &keep)| if keep { a - b } else { 0.0 })
+                    .collect()
+            };
             let cos = cosine(&delta(&wc), &delta(&wg));
             let name = &plan.tensor(t).name;
-            println!("step {step}: {name:<28} update cosine {cos:.6}");
+            let undecided = decided.iter().filter(|&&d| !d).count();
+            println!(
+                "step {step}: {name:<28} update cosine {cos:.6} ({undecided} of {} undecided)",
+                decided.len()
+            );
             assert!(
                 cos > bars.update_cosine,
                 "step {step}: {name}: update cosine {cos}"

@@ -66,7 +66,7 @@ fn init_weights(backend: &mut CudaBackend, plan: &Plan) {
         for tensor in std::iter::once(p.weight).chain(p.master) {
             let dtype = plan.tensor(tensor).ty.dtype;
             backend
-                .write_bytes(tensor, &fill_bytes(n, dtype, &value))
+                .write_bytes(tensor, &fill_bytes(n, dtype, value))
                 .unwrap();
         }
     }
@@ -147,7 +147,7 @@ fn bench(path: &str, steps: usize) {
         losses[0],
         losses[losses.len() - 1],
     );
-    if std::env::var_os("LLMQ_BENCH_PROFILE").is_some() {
+    if std::env::var("LLMQ_BENCH_PROFILE").is_ok_and(|v| v == "1") {
         profile(&mut gpu, &plan);
     }
 }

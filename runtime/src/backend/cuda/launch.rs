@@ -269,6 +269,11 @@ impl StepContext<'_> {
     fn stride_grid(&self, n: u64) -> u64 {
         n.div_ceil(BLOCK as u64).clamp(1, self.sm_count as u64 * 16)
     }
+    /// Blocks of a grid-stride kernel taking eight elements per thread (`first8` in
+    /// common.cuh).
+    fn stride_grid_8(&self, n: u64) -> u64 {
+        self.stride_grid(n.div_ceil(8))
+    }
     /// The scratch of a split column sum over `cols` columns, and its blocks (see
     /// column_sum_split in common.cuh). The scratch is shared by every step: only steps of
     /// stream 0, which run one after another, may use it.
@@ -604,7 +609,7 @@ impl StepContext<'_> {
                 self.no_acc()?;
                 call.name = format!("{base}_{}_{}", x.dtype, self.out_ty(0).dtype);
                 call.args = vec![i(0), i(1), o(0), I64(n as i64), I64(c.stream as i64)];
-                call.grid = self.stride_grid(n);
+                call.grid = self.stride_grid_8(n);
             }
             Op::BiasAdd(_) => {
                 self.no_acc()?;
@@ -721,7 +726,7 @@ impl StepContext<'_> {
             }
             Op::SumSquares(_) | Op::AbsMax(_) => {
                 call.args = vec![i(0), I64(n as i64), o(0)];
-                call.grid = self.stride_grid(n);
+                call.grid = self.stride_grid_8(n);
                 call.zero_first = self.scalar_out(0);
             }
             Op::ClipScale(c) => {
@@ -763,7 +768,7 @@ impl StepContext<'_> {
                     call.args
                         .extend([I64(sr.m_stream as i64), I64(sr.v_stream as i64)]);
                 }
-                call.grid = self.stride_grid(n);
+                call.grid = self.stride_grid_8(n);
             }
             Op::Cast(_) | Op::Quantize(_) => {
                 self.no_acc()?;
@@ -773,7 +778,7 @@ impl StepContext<'_> {
                 } else {
                     vec![i(0), i(1), o(0), o(1), I64(n as i64)]
                 };
-                call.grid = self.stride_grid(n);
+                call.grid = self.stride_grid_8(n);
             }
             Op::Zero(_)
             | Op::Copy(_)
