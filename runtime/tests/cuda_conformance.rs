@@ -29,6 +29,8 @@
 //! then, and with it every FP8 value of a tensor by up to one FP8 ulp (2⁻³ relative for e4m3),
 //! so the FP8 step's bars are looser (see [`FP8_STEP`]).
 
+mod cuda_common;
+
 use llmq_compiler::autodiff::OptimizerOptions;
 use llmq_compiler::plan::{Plan, Step};
 use llmq_compiler::target::{Precision, device};
@@ -425,6 +427,9 @@ fn whole_steps_match(plan: Plan, seed: u64, bars: StepBars) {
             both(&mut cpu, &mut gpu, m, &rounded);
         }
     }
+    for b in [&mut cpu as &mut dyn Backend, &mut gpu] {
+        cuda_common::quantize_weights(b);
+    }
     for step in 1..=2u64 {
         let n = plan.tensor(io.tokens).ty.numel() as usize;
         let tokens: Vec<f32> = (0..n + 1)
@@ -510,6 +515,9 @@ fn whole_steps_match(plan: Plan, seed: u64, bars: StepBars) {
             for t in [p.m, p.v] {
                 cpu.write_bytes(t, &gpu.read_bytes(t).unwrap()).unwrap();
             }
+        }
+        for b in [&mut cpu as &mut dyn Backend, &mut gpu] {
+            cuda_common::quantize_weights(b);
         }
     }
 }

@@ -16,6 +16,8 @@
 //! uniform with the init's standard deviation (not `llmq-run`'s normal init:
 //! for a 7B model that takes minutes on one core), drawn on all cores.
 
+mod cuda_common;
+
 use llmq_compiler::ir::Init;
 use llmq_compiler::plan::Plan;
 use llmq_kernels::{DType, rng};
@@ -94,6 +96,7 @@ fn bench(path: &str, steps: usize) {
     let mut gpu = CudaBackend::new(plan.clone(), CudaOptions::default())
         .unwrap_or_else(|e| panic!("{path}: {e}"));
     init_weights(&mut gpu, &plan);
+    cuda_common::quantize_weights(&mut gpu);
     let setup = started.elapsed().as_secs_f64();
     let io = plan.io.clone();
     let vocab = plan.model.dims["vocab"] as f64;
@@ -113,6 +116,7 @@ fn bench(path: &str, steps: usize) {
         losses.push(gpu.read_f32(io.loss).unwrap()[0]);
         gpu.write_f32(io.hyper, &[1e-4, step as f32]).unwrap();
         gpu.run_section("optimizer").unwrap();
+        cuda_common::quantize_weights(&mut gpu);
         let norm = gpu.read_f32(io.grad_norm).unwrap()[0];
         times.push(start.elapsed().as_secs_f64());
         assert!(
