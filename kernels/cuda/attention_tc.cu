@@ -346,12 +346,12 @@ __device__ void attention_backward_tc(const bf16* q, const bf16* k, const bf16* 
 }
 
 #define TC_ENTRIES(D)                                                                              \
-    extern "C" __global__ void __launch_bounds__(TC_THREADS) attention_bf16_d##D(                  \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS) attention_tc_bf16_d##D(                  \
         const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int batch, int seq,      \
         int heads, int kv_heads, int head_dim) {                                                   \
         attention_tc<D>(q, k, v, o, lse, TcGeometry{batch, seq, heads, kv_heads});                 \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(TC_THREADS) attention_backward_bf16_d##D(         \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS) attention_tc_backward_bf16_d##D(         \
         const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse,              \
         const bf16* d_o, bf16* dq, bf16* dk, bf16* dv, int batch, int seq, int heads,              \
         int kv_heads, int head_dim, int accumulate) {                                              \

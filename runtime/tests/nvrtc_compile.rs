@@ -34,12 +34,21 @@ const KERNELS: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "attention_tc.cu",
+        "attention_mma.cu",
         &[
             "attention_bf16_d64",
             "attention_backward_bf16_d64",
             "attention_bf16_d128",
             "attention_backward_bf16_d128",
+        ],
+    ),
+    (
+        "attention_tc.cu",
+        &[
+            "attention_tc_bf16_d64",
+            "attention_tc_backward_bf16_d64",
+            "attention_tc_bf16_d128",
+            "attention_tc_backward_bf16_d128",
         ],
     ),
     (

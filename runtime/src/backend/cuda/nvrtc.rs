@@ -47,6 +47,7 @@ pub const SOURCES: &[Source] = &[
     source!("add.cu"),
     source!("add_rms_norm.cu"),
     source!("attention.cu"),
+    source!("attention_mma.cu"),
     source!("attention_tc.cu"),
     source!("bias_add.cu"),
     source!("cast.cu"),
