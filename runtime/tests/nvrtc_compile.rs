@@ -43,15 +43,6 @@ const KERNELS: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "attention_tc.cu",
-        &[
-            "attention_tc_bf16_d64",
-            "attention_tc_backward_bf16_d64",
-            "attention_tc_bf16_d128",
-            "attention_tc_backward_bf16_d128",
-        ],
-    ),
-    (
         "bias_add.cu",
         &[
             "bias_add_f32",

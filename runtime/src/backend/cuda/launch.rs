@@ -19,7 +19,8 @@ const ATTENTION_BLOCK: u32 = 128;
 const ATTENTION_MAX_HEAD_DIM: u64 = 256;
 /// Threads per block of the tensor-core attention kernels (attention_mma.cu: MMA_THREADS).
 const ATTENTION_MMA_BLOCK: u32 = 128;
-/// Rows per block and per walked tile of the tensor-core attention kernels (MMA_ROWS).
+/// Rows of one tile of the tensor-core attention kernels (MMA_ROWS): the key or query rows of
+/// a backward block and every walked tile.
 const ATTENTION_MMA_ROWS: u64 = 64;
 
 /// The launch of a tensor-core attention kernel (attention_mma.cu), for BF16 heads of 64 or
@@ -37,8 +38,9 @@ pub struct AttentionMmaLaunch {
 }
 
 /// The tensor-core attention launch for these sizes, or `None` when the head size has no
-/// tensor-core kernel. Forward: one block per 64 query rows of every head; backward: one more
-/// per 64 key rows of every key/value head.
+/// tensor-core kernel. Forward: one block per 128 query rows (heads of 64) or 64 (heads of
+/// 128: `ForwardTiles` in attention_mma.cu) of every head; backward: one block per 64 query
+/// rows of every head and one per 64 key rows of every key/value head.
 pub fn attention_mma_launch(
     backward: bool,
     batch: u64,
@@ -47,20 +49,24 @@ pub fn attention_mma_launch(
     kv_heads: u64,
     head_dim: u64,
 ) -> Option<AttentionMmaLaunch> {
-    if !matches!(head_dim, 64 | 128) {
-        return None;
-    }
-    let tiles = seq.div_ceil(ATTENTION_MMA_ROWS);
+    let forward_tiles = match head_dim {
+        64 => 2,
+        128 => 1,
+        _ => return None,
+    };
     let rows = ATTENTION_MMA_ROWS;
-    // A bf16 tile of 64 rows padded by 8 elements; the sizes of MmaForwardSmem<d> (q; k, v
-    // twice) and MmaBackwardSmem<d> (two own tiles; two walked tiles twice; lse and delta of
-    // 64 rows twice).
+    // A bf16 tile of 64 rows padded by 8 elements. MmaForwardSmem<d>: the query rows, k and v
+    // twice; MmaBackwardSmem<d>: two own tiles, two walked tiles twice, lse and delta of 64
+    // rows twice.
     let tile = rows * (head_dim + 8) * 2;
     let (name, grid, shared) = if backward {
+        let tiles = seq.div_ceil(rows);
         let blocks = batch * heads * tiles + batch * kv_heads * tiles;
         ("attention_backward_bf16", blocks, 6 * tile + 4 * rows * 4)
     } else {
-        ("attention_bf16", batch * heads * tiles, 5 * tile)
+        let tiles = seq.div_ceil(forward_tiles * rows);
+        let shared = (forward_tiles + 4) * tile;
+        ("attention_bf16", batch * heads * tiles, shared)
     };
     Some(AttentionMmaLaunch {
         name: format!("{name}_d{head_dim}"),
