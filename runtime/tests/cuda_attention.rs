@@ -571,3 +571,26 @@ fn timing() {
         }
     }
 }
+
+/// Without a GPU too: tensor-core launches exist for heads of 64 and 128 only, and each fits
+/// the blocks per SM its kernel is built for (attention_mma.cu: MMA_ENTRIES; 4 and 3 by launch
+/// bounds for heads of 64, 2 for 128) in the 228 KiB of shared memory of an sm_90 SM (1 KiB of
+/// it reserved per block).
+#[test]
+fn launches_fit_the_shared_memory_their_launch_bounds_ask_for() {
+    for (d, forward_blocks, backward_blocks) in [(64, 4, 3), (128, 2, 2)] {
+        for (backward, blocks) in [(false, forward_blocks), (true, backward_blocks)] {
+            let call = launch::attention_mma_launch(backward, 2, 200, 4, 2, d).unwrap();
+            assert!(
+                blocks * (call.shared_bytes + 1024) <= 228 * 1024,
+                "{call:?}: {blocks} blocks do not fit"
+            );
+            let tiles = 200u64.div_ceil(64);
+            let grid = 2 * 4 * tiles + if backward { 2 * 2 * tiles } else { 0 };
+            assert_eq!(call.grid, grid, "{call:?}");
+        }
+    }
+    for d in [16, 32, 96, 256] {
+        assert_eq!(launch::attention_mma_launch(false, 1, 64, 2, 1, d), None);
+    }
+}

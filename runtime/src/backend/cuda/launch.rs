@@ -19,8 +19,7 @@ const ATTENTION_BLOCK: u32 = 128;
 const ATTENTION_MAX_HEAD_DIM: u64 = 256;
 /// Threads per block of the tensor-core attention kernels (attention_mma.cu: MMA_THREADS).
 const ATTENTION_MMA_BLOCK: u32 = 128;
-/// Rows of one tile of the tensor-core attention kernels (MMA_ROWS): the key or query rows of
-/// a backward block and every walked tile.
+/// Rows per block and per walked tile of the tensor-core attention kernels (MMA_ROWS).
 const ATTENTION_MMA_ROWS: u64 = 64;
 
 /// The launch of a tensor-core attention kernel (attention_mma.cu), for BF16 heads of 64 or
@@ -38,9 +37,8 @@ pub struct AttentionMmaLaunch {
 }
 
 /// The tensor-core attention launch for these sizes, or `None` when the head size has no
-/// tensor-core kernel. Forward: one block per 128 query rows (heads of 64) or 64 (heads of
-/// 128: `ForwardTiles` in attention_mma.cu) of every head; backward: one block per 64 query
-/// rows of every head and one per 64 key rows of every key/value head.
+/// tensor-core kernel. Forward: one block per 64 query rows of every head; backward: one more
+/// per 64 key rows of every key/value head.
 pub fn attention_mma_launch(
     backward: bool,
     batch: u64,
@@ -49,24 +47,20 @@ pub fn attention_mma_launch(
     kv_heads: u64,
     head_dim: u64,
 ) -> Option<AttentionMmaLaunch> {
-    let forward_tiles = match head_dim {
-        64 => 2,
-        128 => 1,
-        _ => return None,
-    };
+    if !matches!(head_dim, 64 | 128) {
+        return None;
+    }
     let rows = ATTENTION_MMA_ROWS;
-    // A bf16 tile of 64 rows padded by 8 elements. MmaForwardSmem<d>: the query rows, k and v
-    // twice; MmaBackwardSmem<d>: two own tiles, two walked tiles twice, lse and delta of 64
-    // rows twice.
+    let tiles = seq.div_ceil(rows);
+    // A bf16 tile of 64 rows padded by 8 elements. MmaForwardSmem<d>: q; k and v twice.
+    // MmaBackwardSmem<d>: two own tiles; two walked tiles twice; lse and delta of 64 rows
+    // twice.
     let tile = rows * (head_dim + 8) * 2;
     let (name, grid, shared) = if backward {
-        let tiles = seq.div_ceil(rows);
         let blocks = batch * heads * tiles + batch * kv_heads * tiles;
         ("attention_backward_bf16", blocks, 6 * tile + 4 * rows * 4)
     } else {
-        let tiles = seq.div_ceil(forward_tiles * rows);
-        let shared = (forward_tiles + 4) * tile;
-        ("attention_bf16", batch * heads * tiles, shared)
+        ("attention_bf16", batch * heads * tiles, 5 * tile)
     };
     Some(AttentionMmaLaunch {
         name: format!("{name}_d{head_dim}"),
