@@ -26,8 +26,8 @@ pub use streams::{COMPUTE, DEVICE_TO_HOST, HOST_TO_DEVICE};
 use crate::autodiff::TrainIo;
 use crate::ir::{BufferId, Category, Graph, Phase, TensorId};
 use crate::plan::{
-    Arena, Buffer, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor, Repeat,
-    Section, Step, StepEstimate, StreamKind, live_bytes,
+    Arena, Buffer, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor,
+    QUANTIZE_WEIGHTS_SECTION, Repeat, Section, Step, StepEstimate, StreamKind, live_bytes,
 };
 use crate::target::DeviceProfile;
 use indexmap::IndexMap;
@@ -93,7 +93,8 @@ pub fn lower(input: LowerInput) -> Plan {
         })
         .collect();
     let n = steps.len() as u32;
-    let sections = vec![
+    let optimizer_end = n - count(Phase::WeightQuant);
+    let mut sections = vec![
         Section {
             name: "forward".into(),
             start: 0,
@@ -109,10 +110,18 @@ pub fn lower(input: LowerInput) -> Plan {
         Section {
             name: "optimizer".into(),
             start: micro_len,
-            end: n,
+            end: optimizer_end,
             repeat: Repeat::Once,
         },
     ];
+    if optimizer_end < n {
+        sections.push(Section {
+            name: QUANTIZE_WEIGHTS_SECTION.into(),
+            start: optimizer_end,
+            end: n,
+            repeat: Repeat::Once,
+        });
+    }
     let (events, releases) = streams::place_events(&mut steps, &sections);
 
     let mut intervals = liveness(graph, &steps);
