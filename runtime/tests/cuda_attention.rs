@@ -26,39 +26,17 @@
 //! with the op's own FLOP count (causal: half the score matrix). On the device:
 //! `./cuda_attention --nocapture && ./cuda_attention --ignored timing --nocapture`.
 
+mod cuda_common;
+
 use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, result};
 use llmq_kernels::ops::{Attention, AttentionBackward};
 use llmq_kernels::{DType, OpSpec, TensorType, View, ViewMut, rng};
-use llmq_runtime::backend::cuda::{self, launch, modules::Modules};
+use llmq_runtime::backend::cuda::{launch, modules::Modules};
 use std::ffi::c_void;
 use std::sync::Arc;
 
 /// True when a GPU is usable; otherwise says why the test skips.
-fn gpu_present(test: &str) -> bool {
-    match cuda::probe() {
-        Ok(()) => true,
-        Err(why) => {
-            eprintln!("{test}: skipped, no GPU: {why}");
-            false
-        }
-    }
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("LLMQ_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("seed {seed} (LLMQ_TEST_SEED={seed} repeats this run)");
-    seed
-}
-
 /// The GPU's context, a stream and every kernel.
 struct Gpu {
     stream: Arc<CudaStream>,
@@ -421,10 +399,10 @@ fn check(shape: Shape, seed: u64) -> Vec<String> {
 }
 
 fn check_all(test: &str, shapes: &[Shape]) {
-    if !gpu_present(test) {
+    if !cuda_common::gpu_present(test) {
         return;
     }
-    let seed = seed();
+    let seed = cuda_common::seed();
     let failures: Vec<String> = shapes.iter().flat_map(|&s| check(s, seed)).collect();
     assert!(failures.is_empty(), "{test}:\n{}", failures.join("\n"));
 }
@@ -513,12 +491,12 @@ fn time_ms(gpu: &Gpu, call: &launch::AttentionMmaLaunch, args: &[u64], runs: usi
 #[test]
 #[ignore = "a benchmark: run on the device with --ignored timing"]
 fn timing() {
-    if !gpu_present("timing") {
+    if !cuda_common::gpu_present("timing") {
         return;
     }
     let gpu = Gpu::new();
     let s = &gpu.stream;
-    let seed = seed();
+    let seed = cuda_common::seed();
     println!("{}", gpu.ctx.name().unwrap_or_default());
     for shape in [
         Shape {
