@@ -42,30 +42,6 @@ use llmq_runtime::backend::cuda::{self, CudaBackend, CudaOptions};
 use std::path::Path;
 
 /// True when a GPU is usable; otherwise says why the test skips.
-fn gpu_present(test: &str) -> bool {
-    match cuda::probe() {
-        Ok(()) => true,
-        Err(why) => {
-            eprintln!("{test}: skipped, no GPU: {why}");
-            false
-        }
-    }
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("LLMQ_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("seed {seed} (LLMQ_TEST_SEED={seed} repeats this run)");
-    seed
-}
-
 fn plan(model: &str, batch: u64, seq: u64, grad_accum: u32, precision: Precision) -> Plan {
     plan_within(model, batch, seq, grad_accum, precision, 80 << 30)
 }
@@ -279,10 +255,10 @@ fn check_steps(label: &str, plan: &Plan, seed: u64, select: fn(&Step) -> bool) -
 
 #[test]
 fn every_step_of_small_plans_matches_the_cpu_reference() {
-    if !gpu_present("every_step_of_small_plans_matches_the_cpu_reference") {
+    if !cuda_common::gpu_present("every_step_of_small_plans_matches_the_cpu_reference") {
         return;
     }
-    let seed = seed();
+    let seed = cuda_common::seed();
     let plans = [
         ("tiny bf16", plan("tiny.ron", 2, 64, 1, Precision::Bf16)),
         ("tiny fp32", plan("tiny.ron", 2, 64, 1, Precision::Fp32)),
@@ -342,10 +318,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn a_whole_training_step_of_the_tiny_model_matches_the_cpu() {
-    if !gpu_present("a_whole_training_step_of_the_tiny_model_matches_the_cpu") {
+    if !cuda_common::gpu_present("a_whole_training_step_of_the_tiny_model_matches_the_cpu") {
         return;
     }
-    let seed = seed();
+    let seed = cuda_common::seed();
     whole_steps_match(
         plan("tiny.ron", 4, 128, 1, Precision::Bf16),
         seed,
@@ -355,10 +331,10 @@ fn a_whole_training_step_of_the_tiny_model_matches_the_cpu() {
 
 #[test]
 fn a_whole_fp8_training_step_of_the_tiny_model_matches_the_cpu() {
-    if !gpu_present("a_whole_fp8_training_step_of_the_tiny_model_matches_the_cpu") {
+    if !cuda_common::gpu_present("a_whole_fp8_training_step_of_the_tiny_model_matches_the_cpu") {
         return;
     }
-    let seed = seed();
+    let seed = cuda_common::seed();
     for grad_fp8 in [DType::F8E4M3, DType::F8E5M2] {
         println!("gradients in {}", grad_fp8.name());
         whole_steps_match(tiny_fp8(4, 128, grad_fp8), seed, FP8_STEP);
@@ -367,10 +343,12 @@ fn a_whole_fp8_training_step_of_the_tiny_model_matches_the_cpu() {
 
 #[test]
 fn a_whole_training_step_through_every_memory_mechanism_matches_the_cpu() {
-    if !gpu_present("a_whole_training_step_through_every_memory_mechanism_matches_the_cpu") {
+    if !cuda_common::gpu_present(
+        "a_whole_training_step_through_every_memory_mechanism_matches_the_cpu",
+    ) {
         return;
     }
-    let seed = seed();
+    let seed = cuda_common::seed();
     for (precision, bars) in [(Precision::Bf16, BF16_STEP), (Precision::Fp8, FP8_STEP)] {
         let plan = every_memory_mechanism(precision);
         assert!(plan.host_arena_bytes > 0 && !plan.memory.is_empty());

@@ -41,7 +41,7 @@ const KERNELS: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "attention_tc.cu",
+        "attention_mma.cu",
         &[
             "attention_bf16_d64",
             "attention_backward_bf16_d64",

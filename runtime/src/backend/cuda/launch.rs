@@ -17,27 +17,57 @@ const BLOCK: u32 = 256;
 const ATTENTION_BLOCK: u32 = 128;
 /// The attention kernels' largest head (ATTN_MAX_HEAD_DIM in attention.cu).
 const ATTENTION_MAX_HEAD_DIM: u64 = 256;
-/// Threads per block of the tensor-core attention kernels (attention_tc.cu: TC_THREADS).
-const ATTENTION_TC_BLOCK: u32 = 128;
-/// Rows per block and per tile of the tensor-core attention kernels (TC_ROWS, TC_TILE).
-const ATTENTION_TC_ROWS: u64 = 64;
+/// Threads per block of the tensor-core attention kernels (attention_mma.cu: MMA_THREADS).
+const ATTENTION_MMA_BLOCK: u32 = 128;
+/// Rows per block and per walked tile of the tensor-core attention kernels (MMA_ROWS).
+const ATTENTION_MMA_ROWS: u64 = 64;
 
-/// Dynamic shared memory of the tensor-core attention kernels for head size `d`: the sizes of
-/// `TcForwardSmem<d>` and `TcBackwardSmem<d>` in attention_tc.cu (bf16 rows padded by 8, float
-/// rows by 4, score tiles 64 wide).
-fn attention_tc_shared_bytes(d: u64, backward: bool) -> u32 {
-    let rows = ATTENTION_TC_ROWS;
-    let bf16_rows = rows * (d + 8) * 2;
-    let scores = rows * (rows + 4) * 4;
-    let probabilities = rows * (rows + 8) * 2;
-    let bytes = if backward {
-        // a, b, x, y; s, dp; p, ds; lse, delta; a 16×16 float stage per warp.
-        4 * bf16_rows + 2 * scores + 2 * probabilities + 2 * rows * 4 + 4 * 256 * 4
+/// The launch of a tensor-core attention kernel (attention_mma.cu), for BF16 heads of 64 or
+/// 128: its name, grid, block and dynamic shared memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionMmaLaunch {
+    /// `attention_bf16_d{D}` or `attention_backward_bf16_d{D}`.
+    pub name: String,
+    /// Blocks.
+    pub grid: u64,
+    /// Threads per block.
+    pub block: u32,
+    /// Dynamic shared memory in bytes.
+    pub shared_bytes: u32,
+}
+
+/// The tensor-core attention launch for these sizes, or `None` when the head size has no
+/// tensor-core kernel. Forward: one block per 64 query rows of every head; backward: one more
+/// per 64 key rows of every key/value head.
+pub fn attention_mma_launch(
+    backward: bool,
+    batch: u64,
+    seq: u64,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+) -> Option<AttentionMmaLaunch> {
+    if !matches!(head_dim, 64 | 128) {
+        return None;
+    }
+    let rows = ATTENTION_MMA_ROWS;
+    let tiles = seq.div_ceil(rows);
+    // A bf16 tile of 64 rows padded by 8 elements. MmaForwardSmem<d>: q; k and v twice.
+    // MmaBackwardSmem<d>: two own tiles; two walked tiles twice; lse and delta of 64 rows
+    // twice.
+    let tile = rows * (head_dim + 8) * 2;
+    let (name, grid, shared) = if backward {
+        let blocks = batch * heads * tiles + batch * kv_heads * tiles;
+        ("attention_backward_bf16", blocks, 6 * tile + 4 * rows * 4)
     } else {
-        // q, k, v; s; p; o.
-        3 * bf16_rows + scores + probabilities + rows * (d + 4) * 4
+        ("attention_bf16", batch * heads * tiles, 5 * tile)
     };
-    bytes as u32
+    Some(AttentionMmaLaunch {
+        name: format!("{name}_d{head_dim}"),
+        grid,
+        block: ATTENTION_MMA_BLOCK,
+        shared_bytes: shared as u32,
+    })
 }
 
 /// Row chunks of the split column sums (COLSUM_CHUNKS in common.cuh).
@@ -678,18 +708,17 @@ impl StepContext<'_> {
                     call.args = vec![i(0), i(1), i(2), o(0), o(1)];
                     call.args.extend(dims);
                 }
-                if dtype == DType::BF16 && matches!(head_dim, 64 | 128) {
-                    // Tensor cores: one block per 64 query rows (and per 64 key rows).
-                    let tiles = seq.div_ceil(ATTENTION_TC_ROWS);
-                    call.name = format!("{}_d{head_dim}", call.name);
-                    call.block = ATTENTION_TC_BLOCK;
-                    call.shared_bytes = attention_tc_shared_bytes(head_dim, backward);
-                    call.grid = batch * heads * tiles
-                        + if backward {
-                            batch * kv_heads * tiles
-                        } else {
-                            0
-                        };
+                let mma = match dtype {
+                    DType::BF16 => {
+                        attention_mma_launch(backward, batch, seq, heads, kv_heads, head_dim)
+                    }
+                    _ => None,
+                };
+                if let Some(mma) = mma {
+                    call.name = mma.name;
+                    call.block = mma.block;
+                    call.shared_bytes = mma.shared_bytes;
+                    call.grid = mma.grid;
                 } else {
                     call.block = ATTENTION_BLOCK;
                     call.grid =

@@ -1,0 +1,574 @@
+//! The tensor-core attention kernels (`kernels/cuda/attention_mma.cu`, BF16, head sizes 64 and
+//! 128) against the CPU reference (`kernels/src/ops/attention.rs`) on a GPU, at real shapes
+//! (Qwen2.5-0.5B's 14/2 heads of 64, 16/8 heads of 128, sequence 1024) and at odd ones (a
+//! sequence that is no multiple of the 64-row tile). Without a GPU (CI) each test prints why it
+//! skips and passes.
+//!
+//! Inputs are fresh random values every run (the seed is printed; `LLMQ_TEST_SEED` repeats
+//! one), rounded to BF16 on the host so that both sides read the same numbers; `o` and `lse`
+//! of the backward are the reference forward's. Outputs are poisoned with NaN before every
+//! launch, so an element the kernel does not write fails. The backward runs twice: writing
+//! its gradients, and accumulating them into random old values.
+//!
+//! Tolerance, per element: |gpu − cpu| ≤ u·(2·|cpu| + c·rms(cpu)), u = 2⁻⁸ for the BF16
+//! outputs and 2⁻¹⁷ for the FP32 `lse`: the rule of cuda_conformance.rs, whose first term
+//! allows the two results to round to neighbouring values and whose second allows cancellation
+//! in long sums. c = 8 for the forward, as there. The backward's sums are longer and their
+//! terms rounded: the kernels round P and dS to BF16 before their products (as every
+//! flash-attention kernel does, a relative error of 2⁻⁹ per term), and dK, dV of an early key
+//! sum heads/kv_heads × seq such terms, so the error follows the terms' size, not the
+//! result's: c = 16 (measured on the H100: the worst of 2·10⁶ elements of dK at key 1 was
+//! 1.1× the c = 8 bound). Besides, every BF16 output's relative L2 error ‖gpu − cpu‖/‖cpu‖
+//! must be under u (measured: 1.4·10⁻³ to 2.5·10⁻³), which a wrong row or tile cannot meet.
+//!
+//! `timing` (ignored by default) times forward and backward at the shapes of Qwen2.5-0.5B and
+//! -1.5B, batch 16 × 1024, with CUDA events (3 warm-up runs, median of 20) and prints TFLOP/s
+//! with the op's own FLOP count (causal: half the score matrix). On the device:
+//! `./cuda_attention --nocapture && ./cuda_attention --ignored timing --nocapture`.
+
+mod cuda_common;
+
+use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, result};
+use llmq_kernels::ops::{Attention, AttentionBackward};
+use llmq_kernels::{DType, OpSpec, TensorType, View, ViewMut, rng};
+use llmq_runtime::backend::cuda::{launch, modules::Modules};
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// True when a GPU is usable; otherwise says why the test skips.
+/// The GPU's context, a stream and every kernel.
+struct Gpu {
+    stream: Arc<CudaStream>,
+    modules: Modules,
+    ctx: Arc<CudaContext>,
+}
+
+impl Gpu {
+    fn new() -> Gpu {
+        let ctx = CudaContext::new(0).expect("creating the context");
+        // SAFETY: one stream orders every copy and launch of these tests.
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx.compute_capability().unwrap();
+        let modules = Modules::load(&ctx, &format!("compute_{major}{minor}")).unwrap();
+        Gpu {
+            stream: ctx.default_stream(),
+            modules,
+            ctx,
+        }
+    }
+
+    fn upload_bf16(&self, values: &[f32]) -> CudaSlice<u16> {
+        let bits: Vec<u16> = values
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
+        self.stream.clone_htod(&bits).unwrap()
+    }
+
+    fn download_bf16(&self, slice: &CudaSlice<u16>) -> Vec<f32> {
+        let bits = self.stream.clone_dtoh(slice).unwrap();
+        bits.iter()
+            .map(|&b| half::bf16::from_bits(b).to_f32())
+            .collect()
+    }
+
+    /// Launches kernel `name` (grid, block and shared memory from launch.rs) with `args`.
+    fn launch(&self, call: &launch::AttentionMmaLaunch, args: &[u64]) {
+        let function = self.modules.function(&call.name).unwrap();
+        function
+            .set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                call.shared_bytes as i32,
+            )
+            .unwrap();
+        let mut params: Vec<*mut c_void> = args
+            .iter()
+            .map(|a| a as *const u64 as *mut c_void)
+            .collect();
+        // SAFETY: `args` follow the kernel's documented order (pointers to buffers of the
+        // shapes passed, then the sizes, one 8-byte slot each); grid, block and shared memory
+        // are the backend's own.
+        unsafe {
+            result::launch_kernel(
+                function.cu_function(),
+                (u32::try_from(call.grid).unwrap(), 1, 1),
+                (call.block, 1, 1),
+                call.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .unwrap_or_else(|e| panic!("launching {}: {e}", call.name));
+    }
+}
+
+fn ptr<T>(stream: &CudaStream, slice: &CudaSlice<T>) -> u64 {
+    slice.device_ptr(stream).0
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    batch: u64,
+    seq: u64,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+}
+
+impl Shape {
+    fn q_shape(&self) -> [u64; 3] {
+        [self.batch, self.seq, self.heads * self.head_dim]
+    }
+    fn kv_shape(&self) -> [u64; 3] {
+        [self.batch, self.seq, self.kv_heads * self.head_dim]
+    }
+    fn lse_shape(&self) -> [u64; 3] {
+        [self.batch, self.heads, self.seq]
+    }
+    fn dims(&self) -> [u64; 5] {
+        [
+            self.batch,
+            self.seq,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+        ]
+    }
+    fn launch(&self, backward: bool) -> launch::AttentionMmaLaunch {
+        let [b, t, h, kv, d] = self.dims();
+        launch::attention_mma_launch(backward, b, t, h, kv, d).expect("a tensor-core head size")
+    }
+    fn forward_op(&self) -> Attention {
+        Attention {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+    fn backward_op(&self) -> AttentionBackward {
+        AttentionBackward {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+    fn flops(&self, backward: bool) -> f64 {
+        let q = TensorType::new(self.q_shape(), DType::BF16);
+        let kv = TensorType::new(self.kv_shape(), DType::BF16);
+        if backward {
+            self.backward_op().flops(&[q, kv.clone(), kv], &[])
+        } else {
+            self.forward_op().flops(&[q, kv.clone(), kv], &[])
+        }
+    }
+}
+
+fn numel(shape: &[u64]) -> usize {
+    shape.iter().product::<u64>() as usize
+}
+
+/// `n` values uniform in [lo, hi), rounded to BF16.
+fn random_bf16(n: usize, lo: f64, hi: f64, seed: u64, stream: u64) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let x = lo + (hi - lo) * rng::uniform(seed, stream, i as u64);
+            half::bf16::from_f64(x).to_f32()
+        })
+        .collect()
+}
+
+/// `None` when `gpu` is within the tolerance rule (module documentation, `c` its cancellation
+/// factor) of `cpu`, else the worst element or the relative L2 error; that error is returned
+/// and printed either way.
+fn compare(u: f32, c: f32, cpu: &[f32], gpu: &[f32]) -> (Option<String>, f64) {
+    let norm = |f: &dyn Fn(usize) -> f64| (0..cpu.len()).map(f).sum::<f64>().sqrt();
+    let cpu_norm = norm(&|i| (cpu[i] as f64).powi(2));
+    let rel = norm(&|i| (gpu[i] as f64 - cpu[i] as f64).powi(2)) / cpu_norm.max(f64::MIN_POSITIVE);
+    let rms = (cpu_norm / (cpu.len().max(1) as f64).sqrt()) as f32;
+    let mut worst: Option<(usize, f32)> = None;
+    for (i, (&x, &g)) in cpu.iter().zip(gpu).enumerate() {
+        let tol = u * (2.0 * x.abs() + c * rms);
+        let err = (g - x).abs();
+        let within = err <= tol; // false for NaN
+        if !within && worst.is_none_or(|(_, e)| err / tol > e) {
+            worst = Some((i, err / tol));
+        }
+    }
+    let rel = if rel.is_nan() { f64::INFINITY } else { rel };
+    let verdict = match worst {
+        Some((i, ratio)) => Some(format!(
+            "element {i}: gpu {} cpu {} ({ratio:.1}× the tolerance, rms {rms:e})",
+            gpu[i], cpu[i]
+        )),
+        // The L2 bound is for the BF16 outputs; FP32 lse meets the element rule far tighter.
+        None if u == BF16_U && rel >= BF16_U as f64 => {
+            Some(format!("relative L2 error {rel:.2e} ≥ u = {BF16_U:e}"))
+        }
+        None => None,
+    };
+    (verdict, rel)
+}
+
+const BF16_U: f32 = 1.0 / 256.0;
+const F32_U: f32 = 1.0 / 131072.0;
+/// The cancellation factors c of the forward's and the backward's outputs.
+const FORWARD_C: f32 = 8.0;
+const BACKWARD_C: f32 = 16.0;
+
+/// Forward, then backward writing and accumulating, at `shape` against the CPU reference;
+/// returns the failures (every verdict is printed).
+fn check(shape: Shape, seed: u64) -> Vec<String> {
+    let gpu = Gpu::new();
+    let s = &gpu.stream;
+    let (nq, nkv, nl) = (
+        numel(&shape.q_shape()),
+        numel(&shape.kv_shape()),
+        numel(&shape.lse_shape()),
+    );
+    // Scores q·k/√d with a standard deviation near 1.3: peaked enough to test the maximum.
+    let q = random_bf16(nq, -2.0, 2.0, seed, 0);
+    let k = random_bf16(nkv, -2.0, 2.0, seed, 1);
+    let v = random_bf16(nkv, -1.0, 1.0, seed, 2);
+    let d_o = random_bf16(nq, -1.0, 1.0, seed, 3);
+    let (q_shape, kv_shape, lse_shape) = (shape.q_shape(), shape.kv_shape(), shape.lse_shape());
+
+    // The reference forward; o rounded to BF16 as the GPU stores it.
+    let mut o = vec![0.0f32; nq];
+    let mut lse = vec![0.0f32; nl];
+    shape
+        .forward_op()
+        .cpu(
+            &[
+                View {
+                    shape: &q_shape,
+                    data: &q,
+                },
+                View {
+                    shape: &kv_shape,
+                    data: &k,
+                },
+                View {
+                    shape: &kv_shape,
+                    data: &v,
+                },
+            ],
+            &mut [
+                ViewMut {
+                    shape: &q_shape,
+                    data: &mut o,
+                },
+                ViewMut {
+                    shape: &lse_shape,
+                    data: &mut lse,
+                },
+            ],
+        )
+        .unwrap();
+    let o_bf16: Vec<f32> = o
+        .iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect();
+    let mut grads = [vec![0.0f32; nq], vec![0.0f32; nkv], vec![0.0f32; nkv]];
+    {
+        let [dq, dk, dv] = &mut grads;
+        shape
+            .backward_op()
+            .cpu(
+                &[
+                    View {
+                        shape: &q_shape,
+                        data: &q,
+                    },
+                    View {
+                        shape: &kv_shape,
+                        data: &k,
+                    },
+                    View {
+                        shape: &kv_shape,
+                        data: &v,
+                    },
+                    View {
+                        shape: &q_shape,
+                        data: &o_bf16,
+                    },
+                    View {
+                        shape: &lse_shape,
+                        data: &lse,
+                    },
+                    View {
+                        shape: &q_shape,
+                        data: &d_o,
+                    },
+                ],
+                &mut [
+                    ViewMut {
+                        shape: &q_shape,
+                        data: dq,
+                    },
+                    ViewMut {
+                        shape: &kv_shape,
+                        data: dk,
+                    },
+                    ViewMut {
+                        shape: &kv_shape,
+                        data: dv,
+                    },
+                ],
+            )
+            .unwrap();
+    }
+
+    let label = format!("{shape:?}");
+    let mut failures = Vec::new();
+    let mut verdict = |name: &str, u: f32, c: f32, cpu: &[f32], got: &[f32]| {
+        let (bad, rel) = compare(u, c, cpu, got);
+        let line = format!(
+            "{label} {name:<14} rel. L2 error {rel:.2e} {}",
+            bad.as_deref().unwrap_or("ok")
+        );
+        println!("{line}");
+        if bad.is_some() {
+            failures.push(line);
+        }
+    };
+
+    let dims = shape.dims();
+    let (gq, gk, gv, gdo) = (
+        gpu.upload_bf16(&q),
+        gpu.upload_bf16(&k),
+        gpu.upload_bf16(&v),
+        gpu.upload_bf16(&d_o),
+    );
+    // Forward into NaN-poisoned outputs.
+    let go = gpu.upload_bf16(&vec![f32::NAN; nq]);
+    let glse = s.clone_htod(&vec![f32::NAN; nl]).unwrap();
+    let mut args = vec![
+        ptr(s, &gq),
+        ptr(s, &gk),
+        ptr(s, &gv),
+        ptr(s, &go),
+        ptr(s, &glse),
+    ];
+    args.extend(dims);
+    gpu.launch(&shape.launch(false), &args);
+    verdict("o", BF16_U, FORWARD_C, &o, &gpu.download_bf16(&go));
+    verdict("lse", F32_U, FORWARD_C, &lse, &s.clone_dtoh(&glse).unwrap());
+
+    // Backward from the reference o and lse: writing (into NaN), then accumulating.
+    let go = gpu.upload_bf16(&o_bf16);
+    let glse = s.clone_htod(&lse).unwrap();
+    for accumulate in [0u64, 1] {
+        let old: Vec<Vec<f32>> = grads
+            .iter()
+            .enumerate()
+            .map(|(i, g)| match accumulate {
+                0 => vec![f32::NAN; g.len()],
+                _ => random_bf16(g.len(), -1.0, 1.0, seed, 10 + i as u64),
+            })
+            .collect();
+        let outs: Vec<CudaSlice<u16>> = old.iter().map(|x| gpu.upload_bf16(x)).collect();
+        let mut args = vec![
+            ptr(s, &gq),
+            ptr(s, &gk),
+            ptr(s, &gv),
+            ptr(s, &go),
+            ptr(s, &glse),
+            ptr(s, &gdo),
+        ];
+        args.extend(outs.iter().map(|x| ptr(s, x)));
+        args.extend(dims);
+        args.push(accumulate);
+        gpu.launch(&shape.launch(true), &args);
+        for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let expected: Vec<f32> = match accumulate {
+                0 => grads[i].clone(),
+                _ => grads[i].iter().zip(&old[i]).map(|(g, o)| g + o).collect(),
+            };
+            let name = format!("{name} acc={accumulate}");
+            verdict(
+                &name,
+                BF16_U,
+                BACKWARD_C,
+                &expected,
+                &gpu.download_bf16(&outs[i]),
+            );
+        }
+    }
+    failures
+}
+
+fn check_all(test: &str, shapes: &[Shape]) {
+    if !cuda_common::gpu_present(test) {
+        return;
+    }
+    let seed = cuda_common::seed();
+    let failures: Vec<String> = shapes.iter().flat_map(|&s| check(s, seed)).collect();
+    assert!(failures.is_empty(), "{test}:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn qwen_0_5b_heads_of_64() {
+    check_all(
+        "qwen_0_5b_heads_of_64",
+        &[Shape {
+            batch: 2,
+            seq: 1024,
+            heads: 14,
+            kv_heads: 2,
+            head_dim: 64,
+        }],
+    );
+}
+
+#[test]
+fn heads_of_128() {
+    check_all(
+        "heads_of_128",
+        &[Shape {
+            batch: 2,
+            seq: 1024,
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+        }],
+    );
+}
+
+#[test]
+fn sequences_not_a_multiple_of_the_tile() {
+    check_all(
+        "sequences_not_a_multiple_of_the_tile",
+        &[
+            Shape {
+                batch: 3,
+                seq: 200,
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 64,
+            },
+            Shape {
+                batch: 1,
+                seq: 77,
+                heads: 6,
+                kv_heads: 3,
+                head_dim: 128,
+            },
+            Shape {
+                batch: 2,
+                seq: 5,
+                heads: 2,
+                kv_heads: 1,
+                head_dim: 64,
+            },
+        ],
+    );
+}
+
+/// Median milliseconds of `runs` launches of `call` after 3 warm-up launches, by CUDA events.
+fn time_ms(gpu: &Gpu, call: &launch::AttentionMmaLaunch, args: &[u64], runs: usize) -> f64 {
+    for _ in 0..3 {
+        gpu.launch(call, args);
+    }
+    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let (start, end) = (
+        gpu.ctx.new_event(flags).unwrap(),
+        gpu.ctx.new_event(flags).unwrap(),
+    );
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            start.record(&gpu.stream).unwrap();
+            gpu.launch(call, args);
+            end.record(&gpu.stream).unwrap();
+            end.synchronize().unwrap();
+            start.elapsed_ms(&end).unwrap() as f64
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[runs / 2]
+}
+
+#[test]
+#[ignore = "a benchmark: run on the device with --ignored timing"]
+fn timing() {
+    if !cuda_common::gpu_present("timing") {
+        return;
+    }
+    let gpu = Gpu::new();
+    let s = &gpu.stream;
+    let seed = cuda_common::seed();
+    println!("{}", gpu.ctx.name().unwrap_or_default());
+    for shape in [
+        Shape {
+            batch: 16,
+            seq: 1024,
+            heads: 14,
+            kv_heads: 2,
+            head_dim: 64,
+        },
+        Shape {
+            batch: 16,
+            seq: 1024,
+            heads: 12,
+            kv_heads: 2,
+            head_dim: 128,
+        },
+    ] {
+        let (nq, nkv) = (numel(&shape.q_shape()), numel(&shape.kv_shape()));
+        let nl = numel(&shape.lse_shape());
+        let q = gpu.upload_bf16(&random_bf16(nq, -2.0, 2.0, seed, 0));
+        let k = gpu.upload_bf16(&random_bf16(nkv, -2.0, 2.0, seed, 1));
+        let v = gpu.upload_bf16(&random_bf16(nkv, -1.0, 1.0, seed, 2));
+        let d_o = gpu.upload_bf16(&random_bf16(nq, -1.0, 1.0, seed, 3));
+        let o = gpu.upload_bf16(&vec![0.0; nq]);
+        let lse = s.clone_htod(&vec![0.0f32; nl]).unwrap();
+        let grads = [nq, nkv, nkv].map(|n| gpu.upload_bf16(&vec![0.0; n]));
+        let dims = shape.dims();
+        let mut fwd = vec![ptr(s, &q), ptr(s, &k), ptr(s, &v), ptr(s, &o), ptr(s, &lse)];
+        fwd.extend(dims);
+        let mut bwd = vec![
+            ptr(s, &q),
+            ptr(s, &k),
+            ptr(s, &v),
+            ptr(s, &o),
+            ptr(s, &lse),
+            ptr(s, &d_o),
+        ];
+        bwd.extend(grads.iter().map(|g| ptr(s, g)));
+        bwd.extend(dims);
+        bwd.push(0);
+        for backward in [false, true] {
+            let call = shape.launch(backward);
+            // The forward first: its o and lse are the backward's inputs.
+            let ms = time_ms(&gpu, &call, if backward { &bwd } else { &fwd }, 20);
+            let tflops = shape.flops(backward) / (ms * 1e-3) / 1e12;
+            println!(
+                "timing {shape:?} {:<28} {ms:8.3} ms {tflops:6.1} TFLOP/s",
+                call.name
+            );
+        }
+    }
+}
+
+/// Without a GPU too: tensor-core launches exist for heads of 64 and 128 only, and each fits
+/// the blocks per SM its kernel is built for (attention_mma.cu: MMA_ENTRIES; 4 and 3 by launch
+/// bounds for heads of 64, 2 for 128) in the 228 KiB of shared memory of an sm_90 SM (1 KiB of
+/// it reserved per block).
+#[test]
+fn launches_fit_the_shared_memory_their_launch_bounds_ask_for() {
+    for (d, forward_blocks, backward_blocks) in [(64, 4, 3), (128, 2, 2)] {
+        for (backward, blocks) in [(false, forward_blocks), (true, backward_blocks)] {
+            let call = launch::attention_mma_launch(backward, 2, 200, 4, 2, d).unwrap();
+            assert!(
+                blocks * (call.shared_bytes + 1024) <= 228 * 1024,
+                "{call:?}: {blocks} blocks do not fit"
+            );
+            let tiles = 200u64.div_ceil(64);
+            let grid = 2 * 4 * tiles + if backward { 2 * 2 * tiles } else { 0 };
+            assert_eq!(call.grid, grid, "{call:?}");
+        }
+    }
+    for d in [16, 32, 96, 256] {
+        assert_eq!(launch::attention_mma_launch(false, 1, 64, 2, 1, d), None);
+    }
+}
