@@ -6,9 +6,9 @@ use crate::pipeline::{pass_names, pipeline};
 use llmq_compiler::autodiff::{
     AutodiffError, OptimizerOptions, TrainIo, TrainOptions, differentiate,
 };
-use llmq_compiler::ir::{Graph, write_graph};
+use llmq_compiler::ir::{Graph, Node, write_graph};
 use llmq_compiler::kernels::DType;
-use llmq_compiler::lower::{LowerInput, lower};
+use llmq_compiler::lower::{LowerInput, lower, lower_program};
 use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions, fits};
 use llmq_compiler::spec::{self, SpecError, SpecOptions};
@@ -367,7 +367,18 @@ fn lower_for(
     graph: &Graph,
     layout: bool,
 ) -> Plan {
-    lower(LowerInput {
+    lower(lower_input(train, opts, vram_bytes, graph, layout))
+}
+
+/// What lowering `graph` needs besides it.
+fn lower_input<'a>(
+    train: &'a Optimised,
+    opts: &CompileOptions,
+    vram_bytes: u64,
+    graph: &'a Graph,
+    layout: bool,
+) -> LowerInput<'a> {
+    LowerInput {
         layout,
         graph,
         io: &train.io,
@@ -382,7 +393,7 @@ fn lower_for(
             optimizer: opts.optimizer.clone(),
         },
         device: opts.device.clone(),
-    })
+    }
 }
 
 /// The memory planner for a budget, then lowering; `price` as for `plan_memory`.
@@ -392,7 +403,9 @@ fn plan_within(
     vram_bytes: u64,
     price: bool,
 ) -> Result<(Compiled, MemoryChoice), CompileError> {
-    let lower_graph = |graph: &Graph, layout| lower_for(train, opts, vram_bytes, graph, layout);
+    let lower_graph = |graph: &Graph, program: &[Node], layout| {
+        lower_program(lower_input(train, opts, vram_bytes, graph, layout), program)
+    };
     let ctx = PassContext {
         vram_bytes,
         ..train.ctx.clone()

@@ -6,7 +6,22 @@ use llmq_compiler::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
 use llmq_compiler::kernels::ops::Copy;
 use llmq_compiler::kernels::{Op, TensorType};
 use llmq_compiler::lower::estimate;
+use llmq_compiler::pass::PassError;
 use llmq_compiler::target::DeviceProfile;
+
+/// Runs a memory pass's program edit on `graph`: its program (the nodes in schedule order)
+/// goes through `edit`, which may add tensors to the graph, and the edited program becomes the
+/// graph's nodes. The memory planner chains the edits of a candidate on one program instead,
+/// and lowers that program without building a graph of it.
+pub fn edit_graph(
+    graph: &mut Graph,
+    edit: impl FnOnce(&mut Graph, Vec<Node>) -> Result<Vec<Node>, PassError>,
+) -> Result<(), PassError> {
+    let program = graph.program();
+    let program = edit(graph, program)?;
+    graph.set_program(program);
+    Ok(())
+}
 
 /// A program (nodes in schedule order) with nodes to insert before or after each node.
 pub struct ProgramEdit {
@@ -18,9 +33,8 @@ pub struct ProgramEdit {
 }
 
 impl ProgramEdit {
-    /// Starts editing the graph's program.
-    pub fn new(graph: &Graph) -> Self {
-        let program = graph.program();
+    /// Starts editing `program`.
+    pub fn new(program: Vec<Node>) -> Self {
         let n = program.len();
         ProgramEdit {
             program,
@@ -47,9 +61,10 @@ impl ProgramEdit {
         self.after[i].push(node);
     }
 
-    /// Gives the edited program to the graph.
-    pub fn finish(self, graph: &mut Graph) {
-        let mut out = Vec::with_capacity(self.program.len() * 2);
+    /// The edited program.
+    pub fn finish(self) -> Vec<Node> {
+        let inserted: usize = self.before.iter().chain(&self.after).map(Vec::len).sum();
+        let mut out = Vec::with_capacity(self.program.len() + inserted);
         let nodes = self.program.into_iter().zip(self.removed);
         for (((node, removed), before), after) in nodes.zip(self.before).zip(self.after) {
             out.extend(before);
@@ -58,7 +73,7 @@ impl ProgramEdit {
             }
             out.extend(after);
         }
-        graph.set_program(out);
+        out
     }
 }
 

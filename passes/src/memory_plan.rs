@@ -23,8 +23,8 @@ use crate::offload_activations::OffloadActivations;
 use crate::recompute::Recompute;
 use crate::stream_state::StreamState;
 use indexmap::IndexMap;
-use llmq_compiler::ir::{Graph, Role};
-use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
+use llmq_compiler::ir::{Graph, Node, Role};
+use llmq_compiler::pass::{PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{MemoryDecision, Plan};
 use llmq_compiler::target::{DeviceProfile, RESERVE_BYTES};
 use std::sync::Mutex;
@@ -215,21 +215,26 @@ impl MemoryChoice {
         }
     }
 
-    /// Applies the choice without the pass manager's verification: for the search's
-    /// candidates, of which only the chosen one is kept (and applied with [`Self::apply`]).
-    fn apply_unverified(
+    /// The memory passes' edits of `program` chained, without a graph built between them or
+    /// the pass manager's verification: for the search's candidates, of which only the chosen
+    /// one is kept (and applied with [`Self::apply`]). New tensors go to `graph`.
+    fn edit(
         &self,
         graph: &mut Graph,
-        ctx: &PassContext,
+        mut program: Vec<Node>,
         device: &DeviceProfile,
-    ) -> Result<(), PassError> {
+    ) -> Result<Vec<Node>, PassError> {
         let (chunk, recompute, offload, stream) = self.passes(device);
         if let Some(chunk) = chunk {
-            chunk.run(graph, ctx)?;
+            program = chunk.edit(graph, program)?;
         }
-        recompute.run(graph, ctx)?;
-        offload.run(graph, ctx)?;
-        stream.run(graph, ctx)
+        if !self.recompute.is_empty() {
+            program = recompute.edit(graph, program);
+        }
+        if !self.offload.is_empty() {
+            program = offload.edit(graph, program);
+        }
+        stream.edit(graph, program)
     }
 
     fn passes(
@@ -271,8 +276,9 @@ pub struct MemoryPlan {
     pub report: PassReport,
 }
 
-/// Plans memory for `graph` within `ctx.vram_bytes`, lowering candidates with `lower` (its
-/// flag: lay the buffers out, or estimate the arena by the live peak). Returns the fastest
+/// Plans memory for `graph` within `ctx.vram_bytes`, lowering candidates with `lower` (a
+/// program over the graph's tensors; its flag: lay the buffers out, or estimate the arena by
+/// the live peak). Returns the fastest
 /// plan that fits, or the one that needs the least memory when none does. With `price`, the
 /// plan's `memory` lists the decisions priced one by one; without (the trade-off curve, which
 /// keeps only the choice), it stays empty.
@@ -281,7 +287,7 @@ pub fn plan_memory(
     ctx: &PassContext,
     device: &DeviceProfile,
     dump_after: Option<&str>,
-    lower: &(dyn Fn(&Graph, bool) -> Plan + Sync),
+    lower: &(dyn Fn(&Graph, &[Node], bool) -> Plan + Sync),
     price: bool,
 ) -> Result<MemoryPlan, PassError> {
     let blocks = graph
@@ -298,13 +304,15 @@ pub fn plan_memory(
     };
     // Candidates recur (the bottom of two ladders, the decisions' prices): evaluate each once.
     let seen: Mutex<IndexMap<MemoryChoice, Candidate>> = Mutex::default();
+    // Every candidate edits the same program; only the tensors its passes add differ.
+    let program = graph.program();
     let evaluate = |choice: &MemoryChoice| -> Result<Candidate, PassError> {
         if let Some(&c) = seen.lock().expect("no panic holds the lock").get(choice) {
             return Ok(c);
         }
         let mut g = graph.clone();
-        choice.apply_unverified(&mut g, ctx, device)?;
-        let plan = lower(&g, false);
+        let edited = choice.edit(&mut g, program.clone(), device)?;
+        let plan = lower(&g, &edited, false);
         let c = Candidate {
             arena_bytes: plan.device_arena_bytes,
             step_seconds: plan.estimates.step_seconds,
@@ -324,7 +332,7 @@ pub fn plan_memory(
         let choice = search(graph, &shape, search_limit, &evaluate)?;
         let mut planned = graph.clone();
         let report = choice.apply(&mut planned, ctx, device, dump_after)?;
-        let mut plan = lower(&planned, true);
+        let mut plan = lower(&planned, &planned.program(), true);
         attempts += 1;
         let fragmentation = plan.device_arena_bytes - plan.estimates.peak_live_bytes;
         let next_limit = limit

@@ -7,11 +7,11 @@
 //! backward reader like any other). Keeps: single-assignment activations.
 
 use crate::memory_edit::{
-    ProgramEdit, buffering_units, copy_node, node_seconds, prefetch_position, tensor_like,
+    ProgramEdit, buffering_units, copy_node, edit_graph, node_seconds, prefetch_position, tensor_like,
     transfer_seconds,
 };
 use indexmap::IndexMap;
-use llmq_compiler::ir::{Graph, Phase, Role, TensorId};
+use llmq_compiler::ir::{Graph, Node, Phase, Role, TensorId};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 use llmq_compiler::target::DeviceProfile;
 
@@ -32,7 +32,14 @@ impl Pass for OffloadActivations {
         if self.blocks.is_empty() {
             return Ok(());
         }
-        let mut edit = ProgramEdit::new(graph);
+        edit_graph(graph, |graph, program| Ok(self.edit(graph, program)))
+    }
+}
+
+impl OffloadActivations {
+    /// The pass on `program` (the nodes in schedule order); new tensors go to `graph`.
+    pub fn edit(&self, graph: &mut Graph, program: Vec<Node>) -> Vec<Node> {
+        let mut edit = ProgramEdit::new(program);
         let seconds = node_seconds(graph, &edit.program, &self.device);
         let units = buffering_units(&edit.program);
         // Saved tensors of the chosen blocks, with their producer and first backward reader.
@@ -80,7 +87,6 @@ impl Pass for OffloadActivations {
                 }
             }
         }
-        edit.finish(graph);
-        Ok(())
+        edit.finish()
     }
 }

@@ -11,9 +11,9 @@
 //! Needs: the training graph (autodiff marks saved tensors `Saved`). Keeps: single-assignment
 //! activations; program order everywhere else.
 
-use crate::memory_edit::{ProgramEdit, tensor_like};
+use crate::memory_edit::{ProgramEdit, edit_graph, tensor_like};
 use indexmap::{IndexMap, IndexSet};
-use llmq_compiler::ir::{Graph, Phase, Role, TensorId};
+use llmq_compiler::ir::{Graph, Node, Phase, Role, TensorId};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 
 /// Recomputes the saved tensors of `blocks` in the backward phase.
@@ -31,7 +31,14 @@ impl Pass for Recompute {
         if self.blocks.is_empty() {
             return Ok(());
         }
-        let mut edit = ProgramEdit::new(graph);
+        edit_graph(graph, |graph, program| Ok(self.edit(graph, program)))
+    }
+}
+
+impl Recompute {
+    /// The pass on `program` (the nodes in schedule order); new tensors go to `graph`.
+    pub fn edit(&self, graph: &mut Graph, program: Vec<Node>) -> Vec<Node> {
+        let mut edit = ProgramEdit::new(program);
         let program = &edit.program;
         let forward_block = |i: usize| {
             (program[i].phase == Phase::Forward)
@@ -139,7 +146,6 @@ impl Pass for Recompute {
                 graph.tensor_mut(t).role = Role::Activation;
             }
         }
-        edit.finish(graph);
-        Ok(())
+        edit.finish()
     }
 }

@@ -16,7 +16,7 @@
 //! Needs: a graph whose state is on the device. Keeps: only copies touch host tensors.
 
 use crate::memory_edit::{
-    ProgramEdit, buffering_units, copy_node, node_seconds, prefetch_position, tensor_like,
+    ProgramEdit, buffering_units, copy_node, edit_graph, node_seconds, prefetch_position, tensor_like,
     transfer_seconds,
 };
 use indexmap::IndexMap;
@@ -43,6 +43,16 @@ impl Pass for StreamState {
     }
 
     fn run(&self, graph: &mut Graph, _: &PassContext) -> Result<(), PassError> {
+        if self.roles.is_empty() {
+            return Ok(());
+        }
+        edit_graph(graph, |graph, program| self.edit(graph, program))
+    }
+}
+
+impl StreamState {
+    /// The pass on `program` (the nodes in schedule order); new tensors go to `graph`.
+    pub fn edit(&self, graph: &mut Graph, program: Vec<Node>) -> Result<Vec<Node>, PassError> {
         if let Some(role) = self.roles.iter().find(|r| !is_state(**r)) {
             return Err(PassError::Failed {
                 pass: "stream-state",
@@ -55,12 +65,12 @@ impl Pass for StreamState {
             .map(|(id, _)| id)
             .collect();
         if streamed.is_empty() {
-            return Ok(());
+            return Ok(program);
         }
         for &t in &streamed {
             graph.place_on_host(t);
         }
-        let mut edit = ProgramEdit::new(graph);
+        let mut edit = ProgramEdit::new(program);
         let original = edit.program.clone();
         let seconds = node_seconds(graph, &original, &self.device);
         let units = buffering_units(&original);
@@ -127,8 +137,7 @@ impl Pass for StreamState {
             }
             edit.program[i] = rewired;
         }
-        edit.finish(graph);
-        Ok(())
+        Ok(edit.finish())
     }
 }
 

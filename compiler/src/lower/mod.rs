@@ -24,7 +24,7 @@ pub use liveness::{Interval, liveness};
 pub use streams::{COMPUTE, DEVICE_TO_HOST, HOST_TO_DEVICE};
 
 use crate::autodiff::TrainIo;
-use crate::ir::{BufferId, Category, Graph, Phase, TensorId};
+use crate::ir::{BufferId, Category, Graph, Node, Phase, TensorId};
 use crate::plan::{
     Arena, Buffer, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor, Repeat,
     Section, Step, StepEstimate, StreamKind, live_bytes,
@@ -54,19 +54,31 @@ pub struct LowerInput<'a> {
 /// Lowers a training graph to a plan.
 pub fn lower(input: LowerInput) -> Plan {
     let graph = input.graph;
-    let order = graph.schedule();
-    let count = |phase| {
-        order
-            .iter()
-            .filter(|&&n| graph.node(n).phase == phase)
-            .count() as u32
-    };
+    let order: Vec<&Node> = graph.schedule().iter().map(|&n| graph.node(n)).collect();
+    lower_nodes(input, &order)
+}
+
+/// Lowers `program`, nodes in schedule order (forward, backward, optimizer) over the tensors
+/// of `input.graph`, whose own nodes are not looked at: the memory planner lowers its
+/// candidates' programs without building a graph of each. A graph built from `program`
+/// lowers to the same plan.
+pub fn lower_program(input: LowerInput, program: &[Node]) -> Plan {
+    let order: Vec<&Node> = program.iter().collect();
+    lower_nodes(input, &order)
+}
+
+fn lower_nodes(input: LowerInput, order: &[&Node]) -> Plan {
+    debug_assert!(
+        order.is_sorted_by_key(|n| n.phase),
+        "a schedule runs the forward, then the backward, then the optimizer"
+    );
+    let graph = input.graph;
+    let count = |phase| order.iter().filter(|n| n.phase == phase).count() as u32;
     let forward_len = count(Phase::Forward);
     let micro_len = forward_len + count(Phase::Backward);
     let mut steps: Vec<Step> = order
         .iter()
-        .map(|&id| {
-            let node = graph.node(id);
+        .map(|&node| {
             let ins: Vec<TensorType> = node
                 .inputs
                 .iter()
