@@ -6,9 +6,9 @@ use crate::pipeline::{pass_names, pipeline};
 use llmq_compiler::autodiff::{
     AutodiffError, OptimizerOptions, TrainIo, TrainOptions, differentiate,
 };
-use llmq_compiler::ir::{Graph, Node, write_graph};
+use llmq_compiler::ir::{Graph, write_graph};
 use llmq_compiler::kernels::DType;
-use llmq_compiler::lower::{LowerInput, lower, lower_program};
+use llmq_compiler::lower::{LowerInput, lower};
 use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions, fits};
 use llmq_compiler::spec::{self, SpecError, SpecOptions};
@@ -199,7 +199,7 @@ pub fn compile_with_choice(
     if report.dump.is_some() {
         train.report.dump = report.dump;
     }
-    let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph, true);
+    let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph);
     Ok(Compiled {
         plan,
         report: train.report,
@@ -219,7 +219,7 @@ pub fn plan_choices(
         .map(|choice| {
             let mut graph = train.graph.clone();
             choice.apply(&mut graph, &train.ctx, &opts.device, None)?;
-            Ok(lower_for(&train, opts, opts.vram_bytes, &graph, true))
+            Ok(lower_for(&train, opts, opts.vram_bytes, &graph))
         })
         .collect()
 }
@@ -360,39 +360,26 @@ fn optimised(path: &Path, opts: &CompileOptions) -> Result<Optimised, CompileErr
 }
 
 /// Lowers `graph` (the training graph after memory passes) for the flags and budget.
-fn lower_for(
-    train: &Optimised,
-    opts: &CompileOptions,
-    vram_bytes: u64,
-    graph: &Graph,
-    layout: bool,
-) -> Plan {
-    lower(lower_input(train, opts, vram_bytes, graph, layout))
-}
-
-/// What lowering `graph` needs besides it.
-fn lower_input<'a>(
-    train: &'a Optimised,
-    opts: &CompileOptions,
-    vram_bytes: u64,
-    graph: &'a Graph,
-    layout: bool,
-) -> LowerInput<'a> {
-    LowerInput {
-        layout,
+fn lower_for(train: &Optimised, opts: &CompileOptions, vram_bytes: u64, graph: &Graph) -> Plan {
+    lower(LowerInput {
         graph,
         io: &train.io,
         model: train.model.clone(),
-        options: PlanOptions {
-            batch: opts.batch,
-            seq: opts.seq,
-            grad_accum: opts.grad_accum,
-            precision: opts.precision,
-            vram_bytes,
-            gpus: opts.gpus,
-            optimizer: opts.optimizer.clone(),
-        },
+        options: plan_options(opts, vram_bytes),
         device: opts.device.clone(),
+    })
+}
+
+/// The options a plan records.
+fn plan_options(opts: &CompileOptions, vram_bytes: u64) -> PlanOptions {
+    PlanOptions {
+        batch: opts.batch,
+        seq: opts.seq,
+        grad_accum: opts.grad_accum,
+        precision: opts.precision,
+        vram_bytes,
+        gpus: opts.gpus,
+        optimizer: opts.optimizer.clone(),
     }
 }
 
@@ -403,9 +390,7 @@ fn plan_within(
     vram_bytes: u64,
     price: bool,
 ) -> Result<(Compiled, MemoryChoice), CompileError> {
-    let lower_graph = |graph: &Graph, program: &[Node], layout| {
-        lower_program(lower_input(train, opts, vram_bytes, graph, layout), program)
-    };
+    let lower_graph = |graph: &Graph| lower_for(train, opts, vram_bytes, graph);
     let ctx = PassContext {
         vram_bytes,
         ..train.ctx.clone()
@@ -414,6 +399,7 @@ fn plan_within(
         &train.graph,
         &ctx,
         &opts.device,
+        &plan_options(opts, vram_bytes),
         opts.dump_after.as_deref(),
         &lower_graph,
         price,

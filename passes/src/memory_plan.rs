@@ -25,7 +25,8 @@ use crate::stream_state::StreamState;
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Node, Role};
 use llmq_compiler::pass::{PassContext, PassError, PassReport, run_passes};
-use llmq_compiler::plan::{MemoryDecision, Plan};
+use llmq_compiler::lower::estimate_program;
+use llmq_compiler::plan::{MemoryDecision, Plan, PlanOptions};
 use llmq_compiler::target::{DeviceProfile, RESERVE_BYTES};
 use std::sync::Mutex;
 use std::thread;
@@ -276,9 +277,9 @@ pub struct MemoryPlan {
     pub report: PassReport,
 }
 
-/// Plans memory for `graph` within `ctx.vram_bytes`, lowering candidates with `lower` (a
-/// program over the graph's tensors; its flag: lay the buffers out, or estimate the arena by
-/// the live peak). Returns the fastest
+/// Plans memory for `graph` within `ctx.vram_bytes`: candidates are estimated from their
+/// programs (`estimate_program`, the arena taken to be the live-bytes peak), the chosen
+/// graph is lowered with `lower`. Returns the fastest
 /// plan that fits, or the one that needs the least memory when none does. With `price`, the
 /// plan's `memory` lists the decisions priced one by one; without (the trade-off curve, which
 /// keeps only the choice), it stays empty.
@@ -286,8 +287,9 @@ pub fn plan_memory(
     graph: &Graph,
     ctx: &PassContext,
     device: &DeviceProfile,
+    options: &PlanOptions,
     dump_after: Option<&str>,
-    lower: &(dyn Fn(&Graph, &[Node], bool) -> Plan + Sync),
+    lower: &dyn Fn(&Graph) -> Plan,
     price: bool,
 ) -> Result<MemoryPlan, PassError> {
     let blocks = graph
@@ -312,10 +314,10 @@ pub fn plan_memory(
         }
         let mut g = graph.clone();
         let edited = choice.edit(&mut g, program.clone(), device)?;
-        let plan = lower(&g, &edited, false);
+        let estimates = estimate_program(&g, &edited, device, options);
         let c = Candidate {
-            arena_bytes: plan.device_arena_bytes,
-            step_seconds: plan.estimates.step_seconds,
+            arena_bytes: estimates.peak_live_bytes,
+            step_seconds: estimates.step_seconds,
         };
         seen.lock()
             .expect("no panic holds the lock")
@@ -332,7 +334,7 @@ pub fn plan_memory(
         let choice = search(graph, &shape, search_limit, &evaluate)?;
         let mut planned = graph.clone();
         let report = choice.apply(&mut planned, ctx, device, dump_after)?;
-        let mut plan = lower(&planned, &planned.program(), true);
+        let mut plan = lower(&planned);
         attempts += 1;
         let fragmentation = plan.device_arena_bytes - plan.estimates.peak_live_bytes;
         let next_limit = limit
