@@ -312,7 +312,7 @@ pub fn plan_memory(
         if let Some(&c) = seen.lock().expect("no panic holds the lock").get(choice) {
             return Ok(c);
         }
-        let mut g = graph.clone();
+        let mut g = graph.tensors_only();
         let edited = choice.edit(&mut g, program.clone(), device)?;
         let estimates = estimate_program(&g, &edited, device, options);
         let c = Candidate {

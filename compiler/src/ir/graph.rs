@@ -177,6 +177,20 @@ impl Graph {
         }
     }
 
+    /// A graph with this graph's tensors (and their placement) and no node: where the memory
+    /// planner's candidates add their tensors while their programs are edited apart.
+    pub fn tensors_only(&self) -> Graph {
+        let n = self.tensors.len();
+        Graph {
+            tensors: self.tensors.clone(),
+            dfg: StableGraph::new(),
+            last_writer: vec![None; n],
+            readers: vec![Vec::new(); n],
+            on_host: self.on_host.clone(),
+            rank: Vec::new(),
+        }
+    }
+
     /// The tensor with this ID.
     pub fn tensor(&self, id: TensorId) -> &Tensor {
         &self.tensors[id.index()]

@@ -33,14 +33,15 @@ pub fn allocate(
 
     let mut transient: Vec<usize> = (0..n).filter(|&i| !persistent[i]).collect();
     transient.sort_by(|&a, &b| sizes[b].cmp(&sizes[a]).then(a.cmp(&b)));
-    // Placed transient buffers, kept sorted by offset.
-    let mut placed: Vec<(u64, u64, usize)> = Vec::with_capacity(transient.len());
+    // Placed transient buffers (offset, end, live range), kept sorted by offset.
+    let mut placed: Vec<(u64, u64, Interval)> = Vec::with_capacity(transient.len());
     let mut arena = base;
     for i in transient {
         let size = align(sizes[i]);
         let mut candidate = base;
-        for &(offset, end, j) in &placed {
-            if !intervals[i].overlaps(&intervals[j]) {
+        for (offset, end, live) in &placed {
+            let (offset, end) = (*offset, *end);
+            if !intervals[i].overlaps(live) {
                 continue;
             }
             if offset >= candidate + size {
@@ -50,7 +51,7 @@ pub fn allocate(
         }
         offsets[i] = candidate;
         let pos = placed.partition_point(|&(o, _, _)| o <= candidate);
-        placed.insert(pos, (candidate, candidate + size, i));
+        placed.insert(pos, (candidate, candidate + size, intervals[i]));
         arena = arena.max(candidate + size);
     }
     (offsets, arena)
