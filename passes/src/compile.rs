@@ -1,7 +1,7 @@
 //! From a spec file to a plan: front-end, autodiff, passes, the memory planner (which lowers
 //! its candidates), and the choices built on it: `--batch auto` and the trade-off curve.
 
-use crate::memory_plan::{MemoryChoice, plan_memory};
+use crate::memory_plan::{Candidates, MemoryChoice, plan_memory};
 use crate::pipeline::{pass_names, pipeline};
 use llmq_compiler::autodiff::{
     AutodiffError, OptimizerOptions, TrainIo, TrainOptions, differentiate,
@@ -50,6 +50,8 @@ pub struct Compiled {
     pub plan: Plan,
     /// Pass timings and the requested dump.
     pub report: PassReport,
+    /// How many candidate choices the memory planner estimated (0 for a choice given).
+    pub candidates_estimated: usize,
 }
 
 /// Why compiling failed.
@@ -178,7 +180,8 @@ fn selected_passes(
 /// Compiles the spec at `path` into a plan.
 pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileError> {
     let train = optimised(path, opts)?;
-    Ok(plan_within(&train, opts, opts.vram_bytes, true)?.0)
+    let candidates = candidates(&train, opts);
+    Ok(plan_within(&train, opts, &candidates, opts.vram_bytes, true)?.0)
 }
 
 /// Compiles the spec with the memory passes set by hand to `choice` instead of the planner's
@@ -203,6 +206,7 @@ pub fn compile_with_choice(
     Ok(Compiled {
         plan,
         report: train.report,
+        candidates_estimated: 0,
     })
 }
 
@@ -239,7 +243,9 @@ pub fn compile_auto_batch(
             batch,
             ..opts.clone()
         };
-        let (compiled, _) = plan_within(&optimised(path, &sized)?, &sized, opts.vram_bytes, false)?;
+        let train = optimised(path, &sized)?;
+        let candidates = candidates(&train, &sized);
+        let (compiled, _) = plan_within(&train, &sized, &candidates, opts.vram_bytes, false)?;
         if !fits(&compiled.plan) {
             break;
         }
@@ -287,14 +293,15 @@ pub fn tradeoff_curve(
     budgets: &[u64],
 ) -> Result<Vec<CurvePoint>, CompileError> {
     let train = optimised(path, opts)?;
-    // The budgets are independent: plan them on threads.
+    let candidates = candidates(&train, opts);
+    // The budgets are independent: plan them on threads, sharing the candidates' estimates.
     let points: Vec<Result<CurvePoint, CompileError>> = thread::scope(|scope| {
         let runs: Vec<_> = budgets
             .iter()
             .map(|&vram| {
-                let train = &train;
+                let (train, candidates) = (&train, &candidates);
                 scope.spawn(move || {
-                    let (compiled, choice) = plan_within(train, opts, vram, false)?;
+                    let (compiled, choice) = plan_within(train, opts, candidates, vram, false)?;
                     let plan = &compiled.plan;
                     Ok(CurvePoint {
                         vram_bytes: vram,
@@ -383,10 +390,20 @@ fn plan_options(opts: &CompileOptions, vram_bytes: u64) -> PlanOptions {
     }
 }
 
+/// The memory planner's candidates for the optimised graph.
+fn candidates<'a>(train: &'a Optimised, opts: &CompileOptions) -> Candidates<'a> {
+    Candidates::new(
+        &train.graph,
+        &opts.device,
+        &plan_options(opts, opts.vram_bytes),
+    )
+}
+
 /// The memory planner for a budget, then lowering; `price` as for `plan_memory`.
 fn plan_within(
     train: &Optimised,
     opts: &CompileOptions,
+    candidates: &Candidates<'_>,
     vram_bytes: u64,
     price: bool,
 ) -> Result<(Compiled, MemoryChoice), CompileError> {
@@ -396,10 +413,8 @@ fn plan_within(
         ..train.ctx.clone()
     };
     let memory = plan_memory(
-        &train.graph,
+        candidates,
         &ctx,
-        &opts.device,
-        &plan_options(opts, vram_bytes),
         opts.dump_after.as_deref(),
         &lower_graph,
         price,
@@ -415,6 +430,7 @@ fn plan_within(
     let compiled = Compiled {
         plan: memory.plan,
         report,
+        candidates_estimated: candidates.estimated(),
     };
     Ok((compiled, memory.choice))
 }

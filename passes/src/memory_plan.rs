@@ -277,53 +277,85 @@ pub struct MemoryPlan {
     pub report: PassReport,
 }
 
-/// Plans memory for `graph` within `ctx.vram_bytes`: candidates are estimated from their
-/// programs (`estimate_program`, the arena taken to be the live-bytes peak), the chosen
-/// graph is lowered with `lower`. Returns the fastest
-/// plan that fits, or the one that needs the least memory when none does. With `price`, the
-/// plan's `memory` lists the decisions priced one by one; without (the trade-off curve, which
-/// keeps only the choice), it stays empty.
-pub fn plan_memory(
-    graph: &Graph,
-    ctx: &PassContext,
-    device: &DeviceProfile,
-    options: &PlanOptions,
-    dump_after: Option<&str>,
-    lower: &dyn Fn(&Graph) -> Plan,
-    price: bool,
-) -> Result<MemoryPlan, PassError> {
-    let blocks = graph
-        .nodes()
-        .filter_map(|(_, n)| n.layer)
-        .max()
-        .map_or(0, |l| l + 1);
-    let tokens = graph
-        .find("tokens")
-        .map_or(1, |t| graph.tensor(t).ty.numel());
-    let shape = Shape {
-        blocks,
-        chunk_rows: (tokens / LM_HEAD_CHUNKS).clamp(1, MAX_LM_HEAD_CHUNK_ROWS),
-    };
-    // Candidates recur (the bottom of two ladders, the decisions' prices): evaluate each once.
-    let seen: Mutex<IndexMap<MemoryChoice, Candidate>> = Mutex::default();
-    // Every candidate edits the same program; only the tensors its passes add differ.
-    let program = graph.program();
-    let evaluate = |choice: &MemoryChoice| -> Result<Candidate, PassError> {
-        if let Some(&c) = seen.lock().expect("no panic holds the lock").get(choice) {
+/// The memory planner's candidates for one graph, each estimated once (memoised, from several
+/// threads): they recur within a search (the bottom of two ladders, the decisions' prices) and
+/// across the budgets of a trade-off curve, since an estimate does not depend on the budget.
+pub struct Candidates<'g> {
+    graph: &'g Graph,
+    /// The graph's program: every candidate edits a copy of it.
+    program: Vec<Node>,
+    shape: Shape,
+    device: DeviceProfile,
+    options: PlanOptions,
+    seen: Mutex<IndexMap<MemoryChoice, Candidate>>,
+}
+
+impl<'g> Candidates<'g> {
+    /// Candidates for `graph` (the training graph after the optimisation passes), estimated
+    /// for `device` and `options` (whose budget plays no part).
+    pub fn new(graph: &'g Graph, device: &DeviceProfile, options: &PlanOptions) -> Self {
+        let blocks = graph
+            .nodes()
+            .filter_map(|(_, n)| n.layer)
+            .max()
+            .map_or(0, |l| l + 1);
+        let tokens = graph
+            .find("tokens")
+            .map_or(1, |t| graph.tensor(t).ty.numel());
+        Candidates {
+            graph,
+            program: graph.program(),
+            shape: Shape {
+                blocks,
+                chunk_rows: (tokens / LM_HEAD_CHUNKS).clamp(1, MAX_LM_HEAD_CHUNK_ROWS),
+            },
+            device: device.clone(),
+            options: options.clone(),
+            seen: Mutex::default(),
+        }
+    }
+
+    /// How many different candidates have been estimated: the planner's work, which grows
+    /// with the search and not with the number of blocks.
+    pub fn estimated(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IndexMap<MemoryChoice, Candidate>> {
+        self.seen.lock().expect("no panic holds the lock")
+    }
+
+    /// The candidate's estimate: its passes' edits of the program, without a graph built of
+    /// it or a layout (the arena taken to be the live-bytes peak).
+    fn evaluate(&self, choice: &MemoryChoice) -> Result<Candidate, PassError> {
+        if let Some(&c) = self.lock().get(choice) {
             return Ok(c);
         }
-        let mut g = graph.tensors_only();
-        let edited = choice.edit(&mut g, program.clone(), device)?;
-        let estimates = estimate_program(&g, &edited, device, options);
+        let mut graph = self.graph.tensors_only();
+        let edited = choice.edit(&mut graph, self.program.clone(), &self.device)?;
+        let estimates = estimate_program(&graph, &edited, &self.device, &self.options);
         let c = Candidate {
             arena_bytes: estimates.peak_live_bytes,
             step_seconds: estimates.step_seconds,
         };
-        seen.lock()
-            .expect("no panic holds the lock")
-            .insert(choice.clone(), c);
+        self.lock().insert(choice.clone(), c);
         Ok(c)
-    };
+    }
+}
+
+/// Plans memory for the graph of `candidates` within `ctx.vram_bytes`, lowering the chosen
+/// graph with `lower`. Returns the fastest plan that fits, or the one that needs the least
+/// memory when none does. With `price`, the plan's `memory` lists the decisions priced one by
+/// one; without (the trade-off curve, which keeps only the choice), it stays empty.
+pub fn plan_memory(
+    candidates: &Candidates<'_>,
+    ctx: &PassContext,
+    dump_after: Option<&str>,
+    lower: &dyn Fn(&Graph) -> Plan,
+    price: bool,
+) -> Result<MemoryPlan, PassError> {
+    let (graph, device, shape) = (candidates.graph, &candidates.device, &candidates.shape);
+    let evaluate = |choice: &MemoryChoice| candidates.evaluate(choice);
     let limit = ctx.vram_bytes.saturating_sub(RESERVE_BYTES);
     // Candidates are judged by their live-bytes peak; the final layout needs a little more
     // (fragmentation, about 1.5% on the Qwen models), so the search leaves that margin. When
@@ -331,7 +363,7 @@ pub fn plan_memory(
     let mut search_limit = limit - limit / FRAGMENTATION_MARGIN;
     let mut attempts = 0;
     loop {
-        let choice = search(graph, &shape, search_limit, &evaluate)?;
+        let choice = search(graph, shape, search_limit, &evaluate)?;
         let mut planned = graph.clone();
         let report = choice.apply(&mut planned, ctx, device, dump_after)?;
         let mut plan = lower(&planned);
