@@ -4,8 +4,8 @@
 
 use llmq_compiler::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
 use llmq_compiler::kernels::ops::Copy;
-use llmq_compiler::kernels::{Op, TensorType};
-use llmq_compiler::lower::estimate;
+use llmq_compiler::kernels::Op;
+use llmq_compiler::lower::NodeEstimator;
 use llmq_compiler::pass::PassError;
 use llmq_compiler::target::DeviceProfile;
 
@@ -105,12 +105,10 @@ pub fn copy_node(from: TensorId, to: TensorId, phase: Phase, layer: Option<u32>)
 
 /// Estimated seconds of each node of `program` on `device`.
 pub fn node_seconds(graph: &Graph, program: &[Node], device: &DeviceProfile) -> Vec<f64> {
-    let types = |ids: &[TensorId]| -> Vec<TensorType> {
-        ids.iter().map(|&t| graph.tensor(t).ty.clone()).collect()
-    };
+    let mut estimator = NodeEstimator::default();
     program
         .iter()
-        .map(|n| estimate(&n.op, &types(&n.inputs), &types(&n.outputs), device).seconds)
+        .map(|n| estimator.estimate(graph, n, device).seconds)
         .collect()
 }
 

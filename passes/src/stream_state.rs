@@ -71,7 +71,9 @@ impl StreamState {
             graph.place_on_host(t);
         }
         let mut edit = ProgramEdit::new(program);
-        let original = edit.program.clone();
+        // Prefetches are placed by the program as it was: the nodes are rewired afterwards.
+        let original = std::mem::take(&mut edit.program);
+        let mut rewired_nodes: Vec<(usize, Node)> = Vec::new();
         let seconds = node_seconds(graph, &original, &self.device);
         let units = buffering_units(&original);
         let mut on_device: IndexMap<TensorId, DeviceCopy> = IndexMap::new();
@@ -105,6 +107,10 @@ impl StreamState {
                 };
                 brought.insert(s, device_copy);
             }
+            let touches_host = node.outputs.iter().any(|&t| graph.is_on_host(t));
+            if brought.is_empty() && !touches_host {
+                continue;
+            }
             let mut rewired = node.clone();
             for t in rewired.inputs.iter_mut() {
                 if let Some(&d) = brought.get(t) {
@@ -135,7 +141,11 @@ impl StreamState {
                 };
                 on_device.insert(s, copy);
             }
-            edit.program[i] = rewired;
+            rewired_nodes.push((i, rewired));
+        }
+        edit.program = original;
+        for (i, node) in rewired_nodes {
+            edit.program[i] = node;
         }
         Ok(edit.finish())
     }

@@ -19,7 +19,7 @@ mod streams;
 mod timeline;
 
 pub use allocate::allocate;
-pub use cost::estimate;
+pub use cost::NodeEstimator;
 pub use liveness::{Interval, liveness};
 pub use streams::{COMPUTE, DEVICE_TO_HOST, HOST_TO_DEVICE};
 
@@ -31,7 +31,6 @@ use crate::plan::{
 };
 use crate::target::DeviceProfile;
 use indexmap::IndexMap;
-use llmq_kernels::TensorType;
 
 /// What lowering needs besides the graph.
 pub struct LowerInput<'a> {
@@ -157,19 +156,10 @@ fn schedule(graph: &Graph, order: &[&Node], device: &DeviceProfile) -> Scheduled
     let count = |phase| order.iter().filter(|n| n.phase == phase).count() as u32;
     let forward_len = count(Phase::Forward);
     let micro_len = forward_len + count(Phase::Backward);
+    let mut estimator = NodeEstimator::default();
     let mut steps: Vec<Step> = order
         .iter()
         .map(|&node| {
-            let ins: Vec<TensorType> = node
-                .inputs
-                .iter()
-                .map(|&t| graph.tensor(t).ty.clone())
-                .collect();
-            let outs: Vec<TensorType> = node
-                .outputs
-                .iter()
-                .map(|&t| graph.tensor(t).ty.clone())
-                .collect();
             let stream = streams::stream_of(graph, &node.inputs, &node.outputs);
             Step {
                 op: node.op.clone(),
@@ -181,7 +171,7 @@ fn schedule(graph: &Graph, order: &[&Node], device: &DeviceProfile) -> Scheduled
                 stream,
                 waits: Vec::new(),
                 records: None,
-                estimate: step_estimate(&node.op, stream, &ins, &outs, device),
+                estimate: step_estimate(estimator.estimate(graph, node, device), stream, device),
             }
         })
         .collect();
@@ -251,16 +241,13 @@ fn schedule(graph: &Graph, order: &[&Node], device: &DeviceProfile) -> Scheduled
     }
 }
 
-/// The estimate of one step: a copy to or from the host arena takes its bytes over the host
-/// link, everything else the roofline of `cost.rs`.
+/// The estimate of one step from its node's roofline (`cost.rs`): a copy to or from the host
+/// arena takes its bytes over the host link instead.
 fn step_estimate(
-    op: &llmq_kernels::Op,
+    mut e: StepEstimate,
     stream: crate::plan::StreamId,
-    ins: &[TensorType],
-    outs: &[TensorType],
     device: &DeviceProfile,
 ) -> StepEstimate {
-    let mut e = cost::estimate(op, ins, outs, device);
     if stream != COMPUTE {
         e.seconds = e.bytes / (device.host_gbps * 1e9) + crate::target::LAUNCH_SECONDS;
     }
