@@ -6,9 +6,9 @@ use crate::pipeline::{pass_names, pipeline};
 use llmq_compiler::autodiff::{
     AutodiffError, OptimizerOptions, TrainIo, TrainOptions, differentiate,
 };
-use llmq_compiler::ir::{Graph, write_graph};
+use llmq_compiler::ir::{Graph, Node, write_graph};
 use llmq_compiler::kernels::DType;
-use llmq_compiler::lower::{LowerInput, lower};
+use llmq_compiler::lower::{LowerInput, lower, lower_program};
 use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions, fits};
 use llmq_compiler::spec::{self, SpecError, SpecOptions};
@@ -202,7 +202,7 @@ pub fn compile_with_choice(
     if report.dump.is_some() {
         train.report.dump = report.dump;
     }
-    let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph);
+    let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph, None);
     Ok(Compiled {
         plan,
         report: train.report,
@@ -223,7 +223,7 @@ pub fn plan_choices(
         .map(|choice| {
             let mut graph = train.graph.clone();
             choice.apply(&mut graph, &train.ctx, &opts.device, None)?;
-            Ok(lower_for(&train, opts, opts.vram_bytes, &graph))
+            Ok(lower_for(&train, opts, opts.vram_bytes, &graph, None))
         })
         .collect()
 }
@@ -366,15 +366,26 @@ fn optimised(path: &Path, opts: &CompileOptions) -> Result<Optimised, CompileErr
     })
 }
 
-/// Lowers `graph` (the training graph after memory passes) for the flags and budget.
-fn lower_for(train: &Optimised, opts: &CompileOptions, vram_bytes: u64, graph: &Graph) -> Plan {
-    lower(LowerInput {
+/// Lowers `graph` (the training graph after memory passes), or `program` over its tensors,
+/// for the flags and budget.
+fn lower_for(
+    train: &Optimised,
+    opts: &CompileOptions,
+    vram_bytes: u64,
+    graph: &Graph,
+    program: Option<&[Node]>,
+) -> Plan {
+    let input = LowerInput {
         graph,
         io: &train.io,
         model: train.model.clone(),
         options: plan_options(opts, vram_bytes),
         device: opts.device.clone(),
-    })
+    };
+    match program {
+        Some(program) => lower_program(input, program),
+        None => lower(input),
+    }
 }
 
 /// The options a plan records.
@@ -407,7 +418,9 @@ fn plan_within(
     vram_bytes: u64,
     price: bool,
 ) -> Result<(Compiled, MemoryChoice), CompileError> {
-    let lower_graph = |graph: &Graph| lower_for(train, opts, vram_bytes, graph);
+    let lower_graph = |graph: &Graph, program: Option<&[Node]>| {
+        lower_for(train, opts, vram_bytes, graph, program)
+    };
     let ctx = PassContext {
         vram_bytes,
         ..train.ctx.clone()

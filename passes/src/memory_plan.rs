@@ -269,8 +269,6 @@ impl MemoryChoice {
 pub struct MemoryPlan {
     /// The choice.
     pub choice: MemoryChoice,
-    /// The graph after the memory passes.
-    pub graph: Graph,
     /// Its plan, with the priced decisions in `memory`.
     pub plan: Plan,
     /// Timings (and the requested dump) of the memory passes.
@@ -344,14 +342,17 @@ impl<'g> Candidates<'g> {
 }
 
 /// Plans memory for the graph of `candidates` within `ctx.vram_bytes`, lowering the chosen
-/// graph with `lower`. Returns the fastest plan that fits, or the one that needs the least
-/// memory when none does. With `price`, the plan's `memory` lists the decisions priced one by
-/// one; without (the trade-off curve, which keeps only the choice), it stays empty.
+/// choice with `lower` (the graph's own nodes, or a program over its tensors). Returns the
+/// fastest plan that fits, or the one that needs the least memory when none does. With
+/// `price`, the plan is the one compiled: its graph is built through the pass manager
+/// (verified, dumpable) and its `memory` lists the decisions priced one by one. Without (the
+/// trade-off curve and `--batch auto`, which compare plans and keep only the choice), the
+/// chosen program is lowered as it is, and `memory` stays empty.
 pub fn plan_memory(
     candidates: &Candidates<'_>,
     ctx: &PassContext,
     dump_after: Option<&str>,
-    lower: &dyn Fn(&Graph) -> Plan,
+    lower: &dyn Fn(&Graph, Option<&[Node]>) -> Plan,
     price: bool,
 ) -> Result<MemoryPlan, PassError> {
     let (graph, device, shape) = (candidates.graph, &candidates.device, &candidates.shape);
@@ -364,9 +365,15 @@ pub fn plan_memory(
     let mut attempts = 0;
     loop {
         let choice = search(graph, shape, search_limit, &evaluate)?;
-        let mut planned = graph.clone();
-        let report = choice.apply(&mut planned, ctx, device, dump_after)?;
-        let mut plan = lower(&planned);
+        let (mut plan, report) = if price {
+            let mut planned = graph.clone();
+            let report = choice.apply(&mut planned, ctx, device, dump_after)?;
+            (lower(&planned, None), report)
+        } else {
+            let mut planned = graph.tensors_only();
+            let program = choice.edit(&mut planned, candidates.program.clone(), device)?;
+            (lower(&planned, Some(&program)), PassReport::default())
+        };
         attempts += 1;
         let fragmentation = plan.device_arena_bytes - plan.estimates.peak_live_bytes;
         let next_limit = limit
@@ -378,7 +385,6 @@ pub fn plan_memory(
             }
             return Ok(MemoryPlan {
                 choice,
-                graph: planned,
                 plan,
                 report,
             });

@@ -50,13 +50,26 @@ pub struct LowerInput<'a> {
 pub fn lower(input: LowerInput) -> Plan {
     let graph = input.graph;
     let order: Vec<&Node> = graph.schedule().iter().map(|&n| graph.node(n)).collect();
+    lower_order(input, &order)
+}
+
+/// Lowers `program` (nodes in schedule order: forward, backward, optimizer) over the tensors
+/// of `input.graph`, whose own nodes are not looked at, to the plan that a graph built from
+/// `program` lowers to, without building it.
+pub fn lower_program(input: LowerInput, program: &[Node]) -> Plan {
+    let order: Vec<&Node> = program.iter().collect();
+    lower_order(input, &order)
+}
+
+fn lower_order(input: LowerInput, order: &[&Node]) -> Plan {
+    let graph = input.graph;
     let Scheduled {
         steps,
         sections,
         events,
         mut buffers,
         categories,
-    } = schedule(graph, &order, &input.device);
+    } = schedule(graph, order, &input.device);
     let sizes: Vec<u64> = buffers.iter().map(|b| b.size).collect();
     let intervals: Vec<Interval> = buffers
         .iter()
