@@ -35,14 +35,14 @@ impl Pass for ChunkLmHead {
     }
 
     fn run(&self, graph: &mut Graph, _: &PassContext) -> Result<(), PassError> {
-        edit_graph(graph, |graph, program| self.edit(graph, program))
+        edit_graph(graph, |graph, edit| self.edit(graph, edit))
     }
 }
 
 impl ChunkLmHead {
-    /// The pass on `program` (the nodes in schedule order); new tensors go to `graph`.
-    pub fn edit(&self, graph: &mut Graph, program: Vec<Node>) -> Result<Vec<Node>, PassError> {
-        let mut edit = ProgramEdit::new(program);
+    /// The pass as an edit of a program (the nodes in schedule order); new tensors go to
+    /// `graph`.
+    pub fn edit(&self, graph: &mut Graph, edit: &mut ProgramEdit) -> Result<(), PassError> {
         let Some(head) = find_head(&edit.program) else {
             return Err(PassError::Failed {
                 pass: "chunk-lm-head",
@@ -118,7 +118,7 @@ impl ChunkLmHead {
         dropped.push(head.weight_backward);
         dropped.retain(|&i| i != last);
         edit.remove(&dropped);
-        Ok(edit.finish())
+        Ok(())
     }
 }
 

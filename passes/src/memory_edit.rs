@@ -9,23 +9,51 @@ use llmq_compiler::lower::NodeEstimator;
 use llmq_compiler::pass::PassError;
 use llmq_compiler::target::DeviceProfile;
 
-/// Runs a memory pass's program edit on `graph`: its program (the nodes in schedule order)
-/// goes through `edit`, which may add tensors to the graph, and the edited program becomes the
-/// graph's nodes. The memory planner chains the edits of a candidate on one program instead,
-/// and lowers that program without building a graph of it.
+/// Runs a memory pass's `edit` on `graph`: its program (the nodes in schedule order) is
+/// edited, new tensors go to the graph, and the edit is made through [`Graph::rewrite`]. The
+/// memory planner chains the edits of a candidate on one program instead
+/// ([`edit_program`]) and lowers that program without building a graph of it.
 pub fn edit_graph(
     graph: &mut Graph,
-    edit: impl FnOnce(&mut Graph, Vec<Node>) -> Result<Vec<Node>, PassError>,
+    edit: impl FnOnce(&mut Graph, &mut ProgramEdit) -> Result<(), PassError>,
 ) -> Result<(), PassError> {
-    let program = graph.program();
-    let program = edit(graph, program)?;
-    graph.set_program(program);
+    let ids = graph.schedule();
+    let mut program = ProgramEdit::new(ids.iter().map(|&n| graph.node(n).clone()).collect());
+    edit(graph, &mut program)?;
+    graph.rewrite(|rw| {
+        for (id, (before, node, after)) in ids.into_iter().zip(program.into_parts()) {
+            for n in before {
+                rw.insert_before(id, n);
+            }
+            match node {
+                Some(node) => rw.replace(id, node),
+                None => rw.remove(id),
+            }
+            for n in after {
+                rw.insert_after(id, n);
+            }
+        }
+    });
     Ok(())
+}
+
+/// Runs a memory pass's `edit` on `program` (nodes in schedule order) and returns the edited
+/// program.
+pub fn edit_program(
+    program: Vec<Node>,
+    edit: impl FnOnce(&mut ProgramEdit) -> Result<(), PassError>,
+) -> Result<Vec<Node>, PassError> {
+    let mut program = ProgramEdit::new(program);
+    edit(&mut program)?;
+    Ok(program
+        .into_parts()
+        .flat_map(|(before, node, after)| before.into_iter().chain(node).chain(after))
+        .collect())
 }
 
 /// A program (nodes in schedule order) with nodes to insert before or after each node.
 pub struct ProgramEdit {
-    /// The program being edited, unchanged until [`ProgramEdit::finish`].
+    /// The program being edited; insertions and removals are made when the edit ends.
     pub program: Vec<Node>,
     before: Vec<Vec<Node>>,
     after: Vec<Vec<Node>>,
@@ -61,20 +89,24 @@ impl ProgramEdit {
         self.after[i].push(node);
     }
 
-    /// The edited program.
-    pub fn finish(self) -> Vec<Node> {
-        let inserted: usize = self.before.iter().chain(&self.after).map(Vec::len).sum();
-        let mut out = Vec::with_capacity(self.program.len() + inserted);
+    /// Per node of the program: what goes before it, the node (`None` when removed), what
+    /// goes after it.
+    fn into_parts(self) -> impl Iterator<Item = (Vec<Node>, Option<Node>, Vec<Node>)> {
         let nodes = self.program.into_iter().zip(self.removed);
-        for (((node, removed), before), after) in nodes.zip(self.before).zip(self.after) {
-            out.extend(before);
-            if !removed {
-                out.push(node);
-            }
-            out.extend(after);
-        }
-        out
+        nodes
+            .zip(self.before)
+            .zip(self.after)
+            .map(|(((node, removed), before), after)| (before, (!removed).then_some(node), after))
     }
+}
+
+/// The nodes of `graph` in schedule order: the program the memory passes edit.
+pub fn program(graph: &Graph) -> Vec<Node> {
+    graph
+        .schedule()
+        .into_iter()
+        .map(|n| graph.node(n).clone())
+        .collect()
 }
 
 /// A new tensor of `like`'s type and block, named `{prefix}.{name}`.

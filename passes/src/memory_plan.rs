@@ -19,6 +19,7 @@
 //! priced one by one (the plan without each) for `llmqc show`.
 
 use crate::chunk_lm_head::ChunkLmHead;
+use crate::memory_edit::{edit_program, program};
 use crate::offload_activations::OffloadActivations;
 use crate::recompute::Recompute;
 use crate::stream_state::StreamState;
@@ -227,15 +228,21 @@ impl MemoryChoice {
     ) -> Result<Vec<Node>, PassError> {
         let (chunk, recompute, offload, stream) = self.passes(device);
         if let Some(chunk) = chunk {
-            program = chunk.edit(graph, program)?;
+            program = edit_program(program, |edit| chunk.edit(graph, edit))?;
         }
         if !self.recompute.is_empty() {
-            program = recompute.edit(graph, program);
+            program = edit_program(program, |edit| {
+                recompute.edit(graph, edit);
+                Ok(())
+            })?;
         }
         if !self.offload.is_empty() {
-            program = offload.edit(graph, program);
+            program = edit_program(program, |edit| {
+                offload.edit(graph, edit);
+                Ok(())
+            })?;
         }
-        stream.edit(graph, program)
+        edit_program(program, |edit| stream.edit(graph, edit))
     }
 
     fn passes(
@@ -302,7 +309,7 @@ impl<'g> Candidates<'g> {
             .map_or(1, |t| graph.tensor(t).ty.numel());
         Candidates {
             graph,
-            program: graph.program(),
+            program: program(graph),
             shape: Shape {
                 blocks,
                 chunk_rows: (tokens / LM_HEAD_CHUNKS).clamp(1, MAX_LM_HEAD_CHUNK_ROWS),

@@ -11,7 +11,7 @@ use crate::memory_edit::{
     transfer_seconds,
 };
 use indexmap::IndexMap;
-use llmq_compiler::ir::{Graph, Node, Phase, Role, TensorId};
+use llmq_compiler::ir::{Graph, Phase, Role, TensorId};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 use llmq_compiler::target::DeviceProfile;
 
@@ -32,14 +32,17 @@ impl Pass for OffloadActivations {
         if self.blocks.is_empty() {
             return Ok(());
         }
-        edit_graph(graph, |graph, program| Ok(self.edit(graph, program)))
+        edit_graph(graph, |graph, edit| {
+            self.edit(graph, edit);
+            Ok(())
+        })
     }
 }
 
 impl OffloadActivations {
-    /// The pass on `program` (the nodes in schedule order); new tensors go to `graph`.
-    pub fn edit(&self, graph: &mut Graph, program: Vec<Node>) -> Vec<Node> {
-        let mut edit = ProgramEdit::new(program);
+    /// The pass as an edit of a program (the nodes in schedule order); new tensors go to
+    /// `graph`.
+    pub fn edit(&self, graph: &mut Graph, edit: &mut ProgramEdit) {
         let seconds = node_seconds(graph, &edit.program, &self.device);
         let units = buffering_units(&edit.program);
         // Saved tensors of the chosen blocks, with their producer and first backward reader.
@@ -87,6 +90,5 @@ impl OffloadActivations {
                 }
             }
         }
-        edit.finish()
     }
 }

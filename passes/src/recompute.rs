@@ -13,7 +13,7 @@
 
 use crate::memory_edit::{ProgramEdit, edit_graph, tensor_like};
 use indexmap::{IndexMap, IndexSet};
-use llmq_compiler::ir::{Graph, Node, Phase, Role, TensorId};
+use llmq_compiler::ir::{Graph, Phase, Role, TensorId};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 
 /// Recomputes the saved tensors of `blocks` in the backward phase.
@@ -31,14 +31,17 @@ impl Pass for Recompute {
         if self.blocks.is_empty() {
             return Ok(());
         }
-        edit_graph(graph, |graph, program| Ok(self.edit(graph, program)))
+        edit_graph(graph, |graph, edit| {
+            self.edit(graph, edit);
+            Ok(())
+        })
     }
 }
 
 impl Recompute {
-    /// The pass on `program` (the nodes in schedule order); new tensors go to `graph`.
-    pub fn edit(&self, graph: &mut Graph, program: Vec<Node>) -> Vec<Node> {
-        let mut edit = ProgramEdit::new(program);
+    /// The pass as an edit of a program (the nodes in schedule order); new tensors go to
+    /// `graph`.
+    pub fn edit(&self, graph: &mut Graph, edit: &mut ProgramEdit) {
         let program = &edit.program;
         let forward_block = |i: usize| {
             (program[i].phase == Phase::Forward)
@@ -146,6 +149,5 @@ impl Recompute {
                 graph.tensor_mut(t).role = Role::Activation;
             }
         }
-        edit.finish()
     }
 }

@@ -46,13 +46,14 @@ impl Pass for StreamState {
         if self.roles.is_empty() {
             return Ok(());
         }
-        edit_graph(graph, |graph, program| self.edit(graph, program))
+        edit_graph(graph, |graph, edit| self.edit(graph, edit))
     }
 }
 
 impl StreamState {
-    /// The pass on `program` (the nodes in schedule order); new tensors go to `graph`.
-    pub fn edit(&self, graph: &mut Graph, program: Vec<Node>) -> Result<Vec<Node>, PassError> {
+    /// The pass as an edit of a program (the nodes in schedule order); new tensors go to
+    /// `graph`.
+    pub fn edit(&self, graph: &mut Graph, edit: &mut ProgramEdit) -> Result<(), PassError> {
         if let Some(role) = self.roles.iter().find(|r| !is_state(**r)) {
             return Err(PassError::Failed {
                 pass: "stream-state",
@@ -65,12 +66,11 @@ impl StreamState {
             .map(|(id, _)| id)
             .collect();
         if streamed.is_empty() {
-            return Ok(program);
+            return Ok(());
         }
         for &t in &streamed {
             graph.place_on_host(t);
         }
-        let mut edit = ProgramEdit::new(program);
         // Prefetches are placed by the program as it was: the nodes are rewired afterwards.
         let original = std::mem::take(&mut edit.program);
         let mut rewired_nodes: Vec<(usize, Node)> = Vec::new();
@@ -147,7 +147,7 @@ impl StreamState {
         for (i, node) in rewired_nodes {
             edit.program[i] = node;
         }
-        Ok(edit.finish())
+        Ok(())
     }
 }
 
