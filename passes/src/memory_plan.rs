@@ -12,8 +12,9 @@
 //!   blocks' checkpoints. Peak memory falls as `k` grows, so a binary search finds the
 //!   smallest `k` that fits.
 //!
-//! Each candidate is applied by the memory passes (`chunk-lm-head`, `recompute`,
-//! `offload-activations`, `stream-state`) and lowered: the peak and the step time are the plan's own. The fastest
+//! Each candidate is the memory passes' (`chunk-lm-head`, `recompute`,
+//! `offload-activations`, `stream-state`) edits of the schedule, estimated as lowering would
+//! (`lower::estimate_program`): the peak and the step time are its plan's own. The fastest
 //! candidate that fits wins; the search stops at the first state level that fits with no
 //! activation measure, since moving more state only adds transfers. The decisions are then
 //! priced one by one (the plan without each) for `llmqc show`.
