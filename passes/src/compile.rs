@@ -373,7 +373,7 @@ fn lower_for(
     opts: &CompileOptions,
     vram_bytes: u64,
     graph: &Graph,
-    program: Option<&[Node]>,
+    program: Option<Vec<Node>>,
 ) -> Plan {
     let input = LowerInput {
         graph,
@@ -418,7 +418,7 @@ fn plan_within(
     vram_bytes: u64,
     price: bool,
 ) -> Result<(Compiled, MemoryChoice), CompileError> {
-    let lower_graph = |graph: &Graph, program: Option<&[Node]>| {
+    let lower_graph = |graph: &Graph, program: Option<Vec<Node>>| {
         lower_for(train, opts, vram_bytes, graph, program)
     };
     let ctx = PassContext {

@@ -3,8 +3,8 @@
 //! where to put a prefetch so that its transfer hides behind compute.
 
 use llmq_compiler::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
-use llmq_compiler::kernels::ops::Copy;
 use llmq_compiler::kernels::Op;
+use llmq_compiler::kernels::ops::Copy;
 use llmq_compiler::lower::NodeEstimator;
 use llmq_compiler::pass::PassError;
 use llmq_compiler::target::DeviceProfile;

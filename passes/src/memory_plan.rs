@@ -26,8 +26,8 @@ use crate::recompute::Recompute;
 use crate::stream_state::StreamState;
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Node, Role};
-use llmq_compiler::pass::{PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::lower::estimate_program;
+use llmq_compiler::pass::{PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{MemoryDecision, Plan, PlanOptions};
 use llmq_compiler::target::{DeviceProfile, RESERVE_BYTES};
 use std::sync::Mutex;
@@ -339,7 +339,7 @@ impl<'g> Candidates<'g> {
         }
         let mut graph = self.graph.tensors_only();
         let edited = choice.edit(&mut graph, self.program.clone(), &self.device)?;
-        let estimates = estimate_program(&graph, &edited, &self.device, &self.options);
+        let estimates = estimate_program(&graph, edited, &self.device, &self.options);
         let c = Candidate {
             arena_bytes: estimates.peak_live_bytes,
             step_seconds: estimates.step_seconds,
@@ -360,7 +360,7 @@ pub fn plan_memory(
     candidates: &Candidates<'_>,
     ctx: &PassContext,
     dump_after: Option<&str>,
-    lower: &dyn Fn(&Graph, Option<&[Node]>) -> Plan,
+    lower: &dyn Fn(&Graph, Option<Vec<Node>>) -> Plan,
     price: bool,
 ) -> Result<MemoryPlan, PassError> {
     let (graph, device, shape) = (candidates.graph, &candidates.device, &candidates.shape);
@@ -380,7 +380,7 @@ pub fn plan_memory(
         } else {
             let mut planned = graph.tensors_only();
             let program = choice.edit(&mut planned, candidates.program.clone(), device)?;
-            (lower(&planned, Some(&program)), PassReport::default())
+            (lower(&planned, Some(program)), PassReport::default())
         };
         attempts += 1;
         let fragmentation = plan.device_arena_bytes - plan.estimates.peak_live_bytes;

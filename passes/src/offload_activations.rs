@@ -7,8 +7,8 @@
 //! backward reader like any other). Keeps: single-assignment activations.
 
 use crate::memory_edit::{
-    ProgramEdit, buffering_units, copy_node, edit_graph, node_seconds, prefetch_position, tensor_like,
-    transfer_seconds,
+    ProgramEdit, buffering_units, copy_node, edit_graph, node_seconds, prefetch_position,
+    tensor_like, transfer_seconds,
 };
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Phase, Role, TensorId};

@@ -16,8 +16,8 @@
 //! Needs: a graph whose state is on the device. Keeps: only copies touch host tensors.
 
 use crate::memory_edit::{
-    ProgramEdit, buffering_units, copy_node, edit_graph, node_seconds, prefetch_position, tensor_like,
-    transfer_seconds,
+    ProgramEdit, buffering_units, copy_node, edit_graph, node_seconds, prefetch_position,
+    tensor_like, transfer_seconds,
 };
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Node, Phase, Role, TensorId};

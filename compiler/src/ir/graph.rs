@@ -266,7 +266,12 @@ impl Graph {
         let result = edit(&mut rewrite);
         let placed = rewrite.placed;
         let mut inserted = vec![false; self.dfg.node_bound()];
-        for &idx in placed.before.values().chain(placed.after.values()).flatten() {
+        for &idx in placed
+            .before
+            .values()
+            .chain(placed.after.values())
+            .flatten()
+        {
             inserted[idx.index()] = true;
         }
         let mut old: Vec<NodeIndex> = self

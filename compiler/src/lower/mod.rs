@@ -49,19 +49,18 @@ pub struct LowerInput<'a> {
 /// Lowers a training graph to a plan.
 pub fn lower(input: LowerInput) -> Plan {
     let graph = input.graph;
-    let order: Vec<&Node> = graph.schedule().iter().map(|&n| graph.node(n)).collect();
-    lower_order(input, &order)
+    let order: Vec<Node> = graph
+        .schedule()
+        .iter()
+        .map(|&n| graph.node(n).clone())
+        .collect();
+    lower_program(input, order)
 }
 
 /// Lowers `program` (nodes in schedule order: forward, backward, optimizer) over the tensors
 /// of `input.graph`, whose own nodes are not looked at, to the plan that a graph built from
 /// `program` lowers to, without building it.
-pub fn lower_program(input: LowerInput, program: &[Node]) -> Plan {
-    let order: Vec<&Node> = program.iter().collect();
-    lower_order(input, &order)
-}
-
-fn lower_order(input: LowerInput, order: &[&Node]) -> Plan {
+pub fn lower_program(input: LowerInput, program: Vec<Node>) -> Plan {
     let graph = input.graph;
     let Scheduled {
         steps,
@@ -69,7 +68,7 @@ fn lower_order(input: LowerInput, order: &[&Node]) -> Plan {
         events,
         mut buffers,
         categories,
-    } = schedule(graph, order, &input.device);
+    } = schedule(graph, program, &input.device);
     let sizes: Vec<u64> = buffers.iter().map(|b| b.size).collect();
     let intervals: Vec<Interval> = buffers
         .iter()
@@ -140,12 +139,11 @@ fn lower_order(input: LowerInput, order: &[&Node]) -> Plan {
 /// graph is built of each.
 pub fn estimate_program(
     graph: &Graph,
-    program: &[Node],
+    program: Vec<Node>,
     device: &DeviceProfile,
     options: &PlanOptions,
 ) -> Estimates {
-    let order: Vec<&Node> = program.iter().collect();
-    let s = schedule(graph, &order, device);
+    let s = schedule(graph, program, device);
     estimates(&s.steps, &s.sections, &s.buffers, &s.categories, options)
 }
 
@@ -160,8 +158,9 @@ struct Scheduled {
     categories: Vec<Category>,
 }
 
-/// Steps 1 to 3 of lowering for `order` (the schedule, partitioned by phase).
-fn schedule(graph: &Graph, order: &[&Node], device: &DeviceProfile) -> Scheduled {
+/// Steps 1 to 3 of lowering for `order` (the schedule, partitioned by phase), whose nodes
+/// become the steps.
+fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Scheduled {
     debug_assert!(
         order.is_sorted_by_key(|n| n.phase),
         "a schedule runs the forward, then the backward, then the optimizer"
@@ -171,20 +170,21 @@ fn schedule(graph: &Graph, order: &[&Node], device: &DeviceProfile) -> Scheduled
     let micro_len = forward_len + count(Phase::Backward);
     let mut estimator = NodeEstimator::default();
     let mut steps: Vec<Step> = order
-        .iter()
-        .map(|&node| {
+        .into_iter()
+        .map(|node| {
             let stream = streams::stream_of(graph, &node.inputs, &node.outputs);
+            let estimate = step_estimate(estimator.estimate(graph, &node, device), stream, device);
             Step {
-                op: node.op.clone(),
-                inputs: node.inputs.clone(),
-                outputs: node.outputs.clone(),
-                accumulate: node.accumulate.clone(),
+                op: node.op,
+                inputs: node.inputs,
+                outputs: node.outputs,
+                accumulate: node.accumulate,
                 phase: node.phase,
                 layer: node.layer,
                 stream,
                 waits: Vec::new(),
                 records: None,
-                estimate: step_estimate(estimator.estimate(graph, node, device), stream, device),
+                estimate,
             }
         })
         .collect();
