@@ -138,3 +138,42 @@ fn a_checkpoint_of_another_model_is_refused_and_left_as_it_was() {
     assert_eq!(names(&before), names(&after), "files appeared or vanished");
     assert!(before == after, "a file of the run directory changed");
 }
+
+#[test]
+fn planning_flags_next_to_a_plan_file_are_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("tiny.bin");
+    let out = Command::new(env!("CARGO_BIN_EXE_llmqc"))
+        .args([
+            "plan",
+            &model("tiny.ron"),
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "-o",
+        ])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let plan = plan.to_string_lossy();
+    let (code, text) = tiny_run(dir.path(), &[&plan, "--precision", "bf16"]);
+    assert_refused(
+        code,
+        &text,
+        &["--batch", "--seq", "--precision", "plan file"],
+    );
+    assert!(!dir.path().join("runs").exists(), "nothing written");
+}
+
+#[test]
+fn no_checkpoints_writes_none_and_refuses_checkpoint_flags_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = tiny_run(dir.path(), &["--backend", "cpu", "--no-checkpoints"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(dir.path().join("runs/default/log.jsonl").exists());
+    assert!(!dir.path().join("runs/default/checkpoints").exists());
+    let (code, text) = tiny_run(dir.path(), &["--no-checkpoints", "--keep", "2"]);
+    assert_refused(code, &text, &["--no-checkpoints", "--keep"]);
+}

@@ -11,7 +11,6 @@ use llmq_compiler::spec::{self, SpecOptions};
 use llmq_compiler::target::Precision;
 use llmq_runtime::backend::Backend;
 use llmq_runtime::backend::cpu::CpuBackend;
-use llmq_runtime::train::data::{DataLoader, TokenDataset};
 use std::path::Path;
 
 #[test]
@@ -81,10 +80,31 @@ fn loss(backend: &mut CpuBackend) -> f64 {
     backend.read_f32(loss).unwrap()[0] as f64
 }
 
+/// The tensors of a safetensors file as FP32 values (I32 and F32 only: what a step dump holds
+/// in an FP32 plan).
+fn read_dump(path: &Path) -> std::collections::HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let words = t.data().chunks_exact(4).map(|c| c.try_into().unwrap());
+            let values = match t.dtype() {
+                safetensors::Dtype::F32 => words.map(f32::from_le_bytes).collect(),
+                safetensors::Dtype::I32 => words.map(|w| i32::from_le_bytes(w) as f32).collect(),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            (name, values)
+        })
+        .collect()
+}
+
 #[test]
-fn gradients_of_the_executed_plan_match_finite_differences_of_its_loss() {
-    // FP32 plan, so the only error of the difference quotient is FP32 rounding of the loss
-    // (about 1e-7 relative) over the step h, and h² truncation: |error| ≲ 1e-7·loss/h + h²·K.
+fn dumped_gradients_of_the_executed_plan_match_finite_differences_of_its_loss() {
+    // What `llmq-run --dump-step` writes (and tools/hf_step_check.py compares with PyTorch) is
+    // checked here against the plan's own loss. FP32 plan, so the only error of the difference
+    // quotient is FP32 rounding of the loss (about 1e-7 relative) over the step h, and h²
+    // truncation: |error| ≲ 1e-7·loss/h + h²·K.
     let dir = tempfile::tempdir().unwrap();
     let data = common::corpus(dir.path());
     let plan = common::plan(
@@ -93,29 +113,34 @@ fn gradients_of_the_executed_plan_match_finite_differences_of_its_loss() {
     );
     let mut t = common::trainer(plan.clone(), &data, 1, None);
     t.init_weights().unwrap();
-    let batch = DataLoader::new(TokenDataset::open(&[&data], 256).unwrap(), 2, 16, 1)
-        .unwrap()
-        .next_batch();
-    let backend = t.backend();
-    let io = plan.io.clone();
-    let f = |v: &[i32]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-    backend.write_f32(io.tokens, &f(&batch.inputs)).unwrap();
-    backend.write_f32(io.targets, &f(&batch.targets)).unwrap();
-    backend.write_f32(io.dloss, &[1.0]).unwrap();
-    backend.run_section("forward").unwrap();
-    backend.run_section("backward").unwrap();
+    let dump_dir = dir.path().join("dump");
+    let dumped_loss = t.dump_step(&dump_dir).unwrap();
+    let step = read_dump(&dump_dir.join("step.safetensors"));
+    let weights = read_dump(&dump_dir.join("model.safetensors"));
     let mut cpu = CpuBackend::new(plan.clone());
+    let io = plan.io.clone();
+    let hf_name = |id: TensorId| {
+        let t = plan.tensor(id);
+        t.hf_name.clone().unwrap_or(t.name.clone())
+    };
     for p in &plan.io.params {
-        cpu.write_bytes(p.weight, &backend.read_bytes(p.weight).unwrap())
+        cpu.write_f32(p.weight, &weights[&hf_name(p.weight)])
             .unwrap();
     }
-    cpu.write_f32(io.tokens, &f(&batch.inputs)).unwrap();
-    cpu.write_f32(io.targets, &f(&batch.targets)).unwrap();
+    cpu.write_f32(io.tokens, &step["tokens"]).unwrap();
+    cpu.write_f32(io.targets, &step["targets"]).unwrap();
+    assert_eq!(step["loss"], [dumped_loss]);
+    assert_eq!(
+        loss(&mut cpu),
+        dumped_loss as f64,
+        "the dump's loss is the plan's"
+    );
     let h = 1e-2f32;
     let mut checked = 0;
     for p in &plan.io.params {
-        let grad = backend.read_f32(p.grad).unwrap();
-        let mut w = cpu.read_f32(p.weight).unwrap();
+        let name = hf_name(p.weight);
+        let grad = &step[&format!("grad.{name}")];
+        let mut w = weights[&name].clone();
         // The element with the largest gradient, and the first one.
         let big = (0..grad.len())
             .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
@@ -133,7 +158,6 @@ fn gradients_of_the_executed_plan_match_finite_differences_of_its_loss() {
             let numeric = (up - down) / (2.0 * h as f64);
             let analytic = grad[i] as f64;
             let tol = 2e-3 + 2e-2 * analytic.abs();
-            let name = &plan.tensor(p.weight).name;
             assert!(
                 (numeric - analytic).abs() < tol,
                 "{name}[{i}]: plan {analytic:.6e}, finite difference {numeric:.6e}"
@@ -142,6 +166,11 @@ fn gradients_of_the_executed_plan_match_finite_differences_of_its_loss() {
         }
     }
     assert!(checked >= 20, "checked only {checked} gradients");
+    assert_eq!(
+        step.len(),
+        3 + plan.io.params.len(),
+        "tokens, targets, loss and every gradient"
+    );
 }
 
 /// Evaluates the forward graph node by node with the catalogue's references, then walks it

@@ -7,11 +7,14 @@
 template <typename T>
 __device__ void abs_max(const T* x, long long n, float* amax) {
     float m = 0.0f;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        const float a = fabsf(load(x, i));
-        // Once NaN, `m` stays NaN: every comparison with it is false.
-        if (a > m || isnan(a)) m = a;
+    for (long long i = first8(); i < n; i += stride8()) {
+        float v[8];
+        load8(x, i, n, v);  // missing values are 0, which never raise the max
+        for (int k = 0; k < 8; ++k) {
+            const float a = fabsf(v[k]);
+            // Once NaN, `m` stays NaN: every comparison with it is false.
+            if (a > m || isnan(a)) m = a;
+        }
     }
     for (int o = 16; o > 0; o >>= 1) {
         const float other = __shfl_xor_sync(0xffffffffu, m, o);

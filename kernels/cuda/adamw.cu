@@ -1,6 +1,8 @@
 // adamw: one AdamW update in place, as PyTorch computes it (ops/adamw.rs): the gradient times
 // the clipping factor, decoupled weight decay, then the bias-corrected Adam step.
 // `hyper = [lr, step]` and `clip` are read from device memory so captured graphs stay valid.
+// The `_sr` kernels store the BF16 moments with stochastic rounding (seed = the step, streams
+// `m_stream` and `v_stream`), bit for bit as the CPU backend.
 #include "common.cuh"
 
 // adamw_{param}_{grad}_{moments}(P* param, const G* grad, M* m, M* v, const float* clip,
@@ -9,24 +11,47 @@
 // (param, grad, moments): (f32, f32, f32), (bf16, bf16, f32), (bf16, bf16, bf16),
 //                         (f32, bf16, f32), (f32, bf16, bf16).
 // grid: any (grid-stride), block: any.
-template <typename P, typename G, typename M>
+
+// Stores eight values of a moment: nearest rounding, or stochastic (`Stochastic`, BF16 only).
+template <bool Stochastic, typename M>
+__device__ __forceinline__ void store_moment8(M* p, long long i, long long n, const float v[8],
+                                              unsigned long long seed, unsigned long long stream) {
+    if constexpr (Stochastic) {
+        store8_stochastic(p, i, n, v, seed, stream);
+    } else {
+        store8(p, i, n, v);
+    }
+}
+
+template <bool Stochastic, typename P, typename G, typename M>
 __device__ void adamw(P* param, const G* grad, M* m, M* v, const float* clip, const float* hyper,
-                      long long n, float beta1, float beta2, float eps, float weight_decay) {
+                      long long n, float beta1, float beta2, float eps, float weight_decay,
+                      unsigned long long m_stream, unsigned long long v_stream) {
     const float c = clip[0];
     if (c == 0.0f) return;  // non-finite gradient norm: the step is skipped (ops/adamw.rs)
     const float lr = hyper[0], step = hyper[1];
     const float bias1 = 1.0f - powf(beta1, step);
     const float bias2_sqrt = sqrtf(1.0f - powf(beta2, step));
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        const float g = load(grad, i) * c;
-        const float m_new = beta1 * load(m, i) + (1.0f - beta1) * g;
-        const float v_new = beta2 * load(v, i) + (1.0f - beta2) * g * g;
-        const float decayed = load(param, i) * (1.0f - lr * weight_decay);
-        const float denom = sqrtf(v_new) / bias2_sqrt + eps;
-        store(param, i, decayed - lr / bias1 * m_new / denom);
-        store(m, i, m_new);
-        store(v, i, v_new);
+    const unsigned long long seed = step_seed(hyper);
+    for (long long i = first8(); i < n; i += stride8()) {
+        float p8[8], g8[8], m8[8], v8[8];
+        load8(param, i, n, p8);
+        load8(grad, i, n, g8);
+        load8(m, i, n, m8);
+        load8(v, i, n, v8);
+        for (int k = 0; k < 8; ++k) {
+            const float g = g8[k] * c;
+            const float m_new = beta1 * m8[k] + (1.0f - beta1) * g;
+            const float v_new = beta2 * v8[k] + (1.0f - beta2) * g * g;
+            const float decayed = p8[k] * (1.0f - lr * weight_decay);
+            const float denom = sqrtf(v_new) / bias2_sqrt + eps;
+            p8[k] = decayed - lr / bias1 * m_new / denom;
+            m8[k] = m_new;
+            v8[k] = v_new;
+        }
+        store8(param, i, n, p8);
+        store_moment8<Stochastic>(m, i, n, m8, seed, m_stream);
+        store_moment8<Stochastic>(v, i, n, v8, seed, v_stream);
     }
 }
 
@@ -34,7 +59,18 @@ __device__ void adamw(P* param, const G* grad, M* m, M* v, const float* clip, co
     extern "C" __global__ void NAME(P* param, const G* grad, M* m, M* v, const float* clip,     \
                                     const float* hyper, long long n, float beta1, float beta2,  \
                                     float eps, float weight_decay) {                            \
-        adamw(param, grad, m, v, clip, hyper, n, beta1, beta2, eps, weight_decay);              \
+        adamw<false>(param, grad, m, v, clip, hyper, n, beta1, beta2, eps, weight_decay, 0, 0); \
+    }
+
+// adamw_{param}_{grad}_bf16_sr(..., float weight_decay, long long m_stream, long long v_stream):
+// the arguments above, then the moments' random streams. (param, grad): (f32, bf16), (bf16, bf16).
+#define ADAMW_SR_ENTRY(NAME, P, G)                                                              \
+    extern "C" __global__ void NAME(P* param, const G* grad, bf16* m, bf16* v, const float* clip, \
+                                    const float* hyper, long long n, float beta1, float beta2,  \
+                                    float eps, float weight_decay, long long m_stream,          \
+                                    long long v_stream) {                                       \
+        adamw<true>(param, grad, m, v, clip, hyper, n, beta1, beta2, eps, weight_decay,         \
+                    (unsigned long long)m_stream, (unsigned long long)v_stream);                \
     }
 
 ADAMW_ENTRY(adamw_f32_f32_f32, float, float, float)
@@ -42,3 +78,5 @@ ADAMW_ENTRY(adamw_bf16_bf16_f32, bf16, bf16, float)
 ADAMW_ENTRY(adamw_bf16_bf16_bf16, bf16, bf16, bf16)
 ADAMW_ENTRY(adamw_f32_bf16_f32, float, bf16, float)
 ADAMW_ENTRY(adamw_f32_bf16_bf16, float, bf16, bf16)
+ADAMW_SR_ENTRY(adamw_f32_bf16_bf16_sr, float, bf16)
+ADAMW_SR_ENTRY(adamw_bf16_bf16_bf16_sr, bf16, bf16)

@@ -56,11 +56,101 @@ __device__ __forceinline__ void store(e5m2* p, long long i, float v) {
     p[i].__x = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E5M2);
 }
 
+// ---- eight consecutive values at once: 16-byte loads and stores (8 bytes for FP8) -----------
+// `load8(p, i, n, v)` reads p[i..i+8) into v, and `store8(p, i, n, v)` writes them. Where the
+// eight are not all inside [0, n) or `p` is not aligned to the vector, they go one by one
+// (loads fill the missing values with 0). Kernels step i by 8 over a grid-stride loop.
+
+template <typename T> struct Vec8;  // the bytes of eight T, loaded and stored as one
+template <> struct Vec8<float> { float4 a, b; };
+template <> struct Vec8<bf16> { uint4 a; };
+template <> struct Vec8<e4m3> { uint2 a; };
+template <> struct Vec8<e5m2> { uint2 a; };
+
+template <typename T>
+__device__ __forceinline__ bool vec8_ok(const T* p, long long i, long long n) {
+    return i + 8 <= n && reinterpret_cast<unsigned long long>(p) % sizeof(Vec8<T>) == 0;
+}
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, long long i, long long n, float v[8]) {
+    if (vec8_ok(p, i, n)) {
+        union { Vec8<T> vec; T e[8]; } u;
+        u.vec = *reinterpret_cast<const Vec8<T>*>(p + i);
+        for (int k = 0; k < 8; ++k) v[k] = load(u.e, k);
+    } else {
+        for (int k = 0; k < 8; ++k) v[k] = i + k < n ? load(p, i + k) : 0.0f;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T* p, long long i, long long n, const float v[8]) {
+    if (vec8_ok(p, i, n)) {
+        union { Vec8<T> vec; T e[8]; } u;
+        for (int k = 0; k < 8; ++k) store(u.e, k, v[k]);
+        *reinterpret_cast<Vec8<T>*>(p + i) = u.vec;
+    } else {
+        for (int k = 0; k < 8 && i + k < n; ++k) store(p, i + k, v[k]);
+    }
+}
+
+// The first element of each group of eight a thread takes in a grid-stride loop over n
+// elements: `for (long long i = first8(); i < n; i += stride8())`.
+__device__ __forceinline__ long long first8() {
+    return (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 8;
+}
+__device__ __forceinline__ long long stride8() { return (long long)gridDim.x * blockDim.x * 8; }
+
 // `out = v`, or `out += v` (in FP32, rounded once) when `accumulate` is set.
 template <typename T>
 __device__ __forceinline__ void store_acc(T* p, long long i, float v, int accumulate) {
     if (accumulate) v += load(p, i);
     store(p, i, v);
+}
+
+// ---- the counter-based random generator and stochastic rounding (kernels/src/rng.rs,
+// kernels/src/numerics.rs): bit for bit the CPU backend's, so both round the same way ----------
+
+// One 64-bit random word for position `index` of stream `stream` under `seed` (rng::word).
+__device__ __forceinline__ unsigned long long rng_word(unsigned long long seed,
+                                                       unsigned long long stream,
+                                                       unsigned long long index) {
+    unsigned long long z = seed * 0x9E3779B97F4A7C15ull + stream * 0xD1B54A32D192ED03ull +
+                           index * 0xBF58476D1CE4E5B9ull + 0x94D049BB133111EBull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// Stores `v` as BF16 rounded stochastically with the top 16 bits of word `index` of `stream`
+// under seed `step` (numerics::round_bf16_stochastic_all): add the 16 random bits to the bits
+// BF16 drops, then truncate. Infinities and NaN round to nearest.
+__device__ __forceinline__ bf16 round_stochastic(float v, unsigned long long step,
+                                                 unsigned long long stream, long long i) {
+    if (!isfinite(v)) return __float2bfloat16_rn(v);
+    const unsigned int r = (unsigned int)(rng_word(step, stream, (unsigned long long)i) >> 48);
+    return __ushort_as_bfloat16((unsigned short)((__float_as_uint(v) + r) >> 16));
+}
+
+// The optimizer step `hyper[1]` as the generator's seed (`as u64` on the CPU: truncation,
+// negative values to 0).
+__device__ __forceinline__ unsigned long long step_seed(const float* hyper) {
+    const float s = hyper[1];
+    return s > 0.0f ? (unsigned long long)s : 0ull;
+}
+
+// store8 with stochastic rounding to BF16 (round_stochastic above; element i+k draws from
+// position i+k of the stream).
+__device__ __forceinline__ void store8_stochastic(bf16* p, long long i, long long n,
+                                                  const float v[8], unsigned long long step,
+                                                  unsigned long long stream) {
+    if (vec8_ok(p, i, n)) {
+        union { Vec8<bf16> vec; bf16 e[8]; } u;
+        for (int k = 0; k < 8; ++k) u.e[k] = round_stochastic(v[k], step, stream, i + k);
+        *reinterpret_cast<Vec8<bf16>*>(p + i) = u.vec;
+    } else {
+        for (int k = 0; k < 8 && i + k < n; ++k) p[i + k] = round_stochastic(v[k], step, stream, i + k);
+    }
 }
 
 // ---- warp and block reductions ---------------------------------------------------------------

@@ -9,14 +9,21 @@ template <> struct Fp8Max<e5m2> { static constexpr float value = 57344.0f; };
 // quantize_{from}_{to}(const F* x, const float* amax, Q* q, float* descale, long long n)
 // from: f32, bf16; to: e4m3, e5m2. grid: any (grid-stride), block: any.
 // `amax` is read from device memory (the abs_max kernel's output), so a captured graph stays valid.
+// The scale of an abs-max: `fmax / amax`, or 1 when amax is 0, negative or not finite.
+template <typename Q>
+__device__ __forceinline__ float scale_from_amax(float a) {
+    return (a > 0.0f && isfinite(a)) ? Fp8Max<Q>::value / a : 1.0f;
+}
+
 template <typename F, typename Q>
 __device__ void quantize(const F* x, const float* amax, Q* q, float* descale, long long n) {
-    const float a = amax[0];
-    const float scale = (a > 0.0f && isfinite(a)) ? Fp8Max<Q>::value / a : 1.0f;
+    const float scale = scale_from_amax<Q>(amax[0]);
     if (blockIdx.x == 0 && threadIdx.x == 0) descale[0] = 1.0f / scale;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        store(q, i, load(x, i) * scale);
+    for (long long i = first8(); i < n; i += stride8()) {
+        float v[8];
+        load8(x, i, n, v);
+        for (int k = 0; k < 8; ++k) v[k] *= scale;
+        store8(q, i, n, v);
     }
 }
 
@@ -36,3 +43,62 @@ extern "C" __global__ void quantize_bf16_e5m2(const bf16* x, const float* amax, 
                                               float* descale, long long n) {
     quantize(x, amax, q, descale, n);
 }
+
+// quantize_transposed_{from}_{to}(const F* x, const float* amax, Q* q, float* descale,
+//                                 long long rows, int cols)
+// `x` is [rows, cols] row-major, `q` is [cols, rows]: q[c][r] = fp8(x[r][c]·scale), the same
+// bytes as `quantize` writes at x's place. from: f32, bf16; to: e4m3, e5m2.
+// grid: ceil(rows/QT_TILE)·ceil(cols/QT_TILE), block: QT_THREADS.
+// A block transposes one 64×64 tile through shared memory: it reads x's rows coalesced and
+// writes q's rows four bytes (four consecutive rows of x) per thread.
+#define QT_TILE 64
+#define QT_THREADS 256
+template <typename F, typename Q>
+__device__ void quantize_transposed(const F* x, const float* amax, Q* q, float* descale,
+                                    long long rows, int cols) {
+    __shared__ float tile[QT_TILE][QT_TILE + 1];
+    const float scale = scale_from_amax<Q>(amax[0]);
+    if (blockIdx.x == 0 && threadIdx.x == 0) descale[0] = 1.0f / scale;
+    const int col_tiles = (cols + QT_TILE - 1) / QT_TILE;
+    const long long r0 = (long long)(blockIdx.x / col_tiles) * QT_TILE;
+    const int c0 = (int)(blockIdx.x % col_tiles) * QT_TILE;
+    for (int k = threadIdx.x; k < QT_TILE * QT_TILE; k += QT_THREADS) {
+        const int tr = k / QT_TILE, tc = k % QT_TILE;
+        const long long r = r0 + tr;
+        const int c = c0 + tc;
+        tile[tr][tc] = (r < rows && c < cols) ? load(x, r * cols + c) * scale : 0.0f;
+    }
+    __syncthreads();
+    // Each thread writes four consecutive rows of x (bytes of q's row c) at a time: one 32-bit
+    // store when the four lie inside x and q's row start keeps them 4-byte aligned.
+    const bool aligned = rows % 4 == 0;
+    for (int k = threadIdx.x; k < QT_TILE * (QT_TILE / 4); k += QT_THREADS) {
+        const int tc = k / (QT_TILE / 4), tr = (k % (QT_TILE / 4)) * 4;
+        const int c = c0 + tc;
+        const long long r = r0 + tr;
+        if (c >= cols || r >= rows) continue;
+        Q* out = q + (long long)c * rows + r;
+        if (aligned && r + 4 <= rows) {
+            unsigned int word = 0;
+            for (int j = 0; j < 4; ++j) {
+                Q b;
+                store(&b, 0, tile[tr + j][tc]);
+                word |= (unsigned int)b.__x << (8 * j);
+            }
+            *reinterpret_cast<unsigned int*>(out) = word;
+        } else {
+            for (int j = 0; j < 4 && r + j < rows; ++j) store(out, j, tile[tr + j][tc]);
+        }
+    }
+}
+
+#define QUANTIZE_TRANSPOSED_ENTRY(NAME, F, Q)                                                   \
+    extern "C" __global__ void NAME(const F* x, const float* amax, Q* q, float* descale,        \
+                                    long long rows, int cols) {                                 \
+        quantize_transposed(x, amax, q, descale, rows, cols);                                   \
+    }
+
+QUANTIZE_TRANSPOSED_ENTRY(quantize_transposed_f32_e4m3, float, e4m3)
+QUANTIZE_TRANSPOSED_ENTRY(quantize_transposed_f32_e5m2, float, e5m2)
+QUANTIZE_TRANSPOSED_ENTRY(quantize_transposed_bf16_e4m3, bf16, e4m3)
+QUANTIZE_TRANSPOSED_ENTRY(quantize_transposed_bf16_e5m2, bf16, e5m2)

@@ -8,10 +8,10 @@
 template <typename T>
 __device__ void sum_squares(const T* x, long long n, float* s) {
     float acc = 0.0f;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        const float v = load(x, i);
-        acc += v * v;
+    for (long long i = first8(); i < n; i += stride8()) {
+        float v[8];
+        load8(x, i, n, v);
+        for (int k = 0; k < 8; ++k) acc += v[k] * v[k];
     }
     acc = block_sum(acc);
     if (threadIdx.x == 0) atomicAdd(s, acc);

@@ -9,6 +9,7 @@ mod fusion;
 pub mod memory_edit;
 pub mod memory_plan;
 pub mod offload_activations;
+pub mod persist_weight_quants;
 mod pipeline;
 pub mod recompute;
 mod stochastic_rounding;

@@ -11,12 +11,12 @@
 use crate::backend::{Backend, BackendError};
 use crate::train::TrainError;
 use crate::train::checkpoint::{
-    CheckpointMeta, TensorDtype, TensorRef, load_checkpoint, save_checkpoint,
+    CheckpointMeta, TensorDtype, TensorRef, load_checkpoint, save_checkpoint, write_tensors,
 };
 use crate::train::data::DataLoader;
 use crate::train::schedule::Schedule;
 use llmq_compiler::ir::{Init, TensorId};
-use llmq_compiler::plan::Plan;
+use llmq_compiler::plan::{Plan, QUANTIZE_WEIGHTS_SECTION};
 use llmq_kernels::{DType, rng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -144,6 +144,20 @@ impl Trainer {
         self.backend.plan()
     }
 
+    /// Makes the weights' FP8 copies, in a plan that keeps them across micro-batches (they are
+    /// made after each optimizer step, and here after the weights are set or restored).
+    fn quantize_weights(&mut self) -> Result<(), BackendError> {
+        let has_section = |p: &Plan| {
+            p.sections
+                .iter()
+                .any(|s| s.name == QUANTIZE_WEIGHTS_SECTION)
+        };
+        if has_section(self.plan()) {
+            self.backend.run_section(QUANTIZE_WEIGHTS_SECTION)?;
+        }
+        Ok(())
+    }
+
     /// The backend, to read tensors.
     pub fn backend(&mut self) -> &mut dyn Backend {
         self.backend.as_mut()
@@ -160,16 +174,19 @@ impl Trainer {
             let values: Vec<f32> = match t.init.unwrap_or(Init::Zeros) {
                 Init::Zeros => vec![0.0; n as usize],
                 Init::Ones => vec![1.0; n as usize],
-                Init::Normal { std } => (0..n)
-                    .map(|i| (std as f64 * rng::normal(self.opts.seed, stream, i)) as f32)
-                    .collect(),
+                Init::Normal { std } => {
+                    let seed = self.opts.seed;
+                    parallel_fill(n as usize, |i| {
+                        (std as f64 * rng::normal(seed, stream, i as u64)) as f32
+                    })
+                }
             };
             if let Some(master) = p.master {
                 self.backend.write_f32(master, &values)?;
             }
             self.backend.write_f32(p.weight, &values)?;
         }
-        Ok(())
+        Ok(self.quantize_weights()?)
     }
 
     fn write_micro_batch(
@@ -206,6 +223,7 @@ impl Trainer {
         self.backend
             .write_f32(io.hyper, &[lr, (self.applied + 1) as f32])?;
         self.backend.run_section("optimizer")?;
+        self.quantize_weights()?;
         let grad_norm = self.read_scalar(io.grad_norm)?;
         self.step += 1;
         let applied = loss.is_finite() && grad_norm.is_finite();
@@ -320,6 +338,47 @@ impl Trainer {
         Ok(Some(path))
     }
 
+    /// Runs forward and backward of the next training micro-batch on the current weights and
+    /// writes into `dir` what another implementation needs to check this step's numerics:
+    /// `model.safetensors` (the weights, as in a checkpoint: Hugging Face names) and
+    /// `step.safetensors` (`tokens`, `targets` as I32, `loss` as F32, and each parameter's
+    /// gradient as `grad.<weight name>`). The loss gradient is 1 (one micro-batch's mean) and
+    /// no optimizer step runs, so the weights are left as they were.
+    pub fn dump_step(&mut self, dir: &Path) -> Result<f32, TrainerError> {
+        std::fs::create_dir_all(dir).map_err(TrainError::io(dir, "create"))?;
+        let params = self.plan().io.params.clone();
+        let model = params
+            .iter()
+            .map(|p| self.snapshot(p.weight, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = self.train.next_batch();
+        self.write_micro_batch(&batch.inputs, &batch.targets, 1.0)?;
+        self.backend.run_section("forward")?;
+        self.backend.run_section("backward")?;
+        let loss = self.read_scalar(self.plan().io.loss)?;
+        let (b, s) = (
+            self.plan().options.batch as usize,
+            self.plan().options.seq as usize,
+        );
+        let ints = |name: &str, v: &[i32]| -> Snapshot {
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (name.into(), TensorDtype::I32, vec![b, s], bytes)
+        };
+        let loss_bytes = loss.to_le_bytes().to_vec();
+        let mut step = vec![
+            ints("tokens", &batch.inputs),
+            ints("targets", &batch.targets),
+            ("loss".into(), TensorDtype::F32, vec![1], loss_bytes),
+        ];
+        for (p, weight) in params.iter().zip(&model) {
+            let (_, dtype, shape, bytes) = self.snapshot(p.grad, false)?;
+            step.push((format!("grad.{}", weight.0), dtype, shape, bytes));
+        }
+        write_tensors(&dir.join("model.safetensors"), &views(&model))?;
+        write_tensors(&dir.join("step.safetensors"), &views(&step))?;
+        Ok(loss)
+    }
+
     /// A tensor's bytes under its checkpoint name: weights by their Hugging Face name.
     fn snapshot(&mut self, t: TensorId, model: bool) -> Result<Snapshot, TrainerError> {
         let pt = self.plan().tensor(t).clone();
@@ -358,7 +417,7 @@ impl Trainer {
             .unwrap_or(ckpt.meta.step);
         self.bad_steps = ckpt.meta.extra["bad_steps"].as_u64().unwrap_or(0) as u32;
         self.train.seek(ckpt.meta.data_position)?;
-        Ok(())
+        Ok(self.quantize_weights()?)
     }
 
     fn restore(
@@ -404,6 +463,25 @@ impl Trainer {
         }
         Ok(records)
     }
+}
+
+/// `(0..n).map(value)` computed on every core: a 7B model's initial values take a minute on one
+/// (each value depends only on its index, so the split changes nothing).
+fn parallel_fill(n: usize, value: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; n];
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let chunk = n.div_ceil(threads).max(1 << 16);
+    std::thread::scope(|scope| {
+        for (c, part) in out.chunks_mut(chunk).enumerate() {
+            let value = &value;
+            scope.spawn(move || {
+                for (j, v) in part.iter_mut().enumerate() {
+                    *v = value(c * chunk + j);
+                }
+            });
+        }
+    });
+    out
 }
 
 /// A tensor read out for a checkpoint: name, dtype, shape, bytes.

@@ -5,7 +5,9 @@
 //!   accumulation) runs alone on both backends from the same random inputs, fresh each run
 //!   (the seed is printed; `LLMQ_TEST_SEED` repeats one), and every output is compared.
 //! * A whole training step of the tiny model (forward, backward, optimizer, twice, so the
-//!   second replays the captured CUDA graphs) gives the same loss, gradients and update.
+//!   second replays the captured CUDA graphs) gives the same loss, gradients and update, in
+//!   BF16 and in FP8 (e4m3 and e5m2 gradients), plainly planned and through every memory
+//!   mechanism.
 //!
 //! On the device: `LLMQ_MODELS_DIR=models ./cuda_conformance --nocapture --test-threads=1`.
 //!
@@ -15,6 +17,19 @@
 //! backends' FP32 results to round to neighbouring values of the storage dtype (one ulp is at
 //! most 2u·|x|); the second allows cancellation in sums over many terms, whose error scales
 //! with the size of the terms rather than the result.
+//!
+//! FP8 outputs must be bit-identical: each is one product `x·scale` rounded once (`quantize`,
+//! `quantize_transposed`, `cast`), with the scale from the same abs-max by the same IEEE
+//! division, so nothing depends on summation order. Outputs rounded stochastically to BF16
+//! (`cast_stochastic`, AdamW's moments) use the same random bits on both backends: the cast is
+//! exact, the moments may differ by one BF16 ulp where the device's fused multiply-adds change
+//! the FP32 value before rounding (within the BF16 rule above). `fp8_matmul`'s BF16 output is
+//! the FP32 sum of exact FP8 products in another order, rounded once: the BF16 rule.
+//! In a whole FP8 step those one-ulp differences of BF16 activations move an abs-max now and
+//! then, and with it every FP8 value of a tensor by up to one FP8 ulp (2⁻³ relative for e4m3),
+//! so the FP8 step's bars are looser (see [`FP8_STEP`]).
+
+mod cuda_common;
 
 use llmq_compiler::autodiff::OptimizerOptions;
 use llmq_compiler::plan::{Plan, Step};
@@ -56,11 +71,24 @@ fn plan(model: &str, batch: u64, seq: u64, grad_accum: u32, precision: Precision
 }
 
 /// The tiny model, batch 4 × 128, planned into 769 MiB (1 MiB above the reserve): the memory
-/// planner chunks the LM head, streams master weights, weights and gradients through the
-/// device and offloads saved activations, so copy steps, the host arena and the chunked head
-/// all run.
-fn every_memory_mechanism() -> Plan {
-    plan_within("tiny.ron", 4, 128, 1, Precision::Bf16, 769 << 20)
+/// planner chunks the LM head, streams master weights, moments, weights and gradients through
+/// the device and offloads saved activations, so copy steps, the host arena and the chunked
+/// head all run (in BF16 and in FP8).
+fn every_memory_mechanism(precision: Precision) -> Plan {
+    plan_within("tiny.ron", 4, 128, 1, precision, 769 << 20)
+}
+
+/// The tiny model in FP8 with gradients in `grad_fp8` (e4m3 or e5m2).
+fn tiny_fp8(batch: u64, seq: u64, grad_fp8: DType) -> Plan {
+    plan_with(
+        "tiny.ron",
+        batch,
+        seq,
+        1,
+        Precision::Fp8,
+        grad_fp8,
+        80 << 30,
+    )
 }
 
 fn plan_within(
@@ -71,12 +99,32 @@ fn plan_within(
     precision: Precision,
     vram_bytes: u64,
 ) -> Plan {
+    plan_with(
+        model,
+        batch,
+        seq,
+        grad_accum,
+        precision,
+        DType::F8E4M3,
+        vram_bytes,
+    )
+}
+
+fn plan_with(
+    model: &str,
+    batch: u64,
+    seq: u64,
+    grad_accum: u32,
+    precision: Precision,
+    grad_fp8: DType,
+    vram_bytes: u64,
+) -> Plan {
     let opts = CompileOptions {
         batch,
         seq,
         grad_accum,
         precision,
-        grad_fp8: DType::F8E4M3,
+        grad_fp8,
         vram_bytes,
         gpus: 1,
         device: device("h100").unwrap(),
@@ -114,8 +162,13 @@ fn random_input(plan: &Plan, op: &Op, index: usize, n: usize, seed: u64, stream:
         (Op::ClipScale(_), 0) => range(0.5, 4.0),
         (Op::AdamW(_), 3) => range(0.0, 1e-2),
         (Op::AdamW(_), 4) => range(0.5, 1.0),
-        (Op::AdamW(_), 5) => vec![1e-3, (1.0 + (u(0) * 5.0).floor()) as f32],
-        (Op::Quantize(_), 1) => range(0.5, 2.0),
+        (Op::AdamW(_), 5) | (Op::CastStochastic(_), 1) => {
+            vec![1e-3, (1.0 + (u(0) * 5.0).floor()) as f32]
+        }
+        // Abs-maxes below the values' largest: quantisation saturates some.
+        (Op::Quantize(_) | Op::QuantizeTransposed(_), 1) => range(0.5, 2.0),
+        // Descales as quantisation makes them (amax / 448 for amax near 1).
+        (Op::Fp8Matmul(_), 1 | 3) => range(1e-3, 4e-3),
         _ => range(-1.0, 1.0),
     }
 }
@@ -129,10 +182,15 @@ fn unit_roundoff(dtype: DType) -> f32 {
     }
 }
 
-/// `None` when `gpu` is within the tolerance rule of `cpu`, else a description of the worst
-/// element and the first values.
-fn compare(dtype: DType, cpu: &[f32], gpu: &[f32]) -> Option<String> {
-    let u = unit_roundoff(dtype);
+/// `None` when `gpu` is within the tolerance rule of `cpu` (FP8: equal), else a description of
+/// the worst element and the first values. `roundings`: how many times the GPU rounds the
+/// result to its dtype where the CPU rounds once (the rule's bound grows with each).
+fn compare(dtype: DType, roundings: u64, cpu: &[f32], gpu: &[f32]) -> Option<String> {
+    let u = if dtype.is_fp8() {
+        0.0
+    } else {
+        unit_roundoff(dtype) * roundings as f32
+    };
     let rms =
         (cpu.iter().map(|v| (v * v) as f64).sum::<f64>() / cpu.len().max(1) as f64).sqrt() as f32;
     let mut worst: Option<(usize, f32)> = None;
@@ -142,13 +200,16 @@ fn compare(dtype: DType, cpu: &[f32], gpu: &[f32]) -> Option<String> {
         // Equal values (infinities included) and NaN against NaN agree; a NaN error does not.
         let agree = err <= tol || c == g || (c.is_nan() && g.is_nan());
         let bad = !agree;
-        if bad && worst.is_none_or(|(_, e)| err / tol > e) {
-            worst = Some((i, err / tol));
+        // How far beyond the tolerance; FP8 (tolerance 0): the error itself.
+        let excess = if tol > 0.0 { err / tol } else { err };
+        if bad && worst.is_none_or(|(_, e)| excess > e) {
+            worst = Some((i, excess));
         }
     }
     worst.map(|(i, ratio)| {
         format!(
-            "element {i}: gpu {} cpu {} ({ratio:.1}× the tolerance u={u:e}, rms {rms:e}); \
+            "element {i}: gpu {} cpu {} ({ratio:.1}× the tolerance, or the error if exact; \
+             u={u:e}, rms {rms:e}); \
              first gpu {:?} cpu {:?}",
             gpu[i],
             cpu[i],
@@ -156,6 +217,18 @@ fn compare(dtype: DType, cpu: &[f32], gpu: &[f32]) -> Option<String> {
             &cpu[..cpu.len().min(4)]
         )
     })
+}
+
+/// How many times the GPU rounds output `t` of `step` where the CPU rounds once: the chunked
+/// LM head's backward adds each chunk's weight gradient into the (BF16) output, one rounding
+/// per chunk; the CPU reference sums every chunk in FP32 first.
+fn roundings(plan: &Plan, step: &Step, t: llmq_compiler::ir::TensorId) -> u64 {
+    match &step.op {
+        Op::ClassifierCrossEntropyBackward(c) if step.outputs[1] == t => {
+            plan.tensor(step.inputs[0]).ty.rows().div_ceil(c.chunk_rows)
+        }
+        _ => 1,
+    }
 }
 
 /// Runs every step of `plan` that `select` takes alone on both backends from the same random
@@ -187,7 +260,7 @@ fn check_steps(label: &str, plan: &Plan, seed: u64, select: fn(&Step) -> bool) -
         for &t in &step.outputs {
             let tensor = plan.tensor(t);
             let (c, g) = (cpu.read_f32(t).unwrap(), gpu.read_f32(t).unwrap());
-            let verdict = compare(tensor.ty.dtype, &c, &g);
+            let verdict = compare(tensor.ty.dtype, roundings(plan, step, t), &c, &g);
             let line = format!(
                 "{label} step {i:>3} {:<60} {:<28} {:>5} {}",
                 step.op.to_string(),
@@ -221,7 +294,16 @@ fn every_step_of_small_plans_matches_the_cpu_reference() {
             "tiny-qwen3 fp32",
             plan("tiny-qwen3.ron", 1, 96, 1, Precision::Fp32),
         ),
-        ("tiny bf16 in 769 MiB", every_memory_mechanism()),
+        (
+            "tiny bf16 in 769 MiB",
+            every_memory_mechanism(Precision::Bf16),
+        ),
+        ("tiny fp8 e4m3", tiny_fp8(2, 64, DType::F8E4M3)),
+        ("tiny fp8 e5m2", tiny_fp8(2, 64, DType::F8E5M2)),
+        (
+            "tiny fp8 in 769 MiB",
+            every_memory_mechanism(Precision::Fp8),
+        ),
     ];
     let mut failures: Vec<String> = plans
         .iter()
@@ -264,7 +346,23 @@ fn a_whole_training_step_of_the_tiny_model_matches_the_cpu() {
         return;
     }
     let seed = seed();
-    whole_steps_match(plan("tiny.ron", 4, 128, 1, Precision::Bf16), seed);
+    whole_steps_match(
+        plan("tiny.ron", 4, 128, 1, Precision::Bf16),
+        seed,
+        BF16_STEP,
+    );
+}
+
+#[test]
+fn a_whole_fp8_training_step_of_the_tiny_model_matches_the_cpu() {
+    if !gpu_present("a_whole_fp8_training_step_of_the_tiny_model_matches_the_cpu") {
+        return;
+    }
+    let seed = seed();
+    for grad_fp8 in [DType::F8E4M3, DType::F8E5M2] {
+        println!("gradients in {}", grad_fp8.name());
+        whole_steps_match(tiny_fp8(4, 128, grad_fp8), seed, FP8_STEP);
+    }
 }
 
 #[test]
@@ -272,14 +370,43 @@ fn a_whole_training_step_through_every_memory_mechanism_matches_the_cpu() {
     if !gpu_present("a_whole_training_step_through_every_memory_mechanism_matches_the_cpu") {
         return;
     }
-    let plan = every_memory_mechanism();
-    assert!(plan.host_arena_bytes > 0 && !plan.memory.is_empty());
-    whole_steps_match(plan, seed());
+    let seed = seed();
+    for (precision, bars) in [(Precision::Bf16, BF16_STEP), (Precision::Fp8, FP8_STEP)] {
+        let plan = every_memory_mechanism(precision);
+        assert!(plan.host_arena_bytes > 0 && !plan.memory.is_empty());
+        println!("{precision:?}");
+        whole_steps_match(plan, seed, bars);
+    }
 }
 
+/// The bars of a whole training step: the loss's relative error and the gradient norm's,
+/// the smallest cosine of a weight's gradient and of its update.
+#[derive(Clone, Copy)]
+struct StepBars {
+    loss: f32,
+    grad_cosine: f64,
+    update_cosine: f64,
+}
+
+/// BF16: one-ulp differences of activations only.
+const BF16_STEP: StepBars = StepBars {
+    loss: 2e-3,
+    grad_cosine: 0.999,
+    update_cosine: 0.99,
+};
+
+/// FP8: a moved abs-max shifts a whole tensor's FP8 values by up to one FP8 ulp (module doc);
+/// the loss bar is the issue's FP8 bar against PyTorch (1%), the gradient cosine its 0.98.
+/// Updates (elements of undecided gradient sign left out, see `whole_steps_match`): 0.95.
+const FP8_STEP: StepBars = StepBars {
+    loss: 1e-2,
+    grad_cosine: 0.98,
+    update_cosine: 0.95,
+};
+
 /// Two training steps (forward, backward, optimizer) on both backends from the same weights
-/// and tokens: losses, gradients, norms and updates agree.
-fn whole_steps_match(plan: Plan, seed: u64) {
+/// and tokens: losses, gradients, norms and updates agree within `bars`.
+fn whole_steps_match(plan: Plan, seed: u64, bars: StepBars) {
     let mut cpu = CpuBackend::new(plan.clone());
     let mut gpu = CudaBackend::new(plan.clone(), CudaOptions::default()).unwrap();
     let io = plan.io.clone();
@@ -300,6 +427,9 @@ fn whole_steps_match(plan: Plan, seed: u64) {
             both(&mut cpu, &mut gpu, m, &rounded);
         }
     }
+    for b in [&mut cpu as &mut dyn Backend, &mut gpu] {
+        cuda_common::quantize_weights(b);
+    }
     for step in 1..=2u64 {
         let n = plan.tensor(io.tokens).ty.numel() as usize;
         let tokens: Vec<f32> = (0..n + 1)
@@ -318,13 +448,18 @@ fn whole_steps_match(plan: Plan, seed: u64) {
         );
         let rel = ((lg - lc) / lc).abs();
         println!("step {step}: loss cpu {lc} gpu {lg} (relative error {rel:e})");
-        assert!(rel < 2e-3, "step {step}: loss cpu {lc} gpu {lg}");
+        assert!(rel < bars.loss, "step {step}: loss cpu {lc} gpu {lg}");
+        let mut grads = Vec::new();
         for p in &io.params {
             let name = &plan.tensor(p.grad).name;
             let (gc, gg) = (cpu.read_f32(p.grad).unwrap(), gpu.read_f32(p.grad).unwrap());
             let cos = cosine(&gc, &gg);
+            grads.push((gc, gg));
             println!("step {step}: {name:<28} cosine {cos:.6}");
-            assert!(cos > 0.999, "step {step}: {name}: gradient cosine {cos}");
+            assert!(
+                cos > bars.grad_cosine,
+                "step {step}: {name}: gradient cosine {cos}"
+            );
         }
         let before: Vec<Vec<f32>> = io
             .params
@@ -338,15 +473,38 @@ fn whole_steps_match(plan: Plan, seed: u64) {
             cpu.read_f32(io.grad_norm).unwrap()[0],
             gpu.read_f32(io.grad_norm).unwrap()[0],
         );
-        assert!(((ng - nc) / nc).abs() < 2e-3, "grad norm cpu {nc} gpu {ng}");
-        for (p, old) in io.params.iter().zip(&before) {
+        let rel = ((ng - nc) / nc).abs();
+        println!("step {step}: gradient norm cpu {nc} gpu {ng} (relative error {rel:e})");
+        assert!(rel < bars.loss, "grad norm cpu {nc} gpu {ng}");
+        for ((p, old), (gc, gg)) in io.params.iter().zip(&before).zip(&grads) {
             let t = p.master.unwrap_or(p.weight);
             let (wc, wg) = (cpu.read_f32(t).unwrap(), gpu.read_f32(t).unwrap());
-            let delta = |w: &[f32]| w.iter().zip(old).map(|(a, b)| a - b).collect::<Vec<f32>>();
+            // AdamW's first updates are nearly lr·sign(g): an element whose gradient differs
+            // between the backends by as much as its own size has no agreed sign, and its
+            // update is left out (else one such element of a 64-wide norm weight costs 0.03).
+            let decided: Vec<bool> = gc
+                .iter()
+                .zip(gg)
+                .map(|(c, g)| (g - c).abs() < c.abs())
+                .collect();
+            let delta = |w: &[f32]| -> Vec<f32> {
+                w.iter()
+                    .zip(old)
+                    .zip(&decided)
+                    .map(|((a, b), &keep)| if keep { a - b } else { 0.0 })
+                    .collect()
+            };
             let cos = cosine(&delta(&wc), &delta(&wg));
             let name = &plan.tensor(t).name;
-            println!("step {step}: {name:<28} update cosine {cos:.6}");
-            assert!(cos > 0.99, "step {step}: {name}: update cosine {cos}");
+            let undecided = decided.iter().filter(|&&d| !d).count();
+            println!(
+                "step {step}: {name:<28} update cosine {cos:.6} ({undecided} of {} undecided)",
+                decided.len()
+            );
+            assert!(
+                cos > bars.update_cosine,
+                "step {step}: {name}: update cosine {cos}"
+            );
             // Both backends copy the GPU's master weights into the compute weights: keep them
             // equal so the next step starts from the same model.
             let w = gpu.read_bytes(p.weight).unwrap();
@@ -357,6 +515,9 @@ fn whole_steps_match(plan: Plan, seed: u64) {
             for t in [p.m, p.v] {
                 cpu.write_bytes(t, &gpu.read_bytes(t).unwrap()).unwrap();
             }
+        }
+        for b in [&mut cpu as &mut dyn Backend, &mut gpu] {
+            cuda_common::quantize_weights(b);
         }
     }
 }

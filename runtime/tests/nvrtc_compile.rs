@@ -17,6 +17,8 @@ const KERNELS: &[(&str, &[&str])] = &[
             "adamw_bf16_bf16_bf16",
             "adamw_f32_bf16_f32",
             "adamw_f32_bf16_bf16",
+            "adamw_f32_bf16_bf16_sr",
+            "adamw_bf16_bf16_bf16_sr",
         ],
     ),
     ("add.cu", &["add_f32", "add_bf16"]),
@@ -64,6 +66,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "cast_e4m3_bf16",
             "cast_e5m2_f32",
             "cast_e5m2_bf16",
+            "cast_stochastic_f32_bf16",
         ],
     ),
     (
@@ -101,6 +104,10 @@ const KERNELS: &[(&str, &[&str])] = &[
             "quantize_f32_e5m2",
             "quantize_bf16_e4m3",
             "quantize_bf16_e5m2",
+            "quantize_transposed_f32_e4m3",
+            "quantize_transposed_f32_e5m2",
+            "quantize_transposed_bf16_e4m3",
+            "quantize_transposed_bf16_e5m2",
         ],
     ),
     (

@@ -3,11 +3,10 @@
 //! With no arguments it trains the embedded tiny model on the bundled corpus (Jane Austen's
 //! "Pride and Prejudice", byte-level) on the CPU: the quickest way to see the system work.
 
-use clap::{Parser, ValueEnum};
-use llmq_compiler::autodiff::OptimizerOptions;
-use llmq_compiler::kernels::DType;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use llmq_compiler::plan::Plan;
-use llmq_compiler::target::{Precision, device, parse_grad_fp8};
+use llmq_compiler::target::device;
 use llmq_passes::{CompileOptions, compile};
 use llmq_runtime::backend::cpu::CpuBackend;
 use llmq_runtime::backend::cuda::{self, CudaBackend, CudaOptions};
@@ -20,7 +19,10 @@ use llmq_runtime::trainer::{JsonLog, StepRecord, Trainer, TrainerOptions};
 use miette::{Context, IntoDiagnostic, Result, miette};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::str::FromStr;
+
+#[path = "../recipe_args.rs"]
+mod recipe_args;
+use recipe_args::RecipeArgs;
 
 const TINY_SPEC: &str = include_str!("../../models/tiny.ron");
 const LLAMA_ARCH: &str = include_str!("../../models/arch/llama.ron");
@@ -70,21 +72,8 @@ struct Args {
     /// Tokens per sequence (when planning a spec).
     #[arg(long, default_value_t = 64)]
     seq: u64,
-    /// Micro-batches per optimizer step (when planning a spec).
-    #[arg(long, default_value_t = 1)]
-    grad_accum: u32,
-    /// Numeric recipe (when planning a spec): fp8 (LLMQ's), bf16 or fp32.
-    #[arg(long, default_value = "fp8", value_parser = Precision::from_str)]
-    precision: Precision,
-    /// FP8 format of gradients in the FP8 matmuls (when planning a spec): e4m3 or e5m2.
-    #[arg(long, default_value = "e4m3", value_parser = parse_grad_fp8)]
-    grad_fp8: DType,
-    /// AdamW weight decay on matrices (when planning a spec).
-    #[arg(long, default_value_t = 0.1)]
-    weight_decay: f32,
-    /// Global gradient-norm clipping threshold, 0 to disable (when planning a spec).
-    #[arg(long, default_value_t = 1.0)]
-    grad_clip: f32,
+    #[command(flatten)]
+    recipe: RecipeArgs,
     /// Seed of initialisation and data order.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
@@ -94,6 +83,9 @@ struct Args {
     /// Checkpoint every N steps (and at the end); 0 for only at the end.
     #[arg(long, default_value_t = 100)]
     checkpoint_every: u64,
+    /// Write no checkpoint at all (benchmarks, smoke runs): the trained state is lost at exit.
+    #[arg(long, conflicts_with_all = ["checkpoint_every", "keep"])]
+    no_checkpoints: bool,
     /// Keep the last K checkpoints (0 keeps all).
     #[arg(long, default_value_t = 3)]
     keep: usize,
@@ -116,6 +108,12 @@ struct Args {
     /// time per op and per section beside the planner's estimate.
     #[arg(long)]
     profile: bool,
+    /// Instead of training: run forward and backward of the first micro-batch on the initial (or
+    /// resumed) weights, write the weights, the batch, the loss and every gradient to DIR as
+    /// safetensors, and stop. For checking numerics against another implementation
+    /// (tools/hf_step_check.py compares with PyTorch + transformers).
+    #[arg(long, value_name = "DIR")]
+    dump_step: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -147,17 +145,13 @@ fn load_plan(args: &Args) -> Result<Plan> {
     let opts = CompileOptions {
         batch: args.batch,
         seq: args.seq,
-        grad_accum: args.grad_accum,
-        precision: args.precision,
-        grad_fp8: args.grad_fp8,
+        grad_accum: args.recipe.grad_accum,
+        precision: args.recipe.precision,
+        grad_fp8: args.recipe.grad_fp8,
         vram_bytes: (device.memory_gib * (1u64 << 30) as f64) as u64,
         gpus: 1,
         device,
-        optimizer: OptimizerOptions {
-            weight_decay: args.weight_decay,
-            max_grad_norm: args.grad_clip,
-            ..Default::default()
-        },
+        optimizer: args.recipe.optimizer(),
         dump_after: None,
         skip_passes: Vec::new(),
     };
@@ -324,19 +318,21 @@ fn run(args: Args) -> Result<()> {
     let peak_flops = plan.device.bf16_tflops * 1e12;
     let cpu_fallback = args.backend == BackendKind::Auto && args.model.is_none();
     let backend = make_backend(args.backend, plan, !args.no_graphs, cpu_fallback)?;
-    println!(
-        "training {model} ({params} parameters) on {}: {} steps of {tokens} tokens, run directory {}",
-        backend.name(),
-        args.steps,
-        args.out_dir.display()
-    );
+    if args.dump_step.is_none() {
+        println!(
+            "training {model} ({params} parameters) on {}: {} steps of {tokens} tokens, run directory {}",
+            backend.name(),
+            args.steps,
+            args.out_dir.display()
+        );
+    }
     let opts = TrainerOptions {
         total_steps: args.steps,
         schedule,
         seed: args.seed,
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
-        checkpoint_dir: Some(checkpoints.clone()),
+        checkpoint_dir: (!args.no_checkpoints).then(|| checkpoints.clone()),
         checkpoint_every: args.checkpoint_every,
         keep_last: args.keep,
         max_bad_steps: args.max_bad_steps,
@@ -358,6 +354,18 @@ fn run(args: Args) -> Result<()> {
             println!("resumed from {} at step {}", path.display(), trainer.step);
         }
         None => trainer.init_weights().into_diagnostic()?,
+    }
+    if let Some(dir) = &args.dump_step {
+        let loss = trainer.dump_step(dir).into_diagnostic()?;
+        println!(
+            "{model} on {}, one micro-batch of {}×{} tokens: loss {loss:.6}; weights, batch \
+             and gradients written to {}",
+            trainer.backend().name(),
+            trainer.plan().options.batch,
+            trainer.plan().options.seq,
+            dir.display()
+        );
+        return Ok(());
     }
     let mut log = JsonLog::open(&args.out_dir.join("log.jsonl")).into_diagnostic()?;
     let bar = indicatif::ProgressBar::new(args.steps);
@@ -383,16 +391,59 @@ fn run(args: Args) -> Result<()> {
     if args.profile {
         print_profile(trainer.backend())?;
     }
-    println!(
-        "done: checkpoints in {}, log in {}",
-        checkpoints.display(),
-        args.out_dir.join("log.jsonl").display()
-    );
+    let log = args.out_dir.join("log.jsonl");
+    if args.no_checkpoints {
+        println!("done (no checkpoints, as asked): log in {}", log.display());
+    } else {
+        println!(
+            "done: checkpoints in {}, log in {}",
+            checkpoints.display(),
+            log.display()
+        );
+    }
     Ok(())
 }
 
+/// The flags that only shape a plan made from a spec: given with a plan file, they would be
+/// silently ignored, so they are refused.
+const PLANNING_FLAGS: [&str; 7] = [
+    "batch",
+    "seq",
+    "grad_accum",
+    "precision",
+    "grad_fp8",
+    "weight_decay",
+    "grad_clip",
+];
+
+/// Parses the command line; refuses planning flags next to a plan file.
+fn parse_args() -> Result<Args> {
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(plan) = args
+        .model
+        .as_ref()
+        .filter(|m| m.extension().is_some_and(|e| e == "bin"))
+    {
+        let given: Vec<String> = PLANNING_FLAGS
+            .iter()
+            .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        if !given.is_empty() {
+            return Err(miette!(
+                "{} shape a plan made from a spec, but {} is a plan file, which fixes them: plan \
+                 again with `llmqc plan` (same flag names), or give llmq-run the spec",
+                given.join(", "),
+                plan.display()
+            ));
+        }
+    }
+    Ok(args)
+}
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    match parse_args().and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e:?}");

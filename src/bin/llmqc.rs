@@ -2,20 +2,19 @@
 //! and shows or compares plans.
 
 use clap::{Parser, Subcommand};
-use llmq_compiler::autodiff::OptimizerOptions;
-use llmq_compiler::kernels::DType;
 use llmq_compiler::plan::{
     Plan, ShowOptions, diff_plans, fits, group_digits, report_html, show_plan, summary,
 };
-use llmq_compiler::target::{
-    DeviceProfile, Precision, device, format_bytes, known_devices, parse_grad_fp8, parse_size,
-};
+use llmq_compiler::target::{DeviceProfile, device, format_bytes, known_devices, parse_size};
 use llmq_passes::{CompileOptions, compile, compile_auto_batch, tradeoff_curve};
 use miette::{Context, IntoDiagnostic, Result, miette};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Instant;
+
+#[path = "../recipe_args.rs"]
+mod recipe_args;
+use recipe_args::RecipeArgs;
 
 /// The LLMQ-rs compiler: decides, before anything runs, how a model trains on a GPU.
 ///
@@ -85,15 +84,8 @@ struct PlanArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 1024)]
     seq: u64,
-    /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
-    grad_accum: u32,
-    /// Numeric recipe: fp8 (LLMQ's: FP8 block matmuls, stochastic rounding), bf16, fp32.
-    #[arg(long, default_value = "fp8", value_parser = Precision::from_str)]
-    precision: Precision,
-    /// FP8 format of gradients in the FP8 matmuls: e4m3 or e5m2.
-    #[arg(long, default_value = "e4m3", value_parser = parse_grad_fp8)]
-    grad_fp8: DType,
+    #[command(flatten)]
+    recipe: RecipeArgs,
     /// Device the estimates are for (`llmqc devices` lists them).
     #[arg(long, default_value = "h100", conflicts_with = "device_file")]
     device: String,
@@ -180,13 +172,13 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
             Batch::Auto => 1,
         },
         seq: args.seq,
-        grad_accum: args.grad_accum,
-        precision: args.precision,
-        grad_fp8: args.grad_fp8,
+        grad_accum: args.recipe.grad_accum,
+        precision: args.recipe.precision,
+        grad_fp8: args.recipe.grad_fp8,
         vram_bytes,
         gpus: args.gpus,
         device,
-        optimizer: OptimizerOptions::default(),
+        optimizer: args.recipe.optimizer(),
         dump_after: args.dump_after.clone(),
         skip_passes: args.skip_passes.clone(),
     };

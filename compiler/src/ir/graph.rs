@@ -29,15 +29,27 @@ pub enum Phase {
     Backward,
     /// The optimizer update, once per step after all micro-batches.
     Optimizer,
+    /// After the optimizer (and after the weights are first set or restored): the FP8 copies
+    /// of the updated weights that every micro-batch of the next step reads.
+    WeightQuant,
 }
 
 impl Phase {
+    /// Every phase, in the order a step runs them.
+    pub const ALL: [Phase; 4] = [
+        Phase::Forward,
+        Phase::Backward,
+        Phase::Optimizer,
+        Phase::WeightQuant,
+    ];
+
     /// The phase's name in dumps.
     pub fn name(self) -> &'static str {
         match self {
             Phase::Forward => "fwd",
             Phase::Backward => "bwd",
             Phase::Optimizer => "opt",
+            Phase::WeightQuant => "wq",
         }
     }
 }
@@ -146,7 +158,7 @@ impl Graph {
     /// order of the plan's steps.
     pub fn schedule(&self) -> Vec<NodeId> {
         let order = self.topological_order();
-        [Phase::Forward, Phase::Backward, Phase::Optimizer]
+        Phase::ALL
             .into_iter()
             .flat_map(|phase| {
                 order

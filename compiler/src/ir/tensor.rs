@@ -20,6 +20,9 @@ pub enum Role {
     AdamM,
     /// AdamW's second moment.
     AdamV,
+    /// A weight's FP8 copy (or its descale, or its abs-max), made once per optimizer step and
+    /// read by every micro-batch.
+    QuantizedWeight,
     /// A forward value used only within the forward pass.
     Activation,
     /// A forward value kept for the backward pass.
@@ -40,7 +43,7 @@ impl Role {
     /// The memory category the tensor's bytes count under.
     pub fn category(self) -> Category {
         match self {
-            Role::Weight => Category::Weights,
+            Role::Weight | Role::QuantizedWeight => Category::Weights,
             Role::MasterWeight => Category::Master,
             Role::Gradient => Category::Gradients,
             Role::AdamM => Category::AdamM,
@@ -60,6 +63,7 @@ impl Role {
             Role::Gradient => "grad",
             Role::AdamM => "adam_m",
             Role::AdamV => "adam_v",
+            Role::QuantizedWeight => "weight_q",
             Role::Activation => "act",
             Role::Saved => "saved",
             Role::Workspace => "work",
@@ -71,7 +75,7 @@ impl Role {
 /// The categories of the memory table, in the order they are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Category {
-    /// Parameters in compute dtype.
+    /// Parameters in compute dtype (and their FP8 copies when kept across micro-batches).
     Weights,
     /// FP32 master parameters.
     Master,

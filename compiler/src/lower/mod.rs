@@ -26,8 +26,8 @@ pub use streams::{COMPUTE, DEVICE_TO_HOST, HOST_TO_DEVICE};
 use crate::autodiff::TrainIo;
 use crate::ir::{BufferId, Category, Graph, Node, Phase, TensorId};
 use crate::plan::{
-    Arena, Buffer, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor, Repeat,
-    Section, Step, StepEstimate, StreamKind, live_bytes,
+    Arena, Buffer, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor,
+    QUANTIZE_WEIGHTS_SECTION, Repeat, Section, Step, StepEstimate, StreamKind, live_bytes,
 };
 use crate::target::DeviceProfile;
 use indexmap::IndexMap;
@@ -158,7 +158,8 @@ struct Scheduled {
     categories: Vec<Category>,
 }
 
-/// Steps 1 to 3 of lowering for `order` (the schedule, partitioned by phase), whose nodes
+/// Steps 1 to 3 of lowering for `order` (the schedule, partitioned by phase: `Phase::ALL`),
+/// whose nodes
 /// become the steps.
 fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Scheduled {
     debug_assert!(
@@ -168,6 +169,7 @@ fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Schedule
     let count = |phase| order.iter().filter(|n| n.phase == phase).count() as u32;
     let forward_len = count(Phase::Forward);
     let micro_len = forward_len + count(Phase::Backward);
+    let weight_quant_len = count(Phase::WeightQuant);
     let mut estimator = NodeEstimator::default();
     let mut steps: Vec<Step> = order
         .into_iter()
@@ -189,7 +191,8 @@ fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Schedule
         })
         .collect();
     let n = steps.len() as u32;
-    let sections = vec![
+    let optimizer_end = n - weight_quant_len;
+    let mut sections = vec![
         Section {
             name: "forward".into(),
             start: 0,
@@ -205,10 +208,18 @@ fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Schedule
         Section {
             name: "optimizer".into(),
             start: micro_len,
-            end: n,
+            end: optimizer_end,
             repeat: Repeat::Once,
         },
     ];
+    if optimizer_end < n {
+        sections.push(Section {
+            name: QUANTIZE_WEIGHTS_SECTION.into(),
+            start: optimizer_end,
+            end: n,
+            repeat: Repeat::Once,
+        });
+    }
     let (events, releases) = streams::place_events(&mut steps, &sections, graph.tensor_count());
 
     let mut intervals = liveness(graph, &steps);

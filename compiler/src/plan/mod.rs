@@ -130,10 +130,15 @@ pub enum Repeat {
     Once,
 }
 
+/// The section that makes the weights' FP8 copies, when the plan keeps them across
+/// micro-batches: run after every optimizer step and once after the weights are set or
+/// restored, before the first forward.
+pub const QUANTIZE_WEIGHTS_SECTION: &str = "quantize_weights";
+
 /// A contiguous range of steps run as a unit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Section {
-    /// `micro_batch` or `optimizer`.
+    /// `forward`, `backward`, `optimizer`, or [`QUANTIZE_WEIGHTS_SECTION`].
     pub name: String,
     /// First step.
     pub start: u32,

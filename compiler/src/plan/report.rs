@@ -341,6 +341,7 @@ fn phase_colour(step: &Step) -> &'static str {
         Phase::Forward => "#4e79a7",
         Phase::Backward => "#f28e2b",
         Phase::Optimizer => "#59a14f",
+        Phase::WeightQuant => "#b07aa1",
     }
 }
 

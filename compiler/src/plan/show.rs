@@ -156,7 +156,7 @@ pub fn show_plan(plan: &Plan, opts: ShowOptions) -> String {
                 "section {:<12} steps {}..{} ({runs})",
                 s.name, s.start, s.end
             );
-            for phase in [Phase::Forward, Phase::Backward, Phase::Optimizer] {
+            for phase in Phase::ALL {
                 let steps: Vec<_> = plan.steps[s.start as usize..s.end as usize]
                     .iter()
                     .filter(|st| st.phase == phase)

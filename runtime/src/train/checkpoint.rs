@@ -279,7 +279,9 @@ fn write_contents(
     sync_dir(dir)
 }
 
-fn write_tensors(path: &Path, tensors: &[TensorRef<'_>]) -> Result<(), TrainError> {
+/// Writes `tensors` to one safetensors file at `path` and flushes it to disk; names must be
+/// unique and each tensor's bytes must match its shape and dtype.
+pub fn write_tensors(path: &Path, tensors: &[TensorRef<'_>]) -> Result<(), TrainError> {
     let mut names = HashSet::new();
     let mut views = Vec::with_capacity(tensors.len());
     for t in tensors {

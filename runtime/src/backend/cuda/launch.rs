@@ -47,6 +47,11 @@ const COLSUM_COUNTERS: u64 = 4096;
 /// Bytes of the backend's kernel scratch: the split column sums' partials and counters.
 pub const SCRATCH_BYTES: usize = 8 << 20;
 
+/// The tile side and threads per block of quantize_transposed (QT_TILE, QT_THREADS in
+/// quantize.cu).
+const QUANTIZE_TILE: u64 = 64;
+const QUANTIZE_TRANSPOSED_BLOCK: u32 = 256;
+
 /// Columns each thread of embedding_backward keeps (EMB_COLS_PER_THREAD in embedding.cu).
 const EMBEDDING_COLS_PER_THREAD: u64 = 16;
 
@@ -103,6 +108,8 @@ pub enum Action {
         b: u64,
         /// The result's address.
         d: u64,
+        /// FP8 matmuls: the device addresses of A's and B's FP32 descales.
+        scales: Option<[u64; 2]>,
     },
     /// `bytes` bytes from `src` to `dst` (device or mapped pinned host memory: unified
     /// addressing tells the copy engine the direction).
@@ -262,6 +269,11 @@ impl StepContext<'_> {
     fn stride_grid(&self, n: u64) -> u64 {
         n.div_ceil(BLOCK as u64).clamp(1, self.sm_count as u64 * 16)
     }
+    /// Blocks of a grid-stride kernel taking eight elements per thread (`first8` in
+    /// common.cuh).
+    fn stride_grid_8(&self, n: u64) -> u64 {
+        self.stride_grid(n.div_ceil(8))
+    }
     /// The scratch of a split column sum over `cols` columns, and its blocks (see
     /// column_sum_split in common.cuh). The scratch is shared by every step: only steps of
     /// stream 0, which run one after another, may use it.
@@ -308,6 +320,9 @@ impl StepContext<'_> {
                 }],
             });
         }
+        if let Op::Fp8Matmul(_) = op {
+            return self.fp8_matmul(gemms);
+        }
         let dtype = self.float_dtype()?;
         let shapes = [
             self.in_ty(0).shape.as_slice(),
@@ -332,6 +347,7 @@ impl StepContext<'_> {
                     a: ptr(self.input(1)),
                     b: ptr(self.input(0)),
                     d: ptr(self.output(0)),
+                    scales: None,
                 }],
             });
         }
@@ -342,6 +358,27 @@ impl StepContext<'_> {
         Ok(Launch {
             zero_first: std::mem::take(&mut call.zero_first),
             actions: vec![kernel_action(modules, call)?],
+        })
+    }
+
+    /// `c (+)= a·bᵀ·a_descale·b_descale` (inputs a, a_descale, b, b_descale): cuBLASLt's FP8
+    /// GEMM in `linear`'s mapping, A = b and B = a, the descales read on the device.
+    fn fp8_matmul(&self, gemms: &mut Gemms) -> Result<Launch, String> {
+        let (a, b, c) = (self.in_ty(0), self.in_ty(2), self.out_ty(0));
+        let shape = GemmShape::of(&self.step.op, [&a.shape, &b.shape], c.dtype, self.acc(0))
+            .expect("fp8_matmul is a matmul")
+            .with_types(b.dtype, a.dtype, c.dtype);
+        let gemm = gemms.prepare(shape).map_err(|e| e.to_string())?;
+        let ptr = |a: Arg| a.slot();
+        Ok(Launch {
+            zero_first: Vec::new(),
+            actions: vec![Action::Matmul {
+                gemm,
+                a: ptr(self.input(2)),
+                b: ptr(self.input(0)),
+                d: ptr(self.output(0)),
+                scales: Some([ptr(self.input(3)), ptr(self.input(1))]),
+            }],
         })
     }
 
@@ -396,6 +433,7 @@ impl StepContext<'_> {
                 a: w_ptr,
                 b: x_chunk,
                 d: scratch,
+                scales: None,
             });
             let mut call = KernelCall {
                 name: String::new(),
@@ -432,6 +470,7 @@ impl StepContext<'_> {
                     a: w_ptr,
                     b: scratch,
                     d: addr(self.output(0)) + first * row_bytes,
+                    scales: None,
                 });
                 let acc = self.acc(1) || first > 0;
                 let weight = gemm(LinearBackwardWeight.into(), &[n, vocab], &[n, hidden], acc)?;
@@ -440,6 +479,7 @@ impl StepContext<'_> {
                     a: x_chunk,
                     b: scratch,
                     d: addr(self.output(1)),
+                    scales: None,
                 });
             }
             first += n;
@@ -556,13 +596,20 @@ impl StepContext<'_> {
                 ];
                 call.grid = n / group;
             }
-            Op::Fp8Matmul(_) | Op::QuantizeTransposed(_) | Op::CastStochastic(_) => {
-                return Err(
-                    "the CUDA launchers of the FP8 recipe (FP8 matmul with device \
-                            scales, transposed quantisation, stochastic rounding) are not \
-                            written yet: plan with --precision bf16"
-                        .into(),
-                );
+            Op::QuantizeTransposed(_) => {
+                self.no_acc()?;
+                let cols = x.last_dim();
+                let rows = n / cols;
+                call.name = format!("{base}_{}_{}", x.dtype, self.out_ty(0).dtype);
+                call.args = vec![i(0), i(1), o(0), o(1), I64(rows as i64), I32(cols as i32)];
+                call.grid = rows.div_ceil(QUANTIZE_TILE) * cols.div_ceil(QUANTIZE_TILE);
+                call.block = QUANTIZE_TRANSPOSED_BLOCK;
+            }
+            Op::CastStochastic(c) => {
+                self.no_acc()?;
+                call.name = format!("{base}_{}_{}", x.dtype, self.out_ty(0).dtype);
+                call.args = vec![i(0), i(1), o(0), I64(n as i64), I64(c.stream as i64)];
+                call.grid = self.stride_grid_8(n);
             }
             Op::BiasAdd(_) => {
                 self.no_acc()?;
@@ -679,7 +726,7 @@ impl StepContext<'_> {
             }
             Op::SumSquares(_) | Op::AbsMax(_) => {
                 call.args = vec![i(0), I64(n as i64), o(0)];
-                call.grid = self.stride_grid(n);
+                call.grid = self.stride_grid_8(n);
                 call.zero_first = self.scalar_out(0);
             }
             Op::ClipScale(c) => {
@@ -689,11 +736,6 @@ impl StepContext<'_> {
             }
             Op::AdamW(a) => {
                 self.no_acc()?;
-                if a.stochastic.is_some() {
-                    return Err("the CUDA adamw kernel has no stochastic rounding of BF16 \
-                                moments yet: plan with --precision bf16"
-                        .into());
-                }
                 if self.step.outputs
                     != [
                         self.step.inputs[0],
@@ -721,7 +763,12 @@ impl StepContext<'_> {
                     F32(a.eps),
                     F32(a.weight_decay),
                 ];
-                call.grid = self.stride_grid(n);
+                if let Some(sr) = a.stochastic {
+                    call.name.push_str("_sr");
+                    call.args
+                        .extend([I64(sr.m_stream as i64), I64(sr.v_stream as i64)]);
+                }
+                call.grid = self.stride_grid_8(n);
             }
             Op::Cast(_) | Op::Quantize(_) => {
                 self.no_acc()?;
@@ -731,13 +778,14 @@ impl StepContext<'_> {
                 } else {
                     vec![i(0), i(1), o(0), o(1), I64(n as i64)]
                 };
-                call.grid = self.stride_grid(n);
+                call.grid = self.stride_grid_8(n);
             }
             Op::Zero(_)
             | Op::Copy(_)
             | Op::ClassifierCrossEntropy(_)
             | Op::ClassifierCrossEntropyBackward(_)
             | Op::Linear(_)
+            | Op::Fp8Matmul(_)
             | Op::LinearBackwardData(_)
             | Op::LinearBackwardWeight(_) => {
                 unreachable!(

@@ -13,6 +13,14 @@
 //! Accumulation (`+=`, gradient accumulation) is `beta = 1` with C = D. Every distinct shape gets
 //! its descriptors and its algorithm (cuBLASLt's first heuristic choice) once, at start-up.
 //! In all three, cuBLASLt's A is the op's second operand and B its first.
+//!
+//! `fp8_matmul` (`c[r,n] = a[r,K]·b[n,K]ᵀ · a_descale · b_descale`) has `linear`'s mapping, which
+//! is the "TN" form cuBLASLt's FP8 GEMM requires (A transposed, B not): A is `b`, B is `a`, D is
+//! BF16 (or FP32), accumulation in FP32. The two descales stay on the device: their addresses go
+//! to `CUBLASLT_MATMUL_DESC_A_SCALE_POINTER` (`b`'s) and `..._B_SCALE_POINTER` (`a`'s) just
+//! before each call (the descriptor is shared by the steps of one shape; setting an attribute
+//! is a host-side write, read when the call is enqueued, so captured graphs keep each step's).
+//! On Hopper cuBLASLt takes e4m3×e4m3, e4m3×e5m2 and e5m2×e4m3; e5m2×e5m2 is refused at start.
 
 use cudarc::cublaslt::{result, sys};
 use cudarc::driver::sys::CUstream;
@@ -36,21 +44,22 @@ pub struct GemmShape {
     lda: u64,
     ldb: u64,
     ldc: u64,
-    /// The operands' dtype (BF16 or F32).
-    dtype: DType,
+    /// The dtypes of A, B and C/D (all BF16 or all F32; FP8 A and B with a BF16 or F32 D).
+    types: [DType; 3],
     /// `D += A·B` instead of `D = A·B`.
     accumulate: bool,
 }
 
 impl GemmShape {
-    /// The shape of a matmul step: `inputs` are the two operands' shapes in the op's order,
-    /// or `None` when the op is not one of the three matmuls.
+    /// The shape of a matmul step: `inputs` are the two operands' shapes in the op's order
+    /// (for `fp8_matmul`, `a` and `b`), or `None` when the op is not a matmul. Every matrix has
+    /// dtype `dtype`; [`GemmShape::with_types`] sets others.
     pub fn of(op: &Op, inputs: [&[u64]; 2], dtype: DType, accumulate: bool) -> Option<Self> {
         let rows = |s: &[u64]| s[..s.len() - 1].iter().product::<u64>();
         let last = |s: &[u64]| *s.last().unwrap_or(&1);
         let (m, n, k, trans_a, trans_b, lda, ldb, ldc) = match op {
-            // inputs: x [r, K], W [M, K]
-            Op::Linear(_) => {
+            // inputs: x [r, K], W [M, K] (fp8_matmul: a [r, K], b [M, K])
+            Op::Linear(_) | Op::Fp8Matmul(_) => {
                 let (big_m, big_k) = (inputs[1][0], inputs[1][1]);
                 let r = rows(inputs[0]);
                 (big_m, r, big_k, true, false, big_k, big_k, big_m)
@@ -78,19 +87,67 @@ impl GemmShape {
             lda,
             ldb,
             ldc,
-            dtype,
+            types: [dtype; 3],
             accumulate,
         })
+    }
+
+    /// The same shape with these dtypes of cuBLASLt's A, B and D.
+    pub fn with_types(self, a: DType, b: DType, d: DType) -> Self {
+        GemmShape {
+            types: [a, b, d],
+            ..self
+        }
+    }
+
+    /// True when A and B are FP8 (the scaled FP8 GEMM).
+    fn is_fp8(&self) -> bool {
+        self.types[0].is_fp8() && self.types[1].is_fp8()
+    }
+
+    /// Why cuBLASLt cannot run this combination of dtypes and transposes, if it cannot.
+    fn unsupported(&self) -> Option<String> {
+        let [a, b, d] = self.types;
+        if a.is_fp8() != b.is_fp8() {
+            return Some(format!(
+                "one FP8 operand and one {}",
+                if a.is_fp8() { b } else { a }
+            ));
+        }
+        if !self.is_fp8() {
+            let same = a == b && b == d && matches!(a, DType::BF16 | DType::F32);
+            return (!same).then(|| format!("{a}×{b}→{d}: BF16 or F32 throughout only"));
+        }
+        if a == DType::F8E5M2 && b == DType::F8E5M2 {
+            return Some("e5m2×e5m2 (cuBLASLt takes e4m3×e4m3, e4m3×e5m2, e5m2×e4m3)".into());
+        }
+        if !matches!(d, DType::BF16 | DType::F32) {
+            return Some(format!("an FP8 matmul into {d} (BF16 or F32 only here)"));
+        }
+        if !self.trans_a || self.trans_b {
+            return Some("an FP8 matmul not in the TN form".into());
+        }
+        None
+    }
+}
+
+/// cuBLASLt's name of a storage dtype.
+fn cuda_data_type(dtype: DType) -> sys::cudaDataType {
+    match dtype {
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        DType::F8E4M3 => sys::cudaDataType::CUDA_R_8F_E4M3,
+        DType::F8E5M2 => sys::cudaDataType::CUDA_R_8F_E5M2,
+        _ => sys::cudaDataType::CUDA_R_32F,
     }
 }
 
 /// Why cuBLASLt could not prepare or run a matmul.
 #[derive(Debug, thiserror::Error)]
-#[error("cuBLASLt {stage} for {shape:?}: {error:?}")]
+#[error("cuBLASLt {stage} for {shape:?}: {error}")]
 pub struct GemmError {
     stage: &'static str,
     shape: Option<GemmShape>,
-    error: result::CublasError,
+    error: String,
 }
 
 fn err(
@@ -100,7 +157,7 @@ fn err(
     move |error| GemmError {
         stage,
         shape,
-        error,
+        error: format!("{error:?}"),
     }
 }
 
@@ -137,10 +194,13 @@ impl Gemms {
             return Ok(i);
         }
         let e = |stage| err(stage, Some(shape));
-        let data_type = match shape.dtype {
-            DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
-            _ => sys::cudaDataType::CUDA_R_32F,
-        };
+        if let Some(why) = shape.unsupported() {
+            return Err(GemmError {
+                stage: "checking the dtypes",
+                shape: Some(shape),
+                error: format!("not supported: {why}"),
+            });
+        }
         let desc = result::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType::CUDA_R_32F,
@@ -179,14 +239,15 @@ impl Gemms {
         } else {
             (shape.k, shape.n)
         };
-        let layout = |rows, cols, ld| {
-            result::create_matrix_layout(data_type, rows, cols, ld as i64)
+        let layout = |dtype, rows, cols, ld| {
+            result::create_matrix_layout(cuda_data_type(dtype), rows, cols, ld as i64)
                 .map_err(e("creating a layout"))
         };
+        let [a_type, b_type, d_type] = shape.types;
         let layouts = [
-            layout(a_rows, a_cols, shape.lda)?,
-            layout(b_rows, b_cols, shape.ldb)?,
-            layout(shape.m, shape.n, shape.ldc)?,
+            layout(a_type, a_rows, a_cols, shape.lda)?,
+            layout(b_type, b_rows, b_cols, shape.ldb)?,
+            layout(d_type, shape.m, shape.n, shape.ldc)?,
         ];
         let pref = result::create_matmul_pref().map_err(e("creating the preference"))?;
         // SAFETY: `pref` is live; the attribute is a usize read during the call.
@@ -223,16 +284,37 @@ impl Gemms {
         Ok(self.prepared.len() - 1)
     }
 
-    /// Enqueues prepared matmul `index` on `stream`: `d = a·b` (or `d += a·b`).
+    /// Enqueues prepared matmul `index` on `stream`: `d = a·b` (or `d += a·b`); an FP8 matmul
+    /// multiplies by the FP32 values at the device addresses `scales` (A's, then B's).
     pub fn run(
         &self,
         index: usize,
         a: u64,
         b: u64,
         d: u64,
+        scales: Option<[u64; 2]>,
         stream: CUstream,
     ) -> Result<(), GemmError> {
         let p = &self.prepared[index];
+        if let Some(scales) = scales {
+            let attrs = [
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+            ];
+            for (attr, ptr) in attrs.into_iter().zip(scales) {
+                // SAFETY: `desc` is live; the attribute is a device pointer, read during the
+                // call; it addresses one FP32 value of the arena.
+                unsafe {
+                    result::set_matmul_desc_attribute(
+                        p.desc,
+                        attr,
+                        (&ptr) as *const u64 as *const c_void,
+                        std::mem::size_of::<u64>(),
+                    )
+                }
+                .map_err(err("setting a scale pointer", Some(p.shape)))?;
+            }
+        }
         let alpha = 1.0f32;
         let beta = if p.shape.accumulate { 1.0f32 } else { 0.0 };
         // SAFETY: the descriptors and algorithm were prepared for exactly these extents; `a`,
@@ -362,5 +444,45 @@ mod tests {
                 assert_eq!(d, want, "{op} (accumulate {accumulate}) as {shape:?}");
             }
         }
+    }
+
+    /// `fp8_matmul` in `linear`'s mapping (A = `b`, B = `a`) equals its CPU reference once the
+    /// two descales multiply the sum, and the shape is the TN form with FP8 A and B.
+    #[test]
+    fn the_fp8_matmul_maps_onto_the_tn_gemm_and_its_descales() {
+        use llmq_kernels::ops::Fp8Matmul;
+        let (rows, n, k) = (3u64, 5u64, 4u64);
+        let op: Op = Fp8Matmul { out: DType::BF16 }.into();
+        let a: Vec<f32> = (0..rows * k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 - 2.0).collect();
+        let (a_descale, b_descale) = ([0.5f32], [0.25f32]);
+        let shapes: [&[u64]; 4] = [&[rows, k], &[1], &[n, k], &[1]];
+        let data: [&[f32]; 4] = [&a, &a_descale, &b, &b_descale];
+        let inputs: Vec<View> = shapes
+            .iter()
+            .zip(data)
+            .map(|(&shape, data)| View { shape, data })
+            .collect();
+        let mut expected = vec![0f32; (rows * n) as usize];
+        let mut outputs = [ViewMut {
+            shape: &[rows, n],
+            data: &mut expected,
+        }];
+        op.spec().cpu(&inputs, &mut outputs).unwrap();
+
+        let shape = GemmShape::of(&op, [shapes[0], shapes[2]], DType::BF16, false)
+            .expect("a matmul op")
+            .with_types(DType::F8E4M3, DType::F8E5M2, DType::BF16);
+        assert!(shape.is_fp8() && shape.trans_a && !shape.trans_b);
+        assert_eq!(shape.unsupported(), None);
+        let mut d = vec![0f32; expected.len()];
+        column_major_gemm(&shape, &b, &a, &mut d);
+        let scaled: Vec<f32> = d.iter().map(|v| v * b_descale[0] * a_descale[0]).collect();
+        assert_eq!(scaled, expected);
+
+        let e5m2 = shape.with_types(DType::F8E5M2, DType::F8E5M2, DType::BF16);
+        assert!(e5m2.unsupported().unwrap().contains("e5m2×e5m2"));
+        let mixed = shape.with_types(DType::F8E4M3, DType::BF16, DType::BF16);
+        assert!(mixed.unsupported().is_some());
     }
 }

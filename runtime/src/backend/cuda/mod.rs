@@ -320,9 +320,15 @@ impl CudaBackend {
                     }
                     .map_err(|e| fail(format!("launching {name}: {e}")))?;
                 }
-                Action::Matmul { gemm, a, b, d } => self
+                Action::Matmul {
+                    gemm,
+                    a,
+                    b,
+                    d,
+                    scales,
+                } => self
                     .gemms
-                    .run(*gemm, *a, *b, *d, cu_stream)
+                    .run(*gemm, *a, *b, *d, *scales, cu_stream)
                     .map_err(|e| fail(e.to_string()))?,
                 Action::Copy { dst, src, bytes } => {
                     // SAFETY: both ranges are tensors of the arenas, `bytes` long, and the plan's

@@ -1,0 +1,63 @@
+//! `PersistWeightQuants`: the weights' FP8 copies are made once per optimizer step instead of
+//! once per micro-batch, and kept across the step.
+//!
+//! `fp8_casts` quantises every operand where it is used: a weight's abs-max and its K-major
+//! copy in the forward, its transposed copy in the backward, in every micro-batch. A weight
+//! changes only in the optimizer, so with several micro-batches per step those are the same
+//! values made again. This pass moves them (`abs_max`, `quantize`, `quantize_transposed` of a
+//! weight) into the `WeightQuant` phase after the optimizer, whose section the trainer also runs
+//! once after the weights are set or restored; their outputs become persistent
+//! (`QuantizedWeight`). It trades memory (about two bytes per block weight element, both copies
+//! kept for the whole step) for time (the quantisations of `grad_accum − 1` micro-batches): the
+//! memory planner takes it or not.
+//!
+//! Values are unchanged bit for bit: the same weights give the same abs-max and the same FP8
+//! copies, whichever micro-batch reads them.
+//!
+//! Needs: `fp8_casts`; runs first among the memory passes, so `recompute` does not repeat a
+//! quantisation that no longer belongs to a block's forward.
+
+use crate::memory_edit::edit_graph;
+use llmq_compiler::ir::{Graph, Node, Phase, Role};
+use llmq_compiler::kernels::Op;
+use llmq_compiler::pass::{Pass, PassContext, PassError};
+
+/// Moves the weights' quantisations after the optimizer.
+pub struct PersistWeightQuants;
+
+impl Pass for PersistWeightQuants {
+    fn name(&self) -> &'static str {
+        "persist-weight-quants"
+    }
+
+    fn run(&self, graph: &mut Graph, _: &PassContext) -> Result<(), PassError> {
+        edit_graph(graph, |graph, edit| {
+            let moved: Vec<usize> = (0..edit.program.len())
+                .filter(|&i| quantises_a_weight(graph, &edit.program[i]))
+                .collect();
+            let Some(last) = edit.program.len().checked_sub(1) else {
+                return Ok(());
+            };
+            for &i in &moved {
+                let node = Node {
+                    phase: Phase::WeightQuant,
+                    ..edit.program[i].clone()
+                };
+                for &t in &node.outputs {
+                    graph.tensor_mut(t).role = Role::QuantizedWeight;
+                }
+                edit.insert_after(last, node);
+            }
+            edit.remove(&moved);
+            Ok(())
+        })
+    }
+}
+
+/// An abs-max or a quantisation of a weight (`fp8_casts` makes them for the block linears).
+fn quantises_a_weight(graph: &Graph, node: &Node) -> bool {
+    matches!(
+        node.op,
+        Op::AbsMax(_) | Op::Quantize(_) | Op::QuantizeTransposed(_)
+    ) && graph.tensor(node.inputs[0]).role == Role::Weight
+}

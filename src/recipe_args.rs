@@ -1,0 +1,40 @@
+//! The training-recipe flags that both binaries plan with (`llmqc plan`, and `llmq-run` when it
+//! is given a spec): one declaration, so their names, defaults and help never drift apart.
+//! Included by each binary with `#[path]`; the package has no library target.
+
+use llmq_compiler::autodiff::OptimizerOptions;
+use llmq_compiler::kernels::DType;
+use llmq_compiler::target::{Precision, parse_grad_fp8};
+use std::str::FromStr;
+
+/// How a step trains: numerics, accumulation and the optimizer's settings.
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Training recipe (planned into the plan)")]
+pub struct RecipeArgs {
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: u32,
+    /// Numeric recipe: fp8 (LLMQ's: FP8 block matmuls, stochastic rounding), bf16 or fp32.
+    #[arg(long, default_value = "fp8", value_parser = Precision::from_str)]
+    pub precision: Precision,
+    /// FP8 format of gradients in the FP8 matmuls: e4m3 or e5m2.
+    #[arg(long, default_value = "e4m3", value_parser = parse_grad_fp8)]
+    pub grad_fp8: DType,
+    /// AdamW weight decay on matrices.
+    #[arg(long, default_value_t = OptimizerOptions::default().weight_decay)]
+    pub weight_decay: f32,
+    /// Global gradient-norm clipping threshold, 0 to disable.
+    #[arg(long, default_value_t = OptimizerOptions::default().max_grad_norm)]
+    pub grad_clip: f32,
+}
+
+impl RecipeArgs {
+    /// AdamW's settings: the flags over the defaults.
+    pub fn optimizer(&self) -> OptimizerOptions {
+        OptimizerOptions {
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.grad_clip,
+            ..Default::default()
+        }
+    }
+}
