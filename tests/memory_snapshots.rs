@@ -1,5 +1,5 @@
 //! Each memory pass on the tiny model: what it changes in the graph, as a snapshot of the
-//! lines it removes and adds (node numbers dropped: the passes rebuild the graph). The passes
+//! lines it removes and adds (node numbers dropped: new nodes are numbered after all others). The passes
 //! run in the planner's order with a choice that uses every one of them.
 
 mod common;

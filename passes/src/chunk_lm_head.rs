@@ -8,7 +8,7 @@
 //! changes no number. Needs: the training graph with one loss. Keeps: the loss tensor, the
 //! hidden states' gradient and the head weight's gradient accumulation.
 
-use crate::memory_edit::ProgramEdit;
+use crate::memory_edit::{ProgramEdit, edit_graph};
 use llmq_compiler::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
 use llmq_compiler::kernels::ops::{ClassifierCrossEntropy, ClassifierCrossEntropyBackward};
 use llmq_compiler::kernels::{Op, TensorType};
@@ -35,7 +35,14 @@ impl Pass for ChunkLmHead {
     }
 
     fn run(&self, graph: &mut Graph, _: &PassContext) -> Result<(), PassError> {
-        let mut edit = ProgramEdit::new(graph);
+        edit_graph(graph, |graph, edit| self.edit(graph, edit))
+    }
+}
+
+impl ChunkLmHead {
+    /// The pass as an edit of a program (the nodes in schedule order); new tensors go to
+    /// `graph`.
+    pub fn edit(&self, graph: &mut Graph, edit: &mut ProgramEdit) -> Result<(), PassError> {
         let Some(head) = find_head(&edit.program) else {
             return Err(PassError::Failed {
                 pass: "chunk-lm-head",
@@ -111,7 +118,6 @@ impl Pass for ChunkLmHead {
         dropped.push(head.weight_backward);
         dropped.retain(|&i| i != last);
         edit.remove(&dropped);
-        edit.finish(graph);
         Ok(())
     }
 }

@@ -1,14 +1,14 @@
 //! From a spec file to a plan: front-end, autodiff, passes, the memory planner (which lowers
 //! its candidates), and the choices built on it: `--batch auto` and the trade-off curve.
 
-use crate::memory_plan::{MemoryChoice, plan_memory};
+use crate::memory_plan::{Candidates, MemoryChoice, plan_memory};
 use crate::pipeline::{pass_names, pipeline};
 use llmq_compiler::autodiff::{
     AutodiffError, OptimizerOptions, TrainIo, TrainOptions, differentiate,
 };
-use llmq_compiler::ir::{Graph, write_graph};
+use llmq_compiler::ir::{Graph, Node, write_graph};
 use llmq_compiler::kernels::DType;
-use llmq_compiler::lower::{LowerInput, lower};
+use llmq_compiler::lower::{LowerInput, lower, lower_program};
 use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions, fits};
 use llmq_compiler::spec::{self, SpecError, SpecOptions};
@@ -50,6 +50,8 @@ pub struct Compiled {
     pub plan: Plan,
     /// Pass timings and the requested dump.
     pub report: PassReport,
+    /// How many candidate choices the memory planner estimated (0 for a choice given).
+    pub candidates_estimated: usize,
 }
 
 /// Why compiling failed.
@@ -178,7 +180,8 @@ fn selected_passes(
 /// Compiles the spec at `path` into a plan.
 pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileError> {
     let train = optimised(path, opts)?;
-    Ok(plan_within(&train, opts, opts.vram_bytes, true)?.0)
+    let candidates = candidates(&train, opts);
+    Ok(plan_within(&train, opts, &candidates, opts.vram_bytes, true)?.0)
 }
 
 /// Compiles the spec with the memory passes set by hand to `choice` instead of the planner's
@@ -199,10 +202,11 @@ pub fn compile_with_choice(
     if report.dump.is_some() {
         train.report.dump = report.dump;
     }
-    let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph, true);
+    let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph, None);
     Ok(Compiled {
         plan,
         report: train.report,
+        candidates_estimated: 0,
     })
 }
 
@@ -219,7 +223,7 @@ pub fn plan_choices(
         .map(|choice| {
             let mut graph = train.graph.clone();
             choice.apply(&mut graph, &train.ctx, &opts.device, None)?;
-            Ok(lower_for(&train, opts, opts.vram_bytes, &graph, true))
+            Ok(lower_for(&train, opts, opts.vram_bytes, &graph, None))
         })
         .collect()
 }
@@ -239,7 +243,9 @@ pub fn compile_auto_batch(
             batch,
             ..opts.clone()
         };
-        let (compiled, _) = plan_within(&optimised(path, &sized)?, &sized, opts.vram_bytes, false)?;
+        let train = optimised(path, &sized)?;
+        let candidates = candidates(&train, &sized);
+        let (compiled, _) = plan_within(&train, &sized, &candidates, opts.vram_bytes, false)?;
         if !fits(&compiled.plan) {
             break;
         }
@@ -287,14 +293,15 @@ pub fn tradeoff_curve(
     budgets: &[u64],
 ) -> Result<Vec<CurvePoint>, CompileError> {
     let train = optimised(path, opts)?;
-    // The budgets are independent: plan them on threads.
+    let candidates = candidates(&train, opts);
+    // The budgets are independent: plan them on threads, sharing the candidates' estimates.
     let points: Vec<Result<CurvePoint, CompileError>> = thread::scope(|scope| {
         let runs: Vec<_> = budgets
             .iter()
             .map(|&vram| {
-                let train = &train;
+                let (train, candidates) = (&train, &candidates);
                 scope.spawn(move || {
-                    let (compiled, choice) = plan_within(train, opts, vram, false)?;
+                    let (compiled, choice) = plan_within(train, opts, candidates, vram, false)?;
                     let plan = &compiled.plan;
                     Ok(CurvePoint {
                         vram_bytes: vram,
@@ -359,48 +366,68 @@ fn optimised(path: &Path, opts: &CompileOptions) -> Result<Optimised, CompileErr
     })
 }
 
-/// Lowers `graph` (the training graph after memory passes) for the flags and budget.
+/// Lowers `graph` (the training graph after memory passes), or `program` over its tensors,
+/// for the flags and budget.
 fn lower_for(
     train: &Optimised,
     opts: &CompileOptions,
     vram_bytes: u64,
     graph: &Graph,
-    layout: bool,
+    program: Option<Vec<Node>>,
 ) -> Plan {
-    lower(LowerInput {
-        layout,
+    let input = LowerInput {
         graph,
         io: &train.io,
         model: train.model.clone(),
-        options: PlanOptions {
-            batch: opts.batch,
-            seq: opts.seq,
-            grad_accum: opts.grad_accum,
-            precision: opts.precision,
-            vram_bytes,
-            gpus: opts.gpus,
-            optimizer: opts.optimizer.clone(),
-        },
+        options: plan_options(opts, vram_bytes),
         device: opts.device.clone(),
-    })
+    };
+    match program {
+        Some(program) => lower_program(input, program),
+        None => lower(input),
+    }
+}
+
+/// The options a plan records.
+fn plan_options(opts: &CompileOptions, vram_bytes: u64) -> PlanOptions {
+    PlanOptions {
+        batch: opts.batch,
+        seq: opts.seq,
+        grad_accum: opts.grad_accum,
+        precision: opts.precision,
+        vram_bytes,
+        gpus: opts.gpus,
+        optimizer: opts.optimizer.clone(),
+    }
+}
+
+/// The memory planner's candidates for the optimised graph.
+fn candidates<'a>(train: &'a Optimised, opts: &CompileOptions) -> Candidates<'a> {
+    Candidates::new(
+        &train.graph,
+        &opts.device,
+        &plan_options(opts, opts.vram_bytes),
+    )
 }
 
 /// The memory planner for a budget, then lowering; `price` as for `plan_memory`.
 fn plan_within(
     train: &Optimised,
     opts: &CompileOptions,
+    candidates: &Candidates<'_>,
     vram_bytes: u64,
     price: bool,
 ) -> Result<(Compiled, MemoryChoice), CompileError> {
-    let lower_graph = |graph: &Graph, layout| lower_for(train, opts, vram_bytes, graph, layout);
+    let lower_graph = |graph: &Graph, program: Option<Vec<Node>>| {
+        lower_for(train, opts, vram_bytes, graph, program)
+    };
     let ctx = PassContext {
         vram_bytes,
         ..train.ctx.clone()
     };
     let memory = plan_memory(
-        &train.graph,
+        candidates,
         &ctx,
-        &opts.device,
         opts.dump_after.as_deref(),
         &lower_graph,
         price,
@@ -416,6 +443,7 @@ fn plan_within(
     let compiled = Compiled {
         plan: memory.plan,
         report,
+        candidates_estimated: candidates.estimated(),
     };
     Ok((compiled, memory.choice))
 }

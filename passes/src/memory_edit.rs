@@ -3,14 +3,57 @@
 //! where to put a prefetch so that its transfer hides behind compute.
 
 use llmq_compiler::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
+use llmq_compiler::kernels::Op;
 use llmq_compiler::kernels::ops::Copy;
-use llmq_compiler::kernels::{Op, TensorType};
-use llmq_compiler::lower::estimate;
+use llmq_compiler::lower::NodeEstimator;
+use llmq_compiler::pass::PassError;
 use llmq_compiler::target::DeviceProfile;
+
+/// Runs a memory pass's `edit` on `graph`: its program (the nodes in schedule order) is
+/// edited, new tensors go to the graph, and the edit is made through [`Graph::rewrite`]. The
+/// memory planner chains the edits of a candidate on one program instead
+/// ([`edit_program`]) and lowers that program without building a graph of it.
+pub fn edit_graph(
+    graph: &mut Graph,
+    edit: impl FnOnce(&mut Graph, &mut ProgramEdit) -> Result<(), PassError>,
+) -> Result<(), PassError> {
+    let ids = graph.schedule();
+    let mut program = ProgramEdit::new(ids.iter().map(|&n| graph.node(n).clone()).collect());
+    edit(graph, &mut program)?;
+    graph.rewrite(|rw| {
+        for (id, (before, node, after)) in ids.into_iter().zip(program.into_parts()) {
+            for n in before {
+                rw.insert_before(id, n);
+            }
+            match node {
+                Some(node) => rw.replace(id, node),
+                None => rw.remove(id),
+            }
+            for n in after {
+                rw.insert_after(id, n);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Runs a memory pass's `edit` on `program` (nodes in schedule order) and returns the edited
+/// program.
+pub fn edit_program(
+    program: Vec<Node>,
+    edit: impl FnOnce(&mut ProgramEdit) -> Result<(), PassError>,
+) -> Result<Vec<Node>, PassError> {
+    let mut program = ProgramEdit::new(program);
+    edit(&mut program)?;
+    Ok(program
+        .into_parts()
+        .flat_map(|(before, node, after)| before.into_iter().chain(node).chain(after))
+        .collect())
+}
 
 /// A program (nodes in schedule order) with nodes to insert before or after each node.
 pub struct ProgramEdit {
-    /// The program being edited, unchanged until [`ProgramEdit::finish`].
+    /// The program being edited; insertions and removals are made when the edit ends.
     pub program: Vec<Node>,
     before: Vec<Vec<Node>>,
     after: Vec<Vec<Node>>,
@@ -18,9 +61,8 @@ pub struct ProgramEdit {
 }
 
 impl ProgramEdit {
-    /// Starts editing the graph's program.
-    pub fn new(graph: &Graph) -> Self {
-        let program = graph.program();
+    /// Starts editing `program`.
+    pub fn new(program: Vec<Node>) -> Self {
         let n = program.len();
         ProgramEdit {
             program,
@@ -47,19 +89,24 @@ impl ProgramEdit {
         self.after[i].push(node);
     }
 
-    /// Gives the edited program to the graph.
-    pub fn finish(self, graph: &mut Graph) {
-        let mut out = Vec::with_capacity(self.program.len() * 2);
+    /// Per node of the program: what goes before it, the node (`None` when removed), what
+    /// goes after it.
+    fn into_parts(self) -> impl Iterator<Item = (Vec<Node>, Option<Node>, Vec<Node>)> {
         let nodes = self.program.into_iter().zip(self.removed);
-        for (((node, removed), before), after) in nodes.zip(self.before).zip(self.after) {
-            out.extend(before);
-            if !removed {
-                out.push(node);
-            }
-            out.extend(after);
-        }
-        graph.set_program(out);
+        nodes
+            .zip(self.before)
+            .zip(self.after)
+            .map(|(((node, removed), before), after)| (before, (!removed).then_some(node), after))
     }
+}
+
+/// The nodes of `graph` in schedule order: the program the memory passes edit.
+pub fn program(graph: &Graph) -> Vec<Node> {
+    graph
+        .schedule()
+        .into_iter()
+        .map(|n| graph.node(n).clone())
+        .collect()
 }
 
 /// A new tensor of `like`'s type and block, named `{prefix}.{name}`.
@@ -90,12 +137,10 @@ pub fn copy_node(from: TensorId, to: TensorId, phase: Phase, layer: Option<u32>)
 
 /// Estimated seconds of each node of `program` on `device`.
 pub fn node_seconds(graph: &Graph, program: &[Node], device: &DeviceProfile) -> Vec<f64> {
-    let types = |ids: &[TensorId]| -> Vec<TensorType> {
-        ids.iter().map(|&t| graph.tensor(t).ty.clone()).collect()
-    };
+    let mut estimator = NodeEstimator::default();
     program
         .iter()
-        .map(|n| estimate(&n.op, &types(&n.inputs), &types(&n.outputs), device).seconds)
+        .map(|n| estimator.estimate(graph, n, device).seconds)
         .collect()
 }
 

@@ -12,20 +12,23 @@
 //!   blocks' checkpoints. Peak memory falls as `k` grows, so a binary search finds the
 //!   smallest `k` that fits.
 //!
-//! Each candidate is applied by the memory passes (`chunk-lm-head`, `recompute`,
-//! `offload-activations`, `stream-state`) and lowered: the peak and the step time are the plan's own. The fastest
+//! Each candidate is the memory passes' (`chunk-lm-head`, `recompute`,
+//! `offload-activations`, `stream-state`) edits of the schedule, estimated as lowering would
+//! (`lower::estimate_program`): the peak and the step time are its plan's own. The fastest
 //! candidate that fits wins; the search stops at the first state level that fits with no
 //! activation measure, since moving more state only adds transfers. The decisions are then
 //! priced one by one (the plan without each) for `llmqc show`.
 
 use crate::chunk_lm_head::ChunkLmHead;
+use crate::memory_edit::{edit_program, program};
 use crate::offload_activations::OffloadActivations;
 use crate::recompute::Recompute;
 use crate::stream_state::StreamState;
 use indexmap::IndexMap;
-use llmq_compiler::ir::{Graph, Role};
-use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
-use llmq_compiler::plan::{MemoryDecision, Plan};
+use llmq_compiler::ir::{Graph, Node, Role};
+use llmq_compiler::lower::estimate_program;
+use llmq_compiler::pass::{PassContext, PassError, PassReport, run_passes};
+use llmq_compiler::plan::{MemoryDecision, Plan, PlanOptions};
 use llmq_compiler::target::{DeviceProfile, RESERVE_BYTES};
 use std::sync::Mutex;
 use std::thread;
@@ -215,21 +218,32 @@ impl MemoryChoice {
         }
     }
 
-    /// Applies the choice without the pass manager's verification: for the search's
-    /// candidates, of which only the chosen one is kept (and applied with [`Self::apply`]).
-    fn apply_unverified(
+    /// The memory passes' edits of `program` chained, without a graph built between them or
+    /// the pass manager's verification: for the search's candidates, of which only the chosen
+    /// one is kept (and applied with [`Self::apply`]). New tensors go to `graph`.
+    fn edit(
         &self,
         graph: &mut Graph,
-        ctx: &PassContext,
+        mut program: Vec<Node>,
         device: &DeviceProfile,
-    ) -> Result<(), PassError> {
+    ) -> Result<Vec<Node>, PassError> {
         let (chunk, recompute, offload, stream) = self.passes(device);
         if let Some(chunk) = chunk {
-            chunk.run(graph, ctx)?;
+            program = edit_program(program, |edit| chunk.edit(graph, edit))?;
         }
-        recompute.run(graph, ctx)?;
-        offload.run(graph, ctx)?;
-        stream.run(graph, ctx)
+        if !self.recompute.is_empty() {
+            program = edit_program(program, |edit| {
+                recompute.edit(graph, edit);
+                Ok(())
+            })?;
+        }
+        if !self.offload.is_empty() {
+            program = edit_program(program, |edit| {
+                offload.edit(graph, edit);
+                Ok(())
+            })?;
+        }
+        edit_program(program, |edit| stream.edit(graph, edit))
     }
 
     fn passes(
@@ -263,57 +277,94 @@ impl MemoryChoice {
 pub struct MemoryPlan {
     /// The choice.
     pub choice: MemoryChoice,
-    /// The graph after the memory passes.
-    pub graph: Graph,
     /// Its plan, with the priced decisions in `memory`.
     pub plan: Plan,
     /// Timings (and the requested dump) of the memory passes.
     pub report: PassReport,
 }
 
-/// Plans memory for `graph` within `ctx.vram_bytes`, lowering candidates with `lower` (its
-/// flag: lay the buffers out, or estimate the arena by the live peak). Returns the fastest
-/// plan that fits, or the one that needs the least memory when none does. With `price`, the
-/// plan's `memory` lists the decisions priced one by one; without (the trade-off curve, which
-/// keeps only the choice), it stays empty.
-pub fn plan_memory(
-    graph: &Graph,
-    ctx: &PassContext,
-    device: &DeviceProfile,
-    dump_after: Option<&str>,
-    lower: &(dyn Fn(&Graph, bool) -> Plan + Sync),
-    price: bool,
-) -> Result<MemoryPlan, PassError> {
-    let blocks = graph
-        .nodes()
-        .filter_map(|(_, n)| n.layer)
-        .max()
-        .map_or(0, |l| l + 1);
-    let tokens = graph
-        .find("tokens")
-        .map_or(1, |t| graph.tensor(t).ty.numel());
-    let shape = Shape {
-        blocks,
-        chunk_rows: (tokens / LM_HEAD_CHUNKS).clamp(1, MAX_LM_HEAD_CHUNK_ROWS),
-    };
-    // Candidates recur (the bottom of two ladders, the decisions' prices): evaluate each once.
-    let seen: Mutex<IndexMap<MemoryChoice, Candidate>> = Mutex::default();
-    let evaluate = |choice: &MemoryChoice| -> Result<Candidate, PassError> {
-        if let Some(&c) = seen.lock().expect("no panic holds the lock").get(choice) {
+/// The memory planner's candidates for one graph, each estimated once (memoised, from several
+/// threads): they recur within a search (the bottom of two ladders, the decisions' prices) and
+/// across the budgets of a trade-off curve, since an estimate does not depend on the budget.
+pub struct Candidates<'g> {
+    graph: &'g Graph,
+    /// The graph's program: every candidate edits a copy of it.
+    program: Vec<Node>,
+    shape: Shape,
+    device: DeviceProfile,
+    options: PlanOptions,
+    seen: Mutex<IndexMap<MemoryChoice, Candidate>>,
+}
+
+impl<'g> Candidates<'g> {
+    /// Candidates for `graph` (the training graph after the optimisation passes), estimated
+    /// for `device` and `options` (whose budget plays no part).
+    pub fn new(graph: &'g Graph, device: &DeviceProfile, options: &PlanOptions) -> Self {
+        let blocks = graph
+            .nodes()
+            .filter_map(|(_, n)| n.layer)
+            .max()
+            .map_or(0, |l| l + 1);
+        let tokens = graph
+            .find("tokens")
+            .map_or(1, |t| graph.tensor(t).ty.numel());
+        Candidates {
+            graph,
+            program: program(graph),
+            shape: Shape {
+                blocks,
+                chunk_rows: (tokens / LM_HEAD_CHUNKS).clamp(1, MAX_LM_HEAD_CHUNK_ROWS),
+            },
+            device: device.clone(),
+            options: options.clone(),
+            seen: Mutex::default(),
+        }
+    }
+
+    /// How many different candidates have been estimated: the planner's work, which grows
+    /// with the search and not with the number of blocks.
+    pub fn estimated(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IndexMap<MemoryChoice, Candidate>> {
+        self.seen.lock().expect("no panic holds the lock")
+    }
+
+    /// The candidate's estimate: its passes' edits of the program, without a graph built of
+    /// it or a layout (the arena taken to be the live-bytes peak).
+    fn evaluate(&self, choice: &MemoryChoice) -> Result<Candidate, PassError> {
+        if let Some(&c) = self.lock().get(choice) {
             return Ok(c);
         }
-        let mut g = graph.clone();
-        choice.apply_unverified(&mut g, ctx, device)?;
-        let plan = lower(&g, false);
+        let mut graph = self.graph.tensors_only();
+        let edited = choice.edit(&mut graph, self.program.clone(), &self.device)?;
+        let estimates = estimate_program(&graph, edited, &self.device, &self.options);
         let c = Candidate {
-            arena_bytes: plan.device_arena_bytes,
-            step_seconds: plan.estimates.step_seconds,
+            arena_bytes: estimates.peak_live_bytes,
+            step_seconds: estimates.step_seconds,
         };
-        seen.lock()
-            .expect("no panic holds the lock")
-            .insert(choice.clone(), c);
+        self.lock().insert(choice.clone(), c);
         Ok(c)
-    };
+    }
+}
+
+/// Plans memory for the graph of `candidates` within `ctx.vram_bytes`, lowering the chosen
+/// choice with `lower` (the graph's own nodes, or a program over its tensors). Returns the
+/// fastest plan that fits, or the one that needs the least memory when none does. With
+/// `price`, the plan is the one compiled: its graph is built through the pass manager
+/// (verified, dumpable) and its `memory` lists the decisions priced one by one. Without (the
+/// trade-off curve and `--batch auto`, which compare plans and keep only the choice), the
+/// chosen program is lowered as it is, and `memory` stays empty.
+pub fn plan_memory(
+    candidates: &Candidates<'_>,
+    ctx: &PassContext,
+    dump_after: Option<&str>,
+    lower: &dyn Fn(&Graph, Option<Vec<Node>>) -> Plan,
+    price: bool,
+) -> Result<MemoryPlan, PassError> {
+    let (graph, device, shape) = (candidates.graph, &candidates.device, &candidates.shape);
+    let evaluate = |choice: &MemoryChoice| candidates.evaluate(choice);
     let limit = ctx.vram_bytes.saturating_sub(RESERVE_BYTES);
     // Candidates are judged by their live-bytes peak; the final layout needs a little more
     // (fragmentation, about 1.5% on the Qwen models), so the search leaves that margin. When
@@ -321,10 +372,16 @@ pub fn plan_memory(
     let mut search_limit = limit - limit / FRAGMENTATION_MARGIN;
     let mut attempts = 0;
     loop {
-        let choice = search(graph, &shape, search_limit, &evaluate)?;
-        let mut planned = graph.clone();
-        let report = choice.apply(&mut planned, ctx, device, dump_after)?;
-        let mut plan = lower(&planned, true);
+        let choice = search(graph, shape, search_limit, &evaluate)?;
+        let (mut plan, report) = if price {
+            let mut planned = graph.clone();
+            let report = choice.apply(&mut planned, ctx, device, dump_after)?;
+            (lower(&planned, None), report)
+        } else {
+            let mut planned = graph.tensors_only();
+            let program = choice.edit(&mut planned, candidates.program.clone(), device)?;
+            (lower(&planned, Some(program)), PassReport::default())
+        };
         attempts += 1;
         let fragmentation = plan.device_arena_bytes - plan.estimates.peak_live_bytes;
         let next_limit = limit
@@ -336,7 +393,6 @@ pub fn plan_memory(
             }
             return Ok(MemoryPlan {
                 choice,
-                graph: planned,
                 plan,
                 report,
             });

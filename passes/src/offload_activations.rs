@@ -7,8 +7,8 @@
 //! backward reader like any other). Keeps: single-assignment activations.
 
 use crate::memory_edit::{
-    ProgramEdit, buffering_units, copy_node, node_seconds, prefetch_position, tensor_like,
-    transfer_seconds,
+    ProgramEdit, buffering_units, copy_node, edit_graph, node_seconds, prefetch_position,
+    tensor_like, transfer_seconds,
 };
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Phase, Role, TensorId};
@@ -32,7 +32,17 @@ impl Pass for OffloadActivations {
         if self.blocks.is_empty() {
             return Ok(());
         }
-        let mut edit = ProgramEdit::new(graph);
+        edit_graph(graph, |graph, edit| {
+            self.edit(graph, edit);
+            Ok(())
+        })
+    }
+}
+
+impl OffloadActivations {
+    /// The pass as an edit of a program (the nodes in schedule order); new tensors go to
+    /// `graph`.
+    pub fn edit(&self, graph: &mut Graph, edit: &mut ProgramEdit) {
         let seconds = node_seconds(graph, &edit.program, &self.device);
         let units = buffering_units(&edit.program);
         // Saved tensors of the chosen blocks, with their producer and first backward reader.
@@ -80,7 +90,5 @@ impl Pass for OffloadActivations {
                 }
             }
         }
-        edit.finish(graph);
-        Ok(())
     }
 }

@@ -17,7 +17,7 @@
 //! Needs: `fp8_casts`; runs first among the memory passes, so `recompute` does not repeat a
 //! quantisation that no longer belongs to a block's forward.
 
-use crate::memory_edit::ProgramEdit;
+use crate::memory_edit::edit_graph;
 use llmq_compiler::ir::{Graph, Node, Phase, Role};
 use llmq_compiler::kernels::Op;
 use llmq_compiler::pass::{Pass, PassContext, PassError};
@@ -31,26 +31,26 @@ impl Pass for PersistWeightQuants {
     }
 
     fn run(&self, graph: &mut Graph, _: &PassContext) -> Result<(), PassError> {
-        let mut edit = ProgramEdit::new(graph);
-        let moved: Vec<usize> = (0..edit.program.len())
-            .filter(|&i| quantises_a_weight(graph, &edit.program[i]))
-            .collect();
-        let Some(last) = edit.program.len().checked_sub(1) else {
-            return Ok(());
-        };
-        for &i in &moved {
-            let node = Node {
-                phase: Phase::WeightQuant,
-                ..edit.program[i].clone()
+        edit_graph(graph, |graph, edit| {
+            let moved: Vec<usize> = (0..edit.program.len())
+                .filter(|&i| quantises_a_weight(graph, &edit.program[i]))
+                .collect();
+            let Some(last) = edit.program.len().checked_sub(1) else {
+                return Ok(());
             };
-            for &t in &node.outputs {
-                graph.tensor_mut(t).role = Role::QuantizedWeight;
+            for &i in &moved {
+                let node = Node {
+                    phase: Phase::WeightQuant,
+                    ..edit.program[i].clone()
+                };
+                for &t in &node.outputs {
+                    graph.tensor_mut(t).role = Role::QuantizedWeight;
+                }
+                edit.insert_after(last, node);
             }
-            edit.insert_after(last, node);
-        }
-        edit.remove(&moved);
-        edit.finish(graph);
-        Ok(())
+            edit.remove(&moved);
+            Ok(())
+        })
     }
 }
 

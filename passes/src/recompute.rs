@@ -11,7 +11,7 @@
 //! Needs: the training graph (autodiff marks saved tensors `Saved`). Keeps: single-assignment
 //! activations; program order everywhere else.
 
-use crate::memory_edit::{ProgramEdit, tensor_like};
+use crate::memory_edit::{ProgramEdit, edit_graph, tensor_like};
 use indexmap::{IndexMap, IndexSet};
 use llmq_compiler::ir::{Graph, Phase, Role, TensorId};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
@@ -31,7 +31,17 @@ impl Pass for Recompute {
         if self.blocks.is_empty() {
             return Ok(());
         }
-        let mut edit = ProgramEdit::new(graph);
+        edit_graph(graph, |graph, edit| {
+            self.edit(graph, edit);
+            Ok(())
+        })
+    }
+}
+
+impl Recompute {
+    /// The pass as an edit of a program (the nodes in schedule order); new tensors go to
+    /// `graph`.
+    pub fn edit(&self, graph: &mut Graph, edit: &mut ProgramEdit) {
         let program = &edit.program;
         let forward_block = |i: usize| {
             (program[i].phase == Phase::Forward)
@@ -139,7 +149,5 @@ impl Pass for Recompute {
                 graph.tensor_mut(t).role = Role::Activation;
             }
         }
-        edit.finish(graph);
-        Ok(())
     }
 }

@@ -16,8 +16,8 @@
 //! Needs: a graph whose state is on the device. Keeps: only copies touch host tensors.
 
 use crate::memory_edit::{
-    ProgramEdit, buffering_units, copy_node, node_seconds, prefetch_position, tensor_like,
-    transfer_seconds,
+    ProgramEdit, buffering_units, copy_node, edit_graph, node_seconds, prefetch_position,
+    tensor_like, transfer_seconds,
 };
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Node, Phase, Role, TensorId};
@@ -43,6 +43,17 @@ impl Pass for StreamState {
     }
 
     fn run(&self, graph: &mut Graph, _: &PassContext) -> Result<(), PassError> {
+        if self.roles.is_empty() {
+            return Ok(());
+        }
+        edit_graph(graph, |graph, edit| self.edit(graph, edit))
+    }
+}
+
+impl StreamState {
+    /// The pass as an edit of a program (the nodes in schedule order); new tensors go to
+    /// `graph`.
+    pub fn edit(&self, graph: &mut Graph, edit: &mut ProgramEdit) -> Result<(), PassError> {
         if let Some(role) = self.roles.iter().find(|r| !is_state(**r)) {
             return Err(PassError::Failed {
                 pass: "stream-state",
@@ -60,8 +71,9 @@ impl Pass for StreamState {
         for &t in &streamed {
             graph.place_on_host(t);
         }
-        let mut edit = ProgramEdit::new(graph);
-        let original = edit.program.clone();
+        // Prefetches are placed by the program as it was: the nodes are rewired afterwards.
+        let original = std::mem::take(&mut edit.program);
+        let mut rewired_nodes: Vec<(usize, Node)> = Vec::new();
         let seconds = node_seconds(graph, &original, &self.device);
         let units = buffering_units(&original);
         let mut on_device: IndexMap<TensorId, DeviceCopy> = IndexMap::new();
@@ -95,6 +107,10 @@ impl Pass for StreamState {
                 };
                 brought.insert(s, device_copy);
             }
+            let touches_host = node.outputs.iter().any(|&t| graph.is_on_host(t));
+            if brought.is_empty() && !touches_host {
+                continue;
+            }
             let mut rewired = node.clone();
             for t in rewired.inputs.iter_mut() {
                 if let Some(&d) = brought.get(t) {
@@ -125,9 +141,12 @@ impl Pass for StreamState {
                 };
                 on_device.insert(s, copy);
             }
-            edit.program[i] = rewired;
+            rewired_nodes.push((i, rewired));
         }
-        edit.finish(graph);
+        edit.program = original;
+        for (i, node) in rewired_nodes {
+            edit.program[i] = node;
+        }
         Ok(())
     }
 }

@@ -6,11 +6,12 @@
 //! program order, and no write overtakes an earlier read.
 //!
 //! Program order is the order nodes were added in, until a pass edits the graph with
-//! [`Graph::rewrite`]: new nodes are placed before existing ones and every edge is derived
-//! again from the new program order, exactly as if the graph had been built that way.
+//! [`Graph::rewrite`], the one way to edit a built graph: nodes are replaced or removed, new
+//! nodes placed before or after existing ones, and every edge is derived again from the new
+//! program order, exactly as if the graph had been built that way.
 
 use super::{NodeId, Role, Tensor, TensorId};
-use indexmap::IndexMap;
+use indexmap::{IndexMap, IndexSet};
 use llmq_kernels::{Op, OpError, TensorType};
 use petgraph::Direction;
 use petgraph::stable_graph::{NodeIndex, StableGraph};
@@ -168,24 +169,17 @@ impl Graph {
             .collect()
     }
 
-    /// The nodes in schedule order: the program a pass may edit and give back to
-    /// [`Graph::set_program`].
-    pub fn program(&self) -> Vec<Node> {
-        self.schedule()
-            .into_iter()
-            .map(|id| self.node(id).clone())
-            .collect()
-    }
-
-    /// Replaces every node by `program`, in that order: node IDs follow it and the edges are
-    /// rebuilt from it, so the order is kept exactly (a pass that inserts, duplicates or
-    /// rewires nodes states the order it wants and the graph derives the dependencies).
-    pub fn set_program(&mut self, program: Vec<Node>) {
-        self.dfg.clear();
-        self.last_writer = vec![None; self.tensors.len()];
-        self.readers = vec![Vec::new(); self.tensors.len()];
-        for node in program {
-            self.add_node(node);
+    /// A graph with this graph's tensors (and their placement) and no node: where the memory
+    /// planner's candidates add their tensors while their programs are edited apart.
+    pub fn tensors_only(&self) -> Graph {
+        let n = self.tensors.len();
+        Graph {
+            tensors: self.tensors.clone(),
+            dfg: StableGraph::new(),
+            last_writer: vec![None; n],
+            readers: vec![Vec::new(); n],
+            on_host: self.on_host.clone(),
+            rank: Vec::new(),
         }
     }
 
@@ -240,7 +234,10 @@ impl Graph {
     /// Adds a node last in program order, without edges.
     fn add_unlinked(&mut self, node: Node) -> NodeIndex {
         let idx = self.dfg.add_node(node);
-        self.rank.resize(idx.index() + 1, 0);
+        // A removed node's index may be reused: the table only ever grows.
+        if self.rank.len() <= idx.index() {
+            self.rank.resize(idx.index() + 1, 0);
+        }
         self.rank[idx.index()] = self.dfg.node_count() - 1;
         idx
     }
@@ -276,12 +273,17 @@ impl Graph {
     pub fn rewrite<R>(&mut self, edit: impl FnOnce(&mut Rewrite) -> R) -> R {
         let mut rewrite = Rewrite {
             graph: self,
-            before: IndexMap::new(),
+            placed: Placed::default(),
         };
         let result = edit(&mut rewrite);
-        let before = rewrite.before;
+        let placed = rewrite.placed;
         let mut inserted = vec![false; self.dfg.node_bound()];
-        for &idx in before.values().flatten() {
+        for &idx in placed
+            .before
+            .values()
+            .chain(placed.after.values())
+            .flatten()
+        {
             inserted[idx.index()] = true;
         }
         let mut old: Vec<NodeIndex> = self
@@ -292,7 +294,10 @@ impl Graph {
         old.sort_by_key(|i| self.rank[i.index()]);
         let mut order = Vec::with_capacity(self.dfg.node_count());
         for idx in old {
-            place(idx, &before, &mut order);
+            placed.place(idx, &mut order);
+        }
+        for &id in &placed.removed {
+            self.dfg.remove_node(NodeIndex::new(id.index()));
         }
         self.dfg.clear_edges();
         self.last_writer = vec![None; self.tensors.len()];
@@ -496,22 +501,37 @@ impl Graph {
     }
 }
 
-/// Appends to `order` the nodes placed before `idx` (and those placed before them), then `idx`.
-fn place(idx: NodeIndex, before: &IndexMap<NodeId, Vec<NodeIndex>>, order: &mut Vec<NodeIndex>) {
-    if let Some(first) = before.get(&NodeId(idx.index() as u32)) {
-        for &n in first {
-            place(n, before, order);
+/// Where a rewrite puts nodes in program order: new nodes right before or after a node, in
+/// the order given, and the nodes it removes.
+#[derive(Default)]
+struct Placed {
+    before: IndexMap<NodeId, Vec<NodeIndex>>,
+    after: IndexMap<NodeId, Vec<NodeIndex>>,
+    removed: IndexSet<NodeId>,
+}
+
+impl Placed {
+    /// Appends to `order` the nodes placed before `idx` (and those placed around them), `idx`
+    /// unless it is removed, then the nodes placed after it.
+    fn place(&self, idx: NodeIndex, order: &mut Vec<NodeIndex>) {
+        let id = NodeId(idx.index() as u32);
+        for &n in self.before.get(&id).into_iter().flatten() {
+            self.place(n, order);
+        }
+        if !self.removed.contains(&id) {
+            order.push(idx);
+        }
+        for &n in self.after.get(&id).into_iter().flatten() {
+            self.place(n, order);
         }
     }
-    order.push(idx);
 }
 
 /// An edit of a built graph, open inside [`Graph::rewrite`]: nodes replaced in place (same ID)
-/// and new nodes placed before existing ones in program order.
+/// or removed, and new nodes placed before or after existing ones in program order.
 pub struct Rewrite<'g> {
     graph: &'g mut Graph,
-    /// New nodes to place right before an existing node, in the order given.
-    before: IndexMap<NodeId, Vec<NodeIndex>>,
+    placed: Placed,
 }
 
 impl Rewrite<'_> {
@@ -536,20 +556,24 @@ impl Rewrite<'_> {
         self.graph.dfg[NodeIndex::new(id.index())] = node;
     }
 
-    /// Removes the node `id`; its outputs must be written by another node of the edit (a fused
-    /// node that replaces it), and nothing may be placed before it.
+    /// Removes the node `id` when the edit ends; its outputs must be written by another node
+    /// of the edit (a fused node that replaces it). Nodes placed before or after it keep their
+    /// place.
     pub fn remove(&mut self, id: NodeId) {
-        debug_assert!(
-            !self.before.contains_key(&id),
-            "nodes were placed before {id}, which is removed"
-        );
-        self.graph.dfg.remove_node(NodeIndex::new(id.index()));
+        self.placed.removed.insert(id);
     }
 
     /// Places `node` right before `anchor` in program order (after nodes placed there earlier).
     pub fn insert_before(&mut self, anchor: NodeId, node: Node) -> NodeId {
         let idx = self.graph.add_unlinked(node);
-        self.before.entry(anchor).or_default().push(idx);
+        self.placed.before.entry(anchor).or_default().push(idx);
+        NodeId(idx.index() as u32)
+    }
+
+    /// Places `node` right after `anchor` in program order (after nodes placed there earlier).
+    pub fn insert_after(&mut self, anchor: NodeId, node: Node) -> NodeId {
+        let idx = self.graph.add_unlinked(node);
+        self.placed.after.entry(anchor).or_default().push(idx);
         NodeId(idx.index() as u32)
     }
 
@@ -670,6 +694,34 @@ mod tests {
         // The topological order follows the new program order; node IDs are kept.
         let order: Vec<u32> = g.topological_order().iter().map(|n| n.0).collect();
         assert_eq!(order, [3, 0, 4, 1, 2]);
+        g.verify().unwrap();
+    }
+
+    #[test]
+    fn nodes_placed_around_a_removed_node_keep_their_place() {
+        // Built: a = x + w; c = a + a; w = 0. Rewritten: `c = a + a` removed, with b = a + x
+        // placed before it and c = a + b after it; m = w + w after the last node.
+        let (mut g, t) = build(&[
+            |t| node(Add, &[t[0], t[1]], &[t[2]]),
+            |t| node(Add, &[t[2], t[2]], &[t[4]]),
+            |t| node(Zero, &[t[1]], &[t[1]]),
+        ]);
+        g.rewrite(|rw| {
+            rw.insert_before(NodeId(1), node(Add, &[t[2], t[0]], &[t[3]]));
+            rw.remove(NodeId(1));
+            rw.insert_after(NodeId(1), node(Add, &[t[2], t[3]], &[t[4]]));
+            rw.insert_after(NodeId(2), node(Add, &[t[1], t[1]], &[t[5]]));
+        });
+        let (direct, _) = build(&[
+            |t| node(Add, &[t[0], t[1]], &[t[2]]),
+            |t| node(Add, &[t[2], t[0]], &[t[3]]),
+            |t| node(Add, &[t[2], t[3]], &[t[4]]),
+            |t| node(Zero, &[t[1]], &[t[1]]),
+            |t| node(Add, &[t[1], t[1]], &[t[5]]),
+        ]);
+        assert_eq!(edges(&g), edges(&direct));
+        let order: Vec<u32> = g.topological_order().iter().map(|n| n.0).collect();
+        assert_eq!(order, [0, 3, 4, 2, 5]);
         g.verify().unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! The cost model of one step: the larger of its matrix or arithmetic time and its memory
 //! time (a roofline), plus a fixed launch cost.
 
+use crate::ir::{Graph, Node, TensorId};
 use crate::plan::StepEstimate;
 use crate::target::{DeviceProfile, LAUNCH_SECONDS, MATRIX_EFFICIENCY, MEMORY_EFFICIENCY};
 use llmq_kernels::{DType, Op, TensorType};
@@ -30,4 +31,34 @@ pub fn estimate(
         bytes: cost.bytes,
         seconds: compute.max(memory) + LAUNCH_SECONDS,
     }
+}
+
+/// Estimates the nodes of a graph one after another, reusing its lists of operand types: the
+/// memory planner estimates tens of thousands of nodes per candidate, and cloning each
+/// operand's type for each would dominate.
+#[derive(Default)]
+pub struct NodeEstimator {
+    inputs: Vec<TensorType>,
+    outputs: Vec<TensorType>,
+}
+
+impl NodeEstimator {
+    /// The estimate for `node` on the tensors of `graph`.
+    pub fn estimate(&mut self, graph: &Graph, node: &Node, device: &DeviceProfile) -> StepEstimate {
+        types_into(graph, &node.inputs, &mut self.inputs);
+        types_into(graph, &node.outputs, &mut self.outputs);
+        estimate(&node.op, &self.inputs, &self.outputs, device)
+    }
+}
+
+/// Sets `types` to the types of `ids`, reusing the shapes' storage.
+fn types_into(graph: &Graph, ids: &[TensorId], types: &mut Vec<TensorType>) {
+    types.truncate(ids.len());
+    for (slot, &t) in types.iter_mut().zip(ids) {
+        let ty = &graph.tensor(t).ty;
+        slot.shape.clone_from(&ty.shape);
+        slot.dtype = ty.dtype;
+    }
+    let filled = types.len();
+    types.extend(ids[filled..].iter().map(|&t| graph.tensor(t).ty.clone()));
 }

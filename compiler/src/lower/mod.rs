@@ -19,19 +19,18 @@ mod streams;
 mod timeline;
 
 pub use allocate::allocate;
-pub use cost::estimate;
+pub use cost::NodeEstimator;
 pub use liveness::{Interval, liveness};
 pub use streams::{COMPUTE, DEVICE_TO_HOST, HOST_TO_DEVICE};
 
 use crate::autodiff::TrainIo;
-use crate::ir::{BufferId, Category, Graph, Phase, TensorId};
+use crate::ir::{BufferId, Category, Graph, Node, Phase, TensorId};
 use crate::plan::{
     Arena, Buffer, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor,
     QUANTIZE_WEIGHTS_SECTION, Repeat, Section, Step, StepEstimate, StreamKind, live_bytes,
 };
 use crate::target::DeviceProfile;
 use indexmap::IndexMap;
-use llmq_kernels::TensorType;
 
 /// What lowering needs besides the graph.
 pub struct LowerInput<'a> {
@@ -45,55 +44,154 @@ pub struct LowerInput<'a> {
     pub options: PlanOptions,
     /// The device profile for the estimates.
     pub device: DeviceProfile,
-    /// False for a quick estimate (the memory planner's candidates): buffers get no offsets
-    /// and the device arena is taken to be the live-bytes peak, which the allocator reaches
-    /// or comes close to. Such a plan is for comparing, never for running.
-    pub layout: bool,
 }
 
 /// Lowers a training graph to a plan.
 pub fn lower(input: LowerInput) -> Plan {
     let graph = input.graph;
-    let order = graph.schedule();
-    let count = |phase| {
-        order
-            .iter()
-            .filter(|&&n| graph.node(n).phase == phase)
-            .count() as u32
-    };
+    let order: Vec<Node> = graph
+        .schedule()
+        .iter()
+        .map(|&n| graph.node(n).clone())
+        .collect();
+    lower_program(input, order)
+}
+
+/// Lowers `program` (nodes in schedule order: forward, backward, optimizer) over the tensors
+/// of `input.graph`, whose own nodes are not looked at, to the plan that a graph built from
+/// `program` lowers to, without building it.
+pub fn lower_program(input: LowerInput, program: Vec<Node>) -> Plan {
+    let graph = input.graph;
+    let Scheduled {
+        steps,
+        sections,
+        events,
+        mut buffers,
+        categories,
+    } = schedule(graph, program, &input.device);
+    let sizes: Vec<u64> = buffers.iter().map(|b| b.size).collect();
+    let intervals: Vec<Interval> = buffers
+        .iter()
+        .map(|b| Interval {
+            first: b.first_step,
+            last: b.last_step,
+        })
+        .collect();
+    let mut offsets = vec![0u64; sizes.len()];
+    let arena_bytes = allocate_arena(graph, &sizes, &intervals, &categories, &mut offsets, false);
+    let host_arena_bytes =
+        allocate_arena(graph, &sizes, &intervals, &categories, &mut offsets, true);
+    for (b, offset) in buffers.iter_mut().zip(offsets) {
+        b.offset = offset;
+    }
+    let tensors: Vec<PlanTensor> = graph
+        .tensors()
+        .map(|(id, t)| PlanTensor {
+            name: t.name.clone(),
+            ty: t.ty.clone(),
+            role: t.role,
+            layer: t.layer,
+            buffer: BufferId(id.0),
+            hf_name: t.hf_name.clone(),
+            init: t.init.clone(),
+        })
+        .collect();
+
+    let graph_segments = sections
+        .iter()
+        .map(|s| GraphSegment {
+            start: s.start,
+            end: s.end,
+        })
+        .collect();
+    let estimates = estimates(&steps, &sections, &buffers, &categories, &input.options);
+    let uses_host = buffers.iter().any(|b| b.arena == Arena::Host);
+
+    Plan {
+        model: input.model,
+        options: input.options,
+        device: input.device,
+        ranks: 1,
+        tensors,
+        buffers,
+        device_arena_bytes: arena_bytes,
+        host_arena_bytes,
+        steps,
+        streams: if uses_host {
+            streams::STREAMS.to_vec()
+        } else {
+            vec![StreamKind::Compute]
+        },
+        events,
+        sections,
+        graph_segments,
+        collectives: Vec::new(),
+        io: input.io.clone(),
+        estimates,
+        memory: Vec::new(),
+    }
+}
+
+/// The estimates of the plan that a graph built from `program` (nodes in schedule order:
+/// forward, backward, optimizer; over the tensors of `graph`, whose own nodes are not looked
+/// at) lowers to, with the device arena taken to be the live-bytes peak, which the allocator
+/// reaches or comes close to. For the memory planner's candidates: nothing is laid out and no
+/// graph is built of each.
+pub fn estimate_program(
+    graph: &Graph,
+    program: Vec<Node>,
+    device: &DeviceProfile,
+    options: &PlanOptions,
+) -> Estimates {
+    let s = schedule(graph, program, device);
+    estimates(&s.steps, &s.sections, &s.buffers, &s.categories, options)
+}
+
+/// What the plan and the quick estimate are made of: the steps with their streams, events and
+/// estimates, the sections, and per tensor a buffer (not laid out yet: offset 0) and the
+/// category its bytes count under.
+struct Scheduled {
+    steps: Vec<Step>,
+    sections: Vec<Section>,
+    events: u32,
+    buffers: Vec<Buffer>,
+    categories: Vec<Category>,
+}
+
+/// Steps 1 to 3 of lowering for `order` (the schedule, partitioned by phase: `Phase::ALL`),
+/// whose nodes
+/// become the steps.
+fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Scheduled {
+    debug_assert!(
+        order.is_sorted_by_key(|n| n.phase),
+        "a schedule runs the forward, then the backward, then the optimizer"
+    );
+    let count = |phase| order.iter().filter(|n| n.phase == phase).count() as u32;
     let forward_len = count(Phase::Forward);
     let micro_len = forward_len + count(Phase::Backward);
+    let weight_quant_len = count(Phase::WeightQuant);
+    let mut estimator = NodeEstimator::default();
     let mut steps: Vec<Step> = order
-        .iter()
-        .map(|&id| {
-            let node = graph.node(id);
-            let ins: Vec<TensorType> = node
-                .inputs
-                .iter()
-                .map(|&t| graph.tensor(t).ty.clone())
-                .collect();
-            let outs: Vec<TensorType> = node
-                .outputs
-                .iter()
-                .map(|&t| graph.tensor(t).ty.clone())
-                .collect();
+        .into_iter()
+        .map(|node| {
             let stream = streams::stream_of(graph, &node.inputs, &node.outputs);
+            let estimate = step_estimate(estimator.estimate(graph, &node, device), stream, device);
             Step {
-                op: node.op.clone(),
-                inputs: node.inputs.clone(),
-                outputs: node.outputs.clone(),
-                accumulate: node.accumulate.clone(),
+                op: node.op,
+                inputs: node.inputs,
+                outputs: node.outputs,
+                accumulate: node.accumulate,
                 phase: node.phase,
                 layer: node.layer,
                 stream,
                 waits: Vec::new(),
                 records: None,
-                estimate: step_estimate(&node.op, stream, &ins, &outs, &input.device),
+                estimate,
             }
         })
         .collect();
     let n = steps.len() as u32;
-    let optimizer_end = n - count(Phase::WeightQuant);
+    let optimizer_end = n - weight_quant_len;
     let mut sections = vec![
         Section {
             name: "forward".into(),
@@ -122,7 +220,7 @@ pub fn lower(input: LowerInput) -> Plan {
             repeat: Repeat::Once,
         });
     }
-    let (events, releases) = streams::place_events(&mut steps, &sections);
+    let (events, releases) = streams::place_events(&mut steps, &sections, graph.tensor_count());
 
     let mut intervals = liveness(graph, &steps);
     for (copy, release) in releases {
@@ -138,107 +236,42 @@ pub fn lower(input: LowerInput) -> Plan {
             touched[t.index()] = true;
         }
     }
-    let sizes: Vec<u64> = graph
+    let buffers: Vec<Buffer> = graph
         .tensors()
-        .map(|(id, t)| {
-            if touched[id.index()] || t.role.is_persistent() {
-                t.ty.bytes()
-            } else {
-                0
-            }
-        })
-        .collect();
-    let on_host: Vec<bool> = graph
-        .tensors()
-        .map(|(id, _)| graph.is_on_host(id))
-        .collect();
-    let categories: Vec<Category> = graph.tensors().map(|(_, t)| t.role.category()).collect();
-    let mut offsets = vec![0u64; sizes.len()];
-    let (arena_bytes, host_arena_bytes) = if input.layout {
-        (
-            allocate_arena(graph, &sizes, &intervals, &categories, &mut offsets, false),
-            allocate_arena(graph, &sizes, &intervals, &categories, &mut offsets, true),
-        )
-    } else {
-        (0, 0)
-    };
-
-    let buffers: Vec<Buffer> = (0..sizes.len())
-        .map(|i| Buffer {
-            arena: if on_host[i] {
+        .zip(intervals)
+        .map(|((id, t), live)| Buffer {
+            arena: if graph.is_on_host(id) {
                 Arena::Host
             } else {
                 Arena::Device
             },
-            offset: offsets[i],
-            size: sizes[i],
-            first_step: intervals[i].first,
-            last_step: intervals[i].last,
+            offset: 0,
+            size: if touched[id.index()] || t.role.is_persistent() {
+                t.ty.bytes()
+            } else {
+                0
+            },
+            first_step: live.first,
+            last_step: live.last,
         })
         .collect();
-    let tensors: Vec<PlanTensor> = graph
-        .tensors()
-        .map(|(id, t)| PlanTensor {
-            name: t.name.clone(),
-            ty: t.ty.clone(),
-            role: t.role,
-            layer: t.layer,
-            buffer: BufferId(id.0),
-            hf_name: t.hf_name.clone(),
-            init: t.init.clone(),
-        })
-        .collect();
-
-    let graph_segments = sections
-        .iter()
-        .map(|s| GraphSegment {
-            start: s.start,
-            end: s.end,
-        })
-        .collect();
-    let estimates = estimates(&steps, &sections, &buffers, &categories, &input.options);
-    let arena_bytes = if input.layout {
-        arena_bytes
-    } else {
-        estimates.peak_live_bytes
-    };
-    let uses_host = on_host.iter().any(|&h| h);
-
-    Plan {
-        model: input.model,
-        options: input.options,
-        device: input.device,
-        ranks: 1,
-        tensors,
-        buffers,
-        device_arena_bytes: arena_bytes,
-        host_arena_bytes,
+    let categories = graph.tensors().map(|(_, t)| t.role.category()).collect();
+    Scheduled {
         steps,
-        streams: if uses_host {
-            streams::STREAMS.to_vec()
-        } else {
-            vec![StreamKind::Compute]
-        },
-        events,
         sections,
-        graph_segments,
-        collectives: Vec::new(),
-        io: input.io.clone(),
-        estimates,
-        memory: Vec::new(),
+        events,
+        buffers,
+        categories,
     }
 }
 
-/// The estimate of one step: a copy to or from the host arena takes its bytes over the host
-/// link, everything else the roofline of `cost.rs`.
+/// The estimate of one step from its node's roofline (`cost.rs`): a copy to or from the host
+/// arena takes its bytes over the host link instead.
 fn step_estimate(
-    op: &llmq_kernels::Op,
+    mut e: StepEstimate,
     stream: crate::plan::StreamId,
-    ins: &[TensorType],
-    outs: &[TensorType],
     device: &DeviceProfile,
 ) -> StepEstimate {
-    let mut e = cost::estimate(op, ins, outs, device);
     if stream != COMPUTE {
         e.seconds = e.bytes / (device.host_gbps * 1e9) + crate::target::LAUNCH_SECONDS;
     }

@@ -16,7 +16,6 @@
 
 use crate::ir::{Graph, TensorId};
 use crate::plan::{Section, Step, StreamId, StreamKind};
-use std::collections::BTreeMap;
 
 /// The stream of the compute steps.
 pub const COMPUTE: StreamId = 0;
@@ -50,14 +49,18 @@ pub fn stream_of(graph: &Graph, inputs: &[TensorId], outputs: &[TensorId]) -> St
     }
 }
 
-/// Fills `waits` and `records` of every step. Returns the number of events and, per device →
-/// host copy, the step until which its source must stay allocated.
-pub fn place_events(steps: &mut [Step], sections: &[Section]) -> (u32, Vec<(u32, u32)>) {
+/// Fills `waits` and `records` of every step (over tensors `0..tensors`). Returns the number
+/// of events and, per device → host copy, the step until which its source must stay allocated.
+pub fn place_events(
+    steps: &mut [Step],
+    sections: &[Section],
+    tensors: usize,
+) -> (u32, Vec<(u32, u32)>) {
     let mut waits: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
     let mut releases = Vec::new();
     for section in sections {
         let (start, end) = (section.start as usize, section.end as usize);
-        let mut last_writer: BTreeMap<TensorId, usize> = BTreeMap::new();
+        let mut last_writer: Vec<Option<usize>> = vec![None; tensors];
         let mut last_compute: Option<usize> = None;
         for s in start..end {
             let step = &steps[s];
@@ -67,14 +70,14 @@ pub fn place_events(steps: &mut [Step], sections: &[Section]) -> (u32, Vec<(u32,
                 waits[s].push(c);
             }
             for t in step.inputs.iter().chain(&step.outputs) {
-                if let Some(&w) = last_writer.get(t)
+                if let Some(w) = last_writer[t.index()]
                     && steps[w].stream != step.stream
                 {
                     waits[s].push(w);
                 }
             }
-            for &t in &step.outputs {
-                last_writer.insert(t, s);
+            for t in &step.outputs {
+                last_writer[t.index()] = Some(s);
             }
             if step.stream == COMPUTE {
                 last_compute = Some(s);
