@@ -116,9 +116,13 @@ fn all_state(t: &mut Trainer) -> Vec<Vec<u8>> {
 /// Trains `model` 20 steps in `precision` (2 micro-batches a step), checkpointing at step 10,
 /// then resumes from that checkpoint: the last 10 losses and all the state must be identical.
 pub fn assert_resume_is_bit_exact(model: &str, precision: Precision) {
+    assert_resume_of_plan_is_bit_exact(plan(model, &options(2, 32, 2, precision, 1 << 30)));
+}
+
+/// [`assert_resume_is_bit_exact`] for a given plan.
+pub fn assert_resume_of_plan_is_bit_exact(plan: Plan) {
     let dir = tempfile::tempdir().unwrap();
     let data = corpus(dir.path());
-    let plan = plan(model, &options(2, 32, 2, precision, 1 << 30));
     let ckpt = dir.path().join("ckpt");
 
     let mut straight = trainer(plan.clone(), &data, 20, Some(&ckpt));

@@ -38,6 +38,8 @@ fn every_choice() -> Vec<MemoryChoice> {
                     recompute: pick(1),
                     offload: pick(2),
                     lm_head_chunk: chunk,
+                    // BF16 plans quantise no weight: nothing to persist.
+                    persist_weight_quants: false,
                 });
             }
         }

@@ -1,6 +1,7 @@
 //! Each memory pass on the tiny model: what it changes in the graph, as a snapshot of the
 //! lines it removes and adds (node numbers dropped: new nodes are numbered after all others). The passes
-//! run in the planner's order with a choice that uses every one of them.
+//! run in the planner's order with a choice that uses every one of them, on the FP8 graph (the
+//! first, `persist-weight-quants`, moves the weights' FP8 copies out of the micro-batch).
 
 mod common;
 
@@ -17,8 +18,9 @@ fn graph_after(pass: &str) -> Vec<String> {
         recompute: vec![0],
         offload: vec![1],
         lm_head_chunk: Some(8),
+        persist_weight_quants: true,
     };
-    let mut opts = common::options(1, 8, 1, Precision::Bf16, 1 << 30);
+    let mut opts = common::options(1, 8, 1, Precision::Fp8, 1 << 30);
     opts.dump_after = Some(pass.into());
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny.ron");
     let dump = compile_with_choice(&path, &opts, &choice)

@@ -162,6 +162,7 @@ proptest! {
             recompute: (0..recompute).collect(),
             offload: (2 - offload.min(2)..2).collect(),
             lm_head_chunk: (recompute == 1).then_some(8),
+            ..MemoryChoice::default()
         };
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-qwen2.ron");
         let opts = common::options(2, 16, accum, Precision::Bf16, 1 << 30);

@@ -22,19 +22,21 @@
 use crate::chunk_lm_head::ChunkLmHead;
 use crate::memory_edit::{edit_program, program};
 use crate::offload_activations::OffloadActivations;
+use crate::persist_weight_quants::{PersistWeightQuants, quantises_weights};
 use crate::recompute::Recompute;
 use crate::stream_state::StreamState;
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Node, Role};
 use llmq_compiler::lower::estimate_program;
-use llmq_compiler::pass::{PassContext, PassError, PassReport, run_passes};
+use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{MemoryDecision, Plan, PlanOptions};
 use llmq_compiler::target::{DeviceProfile, RESERVE_BYTES};
 use std::sync::Mutex;
 use std::thread;
 
 /// The names of the memory passes, for `--dump-after`.
-pub const MEMORY_PASSES: [&str; 4] = [
+pub const MEMORY_PASSES: [&str; 5] = [
+    "persist-weight-quants",
     "chunk-lm-head",
     "recompute",
     "offload-activations",
@@ -65,6 +67,9 @@ const MAX_LM_HEAD_CHUNK_ROWS: u64 = 1024;
 struct Shape {
     blocks: u32,
     chunk_rows: u64,
+    /// FP8 weight copies made in each of several micro-batches: making them once per step
+    /// may pay.
+    repeated_weight_quants: bool,
 }
 
 /// One level of the search: the state classes moved to the host, and whether the LM head is
@@ -93,6 +98,7 @@ fn levels(evaluate: &Evaluate<'_>, shape: &Shape) -> Result<Vec<Level>, PassErro
         recompute: Vec::new(),
         offload: Vec::new(),
         lm_head_chunk: Some(shape.chunk_rows),
+        persist_weight_quants: false,
     };
     let results: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
         let runs: Vec<_> = std::iter::once(Vec::new())
@@ -156,6 +162,9 @@ pub struct MemoryChoice {
     pub offload: Vec<u32>,
     /// Fuse the LM head with the loss and run it this many tokens at a time.
     pub lm_head_chunk: Option<u64>,
+    /// Make the weights' FP8 copies once per optimizer step and keep them across the step's
+    /// micro-batches (`persist-weight-quants`), instead of once per micro-batch.
+    pub persist_weight_quants: bool,
 }
 
 impl MemoryChoice {
@@ -172,12 +181,16 @@ impl MemoryChoice {
             recompute,
             offload,
             lm_head_chunk: level.chunk_lm_head.then_some(shape.chunk_rows),
+            persist_weight_quants: false,
         }
     }
 
     /// The choice in one line: `on host: master, adam m; lm head chunked; recompute L0-L9`.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
+        if self.persist_weight_quants {
+            parts.push("FP8 weights made once per step".to_string());
+        }
         if !self.streamed.is_empty() {
             let classes: Vec<&str> = self.streamed.iter().map(|r| r.category().name()).collect();
             parts.push(format!("on host: {}", classes.join(", ")));
@@ -207,15 +220,15 @@ impl MemoryChoice {
         dump_after: Option<&str>,
     ) -> Result<PassReport, PassError> {
         let (chunk, recompute, offload, stream) = self.passes(device);
-        match &chunk {
-            Some(chunk) => run_passes(
-                graph,
-                &[chunk, &recompute, &offload, &stream],
-                ctx,
-                dump_after,
-            ),
-            None => run_passes(graph, &[&recompute, &offload, &stream], ctx, dump_after),
+        let mut passes: Vec<&dyn Pass> = Vec::new();
+        if self.persist_weight_quants {
+            passes.push(&PersistWeightQuants);
         }
+        if let Some(chunk) = &chunk {
+            passes.push(chunk);
+        }
+        passes.extend([&recompute as &dyn Pass, &offload, &stream]);
+        run_passes(graph, &passes, ctx, dump_after)
     }
 
     /// The memory passes' edits of `program` chained, without a graph built between them or
@@ -228,6 +241,12 @@ impl MemoryChoice {
         device: &DeviceProfile,
     ) -> Result<Vec<Node>, PassError> {
         let (chunk, recompute, offload, stream) = self.passes(device);
+        if self.persist_weight_quants {
+            program = edit_program(program, |edit| {
+                PersistWeightQuants.edit(graph, edit);
+                Ok(())
+            })?;
+        }
         if let Some(chunk) = chunk {
             program = edit_program(program, |edit| chunk.edit(graph, edit))?;
         }
@@ -308,13 +327,16 @@ impl<'g> Candidates<'g> {
         let tokens = graph
             .find("tokens")
             .map_or(1, |t| graph.tensor(t).ty.numel());
+        let program = program(graph);
         Candidates {
             graph,
-            program: program(graph),
             shape: Shape {
                 blocks,
                 chunk_rows: (tokens / LM_HEAD_CHUNKS).clamp(1, MAX_LM_HEAD_CHUNK_ROWS),
+                repeated_weight_quants: options.grad_accum > 1
+                    && quantises_weights(graph, &program),
             },
+            program,
             device: device.clone(),
             options: options.clone(),
             seen: Mutex::default(),
@@ -483,7 +505,11 @@ fn search(
         }
     }
     if let Some(found) = best {
-        return swap_state(found, limit, evaluate);
+        let found = swap_state(found, limit, evaluate)?;
+        if !shape.repeated_weight_quants {
+            return Ok(found);
+        }
+        return persist_weight_quants_if_faster(found, limit, evaluate);
     }
     // Nothing fits: the choice that needs the least memory, so the plan says by how much.
     let least = || {
@@ -532,6 +558,27 @@ fn swap_state(
             return Ok(choice);
         }
     }
+}
+
+/// Takes the weights' FP8 copies out of the micro-batch loop when the copies fit and the
+/// estimate is faster; the rest of the choice stays.
+fn persist_weight_quants_if_faster(
+    choice: MemoryChoice,
+    limit: u64,
+    evaluate: &Evaluate<'_>,
+) -> Result<MemoryChoice, PassError> {
+    let persisted = MemoryChoice {
+        persist_weight_quants: true,
+        ..choice.clone()
+    };
+    let (before, after) = (evaluate(&choice)?, evaluate(&persisted)?);
+    Ok(
+        if after.arena_bytes <= limit && after.step_seconds < before.step_seconds {
+            persisted
+        } else {
+            choice
+        },
+    )
 }
 
 /// The smallest `k` in `0..=blocks` whose plan's arena is at most `limit`, with that plan;
@@ -583,6 +630,14 @@ fn price_decisions(
 ) -> Result<Vec<MemoryDecision>, PassError> {
     // (class, blocks, action, the choice without it), priced on threads afterwards.
     let mut asked: Vec<(&str, String, String, MemoryChoice)> = Vec::new();
+    if choice.persist_weight_quants {
+        let without = MemoryChoice {
+            persist_weight_quants: false,
+            ..choice.clone()
+        };
+        let action = "FP8 copies made once per step, kept across micro-batches";
+        asked.push(("weights", "all".into(), action.into(), without));
+    }
     if let Some(rows) = choice.lm_head_chunk {
         let without = MemoryChoice {
             lm_head_chunk: None,

@@ -17,7 +17,7 @@
 //! Needs: `fp8_casts`; runs first among the memory passes, so `recompute` does not repeat a
 //! quantisation that no longer belongs to a block's forward.
 
-use crate::memory_edit::edit_graph;
+use crate::memory_edit::{ProgramEdit, edit_graph};
 use llmq_compiler::ir::{Graph, Node, Phase, Role};
 use llmq_compiler::kernels::Op;
 use llmq_compiler::pass::{Pass, PassContext, PassError};
@@ -32,26 +32,38 @@ impl Pass for PersistWeightQuants {
 
     fn run(&self, graph: &mut Graph, _: &PassContext) -> Result<(), PassError> {
         edit_graph(graph, |graph, edit| {
-            let moved: Vec<usize> = (0..edit.program.len())
-                .filter(|&i| quantises_a_weight(graph, &edit.program[i]))
-                .collect();
-            let Some(last) = edit.program.len().checked_sub(1) else {
-                return Ok(());
-            };
-            for &i in &moved {
-                let node = Node {
-                    phase: Phase::WeightQuant,
-                    ..edit.program[i].clone()
-                };
-                for &t in &node.outputs {
-                    graph.tensor_mut(t).role = Role::QuantizedWeight;
-                }
-                edit.insert_after(last, node);
-            }
-            edit.remove(&moved);
+            self.edit(graph, edit);
             Ok(())
         })
     }
+}
+
+impl PersistWeightQuants {
+    /// The pass as an edit of a program (the nodes in schedule order); roles change in `graph`.
+    pub fn edit(&self, graph: &mut Graph, edit: &mut ProgramEdit) {
+        let moved: Vec<usize> = (0..edit.program.len())
+            .filter(|&i| quantises_a_weight(graph, &edit.program[i]))
+            .collect();
+        let Some(last) = edit.program.len().checked_sub(1) else {
+            return;
+        };
+        for &i in &moved {
+            let node = Node {
+                phase: Phase::WeightQuant,
+                ..edit.program[i].clone()
+            };
+            for &t in &node.outputs {
+                graph.tensor_mut(t).role = Role::QuantizedWeight;
+            }
+            edit.insert_after(last, node);
+        }
+        edit.remove(&moved);
+    }
+}
+
+/// True when `program` quantises a weight, so the pass has something to move.
+pub fn quantises_weights(graph: &Graph, program: &[Node]) -> bool {
+    program.iter().any(|n| quantises_a_weight(graph, n))
 }
 
 /// An abs-max or a quantisation of a weight (`fp8_casts` makes them for the block linears).
