@@ -67,6 +67,23 @@ fn tiny_fp8(batch: u64, seq: u64, grad_fp8: DType) -> Plan {
     )
 }
 
+/// The tiny model in FP8 with two micro-batches, where the planner makes the weights' FP8
+/// copies once per step (the `quantize_weights` section).
+fn fp8_weights_once() -> Plan {
+    let plan = plan_with(
+        "tiny.ron",
+        2,
+        64,
+        2,
+        Precision::Fp8,
+        DType::F8E4M3,
+        80 << 30,
+    );
+    let section = llmq_compiler::plan::QUANTIZE_WEIGHTS_SECTION;
+    assert!(plan.sections.iter().any(|s| s.name == section));
+    plan
+}
+
 fn plan_within(
     model: &str,
     batch: u64,
@@ -277,6 +294,10 @@ fn every_step_of_small_plans_matches_the_cpu_reference() {
         ("tiny fp8 e4m3", tiny_fp8(2, 64, DType::F8E4M3)),
         ("tiny fp8 e5m2", tiny_fp8(2, 64, DType::F8E5M2)),
         (
+            "tiny fp8, weights quantised once per step",
+            fp8_weights_once(),
+        ),
+        (
             "tiny fp8 in 769 MiB",
             every_memory_mechanism(Precision::Fp8),
         ),
@@ -355,6 +376,8 @@ fn a_whole_training_step_through_every_memory_mechanism_matches_the_cpu() {
         println!("{precision:?}");
         whole_steps_match(plan, seed, bars);
     }
+    println!("Fp8, weights quantised once per step");
+    whole_steps_match(fp8_weights_once(), seed, FP8_STEP);
 }
 
 /// The bars of a whole training step: the loss's relative error and the gradient norm's,
