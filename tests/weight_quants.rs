@@ -55,10 +55,12 @@ fn weight_copies_are_made_only_in_their_section() {
         .unwrap();
     assert_eq!(section.end as usize, plan.steps.len(), "it runs last");
     let quantises_weight = |s: &llmq_compiler::plan::Step| {
-        matches!(
-            s.op,
-            Op::AbsMax(_) | Op::Quantize(_) | Op::QuantizeTransposed(_)
-        ) && plan.tensor(s.inputs[0]).role == Role::Weight
+        let source = plan.tensor(s.inputs[0]).role;
+        match s.op {
+            Op::AbsMax(_) | Op::Quantize(_) | Op::QuantizeTransposed(_) => source == Role::Weight,
+            Op::TransposeFp8(_) => source == Role::QuantizedWeight,
+            _ => false,
+        }
     };
     for (i, step) in plan.steps.iter().enumerate() {
         let inside = (section.start..section.end).contains(&(i as u32));

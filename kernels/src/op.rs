@@ -265,6 +265,8 @@ declare_ops! {
     CastStochastic(CastStochastic),
     /// The identity, between the device and the host arena (offload, prefetch, streaming).
     Copy(Copy),
+    /// The transpose of an FP8 tensor (its FP8 copy in the other matmul layout).
+    TransposeFp8(TransposeFp8),
 }
 
 impl Op {

@@ -427,7 +427,8 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::Fp8Matmul(_)
         | Op::CastStochastic(_)
         | Op::Zero(_)
-        | Op::Copy(_) => false,
+        | Op::Copy(_)
+        | Op::TransposeFp8(_) => false,
     }
 }
 

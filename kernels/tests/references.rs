@@ -366,6 +366,39 @@ fn quantize_transposed_is_the_transpose_of_quantize() {
     assert_eq!(out[0], TensorType::new([5, 6], DType::F8E4M3));
 }
 
+#[test]
+fn transposing_the_fp8_copy_equals_quantising_transposed() {
+    // What the FP8 recipe relies on to derive one layout from the other.
+    let s = seed();
+    let (rows, cols) = (7, 5);
+    let x = normals(s, 0, rows * cols, 0.3);
+    for to in [DType::F8E4M3, DType::F8E5M2] {
+        let (q_ty, q, _) = quantized(&x, cols as u64, to, false);
+        let (_, qt, _) = quantized(&x, cols as u64, to, true);
+        let t = &run(TransposeFp8, &[(q_ty.clone(), q.clone())])[0];
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(t),
+            bits(&qt),
+            "{to}: transpose(quantize) != quantize_transposed"
+        );
+        let back = &run(
+            TransposeFp8,
+            &[(TensorType::new([cols as u64, rows as u64], to), t.clone())],
+        )[0];
+        assert_eq!(
+            bits(back),
+            bits(&q),
+            "{to}: transposing twice is not the identity"
+        );
+    }
+    let bf16 = TensorType::new([2, 3], DType::BF16);
+    assert!(
+        Op::from(TransposeFp8).infer(&[bf16]).is_err(),
+        "BF16 is refused"
+    );
+}
+
 /// The largest error of one quantised element: half a quantum of the format at its magnitude,
 /// in unscaled units (relative 2^-(man_bits+1) for normals, half the smallest quantum below).
 fn fp8_error_bound(to: DType, v: f64, descale: f64) -> f64 {

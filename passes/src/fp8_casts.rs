@@ -14,10 +14,15 @@
 //! | `dx = dy·W`     | out (M)        | `dy` `[rows, M]`        | `Wᵀ` `[K, M]`, transposed |
 //! | `dW = dyᵀ·x`    | rows           | `dyᵀ` `[M, rows]`, transposed | `xᵀ` `[K, rows]`, transposed |
 //!
+//! Each tensor is quantised once: its second layout is the first one's bytes transposed
+//! (`transpose_fp8`, one byte read per element instead of two, the same descale), so the
+//! backward keeps `x`'s and `W`'s FP8 copies from the forward (saved, one byte per element)
+//! instead of re-reading their BF16 values, and `dy`'s second layout comes from its first.
+//!
 //! Invariants kept: each tensor's abs-max is computed once and shared by all its quantisations
-//! (q/k/v share their input's, the two backward matmuls share `dy`'s); the backward reuses the
-//! forward's abs-max of `x` and `W` (saved, one value each), so its transposed quantisations
-//! hold exactly the forward's FP8 values, and a recomputed forward reproduces them bit for bit.
+//! (q/k/v share their input's, the two backward matmuls share `dy`'s); the backward's operands
+//! of `x` and `W` are exactly the forward's FP8 values, and a recomputed forward reproduces them
+//! bit for bit.
 //! Embedding, LM head (no layer), norms, attention, softmax and loss are untouched. `abs_max`
 //! is a separate node here; the fusion pass then folds it into its producer where the
 //! catalogue has a variant with an abs-max output (the norms and swiglu).
@@ -27,7 +32,7 @@
 
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Node, NodeId, Phase, Rewrite, Role, TensorId};
-use llmq_compiler::kernels::ops::{AbsMax, Fp8Matmul, Quantize, QuantizeTransposed};
+use llmq_compiler::kernels::ops::{AbsMax, Fp8Matmul, Quantize, QuantizeTransposed, TransposeFp8};
 use llmq_compiler::kernels::{DType, Op};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 
@@ -49,7 +54,7 @@ impl Pass for Fp8Casts {
             .into_iter()
             .filter(|&id| is_block_linear(graph.node(id)))
             .collect();
-        let amaxes = graph.rewrite(|rw| {
+        let made = graph.rewrite(|rw| {
             let mut q = Quantizer {
                 rw,
                 amax: IndexMap::new(),
@@ -58,9 +63,10 @@ impl Pass for Fp8Casts {
             for id in targets {
                 q.lower(id, ctx.grad_fp8)?;
             }
-            Ok::<_, PassError>(q.amax)
+            let copies = q.quantized.into_values().flat_map(|(q, d)| [q, d]);
+            Ok::<_, PassError>(q.amax.into_values().chain(copies).collect::<Vec<_>>())
         })?;
-        mark_saved(graph, amaxes.values().copied());
+        mark_saved(graph, made.into_iter());
         Ok(())
     }
 }
@@ -74,7 +80,7 @@ fn is_block_linear(node: &Node) -> bool {
         )
 }
 
-/// Forward abs-maxes read by the backward pass are saved for it.
+/// Forward abs-maxes and FP8 copies read by the backward pass are saved for it.
 fn mark_saved(graph: &mut Graph, amaxes: impl Iterator<Item = TensorId>) {
     let read_in_backward: Vec<bool> = {
         let mut read = vec![false; graph.tensor_count()];
@@ -147,6 +153,27 @@ impl Quantizer<'_, '_> {
     ) -> Result<(TensorId, TensorId), PassError> {
         if let Some(&q) = self.quantized.get(&(t, transposed)) {
             return Ok(q);
+        }
+        // The other layout exists: its bytes transposed are this one's (same scale).
+        if let Some(&(other, descale)) = self.quantized.get(&(t, !transposed)) {
+            let name = format!(
+                "{}.{}",
+                self.rw.graph().tensor(t).name,
+                if transposed { "qT" } else { "q" }
+            );
+            let role = temporary_role(self.rw.graph(), anchor);
+            let out = self
+                .rw
+                .apply_before(
+                    anchor,
+                    TransposeFp8.into(),
+                    &[other],
+                    std::slice::from_ref(&name),
+                    role,
+                )
+                .map_err(|e| failed(format!("transposing `{name}`: {e}")))?[0];
+            self.quantized.insert((t, transposed), (out, descale));
+            return Ok((out, descale));
         }
         let amax = self.amax(anchor, t)?;
         let name = self.rw.graph().tensor(t).name.clone();

@@ -5,7 +5,7 @@
 //! copy in the forward, its transposed copy in the backward, in every micro-batch. A weight
 //! changes only in the optimizer, so with several micro-batches per step those are the same
 //! values made again. This pass moves them (`abs_max`, `quantize`, `quantize_transposed` of a
-//! weight) into the `WeightQuant` phase after the optimizer, whose section the trainer also runs
+//! weight, and `transpose_fp8` of such a copy) into the `WeightQuant` phase after the optimizer, whose section the trainer also runs
 //! once after the weights are set or restored; their outputs become persistent
 //! (`QuantizedWeight`). It trades memory (about two bytes per block weight element, both copies
 //! kept for the whole step) for time (the quantisations of `grad_accum − 1` micro-batches): the
@@ -18,7 +18,8 @@
 //! quantisation that no longer belongs to a block's forward.
 
 use crate::memory_edit::{ProgramEdit, edit_graph};
-use llmq_compiler::ir::{Graph, Node, Phase, Role};
+use indexmap::IndexSet;
+use llmq_compiler::ir::{Graph, Node, Phase, Role, TensorId};
 use llmq_compiler::kernels::Op;
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 
@@ -41,9 +42,7 @@ impl Pass for PersistWeightQuants {
 impl PersistWeightQuants {
     /// The pass as an edit of a program (the nodes in schedule order); roles change in `graph`.
     pub fn edit(&self, graph: &mut Graph, edit: &mut ProgramEdit) {
-        let moved: Vec<usize> = (0..edit.program.len())
-            .filter(|&i| quantises_a_weight(graph, &edit.program[i]))
-            .collect();
+        let moved = weight_quantisations(graph, &edit.program);
         let Some(last) = edit.program.len().checked_sub(1) else {
             return;
         };
@@ -63,13 +62,27 @@ impl PersistWeightQuants {
 
 /// True when `program` quantises a weight, so the pass has something to move.
 pub fn quantises_weights(graph: &Graph, program: &[Node]) -> bool {
-    program.iter().any(|n| quantises_a_weight(graph, n))
+    !weight_quantisations(graph, program).is_empty()
 }
 
-/// An abs-max or a quantisation of a weight (`fp8_casts` makes them for the block linears).
-fn quantises_a_weight(graph: &Graph, node: &Node) -> bool {
-    matches!(
-        node.op,
-        Op::AbsMax(_) | Op::Quantize(_) | Op::QuantizeTransposed(_)
-    ) && graph.tensor(node.inputs[0]).role == Role::Weight
+/// The program indices of the abs-maxes and quantisations of weights (`fp8_casts` makes them
+/// for the block linears), and of the transposes of those copies.
+fn weight_quantisations(graph: &Graph, program: &[Node]) -> Vec<usize> {
+    let mut copies: IndexSet<TensorId> = IndexSet::new();
+    let mut found = Vec::new();
+    for (i, node) in program.iter().enumerate() {
+        let source = node.inputs.first().copied();
+        let of_weight = source.is_some_and(|t| match node.op {
+            Op::AbsMax(_) | Op::Quantize(_) | Op::QuantizeTransposed(_) => {
+                graph.tensor(t).role == Role::Weight
+            }
+            Op::TransposeFp8(_) => copies.contains(&t),
+            _ => false,
+        });
+        if of_weight {
+            copies.extend(node.outputs.iter().copied());
+            found.push(i);
+        }
+    }
+    found
 }

@@ -33,17 +33,42 @@ fn fp8_casts_on_the_tiny_model() {
     // Per layer one abs-max per distinct operand: forward inputs h (shared by q/k/v), attn,
     // m (shared by gate/up), act and the 7 weights; backward the 7 output gradients.
     assert_eq!(count(&|op| matches!(op, Op::AbsMax(_))), 2 * (4 + 7 + 7));
-    for (_, node) in graph.nodes().filter(|(_, n)| matches!(n.op, Op::AbsMax(_))) {
-        let amax = graph.tensor(node.outputs[0]);
-        let read_in_backward = graph
+    // The backward's operands of x and W are the forward's FP8 copies (transposed): saved for
+    // it, and never quantised again; the backward quantises only gradients.
+    let read_in_backward = |t| {
+        graph
             .nodes()
-            .any(|(_, n)| n.phase == Phase::Backward && n.inputs.contains(&node.outputs[0]));
-        // Forward abs-maxes of x and W are reused by the backward's transposed quantisations.
-        if node.phase == Phase::Forward {
-            assert!(read_in_backward, "{} is not reused by backward", amax.name);
-            assert_eq!(amax.role, Role::Saved, "{}", amax.name);
+            .any(|(_, n)| n.phase == Phase::Backward && n.inputs.contains(&t))
+    };
+    for (_, node) in graph
+        .nodes()
+        .filter(|(_, n)| matches!(n.op, Op::Quantize(_)))
+    {
+        for &t in node.outputs.iter().filter(|_| node.phase == Phase::Forward) {
+            let copy = graph.tensor(t);
+            assert!(
+                read_in_backward(t),
+                "{} is not reused by backward",
+                copy.name
+            );
+            assert_eq!(copy.role, Role::Saved, "{}", copy.name);
+        }
+        if node.phase == Phase::Backward {
+            let source = graph.tensor(node.inputs[0]);
+            assert_eq!(
+                source.role,
+                Role::Workspace,
+                "{} quantised again",
+                source.name
+            );
         }
     }
+    assert_eq!(count(&|op| matches!(op, Op::QuantizeTransposed(_))), 0);
+    // Per layer: x of the 4 input groups and dy of the 7 matmuls transposed for dW, W for dx.
+    assert_eq!(
+        count(&|op| matches!(op, Op::TransposeFp8(_))),
+        2 * (4 + 7 + 7)
+    );
 }
 
 #[test]

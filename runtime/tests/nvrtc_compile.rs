@@ -150,6 +150,10 @@ const KERNELS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "transpose.cu",
+        &["transpose_fp8_e4m3", "transpose_fp8_e5m2"],
+    ),
+    (
         "zero.cu",
         &["zero_f32", "zero_bf16", "zero_e4m3", "zero_e5m2"],
     ),

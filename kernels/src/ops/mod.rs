@@ -21,6 +21,7 @@ mod rms_norm;
 mod rope;
 mod sum_squares;
 mod swiglu;
+mod transpose;
 mod zero;
 
 pub use abs_max::AbsMax;
@@ -42,4 +43,5 @@ pub use rms_norm::{RmsNorm, RmsNormAbsMax, RmsNormBackward};
 pub use rope::{Rope, RopeBackward};
 pub use sum_squares::SumSquares;
 pub use swiglu::{SwiGlu, SwiGluAbsMax, SwiGluBackward, SwiGluBackwardAbsMax};
+pub use transpose::TransposeFp8;
 pub use zero::Zero;

@@ -77,8 +77,8 @@ const COLSUM_COUNTERS: u64 = 4096;
 /// Bytes of the backend's kernel scratch: the split column sums' partials and counters.
 pub const SCRATCH_BYTES: usize = 8 << 20;
 
-/// The tile side and threads per block of quantize_transposed (QT_TILE, QT_THREADS in
-/// quantize.cu).
+/// The tile side and threads per block of quantize_transposed and transpose_fp8 (QT_TILE,
+/// QT_THREADS in quantize.cu; TR_TILE, TR_THREADS in transpose.cu).
 const QUANTIZE_TILE: u64 = 64;
 const QUANTIZE_TRANSPOSED_BLOCK: u32 = 256;
 
@@ -632,6 +632,14 @@ impl StepContext<'_> {
                 let rows = n / cols;
                 call.name = format!("{base}_{}_{}", x.dtype, self.out_ty(0).dtype);
                 call.args = vec![i(0), i(1), o(0), o(1), I64(rows as i64), I32(cols as i32)];
+                call.grid = rows.div_ceil(QUANTIZE_TILE) * cols.div_ceil(QUANTIZE_TILE);
+                call.block = QUANTIZE_TRANSPOSED_BLOCK;
+            }
+            Op::TransposeFp8(_) => {
+                self.no_acc()?;
+                let cols = x.last_dim();
+                let rows = n / cols;
+                call.args = vec![i(0), o(0), I64(rows as i64), I32(cols as i32)];
                 call.grid = rows.div_ceil(QUANTIZE_TILE) * cols.div_ceil(QUANTIZE_TILE);
                 call.block = QUANTIZE_TRANSPOSED_BLOCK;
             }

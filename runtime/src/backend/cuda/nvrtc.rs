@@ -62,6 +62,7 @@ pub const SOURCES: &[Source] = &[
     source!("rope.cu"),
     source!("sum_squares.cu"),
     source!("swiglu.cu"),
+    source!("transpose.cu"),
     source!("zero.cu"),
 ];
 
