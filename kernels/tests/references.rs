@@ -769,18 +769,21 @@ fn classifier_cross_entropy_equals_unfused_head_and_loss() {
     }
 }
 
+/// `n` normal values of standard deviation `scale`, rounded to BF16 (what a BF16 tensor holds).
+fn bf16_normals(seed: u64, stream: u64, n: u64, scale: f64) -> Vec<f32> {
+    normals(seed, stream, n as usize, scale)
+        .into_iter()
+        .map(|v| round_to(DType::BF16, v))
+        .collect()
+}
+
 /// The fused residual add + RMSNorm gives, bit for bit, what `add` then `rms_norm` give once the
 /// sum is stored in BF16, as the fusion pass requires.
 #[test]
 fn add_rms_norm_equals_add_then_rms_norm() {
     let s = seed();
     let (rows, hidden) = (6u64, 32u64);
-    let bf16 = |stream, n: u64, scale| -> Vec<f32> {
-        normals(s, stream, n as usize, scale)
-            .into_iter()
-            .map(|v| round_to(DType::BF16, v))
-            .collect()
-    };
+    let bf16 = |stream, n: u64, scale| bf16_normals(s, stream, n, scale);
     let act = TensorType::new([rows, hidden], DType::BF16);
     let a = (act.clone(), bf16(1, rows * hidden, 3.0));
     let b = (act.clone(), bf16(2, rows * hidden, 0.5));
@@ -821,12 +824,7 @@ fn add_rms_norm_equals_add_then_rms_norm() {
 fn abs_max_variants_equal_the_op_then_abs_max() {
     let s = seed();
     let (rows, hidden) = (6u64, 32u64);
-    let bf16 = |stream, n: u64, scale| -> Vec<f32> {
-        normals(s, stream, n as usize, scale)
-            .into_iter()
-            .map(|v| round_to(DType::BF16, v))
-            .collect()
-    };
+    let bf16 = |stream, n: u64, scale| bf16_normals(s, stream, n, scale);
     let act = TensorType::new([rows, hidden], DType::BF16);
     let a = (act.clone(), bf16(1, rows * hidden, 3.0));
     let b = (act.clone(), bf16(2, rows * hidden, 0.5));
