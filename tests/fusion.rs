@@ -62,7 +62,8 @@ fn every_abs_max_of_a_norm_or_swiglu_output_is_fused_forward_and_backward() {
     for model in ["tiny.ron", "tiny-qwen3.ron"] {
         let plan = common::plan(model, &precision_options(Precision::Fp8, false));
         let unfused = common::plan(model, &precision_options(Precision::Fp8, true));
-        let count = |p: &Plan, name: &str| p.steps.iter().filter(|s| s.op.name() == name).count();
+        let count =
+            |p: &Plan, name: &str| p.steps.iter().filter(|s| s.node.op.name() == name).count();
         let layers = plan.model.dims["layers"] as usize;
         // Per block: the input norm (fused with the residual add but in the first block) and
         // the post-attention norm feed q/k/v and gate/up; swiglu feeds down; swiglu's backward
@@ -81,12 +82,12 @@ fn every_abs_max_of_a_norm_or_swiglu_output_is_fused_forward_and_backward() {
             "{model}"
         );
         // No abs_max is left reading what a norm or swiglu wrote.
-        for step in plan.steps.iter().filter(|s| s.op.name() == "abs_max") {
+        for step in plan.steps.iter().filter(|s| s.node.op.name() == "abs_max") {
             let writer = plan
                 .steps
                 .iter()
-                .find(|w| w.outputs.contains(&step.inputs[0]))
-                .map(|w| w.op.name());
+                .find(|w| w.node.outputs.contains(&step.node.inputs[0]))
+                .map(|w| w.node.op.name());
             assert!(
                 !matches!(
                     writer,
@@ -116,7 +117,7 @@ fn recomputed_blocks_recompute_their_fused_abs_maxes() {
         let recomputed = plan
             .steps
             .iter()
-            .filter(|s| s.phase == Phase::Backward && s.op.name() == name)
+            .filter(|s| s.node.phase == Phase::Backward && s.node.op.name() == name)
             .count();
         assert!(recomputed > 0, "no {name} recomputed");
     }
@@ -126,13 +127,23 @@ fn recomputed_blocks_recompute_their_fused_abs_maxes() {
 fn every_residual_add_feeding_a_norm_is_fused() {
     for model in ["tiny.ron", "tiny-qwen3.ron"] {
         let plan = common::plan(model, &options(false));
-        let count = |name: &str| plan.steps.iter().filter(|s| s.op.name() == name).count();
+        let count = |name: &str| {
+            plan.steps
+                .iter()
+                .filter(|s| s.node.op.name() == name)
+                .count()
+        };
         let layers = plan.model.dims["layers"] as usize;
         // Two residual adds per block, each followed by a norm (the next block's, or the final
         // one); the first block's input norm reads the embedding and stays.
         assert_eq!(count("add_rms_norm"), 2 * layers, "{model}");
         let unfused = common::plan(model, &options(true));
-        let norms = |p: &Plan| p.steps.iter().filter(|s| s.op.name() == "rms_norm").count();
+        let norms = |p: &Plan| {
+            p.steps
+                .iter()
+                .filter(|s| s.node.op.name() == "rms_norm")
+                .count()
+        };
         assert_eq!(norms(&unfused) - norms(&plan), 2 * layers, "{model}");
         assert!(plan.estimates.micro_batch_seconds < unfused.estimates.micro_batch_seconds);
     }

@@ -53,7 +53,7 @@ fn assert_uses_every_mechanism(plan: &Plan, recomputes: bool, chunks_lm_head: bo
     let chunked = plan
         .steps
         .iter()
-        .any(|s| s.op.name() == "classifier_cross_entropy");
+        .any(|s| s.node.op.name() == "classifier_cross_entropy");
     assert_eq!(chunked, chunks_lm_head);
     assert!(
         plan.steps

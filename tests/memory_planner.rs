@@ -50,7 +50,7 @@ fn assert_fits_like_llmq(plan: &Plan) {
     let streamed = plan
         .steps
         .iter()
-        .filter(|s| s.op.name() == "copy" && s.layer == Some(3) && s.stream == 1)
+        .filter(|s| s.node.op.name() == "copy" && s.node.layer == Some(3) && s.stream == 1)
         .count();
     assert!(streamed > 0, "no block weights streamed in: {text}");
     // Every decision is priced: it saves device memory.
@@ -83,7 +83,7 @@ fn qwen_0_5b_on_an_h100_keeps_everything() {
     assert!(plan.memory.is_empty(), "{:?}", decisions(&plan));
     assert_eq!(plan.host_arena_bytes, 0);
     assert!(plan.buffers.iter().all(|b| b.arena == Arena::Device));
-    assert!(plan.steps.iter().all(|s| s.op.name() != "copy"));
+    assert!(plan.steps.iter().all(|s| s.node.op.name() != "copy"));
 }
 
 /// Planning time limits hold for release builds (`cargo test --release --test

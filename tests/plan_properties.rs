@@ -56,14 +56,15 @@ fn assert_streams_keep_the_linear_order(plan: &Plan) {
             recorder[e as usize] = Some(s);
         }
         let touches_host = step
+            .node
             .inputs
             .iter()
-            .chain(&step.outputs)
+            .chain(&step.node.outputs)
             .any(|&t| plan.buffer_of(t).arena == Arena::Host);
         assert!(
-            !touches_host || step.op.name() == "copy",
+            !touches_host || step.node.op.name() == "copy",
             "step {s} ({}) touches the host arena",
-            step.op
+            step.node.op
         );
     }
     for section in &plan.sections {
@@ -90,8 +91,8 @@ fn assert_streams_keep_the_linear_order(plan: &Plan) {
             c[k] = s as i64;
             clock[s] = c;
             last_on[k] = Some(s);
-            let reads = step.inputs.iter().map(|&t| (t, false));
-            let writes = step.outputs.iter().map(|&t| (t, true));
+            let reads = step.node.inputs.iter().map(|&t| (t, false));
+            let writes = step.node.outputs.iter().map(|&t| (t, true));
             let mine: Vec<_> = reads
                 .chain(writes)
                 .map(|(t, w)| {
@@ -107,8 +108,8 @@ fn assert_streams_keep_the_linear_order(plan: &Plan) {
                         assert!(
                             clock[s][a_stream] >= a as i64,
                             "step {s} ({}) may run before step {a} ({}): they share bytes",
-                            step.op,
-                            plan.steps[a].op
+                            step.node.op,
+                            plan.steps[a].node.op
                         );
                     }
                 }
@@ -126,15 +127,15 @@ fn assert_inputs_produced_first(plan: &Plan) {
         written[i] = t.role.is_persistent();
     }
     for (s, step) in plan.steps.iter().enumerate() {
-        for t in &step.inputs {
+        for t in &step.node.inputs {
             assert!(
                 written[t.index()],
                 "step {s} ({}) reads {t} `{}` before any step writes it",
-                step.op,
+                step.node.op,
                 plan.tensor(*t).name
             );
         }
-        for t in &step.outputs {
+        for t in &step.node.outputs {
             written[t.index()] = true;
         }
     }

@@ -55,8 +55,8 @@ fn weight_copies_are_made_only_in_their_section() {
         .unwrap();
     assert_eq!(section.end as usize, plan.steps.len(), "it runs last");
     let quantises_weight = |s: &llmq_compiler::plan::Step| {
-        let source = plan.tensor(s.inputs[0]).role;
-        match s.op {
+        let source = plan.tensor(s.node.inputs[0]).role;
+        match s.node.op {
             Op::AbsMax(_) | Op::Quantize(_) | Op::QuantizeTransposed(_) => source == Role::Weight,
             Op::TransposeFp8(_) => source == Role::QuantizedWeight,
             _ => false,
@@ -68,13 +68,13 @@ fn weight_copies_are_made_only_in_their_section() {
             quantises_weight(step),
             inside,
             "step {i}: {}",
-            step.op.name()
+            step.node.op.name()
         );
     }
     // Every copy is persistent, and the micro-batches read them.
     let copies: Vec<_> = plan.steps[section.start as usize..]
         .iter()
-        .flat_map(|s| s.outputs.iter().copied())
+        .flat_map(|s| s.node.outputs.iter().copied())
         .collect();
     assert!(
         copies
@@ -83,7 +83,7 @@ fn weight_copies_are_made_only_in_their_section() {
     );
     let read_in_micro_batches = plan.steps[..section.start as usize]
         .iter()
-        .flat_map(|s| s.inputs.iter())
+        .flat_map(|s| s.node.inputs.iter())
         .filter(|t| copies.contains(t))
         .count();
     assert!(read_in_micro_batches >= copies.len() / 2);

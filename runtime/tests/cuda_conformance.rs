@@ -216,10 +216,12 @@ fn compare(dtype: DType, roundings: u64, cpu: &[f32], gpu: &[f32]) -> Option<Str
 /// LM head's backward adds each chunk's weight gradient into the (BF16) output, one rounding
 /// per chunk; the CPU reference sums every chunk in FP32 first.
 fn roundings(plan: &Plan, step: &Step, t: llmq_compiler::ir::TensorId) -> u64 {
-    match &step.op {
-        Op::ClassifierCrossEntropyBackward(c) if step.outputs[1] == t => {
-            plan.tensor(step.inputs[0]).ty.rows().div_ceil(c.chunk_rows)
-        }
+    match &step.node.op {
+        Op::ClassifierCrossEntropyBackward(c) if step.node.outputs[1] == t => plan
+            .tensor(step.node.inputs[0])
+            .ty
+            .rows()
+            .div_ceil(c.chunk_rows),
         _ => 1,
     }
 }
@@ -234,15 +236,20 @@ fn check_steps(label: &str, plan: &Plan, seed: u64, select: fn(&Step) -> bool) -
     for (i, step) in plan.steps.iter().enumerate().filter(|(_, s)| select(s)) {
         // Outputs get random old values too (kept when accumulating, else overwritten);
         // in-place outputs (AdamW's) keep their input's values.
-        let fresh_outputs = step.outputs.iter().filter(|t| !step.inputs.contains(t));
+        let fresh_outputs = step
+            .node
+            .outputs
+            .iter()
+            .filter(|t| !step.node.inputs.contains(t));
         let operands = step
+            .node
             .inputs
             .iter()
             .enumerate()
             .chain(fresh_outputs.map(|t| (usize::MAX, t)));
         for (k, (index, &t)) in operands.enumerate() {
             let n = plan.tensor(t).ty.numel() as usize;
-            let values = random_input(plan, &step.op, index, n, seed, (i * 64 + k) as u64);
+            let values = random_input(plan, &step.node.op, index, n, seed, (i * 64 + k) as u64);
             cpu.write_f32(t, &values).unwrap();
             gpu.write_f32(t, &values).unwrap();
         }
@@ -250,13 +257,13 @@ fn check_steps(label: &str, plan: &Plan, seed: u64, select: fn(&Step) -> bool) -
             .unwrap_or_else(|e| panic!("{label} cpu step {i}: {e}"));
         gpu.run_steps(i as u32, i as u32 + 1)
             .unwrap_or_else(|e| panic!("{label} gpu step {i}: {e}"));
-        for &t in &step.outputs {
+        for &t in &step.node.outputs {
             let tensor = plan.tensor(t);
             let (c, g) = (cpu.read_f32(t).unwrap(), gpu.read_f32(t).unwrap());
             let verdict = compare(tensor.ty.dtype, roundings(plan, step, t), &c, &g);
             let line = format!(
                 "{label} step {i:>3} {:<60} {:<28} {:>5} {}",
-                step.op.to_string(),
+                step.node.op.to_string(),
                 tensor.name,
                 tensor.ty.dtype.name(),
                 verdict.as_deref().unwrap_or("ok")
@@ -309,7 +316,7 @@ fn every_step_of_small_plans_matches_the_cpu_reference() {
     // The tensor-core attention kernels (head sizes 64 and 128), on the first block of real
     // models, with a sequence that ends inside a tile.
     let first_attention = |s: &Step| {
-        s.layer == Some(0) && matches!(s.op, Op::Attention(_) | Op::AttentionBackward(_))
+        s.node.layer == Some(0) && matches!(s.node.op, Op::Attention(_) | Op::AttentionBackward(_))
     };
     for (label, model) in [
         ("qwen2.5-0.5b", "qwen2.5-0.5b.ron"),

@@ -165,7 +165,7 @@ fn profile(gpu: &mut CudaBackend, plan: &Plan) {
             .unwrap()
             .expect("the CUDA backend times steps");
         for (step, t) in plan.steps[section.start as usize..].iter().zip(times) {
-            let name = step.op.spec().name();
+            let name = step.node.op.spec().name();
             match per_op.iter_mut().find(|e| e.0 == name) {
                 Some(e) => {
                     e.1 += 1;

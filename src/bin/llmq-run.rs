@@ -240,7 +240,7 @@ fn print_profile(backend: &mut dyn Backend) -> Result<()> {
             estimate * 1e3
         );
         for (step, t) in steps.iter().zip(times) {
-            let name = step.op.name().to_string();
+            let name = step.node.op.name().to_string();
             match per_op.iter_mut().find(|(n, ..)| *n == name) {
                 Some(entry) => {
                     entry.1 += 1;

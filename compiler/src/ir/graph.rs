@@ -55,7 +55,7 @@ impl Phase {
 }
 
 /// One op applied to tensors.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// The op from the catalogue.
     pub op: Op,

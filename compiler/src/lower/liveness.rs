@@ -25,7 +25,7 @@ pub fn liveness(graph: &Graph, steps: &[Step]) -> Vec<Interval> {
     let last_step = steps.len().saturating_sub(1) as u32;
     let mut intervals: Vec<Option<Interval>> = vec![None; graph.tensor_count()];
     for (s, step) in steps.iter().enumerate() {
-        for t in step.inputs.iter().chain(&step.outputs) {
+        for t in step.node.inputs.iter().chain(&step.node.outputs) {
             let slot = &mut intervals[t.index()];
             let s = s as u32;
             *slot = Some(match *slot {

@@ -177,12 +177,7 @@ fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Schedule
             let stream = streams::stream_of(graph, &node.inputs, &node.outputs);
             let estimate = step_estimate(estimator.estimate(graph, &node, device), stream, device);
             Step {
-                op: node.op,
-                inputs: node.inputs,
-                outputs: node.outputs,
-                accumulate: node.accumulate,
-                phase: node.phase,
-                layer: node.layer,
+                node,
                 stream,
                 waits: Vec::new(),
                 records: None,
@@ -224,7 +219,7 @@ fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Schedule
 
     let mut intervals = liveness(graph, &steps);
     for (copy, release) in releases {
-        for &t in &steps[copy as usize].inputs {
+        for &t in &steps[copy as usize].node.inputs {
             let i = &mut intervals[t.index()];
             i.last = i.last.max(release);
         }
@@ -232,7 +227,7 @@ fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Schedule
     // A transient tensor no step touches (a pass replaced its ops) takes no bytes.
     let mut touched = vec![false; graph.tensor_count()];
     for step in &steps {
-        for t in step.inputs.iter().chain(&step.outputs) {
+        for t in step.node.inputs.iter().chain(&step.node.outputs) {
             touched[t.index()] = true;
         }
     }
@@ -343,7 +338,7 @@ fn estimates(
     // Model FLOPs: the forward's matrix work (every matmul and attention) times three.
     let forward_matrix_flops: f64 = steps
         .iter()
-        .filter(|s| s.phase == Phase::Forward && s.op.spec().uses_matrix_units())
+        .filter(|s| s.node.phase == Phase::Forward && s.node.op.spec().uses_matrix_units())
         .map(|s| s.estimate.flops)
         .sum();
     let micro_tokens = (options.batch * options.seq) as f64;

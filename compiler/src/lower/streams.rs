@@ -69,14 +69,14 @@ pub fn place_events(
             {
                 waits[s].push(c);
             }
-            for t in step.inputs.iter().chain(&step.outputs) {
+            for t in step.node.inputs.iter().chain(&step.node.outputs) {
                 if let Some(w) = last_writer[t.index()]
                     && steps[w].stream != step.stream
                 {
                     waits[s].push(w);
                 }
             }
-            for t in &step.outputs {
+            for t in &step.node.outputs {
                 last_writer[t.index()] = Some(s);
             }
             if step.stream == COMPUTE {

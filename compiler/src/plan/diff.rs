@@ -144,7 +144,7 @@ fn step_counts(plan: &Plan) -> IndexMap<String, usize> {
     let mut counts = IndexMap::new();
     for s in &plan.steps {
         *counts
-            .entry(format!("{} {}", s.phase.name(), s.op.name()))
+            .entry(format!("{} {}", s.node.phase.name(), s.node.op.name()))
             .or_insert(0) += 1;
     }
     counts

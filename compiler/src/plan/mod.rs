@@ -17,10 +17,10 @@ pub use report::{live_bytes, memory_profile, report_html, step_times};
 pub use show::{ShowOptions, fits, group_digits, show_plan, summary};
 
 use crate::autodiff::{OptimizerOptions, TrainIo};
-use crate::ir::{BufferId, Category, Init, Phase, Role, TensorId};
+use crate::ir::{BufferId, Category, Init, Node, Role, TensorId};
 use crate::target::{DeviceProfile, Precision};
 use indexmap::IndexMap;
-use llmq_kernels::{Op, TensorType};
+use llmq_kernels::TensorType;
 use serde::{Deserialize, Serialize};
 
 /// Where a buffer lives.
@@ -88,18 +88,8 @@ pub enum StreamKind {
 /// One op of the schedule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Step {
-    /// The op.
-    pub op: Op,
-    /// Operands.
-    pub inputs: Vec<TensorId>,
-    /// Results.
-    pub outputs: Vec<TensorId>,
-    /// Per output: add into it instead of overwriting.
-    pub accumulate: Vec<bool>,
-    /// Forward, backward or optimizer.
-    pub phase: Phase,
-    /// The block it belongs to.
-    pub layer: Option<u32>,
+    /// The graph's node it runs: op, operands, results, phase, block.
+    pub node: Node,
     /// The stream it runs on.
     pub stream: StreamId,
     /// Events to wait for before it starts.

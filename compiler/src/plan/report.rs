@@ -300,14 +300,18 @@ fn timeline_chart(html: &mut String, plan: &Plan) {
         let x0 = MARGIN_LEFT + WIDTH * start / total;
         let w = (WIDTH * (finish - start) / total).max(0.5);
         let y0 = top + lane * step.stream as f64 + 3.0;
-        let layer = step.layer.map(|l| format!(" L{l}")).unwrap_or_default();
+        let layer = step
+            .node
+            .layer
+            .map(|l| format!(" L{l}"))
+            .unwrap_or_default();
         let _ = writeln!(
             html,
             "<rect class=\"step\" x=\"{x0:.2}\" y=\"{y0:.1}\" width=\"{w:.2}\" height=\"{:.1}\" fill=\"{}\">\
              <title>step {i}{layer}: {} ({:.1} µs)</title></rect>",
             lane - 6.0,
             phase_colour(step),
-            escape(&step.op.to_string()),
+            escape(&step.node.op.to_string()),
             (finish - start) * 1e6
         );
     }
@@ -337,7 +341,7 @@ fn stream_name(kind: StreamKind) -> &'static str {
 }
 
 fn phase_colour(step: &Step) -> &'static str {
-    match step.phase {
+    match step.node.phase {
         Phase::Forward => "#4e79a7",
         Phase::Backward => "#f28e2b",
         Phase::Optimizer => "#59a14f",

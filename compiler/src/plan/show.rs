@@ -159,7 +159,7 @@ pub fn show_plan(plan: &Plan, opts: ShowOptions) -> String {
             for phase in Phase::ALL {
                 let steps: Vec<_> = plan.steps[s.start as usize..s.end as usize]
                     .iter()
-                    .filter(|st| st.phase == phase)
+                    .filter(|st| st.node.phase == phase)
                     .collect();
                 if steps.is_empty() {
                     continue;
@@ -180,15 +180,16 @@ pub fn show_plan(plan: &Plan, opts: ShowOptions) -> String {
     if opts.detail >= 2 {
         let _ = writeln!(out, "\nsteps:");
         for (i, step) in plan.steps.iter().enumerate() {
-            if opts.layer.is_some() && step.layer != opts.layer {
+            if opts.layer.is_some() && step.node.layer != opts.layer {
                 continue;
             }
             let name = |t: &crate::ir::TensorId| format!("{t} {}", plan.tensor(*t).name);
-            let ins: Vec<String> = step.inputs.iter().map(name).collect();
+            let ins: Vec<String> = step.node.inputs.iter().map(name).collect();
             let outs: Vec<String> = step
+                .node
                 .outputs
                 .iter()
-                .zip(&step.accumulate)
+                .zip(&step.node.accumulate)
                 .map(|(t, &acc)| {
                     if acc {
                         format!("+={}", name(t))
@@ -197,7 +198,7 @@ pub fn show_plan(plan: &Plan, opts: ShowOptions) -> String {
                     }
                 })
                 .collect();
-            let layer = step.layer.map(|l| format!("L{l}")).unwrap_or_default();
+            let layer = step.node.layer.map(|l| format!("L{l}")).unwrap_or_default();
             let mut events = String::new();
             if !step.waits.is_empty() {
                 let waits: Vec<String> = step.waits.iter().map(|e| format!("e{e}")).collect();
@@ -210,9 +211,9 @@ pub fn show_plan(plan: &Plan, opts: ShowOptions) -> String {
                 out,
                 "{i:>6} s{} {} {:<4} {}({}) -> {}   {} {:.3} ms{events}",
                 step.stream,
-                step.phase.name(),
+                step.node.phase.name(),
                 layer,
-                step.op,
+                step.node.op,
                 ins.join(", "),
                 outs.join(", "),
                 format_bytes(step.estimate.bytes as u64),

@@ -61,14 +61,16 @@ impl CpuBackend {
 
     fn run_step(&mut self, index: u32) -> Result<(), BackendError> {
         let step = &self.plan.steps[index as usize];
-        let inputs: Vec<Vec<f32>> = step.inputs.iter().map(|&t| self.load(t)).collect();
+        let inputs: Vec<Vec<f32>> = step.node.inputs.iter().map(|&t| self.load(t)).collect();
         let mut outputs: Vec<Vec<f32>> = step
+            .node
             .outputs
             .iter()
             .map(|&t| vec![0f32; self.plan.tensor(t).ty.numel() as usize])
             .collect();
         {
             let views: Vec<View> = step
+                .node
                 .inputs
                 .iter()
                 .zip(&inputs)
@@ -78,6 +80,7 @@ impl CpuBackend {
                 })
                 .collect();
             let mut outs: Vec<ViewMut> = step
+                .node
                 .outputs
                 .iter()
                 .zip(outputs.iter_mut())
@@ -86,17 +89,24 @@ impl CpuBackend {
                     data,
                 })
                 .collect();
-            step.op
+            step.node
+                .op
                 .spec()
                 .cpu(&views, &mut outs)
                 .map_err(|source| BackendError::Op {
                     step: index,
-                    op: step.op.name(),
+                    op: step.node.op.name(),
                     source,
                 })?;
         }
         let step = self.plan.steps[index as usize].clone();
-        for ((&t, mut values), &acc) in step.outputs.iter().zip(outputs).zip(&step.accumulate) {
+        for ((&t, mut values), &acc) in step
+            .node
+            .outputs
+            .iter()
+            .zip(outputs)
+            .zip(&step.node.accumulate)
+        {
             if acc {
                 for (v, old) in values.iter_mut().zip(self.load(t)) {
                     *v += old;

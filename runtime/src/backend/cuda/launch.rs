@@ -197,7 +197,7 @@ pub fn build(
         .map(|(i, step)| {
             let fail = |message: String| LaunchError {
                 step: i as u32,
-                op: step.op.to_string(),
+                op: step.node.op.to_string(),
                 message,
             };
             let ctx = StepContext {
@@ -255,34 +255,34 @@ struct KernelCall {
 
 impl StepContext<'_> {
     fn in_ty(&self, i: usize) -> &TensorType {
-        &self.plan.tensor(self.step.inputs[i]).ty
+        &self.plan.tensor(self.step.node.inputs[i]).ty
     }
     fn out_ty(&self, i: usize) -> &TensorType {
-        &self.plan.tensor(self.step.outputs[i]).ty
+        &self.plan.tensor(self.step.node.outputs[i]).ty
     }
     fn input(&self, i: usize) -> Arg {
-        Arg::Ptr((self.address)(self.step.inputs[i]))
+        Arg::Ptr((self.address)(self.step.node.inputs[i]))
     }
     fn output(&self, i: usize) -> Arg {
-        Arg::Ptr((self.address)(self.step.outputs[i]))
+        Arg::Ptr((self.address)(self.step.node.outputs[i]))
     }
     fn acc(&self, i: usize) -> bool {
-        self.step.accumulate[i]
+        self.step.node.accumulate[i]
     }
     /// The kernel's single `accumulate` flag, when every output agrees.
     fn acc_all(&self) -> Result<Arg, String> {
         let first = self.acc(0);
-        if self.step.accumulate.iter().all(|&a| a == first) {
+        if self.step.node.accumulate.iter().all(|&a| a == first) {
             Ok(Arg::I32(first as i32))
         } else {
             Err(format!(
                 "the kernel takes one accumulate flag for all outputs, the plan asks for {:?}",
-                self.step.accumulate
+                self.step.node.accumulate
             ))
         }
     }
     fn no_acc(&self) -> Result<(), String> {
-        if self.step.accumulate.iter().any(|&a| a) {
+        if self.step.node.accumulate.iter().any(|&a| a) {
             Err("the kernel cannot accumulate into its output".into())
         } else {
             Ok(())
@@ -290,7 +290,7 @@ impl StepContext<'_> {
     }
     /// The first float operand's dtype: the `{dtype}` of `{op}_{dtype}`.
     fn float_dtype(&self) -> Result<DType, String> {
-        let ins = self.step.inputs.iter().chain(&self.step.outputs);
+        let ins = self.step.node.inputs.iter().chain(&self.step.node.outputs);
         ins.map(|&t| self.plan.tensor(t).ty.dtype)
             .find(|d| d.is_float())
             .ok_or_else(|| "no float operand".to_string())
@@ -325,18 +325,18 @@ impl StepContext<'_> {
         if self.acc(i) {
             Vec::new()
         } else {
-            vec![(self.address)(self.step.outputs[i])]
+            vec![(self.address)(self.step.node.outputs[i])]
         }
     }
 
     fn launch(&self, modules: &Modules, gemms: &mut Gemms) -> Result<Launch, String> {
-        let op = &self.step.op;
+        let op = &self.step.node.op;
         if let Op::Copy(_) = op {
             return Ok(Launch {
                 zero_first: Vec::new(),
                 actions: vec![Action::Copy {
-                    dst: (self.address)(self.step.outputs[0]),
-                    src: (self.address)(self.step.inputs[0]),
+                    dst: (self.address)(self.step.node.outputs[0]),
+                    src: (self.address)(self.step.node.inputs[0]),
                     bytes: self.out_ty(0).bytes() as usize,
                 }],
             });
@@ -345,7 +345,7 @@ impl StepContext<'_> {
             return Ok(Launch {
                 zero_first: Vec::new(),
                 actions: vec![Action::Memset {
-                    ptr: (self.address)(self.step.outputs[0]),
+                    ptr: (self.address)(self.step.node.outputs[0]),
                     bytes: self.out_ty(0).bytes() as usize,
                 }],
             });
@@ -357,6 +357,7 @@ impl StepContext<'_> {
         let shapes = [
             self.in_ty(0).shape.as_slice(),
             self.step
+                .node
                 .inputs
                 .get(1)
                 .map(|&t| self.plan.tensor(t).ty.shape.as_slice())
@@ -395,9 +396,14 @@ impl StepContext<'_> {
     /// GEMM in `linear`'s mapping, A = b and B = a, the descales read on the device.
     fn fp8_matmul(&self, gemms: &mut Gemms) -> Result<Launch, String> {
         let (a, b, c) = (self.in_ty(0), self.in_ty(2), self.out_ty(0));
-        let shape = GemmShape::of(&self.step.op, [&a.shape, &b.shape], c.dtype, self.acc(0))
-            .expect("fp8_matmul is a matmul")
-            .with_types(b.dtype, a.dtype, c.dtype);
+        let shape = GemmShape::of(
+            &self.step.node.op,
+            [&a.shape, &b.shape],
+            c.dtype,
+            self.acc(0),
+        )
+        .expect("fp8_matmul is a matmul")
+        .with_types(b.dtype, a.dtype, c.dtype);
         let gemm = gemms.prepare(shape).map_err(|e| e.to_string())?;
         let ptr = |a: Arg| a.slot();
         Ok(Launch {
@@ -423,7 +429,7 @@ impl StepContext<'_> {
         dtype: DType,
     ) -> Result<Launch, String> {
         use Arg::{I32, I64, Ptr};
-        let (backward, chunk_rows) = match &self.step.op {
+        let (backward, chunk_rows) = match &self.step.node.op {
             Op::ClassifierCrossEntropy(c) => (false, c.chunk_rows),
             Op::ClassifierCrossEntropyBackward(c) => (true, c.chunk_rows),
             _ => unreachable!("called for the chunked head only"),
@@ -527,7 +533,7 @@ impl StepContext<'_> {
 
     fn kernel_call(&self, dtype: DType) -> Result<KernelCall, String> {
         use Arg::{F32, I32, I64};
-        let op = &self.step.op;
+        let op = &self.step.node.op;
         let base = op.spec().cuda_kernel();
         let mut call = KernelCall {
             name: format!("{base}_{dtype}"),
@@ -766,7 +772,7 @@ impl StepContext<'_> {
                 // Every input, then every output (the abs-max last); the weight, the last
                 // input, is one group.
                 self.no_acc()?;
-                let (ins, outs) = (self.step.inputs.len(), self.step.outputs.len());
+                let (ins, outs) = (self.step.node.inputs.len(), self.step.node.outputs.len());
                 let group = self.in_ty(ins - 1).numel();
                 call.args = (0..ins).map(i).chain((0..outs).map(o)).collect();
                 call.args
@@ -805,11 +811,11 @@ impl StepContext<'_> {
             }
             Op::AdamW(a) => {
                 self.no_acc()?;
-                if self.step.outputs
+                if self.step.node.outputs
                     != [
-                        self.step.inputs[0],
-                        self.step.inputs[2],
-                        self.step.inputs[3],
+                        self.step.node.inputs[0],
+                        self.step.node.inputs[2],
+                        self.step.node.inputs[3],
                     ]
                 {
                     return Err(

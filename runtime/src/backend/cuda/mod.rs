@@ -276,7 +276,8 @@ impl CudaBackend {
 
     fn enqueue_step(&self, index: u32) -> Result<(), BackendError> {
         let step = &self.plan.steps[index as usize];
-        let fail = |e: String| BackendError::Device(format!("step {index} ({}): {e}", step.op));
+        let fail =
+            |e: String| BackendError::Device(format!("step {index} ({}): {e}", step.node.op));
         let stream = &self.streams[step.stream as usize];
         for &w in &step.waits {
             stream
