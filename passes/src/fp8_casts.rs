@@ -161,17 +161,7 @@ impl Quantizer<'_, '_> {
                 self.rw.graph().tensor(t).name,
                 if transposed { "qT" } else { "q" }
             );
-            let role = temporary_role(self.rw.graph(), anchor);
-            let out = self
-                .rw
-                .apply_before(
-                    anchor,
-                    TransposeFp8.into(),
-                    &[other],
-                    std::slice::from_ref(&name),
-                    role,
-                )
-                .map_err(|e| failed(format!("transposing `{name}`: {e}")))?[0];
+            let out = self.make(anchor, TransposeFp8.into(), &[other], &[name])?[0];
             self.quantized.insert((t, transposed), (out, descale));
             return Ok((out, descale));
         }
@@ -188,11 +178,7 @@ impl Quantizer<'_, '_> {
                 [format!("{name}.q"), format!("{name}.descale")],
             )
         };
-        let role = temporary_role(self.rw.graph(), anchor);
-        let out = self
-            .rw
-            .apply_before(anchor, op, &[t, amax], &names, role)
-            .map_err(|e| failed(format!("quantising `{name}`: {e}")))?;
+        let out = self.make(anchor, op, &[t, amax], &names)?;
         self.quantized.insert((t, transposed), (out[0], out[1]));
         Ok((out[0], out[1]))
     }
@@ -203,19 +189,25 @@ impl Quantizer<'_, '_> {
             return Ok(a);
         }
         let name = format!("{}.amax", self.rw.graph().tensor(t).name);
-        let role = temporary_role(self.rw.graph(), anchor);
-        let amax = self
-            .rw
-            .apply_before(
-                anchor,
-                AbsMax.into(),
-                &[t],
-                std::slice::from_ref(&name),
-                role,
-            )
-            .map_err(|e| failed(format!("{name}: {e}")))?[0];
+        let amax = self.make(anchor, AbsMax.into(), &[t], &[name])?[0];
         self.amax.insert(t, amax);
         Ok(amax)
+    }
+
+    /// `op` applied to `inputs` right before `anchor`, its outputs named `names`, in the role
+    /// of a temporary of `anchor`'s phase.
+    fn make(
+        &mut self,
+        anchor: NodeId,
+        op: Op,
+        inputs: &[TensorId],
+        names: &[String],
+    ) -> Result<Vec<TensorId>, PassError> {
+        let role = temporary_role(self.rw.graph(), anchor);
+        let what = op.name();
+        self.rw
+            .apply_before(anchor, op, inputs, names, role)
+            .map_err(|e| failed(format!("{what} making `{}`: {e}", names[0])))
     }
 }
 
