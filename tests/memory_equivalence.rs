@@ -101,10 +101,7 @@ fn every_mechanism_trains_bit_identically(precision: Precision) {
     for choice in [mixed, recompute_and_offload] {
         let plan = compile_with_choice(&model(), &opts, &choice).unwrap().plan;
         assert_uses_every_mechanism(&plan, true, choice.lm_head_chunk.is_some());
-        let quantizes_once = plan
-            .sections
-            .iter()
-            .any(|s| s.name == QUANTIZE_WEIGHTS_SECTION);
+        let quantizes_once = plan.section(QUANTIZE_WEIGHTS_SECTION).is_some();
         assert_eq!(quantizes_once, choice.persist_weight_quants);
         let (losses, state) = train(plan, &data);
         assert_eq!(losses, reference.0, "losses differ for {choice:?}");

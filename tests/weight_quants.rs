@@ -18,9 +18,7 @@ fn model() -> PathBuf {
 }
 
 fn has_quantize_section(plan: &Plan) -> bool {
-    plan.sections
-        .iter()
-        .any(|s| s.name == QUANTIZE_WEIGHTS_SECTION)
+    plan.section(QUANTIZE_WEIGHTS_SECTION).is_some()
 }
 
 /// Plans `precision` with `accum` micro-batches and room for everything.
@@ -48,11 +46,7 @@ fn the_planner_quantises_weights_once_per_step_only_when_it_pays() {
 #[test]
 fn weight_copies_are_made_only_in_their_section() {
     let plan = roomy(2, Precision::Fp8);
-    let section = plan
-        .sections
-        .iter()
-        .find(|s| s.name == QUANTIZE_WEIGHTS_SECTION)
-        .unwrap();
+    let section = plan.section(QUANTIZE_WEIGHTS_SECTION).unwrap();
     assert_eq!(section.end as usize, plan.steps.len(), "it runs last");
     let quantises_weight = |s: &llmq_compiler::plan::Step| {
         let source = plan.tensor(s.node.inputs[0]).role;

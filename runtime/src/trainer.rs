@@ -147,12 +147,7 @@ impl Trainer {
     /// Makes the weights' FP8 copies, in a plan that keeps them across micro-batches (they are
     /// made after each optimizer step, and here after the weights are set or restored).
     fn quantize_weights(&mut self) -> Result<(), BackendError> {
-        let has_section = |p: &Plan| {
-            p.sections
-                .iter()
-                .any(|s| s.name == QUANTIZE_WEIGHTS_SECTION)
-        };
-        if has_section(self.plan()) {
+        if self.plan().section(QUANTIZE_WEIGHTS_SECTION).is_some() {
             self.backend.run_section(QUANTIZE_WEIGHTS_SECTION)?;
         }
         Ok(())

@@ -80,7 +80,7 @@ fn fp8_weights_once() -> Plan {
         80 << 30,
     );
     let section = llmq_compiler::plan::QUANTIZE_WEIGHTS_SECTION;
-    assert!(plan.sections.iter().any(|s| s.name == section));
+    assert!(plan.section(section).is_some());
     plan
 }
 

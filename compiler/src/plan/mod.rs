@@ -282,6 +282,11 @@ impl Plan {
         self.options.batch * self.options.seq * self.options.grad_accum as u64
     }
 
+    /// The section called `name`, if the plan has one.
+    pub fn section(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
     /// The section of a step.
     pub fn section_of(&self, step: u32) -> Option<&Section> {
         self.sections

@@ -95,9 +95,7 @@ pub trait Backend {
     fn run_section(&mut self, name: &str) -> Result<(), BackendError> {
         let section = self
             .plan()
-            .sections
-            .iter()
-            .find(|s| s.name == name)
+            .section(name)
             .map(|s| (s.start, s.end))
             .ok_or_else(|| {
                 BackendError::Unavailable(format!("the plan has no section `{name}`"))

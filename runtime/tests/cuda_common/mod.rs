@@ -9,12 +9,7 @@ use llmq_runtime::backend::cuda;
 /// FP8 copies across micro-batches make them after each optimizer step and after the weights
 /// are written), as the trainer does.
 pub fn quantize_weights(backend: &mut dyn Backend) {
-    let plan = backend.plan();
-    if plan
-        .sections
-        .iter()
-        .any(|s| s.name == QUANTIZE_WEIGHTS_SECTION)
-    {
+    if backend.plan().section(QUANTIZE_WEIGHTS_SECTION).is_some() {
         backend.run_section(QUANTIZE_WEIGHTS_SECTION).unwrap();
     }
 }
