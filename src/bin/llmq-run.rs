@@ -4,7 +4,7 @@
 //! "Pride and Prejudice", byte-level) on the CPU: the quickest way to see the system work.
 
 use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{Args as _, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use llmq_compiler::plan::Plan;
 use llmq_compiler::target::device;
 use llmq_passes::{CompileOptions, compile};
@@ -404,17 +404,16 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The flags that only shape a plan made from a spec: given with a plan file, they would be
-/// silently ignored, so they are refused.
-const PLANNING_FLAGS: [&str; 7] = [
-    "batch",
-    "seq",
-    "grad_accum",
-    "precision",
-    "grad_fp8",
-    "weight_decay",
-    "grad_clip",
-];
+/// The flags that only shape a plan made from a spec (the step's shape and the recipe): given
+/// with a plan file they would be silently ignored, so they are refused.
+fn planning_flag_ids() -> Vec<String> {
+    let recipe = RecipeArgs::augment_args(clap::Command::new("recipe"));
+    let ids = recipe.get_arguments().map(|a| a.get_id().to_string());
+    ["batch".to_string(), "seq".to_string()]
+        .into_iter()
+        .chain(ids)
+        .collect()
+}
 
 /// Parses the command line; refuses planning flags next to a plan file.
 fn parse_args() -> Result<Args> {
@@ -425,7 +424,7 @@ fn parse_args() -> Result<Args> {
         .as_ref()
         .filter(|m| m.extension().is_some_and(|e| e == "bin"))
     {
-        let given: Vec<String> = PLANNING_FLAGS
+        let given: Vec<String> = planning_flag_ids()
             .iter()
             .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
             .map(|id| format!("--{}", id.replace('_', "-")))
