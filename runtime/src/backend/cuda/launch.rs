@@ -632,20 +632,18 @@ impl StepContext<'_> {
                 ];
                 call.grid = n / group;
             }
-            Op::QuantizeTransposed(_) => {
+            Op::QuantizeTransposed(_) | Op::TransposeFp8(_) => {
+                // Both move 64×64 tiles of x = [rows, cols] into the [cols, rows] layout.
                 self.no_acc()?;
                 let cols = x.last_dim();
                 let rows = n / cols;
-                call.name = format!("{base}_{}_{}", x.dtype, self.out_ty(0).dtype);
-                call.args = vec![i(0), i(1), o(0), o(1), I64(rows as i64), I32(cols as i32)];
-                call.grid = rows.div_ceil(QUANTIZE_TILE) * cols.div_ceil(QUANTIZE_TILE);
-                call.block = QUANTIZE_TRANSPOSED_BLOCK;
-            }
-            Op::TransposeFp8(_) => {
-                self.no_acc()?;
-                let cols = x.last_dim();
-                let rows = n / cols;
-                call.args = vec![i(0), o(0), I64(rows as i64), I32(cols as i32)];
+                call.args = if let Op::QuantizeTransposed(_) = op {
+                    call.name = format!("{base}_{}_{}", x.dtype, self.out_ty(0).dtype);
+                    vec![i(0), i(1), o(0), o(1)]
+                } else {
+                    vec![i(0), o(0)]
+                };
+                call.args.extend([I64(rows as i64), I32(cols as i32)]);
                 call.grid = rows.div_ceil(QUANTIZE_TILE) * cols.div_ceil(QUANTIZE_TILE);
                 call.block = QUANTIZE_TRANSPOSED_BLOCK;
             }
