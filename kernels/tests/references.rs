@@ -777,17 +777,30 @@ fn bf16_normals(seed: u64, stream: u64, n: u64, scale: f64) -> Vec<f32> {
         .collect()
 }
 
+/// A BF16 activation type `[rows, hidden]` and random BF16 inputs of a residual add + RMSNorm:
+/// the residual `a`, the branch `b` and the norm weight `w`.
+fn residual_and_norm_weight(
+    s: u64,
+    rows: u64,
+    hidden: u64,
+) -> (TensorType, [(TensorType, Vec<f32>); 3]) {
+    let act = TensorType::new([rows, hidden], DType::BF16);
+    let a = (act.clone(), bf16_normals(s, 1, rows * hidden, 3.0));
+    let b = (act.clone(), bf16_normals(s, 2, rows * hidden, 0.5));
+    let w = (
+        TensorType::new([hidden], DType::BF16),
+        bf16_normals(s, 3, hidden, 1.0),
+    );
+    (act, [a, b, w])
+}
+
 /// The fused residual add + RMSNorm gives, bit for bit, what `add` then `rms_norm` give once the
 /// sum is stored in BF16, as the fusion pass requires.
 #[test]
 fn add_rms_norm_equals_add_then_rms_norm() {
     let s = seed();
     let (rows, hidden) = (6u64, 32u64);
-    let bf16 = |stream, n: u64, scale| bf16_normals(s, stream, n, scale);
-    let act = TensorType::new([rows, hidden], DType::BF16);
-    let a = (act.clone(), bf16(1, rows * hidden, 3.0));
-    let b = (act.clone(), bf16(2, rows * hidden, 0.5));
-    let w = (TensorType::new([hidden], DType::BF16), bf16(3, hidden, 1.0));
+    let (act, [a, b, w]) = residual_and_norm_weight(s, rows, hidden);
     let bits = |values: &[f32], dtype| -> Vec<u32> {
         values
             .iter()
@@ -825,10 +838,7 @@ fn abs_max_variants_equal_the_op_then_abs_max() {
     let s = seed();
     let (rows, hidden) = (6u64, 32u64);
     let bf16 = |stream, n: u64, scale| bf16_normals(s, stream, n, scale);
-    let act = TensorType::new([rows, hidden], DType::BF16);
-    let a = (act.clone(), bf16(1, rows * hidden, 3.0));
-    let b = (act.clone(), bf16(2, rows * hidden, 0.5));
-    let w = (TensorType::new([hidden], DType::BF16), bf16(3, hidden, 1.0));
+    let (act, [a, b, w]) = residual_and_norm_weight(s, rows, hidden);
     let (eps, dtype) = (1e-6, DType::BF16);
     // (fused, unfused, inputs, the unfused output whose abs-max the fused op emits)
     type Inputs = Vec<(TensorType, Vec<f32>)>;
