@@ -545,3 +545,18 @@ impl JsonLog {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parallel_fill;
+
+    #[test]
+    fn parallel_fill_gives_every_index_its_own_value() {
+        // Several chunks (at least 2^16 values each), the last one short.
+        for n in [0, 1, 5, (3 << 16) + 7] {
+            let value = |i: usize| (i as f32).sin() + i as f32;
+            let expected: Vec<f32> = (0..n).map(value).collect();
+            assert_eq!(parallel_fill(n, value), expected, "n = {n}");
+        }
+    }
+}
