@@ -2,12 +2,16 @@
 #include "common.cuh"
 
 // add_{f32,bf16}(const T* a, const T* b, T* c, long long n)
-// grid: any (grid-stride), block: any. `c` may alias `a` or `b`.
+// grid: any (grid-stride, eight elements per thread and step), block: any. `c` may alias `a`
+// or `b` (each element is read and written by the same thread).
 template <typename T>
 __device__ void add(const T* a, const T* b, T* c, long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        store(c, i, load(a, i) + load(b, i));
+    for (long long i = first8(); i < n; i += stride8()) {
+        float x[8], y[8];
+        load8(a, i, n, x);
+        load8(b, i, n, y);
+        for (int k = 0; k < 8; ++k) x[k] += y[k];
+        store8(c, i, n, x);
     }
 }
 

@@ -36,29 +36,51 @@ __device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, float* amax,
 //                              T* dw, float* scratch, long long groups, int group_size,
 //                              int accumulate_dx, int accumulate_dw)
 // One flag per output: the weight gradient accumulates over micro-batches, dx usually not.
-// grid: groups + ceil(group_size / 32)·COLSUM_CHUNKS, block: a multiple of 32, at most 1024.
-// Blocks [0, groups) each write one group of dx: with x̂ = x·r and ĝ = dy·w,
-// dx = r·(ĝ − x̂·mean(ĝ·x̂)). The blocks after them write dw = Σ_groups dy·x̂, deterministically
-// (column_sum_split in common.cuh; scratch is the backend's).
+// grid: ceil(groups / (block/32)) + ceil(group_size / 32)·COLSUM_CHUNKS, block: a multiple of
+// 32, at most 1024. The first blocks write dx, one warp per group (a group is a few hundred to
+// a few thousand elements: a warp reads it 16 bytes per lane, and its reduction needs no
+// barrier): with x̂ = x·r and ĝ = dy·w, dx = r·(ĝ − x̂·mean(ĝ·x̂)). The blocks after them write
+// dw = Σ_groups dy·x̂, deterministically (column_sum_split in common.cuh; scratch is the
+// backend's).
 template <typename T>
 __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
                                   T* dw, float* scratch, long long groups, int group_size,
                                   int accumulate_dx, int accumulate_dw) {
-    if (blockIdx.x < groups) {
-        const long long g = blockIdx.x;
+    const int warps = blockDim.x >> 5;
+    const long long dx_blocks = (groups + warps - 1) / warps;
+    if (blockIdx.x < dx_blocks) {
+        const int lane = threadIdx.x & 31;
+        const long long g = blockIdx.x * warps + (threadIdx.x >> 5);
+        if (g >= groups) return;
         const long long base = g * group_size;
+        const T* dyg = dy + base;
+        const T* xg = x + base;
+        T* dxg = dx + base;
         const float r = rstd[g];
         float dot = 0.0f;
-        for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
-            dot += load(dy, base + i) * load(w, i) * load(x, base + i) * r;
+        for (int i = lane * 8; i < group_size; i += 32 * 8) {
+            float d[8], xv[8], wv[8];
+            load8(dyg, i, group_size, d);
+            load8(xg, i, group_size, xv);
+            load8(w, i, group_size, wv);
+            for (int k = 0; k < 8; ++k) dot += d[k] * wv[k] * xv[k] * r;
         }
-        const float mean = block_sum(dot) / (float)group_size;
-        for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
-            const float xv = load(x, base + i);
-            store_acc(dx, base + i, r * (load(dy, base + i) * load(w, i) - xv * r * mean), accumulate_dx);
+        const float mean = warp_sum(dot) / (float)group_size;
+        for (int i = lane * 8; i < group_size; i += 32 * 8) {
+            float d[8], xv[8], wv[8], out[8];
+            load8(dyg, i, group_size, d);
+            load8(xg, i, group_size, xv);
+            load8(w, i, group_size, wv);
+            for (int k = 0; k < 8; ++k) out[k] = r * (d[k] * wv[k] - xv[k] * r * mean);
+            if (accumulate_dx) {
+                float old[8];
+                load8(dxg, i, group_size, old);
+                for (int k = 0; k < 8; ++k) out[k] += old[k];
+            }
+            store8(dxg, i, group_size, out);
         }
     } else {
-        const long long block = blockIdx.x - groups;
+        const long long block = blockIdx.x - dx_blocks;
         const int i = (int)(block % ((group_size + 31) / 32)) * 32 + (threadIdx.x & 31);
         float total;
         const bool mine = column_sum_split(groups, group_size, block, scratch, [&](long long g) {

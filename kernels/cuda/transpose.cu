@@ -2,17 +2,51 @@
 // `x` is [rows, cols] row-major FP8 (one byte per element), `t` is [cols, rows]: t[c][r] =
 // x[r][c], bytes copied unchanged (the descale is the source's). fmt: e4m3, e5m2.
 // grid: ceil(rows/TR_TILE)·ceil(cols/TR_TILE), block: TR_THREADS.
-// A block moves one 64×64 tile through shared memory: it reads x's rows four bytes per thread
-// where they are 4-byte aligned and writes t's rows four bytes (four rows of x) per thread.
+// A block moves one 64×64 tile through shared memory. A whole tile whose rows start 16-byte
+// aligned (cols and rows multiples of 16, as every model's are) is read 16 bytes of one x row
+// per thread and written 16 bytes of one t row (sixteen rows of x) per thread; other tiles
+// (the edges of odd shapes) go byte by byte.
 #define TR_TILE 64
 #define TR_THREADS 256
+#define TR_VEC 16
 
 __device__ void transpose_bytes(const unsigned char* x, unsigned char* t, long long rows,
                                 int cols) {
-    __shared__ unsigned char tile[TR_TILE][TR_TILE + 4];
+    // Rows padded by 4 bytes: the column reads of the store phase spread over the banks.
+    __shared__ __align__(16) unsigned char tile[TR_TILE][TR_TILE + 4];
     const int col_tiles = (cols + TR_TILE - 1) / TR_TILE;
     const long long r0 = (long long)(blockIdx.x / col_tiles) * TR_TILE;
     const int c0 = (int)(blockIdx.x % col_tiles) * TR_TILE;
+    const bool vector = r0 + TR_TILE <= rows && c0 + TR_TILE <= cols && cols % TR_VEC == 0 &&
+                        rows % TR_VEC == 0 &&
+                        reinterpret_cast<unsigned long long>(x) % TR_VEC == 0 &&
+                        reinterpret_cast<unsigned long long>(t) % TR_VEC == 0;
+    const int per_row = TR_TILE / TR_VEC;  // 16-byte pieces of a tile row
+    if (vector) {
+        for (int k = threadIdx.x; k < TR_TILE * per_row; k += TR_THREADS) {
+            const int tr = k / per_row, tc = (k % per_row) * TR_VEC;
+            const uint4 v = *reinterpret_cast<const uint4*>(x + (r0 + tr) * cols + c0 + tc);
+            unsigned int* dst = reinterpret_cast<unsigned int*>(&tile[tr][tc]);
+            dst[0] = v.x;
+            dst[1] = v.y;
+            dst[2] = v.z;
+            dst[3] = v.w;
+        }
+        __syncthreads();
+        for (int k = threadIdx.x; k < TR_TILE * per_row; k += TR_THREADS) {
+            const int tc = k / per_row, tr = (k % per_row) * TR_VEC;
+            unsigned int w[4];
+            for (int q = 0; q < 4; ++q) {
+                w[q] = 0;
+                for (int j = 0; j < 4; ++j) {
+                    w[q] |= (unsigned int)tile[tr + 4 * q + j][tc] << (8 * j);
+                }
+            }
+            *reinterpret_cast<uint4*>(t + (long long)(c0 + tc) * rows + r0 + tr) =
+                make_uint4(w[0], w[1], w[2], w[3]);
+        }
+        return;
+    }
     for (int k = threadIdx.x; k < TR_TILE * TR_TILE; k += TR_THREADS) {
         const int tr = k / TR_TILE, tc = k % TR_TILE;
         const long long r = r0 + tr;
@@ -20,20 +54,11 @@ __device__ void transpose_bytes(const unsigned char* x, unsigned char* t, long l
         tile[tr][tc] = (r < rows && c < cols) ? x[r * cols + c] : 0;
     }
     __syncthreads();
-    const bool aligned = rows % 4 == 0;
-    for (int k = threadIdx.x; k < TR_TILE * (TR_TILE / 4); k += TR_THREADS) {
-        const int tc = k / (TR_TILE / 4), tr = (k % (TR_TILE / 4)) * 4;
+    for (int k = threadIdx.x; k < TR_TILE * TR_TILE; k += TR_THREADS) {
+        const int tc = k / TR_TILE, tr = k % TR_TILE;
         const int c = c0 + tc;
         const long long r = r0 + tr;
-        if (c >= cols || r >= rows) continue;
-        unsigned char* out = t + (long long)c * rows + r;
-        if (aligned && r + 4 <= rows) {
-            unsigned int word = 0;
-            for (int j = 0; j < 4; ++j) word |= (unsigned int)tile[tr + j][tc] << (8 * j);
-            *reinterpret_cast<unsigned int*>(out) = word;
-        } else {
-            for (int j = 0; j < 4 && r + j < rows; ++j) out[j] = tile[tr + j][tc];
-        }
+        if (c < cols && r < rows) t[(long long)c * rows + r] = tile[tr][tc];
     }
 }
 

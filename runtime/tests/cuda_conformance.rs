@@ -142,9 +142,18 @@ fn random_input(plan: &Plan, op: &Op, index: usize, n: usize, seed: u64, stream:
     let u = |i: usize| rng::uniform(seed, stream, i as u64);
     let range = |lo: f64, hi: f64| (0..n).map(|i| (lo + (hi - lo) * u(i)) as f32).collect();
     match (op, index) {
-        (Op::Embedding(_) | Op::EmbeddingBackward(_), 0) => {
-            (0..n).map(|i| (u(i) * vocab).floor() as f32).collect()
-        }
+        (Op::Embedding(_), 0) => (0..n).map(|i| (u(i) * vocab).floor() as f32).collect(),
+        // Every other token the same id: in a plan of over 2048 tokens that id takes the
+        // kernel's scanning path (more than 1024 positions), the others its sorted buckets.
+        (Op::EmbeddingBackward(_), 0) => (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    1.0
+                } else {
+                    (u(i) * vocab).floor() as f32
+                }
+            })
+            .collect(),
         // Targets, about one in sixteen ignored (negative).
         (Op::CrossEntropy(_) | Op::CrossEntropyBackward(_), 1) => (0..n)
             .map(|i| ((u(i) * (vocab + vocab / 15.0)).floor() - vocab / 15.0).max(-1.0) as f32)
@@ -325,6 +334,28 @@ fn every_step_of_small_plans_matches_the_cpu_reference() {
         let p = plan(model, 2, 160, 1, Precision::Bf16);
         failures.extend(check_steps(label, &p, seed, first_attention));
     }
+    // Real widths for the vectorised kernels (RoPE's eight pairs per thread, the warp-per-row
+    // RMSNorm backward, the 16-byte FP8 transpose) and the embedding's backward over a real
+    // vocabulary, on the first block of the 0.5B in FP8.
+    let first_block_elementwise = |s: &Step| {
+        let block_op = matches!(
+            s.node.op,
+            Op::Rope(_) | Op::RopeBackward(_) | Op::RmsNormBackward(_) | Op::TransposeFp8(_)
+        );
+        (s.node.layer == Some(0) && block_op) || matches!(s.node.op, Op::EmbeddingBackward(_))
+    };
+    let q05_fp8 = plan("qwen2.5-0.5b.ron", 2, 160, 1, Precision::Fp8);
+    failures.extend(check_steps(
+        "qwen2.5-0.5b fp8",
+        &q05_fp8,
+        seed,
+        first_block_elementwise,
+    ));
+    // 4096 tokens: one id is named 2048 times (the embedding backward's scanning path).
+    let many_tokens = plan("tiny.ron", 8, 512, 1, Precision::Bf16);
+    failures.extend(check_steps("tiny bf16 8x512", &many_tokens, seed, |s| {
+        matches!(s.node.op, Op::EmbeddingBackward(_))
+    }));
     assert!(
         failures.is_empty(),
         "{} outputs beyond tolerance:\n{}",

@@ -82,6 +82,11 @@ pub const SCRATCH_BYTES: usize = 8 << 20;
 const QUANTIZE_TILE: u64 = 64;
 const QUANTIZE_TRANSPOSED_BLOCK: u32 = 256;
 
+/// Pairs per head and sequences per thread of rope and rope_backward (ROPE_WIDTH, ROPE_BATCH in
+/// rope.cu): a thread's angles serve every head of that many rows.
+const ROPE_WIDTH: u64 = 8;
+const ROPE_BATCH: u64 = 4;
+
 /// Columns each thread of embedding_backward keeps (EMB_COLS_PER_THREAD in embedding.cu).
 const EMBEDDING_COLS_PER_THREAD: u64 = 16;
 
@@ -385,6 +390,9 @@ impl StepContext<'_> {
         if let Op::ClassifierCrossEntropy(_) | Op::ClassifierCrossEntropyBackward(_) = op {
             return self.chunked_head(modules, gemms, dtype);
         }
+        if let Op::EmbeddingBackward(e) = op {
+            return self.embedding_backward(modules, e.vocab, dtype);
+        }
         let mut call = self.kernel_call(dtype)?;
         Ok(Launch {
             zero_first: std::mem::take(&mut call.zero_first),
@@ -531,6 +539,103 @@ impl StepContext<'_> {
         })
     }
 
+    /// The embedding's backward (embedding.cu): the token positions bucket-sorted by id in the
+    /// kernel scratch (count, scan, bucket), then one block per table row summing its dy rows
+    /// in token order. The scratch holds, after the split column sums' counters (which must
+    /// stay zero), `count[vocab]`, `cursor[vocab]`, `start[vocab]` and `bucket[tokens]`.
+    fn embedding_backward(
+        &self,
+        modules: &Modules,
+        vocab: u64,
+        dtype: DType,
+    ) -> Result<Launch, String> {
+        use Arg::{I32, I64, Ptr};
+        let tokens = self.in_ty(0).numel();
+        let cols = self.in_ty(1).last_dim();
+        let threads = cols
+            .div_ceil(EMBEDDING_COLS_PER_THREAD)
+            .next_multiple_of(32);
+        if threads > 1024 {
+            return Err(format!(
+                "embedding_backward takes at most 16384 columns, got {cols}"
+            ));
+        }
+        let base = COLSUM_COUNTERS * 4;
+        let bytes = base + (3 * vocab + tokens) * 4;
+        if bytes > SCRATCH_BYTES as u64 {
+            return Err(format!(
+                "embedding_backward of {tokens} tokens over a vocabulary of {vocab} needs \
+                 {bytes} bytes of kernel scratch, more than {SCRATCH_BYTES}"
+            ));
+        }
+        if self.step.stream != 0 {
+            return Err("a step using the kernel scratch must run on stream 0".into());
+        }
+        let count = self.scratch + base;
+        let cursor = count + vocab * 4;
+        let start = cursor + vocab * 4;
+        let bucket = start + vocab * 4;
+        let call = |name: String, grid: u64, block: u32, args: Vec<Arg>| KernelCall {
+            name,
+            grid,
+            block,
+            shared_bytes: 0,
+            args,
+            zero_first: Vec::new(),
+        };
+        let (n, v) = (I64(tokens as i64), I32(vocab as i32));
+        let grid = self.stride_grid(tokens);
+        let row_sums = call(
+            format!("embedding_backward_{dtype}"),
+            vocab,
+            (threads as u32).max(BLOCK),
+            vec![
+                self.input(0),
+                self.input(1),
+                self.output(0),
+                Ptr(count),
+                Ptr(start),
+                Ptr(bucket),
+                n,
+                v,
+                I32(cols as i32),
+                self.acc_all()?,
+            ],
+        );
+        let kernels = [
+            call(
+                "embedding_backward_count".into(),
+                grid,
+                BLOCK,
+                vec![self.input(0), Ptr(count), n, v],
+            ),
+            call(
+                "embedding_backward_scan".into(),
+                1,
+                1024,
+                vec![Ptr(count), Ptr(start), v],
+            ),
+            call(
+                "embedding_backward_bucket".into(),
+                grid,
+                BLOCK,
+                vec![self.input(0), Ptr(start), Ptr(cursor), Ptr(bucket), n, v],
+            ),
+            row_sums,
+        ];
+        let mut actions = vec![Action::Memset {
+            ptr: count,
+            bytes: (2 * vocab * 4) as usize,
+        }];
+        for kernel in kernels {
+            actions.push(kernel_action(modules, kernel)?);
+        }
+        Ok(Launch {
+            zero_first: Vec::new(),
+            actions,
+        })
+    }
+
     fn kernel_call(&self, dtype: DType) -> Result<KernelCall, String> {
         use Arg::{F32, I32, I64};
         let op = &self.step.node.op;
@@ -560,28 +665,6 @@ impl StepContext<'_> {
                     I32(cols as i32),
                 ];
                 call.grid = self.stride_grid(n * cols);
-            }
-            Op::EmbeddingBackward(e) => {
-                let cols = self.in_ty(1).last_dim();
-                let threads = cols
-                    .div_ceil(EMBEDDING_COLS_PER_THREAD)
-                    .next_multiple_of(32);
-                if threads > 1024 {
-                    return Err(format!(
-                        "embedding_backward takes at most 16384 columns, got {cols}"
-                    ));
-                }
-                call.args = vec![
-                    i(0),
-                    i(1),
-                    o(0),
-                    I64(n as i64),
-                    I32(e.vocab as i32),
-                    I32(cols as i32),
-                    self.acc_all()?,
-                ];
-                call.grid = e.vocab;
-                call.block = (threads as u32).max(BLOCK);
             }
             Op::RmsNorm(r) => {
                 self.no_acc()?;
@@ -614,7 +697,8 @@ impl StepContext<'_> {
                     I32(self.acc(0) as i32),
                     I32(self.acc(1) as i32),
                 ];
-                call.grid = groups + sum_blocks;
+                // One warp per group writes dx (rms_norm.cu), then the column-sum blocks.
+                call.grid = groups.div_ceil(BLOCK as u64 / 32) + sum_blocks;
             }
             Op::AddRmsNorm(r) => {
                 self.no_acc()?;
@@ -694,7 +778,14 @@ impl StepContext<'_> {
                 } else {
                     self.no_acc()?;
                 }
-                call.grid = self.stride_grid(n / 2);
+                let half = head_dim / 2;
+                let width = if half % ROPE_WIDTH == 0 {
+                    ROPE_WIDTH
+                } else {
+                    1
+                };
+                let sequences = n / channels / seq;
+                call.grid = self.stride_grid(sequences.div_ceil(ROPE_BATCH) * seq * (half / width));
             }
             Op::Attention(_) | Op::AttentionBackward(_) => {
                 let (heads, kv_heads, head_dim) = match op {
@@ -857,12 +948,14 @@ impl StepContext<'_> {
             | Op::Copy(_)
             | Op::ClassifierCrossEntropy(_)
             | Op::ClassifierCrossEntropyBackward(_)
+            | Op::EmbeddingBackward(_)
             | Op::Linear(_)
             | Op::Fp8Matmul(_)
             | Op::LinearBackwardData(_)
             | Op::LinearBackwardWeight(_) => {
                 unreachable!(
-                    "memset, copy, chunked-head and cuBLASLt steps are built by the caller"
+                    "memset, copy, chunked-head, embedding-backward and cuBLASLt steps are built by \
+                     the caller"
                 )
             }
         }
