@@ -9,6 +9,16 @@
 // false, so a NaN `m` stays).
 __device__ __forceinline__ float nan_max(float m, float v) { return (v > m || isnan(v)) ? v : m; }
 
+// The abs-max of p[i..i+8) as `v` would be stored there (each value rounded to T), elements
+// from `n` on left out: what reading them back after store8 gives, without the read.
+template <typename T>
+__device__ __forceinline__ float abs_max8_as_stored(const T* p, long long i, long long n,
+                                                    const float v[8]) {
+    float m = 0.0f;
+    for (int k = 0; k < 8 && i + k < n; ++k) m = nan_max(m, fabsf(as_stored(p, v[k])));
+    return m;
+}
+
 // Folds every thread's partial `m` (a maximum of absolute values) into `*amax`: a NaN-aware
 // block reduction, then one atomic max on the float's bits per block. `*amax` must hold 0 (or
 // an earlier maximum) before the launch. Every thread of the block must call it (blockDim a

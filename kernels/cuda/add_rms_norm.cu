@@ -8,29 +8,42 @@
 //                         long long groups, int group_size, float eps)
 // add_rms_norm_abs_max_{f32,bf16}(const T* a, const T* b, const T* w, T* s, T* y, float* rstd,
 //                                 float* amax, long long groups, int group_size, float eps)
-// grid: groups (one block per group), block: multiple of 32. With `amax` (zeroed by the
-// launcher), the abs-max of `y` read back as stored, so it equals abs_max's on `y` bit for bit.
+// grid: ceil(groups / (block/32)), block: a multiple of 32: one warp per group, 16 bytes per
+// lane. With `amax` (zeroed by the launcher), the abs-max of `y` as stored, so it equals
+// abs_max's on `y` bit for bit.
 template <typename T>
 __device__ void add_rms_norm(const T* a, const T* b, const T* w, T* s, T* y, float* rstd,
                              float* amax, long long groups, int group_size, float eps) {
-    const long long g = blockIdx.x;
-    if (g >= groups) return;
-    const long long base = g * group_size;
-    float sq = 0.0f;
-    for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
-        store(s, base + i, load(a, base + i) + load(b, base + i));
-        const float v = load(s, base + i);
-        sq += v * v;
-    }
-    const float mean_sq = block_sum(sq) / (float)group_size;
-    const float r = 1.0f / sqrtf(mean_sq + eps);
-    // Each thread reads back only the elements of `s` it wrote itself: no barrier needed.
+    const int lane = threadIdx.x & 31;
+    const long long g = blockIdx.x * (long long)(blockDim.x >> 5) + (threadIdx.x >> 5);
     float m = 0.0f;
-    for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
-        store(y, base + i, load(s, base + i) * r * load(w, i));
-        if (amax) m = nan_max(m, fabsf(load(y, base + i)));
+    if (g < groups) {
+        const long long base = g * group_size;
+        float sq = 0.0f;
+        for (int i = lane * 8; i < group_size; i += 32 * 8) {
+            float u[8], v[8];
+            load8(a + base, i, group_size, u);
+            load8(b + base, i, group_size, v);
+            for (int k = 0; k < 8; ++k) u[k] += v[k];
+            store8(s + base, i, group_size, u);
+            // The sum as stored (rounded to T) is what is normalised.
+            for (int k = 0; k < 8; ++k) {
+                u[k] = as_stored(s, u[k]);
+                sq += u[k] * u[k];
+            }
+        }
+        const float r = 1.0f / sqrtf(warp_sum(sq) / (float)group_size + eps);
+        // Each lane reads back only the elements of `s` it wrote itself: no barrier needed.
+        for (int i = lane * 8; i < group_size; i += 32 * 8) {
+            float v[8], wv[8];
+            load8(s + base, i, group_size, v);
+            load8(w, i, group_size, wv);
+            for (int k = 0; k < 8; ++k) v[k] = v[k] * r * wv[k];
+            store8(y + base, i, group_size, v);
+            if (amax) m = nan_max(m, abs_max8_as_stored(y + base, i, group_size, v));
+        }
+        if (lane == 0) rstd[g] = r;
     }
-    if (threadIdx.x == 0) rstd[g] = r;
     if (amax) block_abs_max_into(m, amax);
 }
 

@@ -94,6 +94,15 @@ __device__ __forceinline__ void store8(T* p, long long i, long long n, const flo
     }
 }
 
+// `v` rounded to T's storage and widened back: what a store of `v` and a load give (the first
+// argument only names T).
+template <typename T>
+__device__ __forceinline__ float as_stored(const T*, float v) {
+    T e;
+    store(&e, 0, v);
+    return load(&e, 0);
+}
+
 // The first element of each group of eight a thread takes in a grid-stride loop over n
 // elements: `for (long long i = first8(); i < n; i += stride8())`.
 __device__ __forceinline__ long long first8() {

@@ -7,28 +7,35 @@
 //                     int group_size, float eps)
 // rms_norm_abs_max_{f32,bf16}(const T* x, const T* w, T* y, float* rstd, float* amax,
 //                             long long groups, int group_size, float eps)
-// grid: groups (one block per group), block: multiple of 32. With `amax` (zeroed by the
-// launcher), the abs-max of `y` read back as stored, so it equals abs_max's on `y` bit for bit.
+// grid: ceil(groups / (block/32)), block: a multiple of 32: one warp per group, reading it 16
+// bytes per lane (its reduction needs no barrier). With `amax` (zeroed by the launcher), the
+// abs-max of `y` as stored, so it equals abs_max's on `y` bit for bit.
 template <typename T>
 __device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, float* amax, long long groups,
                          int group_size, float eps) {
-    const long long g = blockIdx.x;
-    if (g >= groups) return;
-    const T* xg = x + g * group_size;
-    T* yg = y + g * group_size;
-    float sq = 0.0f;
-    for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
-        const float v = load(xg, i);
-        sq += v * v;
-    }
-    const float mean_sq = block_sum(sq) / (float)group_size;
-    const float r = 1.0f / sqrtf(mean_sq + eps);
+    const int lane = threadIdx.x & 31;
+    const long long g = blockIdx.x * (long long)(blockDim.x >> 5) + (threadIdx.x >> 5);
     float m = 0.0f;
-    for (int i = threadIdx.x; i < group_size; i += blockDim.x) {
-        store(yg, i, load(xg, i) * r * load(w, i));
-        if (amax) m = nan_max(m, fabsf(load(yg, i)));
+    if (g < groups) {
+        const T* xg = x + g * group_size;
+        T* yg = y + g * group_size;
+        float sq = 0.0f;
+        for (int i = lane * 8; i < group_size; i += 32 * 8) {
+            float v[8];
+            load8(xg, i, group_size, v);
+            for (int k = 0; k < 8; ++k) sq += v[k] * v[k];
+        }
+        const float r = 1.0f / sqrtf(warp_sum(sq) / (float)group_size + eps);
+        for (int i = lane * 8; i < group_size; i += 32 * 8) {
+            float v[8], wv[8];
+            load8(xg, i, group_size, v);
+            load8(w, i, group_size, wv);
+            for (int k = 0; k < 8; ++k) v[k] = v[k] * r * wv[k];
+            store8(yg, i, group_size, v);
+            if (amax) m = nan_max(m, abs_max8_as_stored(yg, i, group_size, v));
+        }
+        if (lane == 0) rstd[g] = r;
     }
-    if (threadIdx.x == 0) rstd[g] = r;
     if (amax) block_abs_max_into(m, amax);
 }
 

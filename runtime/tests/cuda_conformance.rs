@@ -335,12 +335,19 @@ fn every_step_of_small_plans_matches_the_cpu_reference() {
         failures.extend(check_steps(label, &p, seed, first_attention));
     }
     // Real widths for the vectorised kernels (RoPE's eight pairs per thread, the warp-per-row
-    // RMSNorm backward, the 16-byte FP8 transpose) and the embedding's backward over a real
+    // RMSNorms and RMSNorm backward, the 16-byte FP8 transpose) and the embedding's backward over a real
     // vocabulary, on the first block of the 0.5B in FP8.
     let first_block_elementwise = |s: &Step| {
         let block_op = matches!(
             s.node.op,
-            Op::Rope(_) | Op::RopeBackward(_) | Op::RmsNormBackward(_) | Op::TransposeFp8(_)
+            Op::Rope(_)
+                | Op::RopeBackward(_)
+                | Op::RmsNorm(_)
+                | Op::RmsNormAbsMax(_)
+                | Op::AddRmsNorm(_)
+                | Op::AddRmsNormAbsMax(_)
+                | Op::RmsNormBackward(_)
+                | Op::TransposeFp8(_)
         );
         (s.node.layer == Some(0) && block_op) || matches!(s.node.op, Op::EmbeddingBackward(_))
     };

@@ -678,7 +678,8 @@ impl StepContext<'_> {
                     I32(group as i32),
                     F32(r.eps),
                 ];
-                call.grid = n / group;
+                // One warp per group (rms_norm.cu, add_rms_norm.cu).
+                call.grid = (n / group).div_ceil(BLOCK as u64 / 32);
             }
             Op::RmsNormBackward(_) => {
                 let group = self.in_ty(2).numel();
@@ -714,7 +715,7 @@ impl StepContext<'_> {
                     I32(group as i32),
                     F32(r.eps),
                 ];
-                call.grid = n / group;
+                call.grid = (n / group).div_ceil(BLOCK as u64 / 32);
             }
             Op::QuantizeTransposed(_) | Op::TransposeFp8(_) => {
                 // Both move 64×64 tiles of x = [rows, cols] into the [cols, rows] layout.
@@ -866,7 +867,7 @@ impl StepContext<'_> {
                 call.args = (0..ins).map(i).chain((0..outs).map(o)).collect();
                 call.args
                     .extend([I64((n / group) as i64), I32(group as i32), F32(eps)]);
-                call.grid = n / group;
+                call.grid = (n / group).div_ceil(BLOCK as u64 / 32);
                 call.zero_first = self.scalar_out(outs - 1);
             }
             Op::CrossEntropy(_) => {
