@@ -80,6 +80,8 @@ pub struct Cost {
     pub bytes: f64,
     /// True when the FLOPs run on matrix units (so FP8 or BF16 peak applies).
     pub matrix_units: bool,
+    /// The op's matrix rate as a fraction of a large GEMM's (1 for the cuBLASLt matmuls).
+    pub matrix_rate: f64,
 }
 
 /// A reference used by a backward rule to name a tensor of the forward op it differentiates.
@@ -144,6 +146,12 @@ pub trait OpSpec {
     /// True when the op's FLOPs run on matrix units.
     fn uses_matrix_units(&self) -> bool {
         false
+    }
+    /// The rate its kernels reach on matrix units as a fraction of a large GEMM's, which the
+    /// cost model prices at a fixed share of the device's peak; 1 unless measured lower (each
+    /// such figure says where it was measured).
+    fn matrix_rate(&self) -> f64 {
+        1.0
     }
     /// Bytes moved: every operand read or written once.
     fn bytes(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
@@ -296,6 +304,7 @@ impl Op {
             flops: spec.flops(inputs, outputs),
             bytes: spec.bytes(inputs, outputs),
             matrix_units: spec.uses_matrix_units(),
+            matrix_rate: spec.matrix_rate(),
         }
     }
 }

@@ -20,7 +20,7 @@ pub fn estimate(
             Some(DType::F32) => device.fp32_tflops,
             _ => device.bf16_tflops,
         };
-        tflops * 1e12 * MATRIX_EFFICIENCY
+        tflops * 1e12 * MATRIX_EFFICIENCY * cost.matrix_rate
     } else {
         device.fp32_tflops * 1e12
     };
