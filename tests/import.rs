@@ -11,7 +11,7 @@ use llmq_compiler::target::Precision;
 use llmq_runtime::train::TrainError;
 use llmq_runtime::train::bpe::BpeTokenizer;
 use llmq_runtime::train::checkpoint::{TensorDtype, TensorRef, write_tensors};
-use llmq_runtime::train::data::{TokenVersion, write_token_file};
+use llmq_runtime::train::data::TokenFile;
 use llmq_runtime::train::gguf::GgufFile;
 use llmq_runtime::train::tokenizer::bundled_corpus;
 use llmq_runtime::trainer::{Trainer, TrainerError};
@@ -289,8 +289,21 @@ fn smollm2_gguf_predicts_austen_like_a_trained_model() {
         "{per_token} characters per token"
     );
 
-    let data = dir.path().join("austen.bin");
-    write_token_file(&data, &ids, TokenVersion::U16).unwrap();
+    // llmq-tokenize writes the same tokens as a token file.
+    let (text_file, data) = (dir.path().join("austen.txt"), dir.path().join("austen.bin"));
+    std::fs::write(&text_file, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmq-tokenize"))
+        .arg("--tokenizer")
+        .arg(&gguf)
+        .arg(&text_file)
+        .arg("-o")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let file = TokenFile::open(&data, 49152).unwrap();
+    let written: Vec<u32> = (0..file.len()).map(|i| file.token(i)).collect();
+    assert_eq!(written, ids);
     let data = data.to_str().unwrap();
     let mut t = trainer_on(plan, data, 49152, Some(data), 1, None);
     t.init_from(&gguf).unwrap();

@@ -56,6 +56,18 @@ pub struct BpeTokenizer {
 }
 
 impl BpeTokenizer {
+    /// The tokenizer of a `.gguf` file (recognised by its magic number) or a `tokenizer.json`.
+    pub fn open(path: &Path) -> Result<Self, TrainError> {
+        let mut magic = [0u8; 4];
+        let mut file = std::fs::File::open(path).map_err(TrainError::io(path, "open"))?;
+        let is_gguf = std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"GGUF";
+        if is_gguf {
+            Self::from_gguf(&GgufFile::open(path)?)
+        } else {
+            Self::from_tokenizer_json(path)
+        }
+    }
+
     /// The tokenizer stored in a GGUF file (`tokenizer.ggml.model = gpt2`).
     pub fn from_gguf(g: &GgufFile) -> Result<Self, TrainError> {
         let bad = |message: String| TrainError::BadTokenizer {
