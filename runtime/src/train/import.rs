@@ -342,9 +342,11 @@ fn check_gguf_fits(g: &GgufFile, plan: &Plan) -> Result<(), TrainError> {
         ));
     }
     let key = |k: &str| format!("{arch}.{k}");
-    let vocab = g
-        .uint(&key("vocab_size"))
-        .or_else(|| g.strings("tokenizer.ggml.tokens").map(|t| t.len() as u64));
+    // The embedding's rows, not the tokenizer's length: converters may pad one and not the other.
+    let vocab = g.uint(&key("vocab_size")).or_else(|| {
+        g.tensor("token_embd.weight")
+            .and_then(|t| t.shape().first().copied())
+    });
     let heads = g.uint(&key("attention.head_count"));
     let hidden = g.uint(&key("embedding_length"));
     let head_dim = g
