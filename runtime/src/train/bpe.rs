@@ -22,7 +22,7 @@ use std::path::Path;
 use fancy_regex::Regex;
 
 use super::TrainError;
-use super::gguf::GgufFile;
+use super::gguf::{GgufFile, is_gguf};
 
 /// GPT-2's pre-tokenizer pattern (Hugging Face `ByteLevel(use_regex = true)`).
 const GPT2_PATTERN: &str =
@@ -58,10 +58,7 @@ pub struct BpeTokenizer {
 impl BpeTokenizer {
     /// The tokenizer of a `.gguf` file (recognised by its magic number) or a `tokenizer.json`.
     pub fn open(path: &Path) -> Result<Self, TrainError> {
-        let mut magic = [0u8; 4];
-        let mut file = std::fs::File::open(path).map_err(TrainError::io(path, "open"))?;
-        let is_gguf = std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"GGUF";
-        if is_gguf {
+        if is_gguf(path)? {
             Self::from_gguf(&GgufFile::open(path)?)
         } else {
             Self::from_tokenizer_json(path)
@@ -427,6 +424,34 @@ mod tests {
             matches!(err, TrainError::Untokenizable { byte: 0, offset: 3 }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_tokenizer_json_gives_the_same_tokenizer() {
+        let alphabet = bytes_to_unicode();
+        let mut vocab = serde_json::Map::new();
+        for (i, c) in alphabet.iter().enumerate() {
+            vocab.insert(c.to_string(), i.into());
+        }
+        for (i, t) in ["Ġt", "Ġth", "Ġthe", "er"].iter().enumerate() {
+            vocab.insert(t.to_string(), (256 + i).into());
+        }
+        let json = serde_json::json!({
+            "model": {"type": "BPE", "vocab": vocab, "merges": ["Ġ t", ["Ġt", "h"], "Ġth e", "e r"]},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true},
+                {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true}
+            ]},
+            "added_tokens": [{"id": 260, "content": "<|endoftext|>"}],
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let t = BpeTokenizer::open(&path).unwrap();
+        assert_eq!(t.vocab_size(), 261);
+        let text = " the other 1813";
+        assert_eq!(t.encode(text).unwrap(), tiny().encode(text).unwrap());
+        assert_eq!(t.decode(&[260]).unwrap(), "<|endoftext|>");
     }
 
     #[test]

@@ -395,6 +395,13 @@ impl GgufFile {
     }
 }
 
+/// Whether the file at `path` starts with GGUF's magic number (a shorter file does not).
+pub fn is_gguf(path: &Path) -> Result<bool, TrainError> {
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(TrainError::io(path, "open"))?;
+    Ok(std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == MAGIC)
+}
+
 /// The little-endian `f16` at byte `at`, as `f32`.
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()

@@ -32,7 +32,7 @@ use llmq_kernels::Op;
 use safetensors::tensor::{Dtype, SafeTensors};
 
 use super::TrainError;
-use super::gguf::{GgufFile, GgufTensor};
+use super::gguf::{GgufFile, GgufTensor, is_gguf};
 
 /// File name of a single-file Hugging Face checkpoint inside a model directory.
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
@@ -381,14 +381,6 @@ fn check_gguf_fits(g: &GgufFile, plan: &Plan) -> Result<(), TrainError> {
         return Err(differ("rope_theta", spec.to_string(), file.to_string()));
     }
     Ok(())
-}
-
-/// Whether the file at `path` starts with GGUF's magic number.
-fn is_gguf(path: &Path) -> Result<bool, TrainError> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let mut f = std::fs::File::open(path).map_err(TrainError::io(path, "open"))?;
-    Ok(f.read_exact(&mut magic).is_ok() && &magic == b"GGUF")
 }
 
 /// The shards named by a `model.safetensors.index.json` (its `weight_map` values).
