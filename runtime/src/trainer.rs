@@ -191,7 +191,7 @@ impl Trainer {
     /// missing and extra tensors, a GGUF's dimensions), so nothing is written from a file that
     /// does not fit.
     pub fn init_from(&mut self, path: &Path) -> Result<(), TrainerError> {
-        let mut file = WeightFile::open(path)?;
+        let file = WeightFile::open(path)?;
         file.check(self.plan())?;
         let params = self.plan().io.params.clone();
         for p in params {

@@ -50,8 +50,6 @@ pub struct WeightFile {
     /// The path as given (file or directory), for messages.
     path: PathBuf,
     source: Source,
-    /// File tensor names [`WeightFile::fill`] has read.
-    used: HashSet<String>,
 }
 
 enum Source {
@@ -102,7 +100,6 @@ impl WeightFile {
         Ok(WeightFile {
             path: path.to_path_buf(),
             source,
-            used: HashSet::new(),
         })
     }
 
@@ -144,7 +141,7 @@ impl WeightFile {
     /// rows `rows` of `dest` (`[rows.len(), dest's other dims]`; for a vector, elements), and
     /// writes its values into those rows of `out`, which holds all of `dest` row-major.
     pub fn fill(
-        &mut self,
+        &self,
         hf_name: &str,
         dest: &PlanTensor,
         rows: Range<u64>,
@@ -160,7 +157,7 @@ impl WeightFile {
         let shape = &dest.ty.shape;
         let row_len: u64 = shape.iter().skip(1).product();
         let mut part = shape.clone();
-        part[0] = rows.end - rows.start;
+        part[0] = rows.end.saturating_sub(rows.start);
         let file_shape = self.shape(&file_name);
         if file_shape != part || rows.end > shape[0] || out.len() as u64 != dest.ty.numel() {
             return Err(TrainError::WeightShape {
@@ -176,7 +173,6 @@ impl WeightFile {
         }
         let at = (rows.start * row_len) as usize;
         out[at..at + values.len()].copy_from_slice(&values);
-        self.used.insert(file_name);
         Ok(())
     }
 

@@ -110,7 +110,7 @@ fn fill_unpermutes_llama_q_and_k_and_converts_names() {
     let dir = tempfile::tempdir().unwrap();
     let plan = tiny_plan();
     let path = tiny_gguf(dir.path(), "llama", 2, &[q]);
-    let mut file = WeightFile::open(&path).unwrap();
+    let file = WeightFile::open(&path).unwrap();
     let wq = plan
         .tensors
         .iter()
@@ -133,7 +133,7 @@ fn fill_unpermutes_llama_q_and_k_and_converts_names() {
         2,
         &[("blk.0.attn_q.weight", dims, 0, bytes(&file_rows))],
     );
-    let mut file = WeightFile::open(&path).unwrap();
+    let file = WeightFile::open(&path).unwrap();
     file.fill(
         "model.layers.0.self_attn.q_proj.weight",
         wq,
