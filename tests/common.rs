@@ -79,8 +79,23 @@ pub fn corpus(dir: &Path) -> String {
 
 /// A CPU trainer of `plan` on the token file `data`: seed 99, cosine schedule, no eval.
 pub fn trainer(plan: Plan, data: &str, steps: u64, checkpoints: Option<&Path>) -> Trainer {
+    trainer_on(plan, data, 256, None, steps, checkpoints)
+}
+
+/// [`trainer`] on token files of a `vocab`-token vocabulary, evaluating one micro-batch of
+/// `eval` (from its start) when given.
+pub fn trainer_on(
+    plan: Plan,
+    data: &str,
+    vocab: u32,
+    eval: Option<&str>,
+    steps: u64,
+    checkpoints: Option<&Path>,
+) -> Trainer {
     let (batch, seq) = (plan.options.batch as usize, plan.options.seq as usize);
-    let loader = DataLoader::new(TokenDataset::open(&[data], 256).unwrap(), batch, seq, 7).unwrap();
+    let loader = |path: &str| {
+        DataLoader::new(TokenDataset::open(&[path], vocab).unwrap(), batch, seq, 7).unwrap()
+    };
     let params = ScheduleParams {
         lr: 3e-3,
         min_lr: 3e-4,
@@ -92,14 +107,15 @@ pub fn trainer(plan: Plan, data: &str, steps: u64, checkpoints: Option<&Path>) -
         schedule: Schedule::parse("cosine", params).unwrap(),
         seed: 99,
         eval_every: 0,
-        eval_batches: 0,
+        eval_batches: 1,
         checkpoint_dir: checkpoints.map(Path::to_path_buf),
         checkpoint_every: 10,
         keep_last: 0,
         max_bad_steps: 3,
         peak_flops: None,
     };
-    Trainer::new(Box::new(CpuBackend::new(plan)), loader, None, opts)
+    let backend = Box::new(CpuBackend::new(plan));
+    Trainer::new(backend, loader(data), eval.map(loader), opts)
 }
 
 fn all_state(t: &mut Trainer) -> Vec<Vec<u8>> {

@@ -177,3 +177,31 @@ fn no_checkpoints_writes_none_and_refuses_checkpoint_flags_beside_it() {
     let (code, text) = tiny_run(dir.path(), &["--no-checkpoints", "--keep", "2"]);
     assert_refused(code, &text, &["--no-checkpoints", "--keep"]);
 }
+
+#[test]
+fn init_from_is_refused_beside_resume_and_names_a_file_that_is_not_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = tiny_run(dir.path(), &["--init-from", "w.safetensors", "--resume"]);
+    assert_refused(code, &text, &["--init-from", "--resume"]);
+
+    let (code, text) = tiny_run(
+        dir.path(),
+        &["--backend", "cpu", "--init-from", "absent.gguf"],
+    );
+    assert_refused(code, &text, &["absent.gguf"]);
+
+    std::fs::write(dir.path().join("notes.txt"), "not weights").unwrap();
+    let (code, text) = tiny_run(
+        dir.path(),
+        &["--backend", "cpu", "--init-from", "notes.txt"],
+    );
+    assert_refused(
+        code,
+        &text,
+        &["notes.txt", "not a safetensors or GGUF file"],
+    );
+    assert!(
+        !dir.path().join("runs/default/checkpoints").exists(),
+        "no checkpoint from a refused import"
+    );
+}

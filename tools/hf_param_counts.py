@@ -19,6 +19,7 @@ MODELS = {
     "llama-3.2-1b": LlamaConfig(vocab_size=128256, hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64, intermediate_size=8192, tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=500000.0),
     "llama-3.2-3b": LlamaConfig(vocab_size=128256, hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8, head_dim=128, intermediate_size=8192, tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=500000.0),
     "llama-3.1-8b": LlamaConfig(vocab_size=128256, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128, intermediate_size=14336, tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=500000.0),
+    "smollm2-135m": LlamaConfig(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64, intermediate_size=1536, tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0),
     "qwen3-0.6b": Qwen3Config(vocab_size=151936, hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=3072, tie_word_embeddings=True, rms_norm_eps=1e-6, rope_theta=1e6),
     "qwen3-8b": Qwen3Config(vocab_size=151936, hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128, intermediate_size=12288, tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=1e6),
 }

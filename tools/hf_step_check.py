@@ -3,6 +3,14 @@
     llmq-run plan.bin --dump-step dump/          # forward + backward of the first micro-batch
     python3 tools/hf_step_check.py dump/ models/qwen2.5-0.5b.ron --max-loss-rel 1e-3 --min-cos 0.999
 
+On trained weights (a GGUF or safetensors imported with --init-from, text tokenized by its own
+tokenizer; tied embeddings are handled):
+
+    llmq-tokenize --tokenizer SmolLM2.gguf data/pride-and-prejudice.txt -o austen-smollm.bin
+    llmq-run models/smollm2-135m.ron --init-from SmolLM2.gguf --data austen-smollm.bin --batch 4 \\
+        --seq 1024 --precision fp8 --dump-step dump/
+    python3 tools/hf_step_check.py dump/ models/smollm2-135m.ron --max-loss-rel 1e-2 --min-cos 0.98
+
 `dump/` holds what `llmq-run --dump-step` writes: `model.safetensors` (the weights under their
 Hugging Face names) and `step.safetensors` (`tokens`, `targets`, `loss`, `grad.<name>`). The model
 spec gives the architecture and shapes. The reference runs in FP32 (weights upcast from what LLMQ-rs

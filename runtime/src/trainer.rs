@@ -14,6 +14,7 @@ use crate::train::checkpoint::{
     CheckpointMeta, TensorDtype, TensorRef, load_checkpoint, save_checkpoint, write_tensors,
 };
 use crate::train::data::DataLoader;
+use crate::train::import::WeightFile;
 use crate::train::schedule::Schedule;
 use llmq_compiler::ir::{Init, TensorId};
 use llmq_compiler::plan::{Plan, QUANTIZE_WEIGHTS_SECTION};
@@ -176,6 +177,28 @@ impl Trainer {
                     })
                 }
             };
+            if let Some(master) = p.master {
+                self.backend.write_f32(master, &values)?;
+            }
+            self.backend.write_f32(p.weight, &values)?;
+        }
+        Ok(self.quantize_weights()?)
+    }
+
+    /// Initialises every parameter from a pretrained model's weights (see
+    /// [`crate::train::import`]): the weight rounded to its storage dtype, the master copy the
+    /// imported value, the moments zero. The file is checked against the plan first (shapes,
+    /// missing and extra tensors, a GGUF's dimensions), so nothing is written from a file that
+    /// does not fit.
+    pub fn init_from(&mut self, path: &Path) -> Result<(), TrainerError> {
+        let file = WeightFile::open(path)?;
+        file.check(self.plan())?;
+        let params = self.plan().io.params.clone();
+        for p in params {
+            let t = self.plan().tensor(p.weight).clone();
+            let name = t.hf_name.clone().unwrap_or(t.name.clone());
+            let mut values = vec![0.0f32; t.ty.numel() as usize];
+            file.fill(&name, &t, 0..t.ty.shape[0], &mut values)?;
             if let Some(master) = p.master {
                 self.backend.write_f32(master, &values)?;
             }

@@ -33,6 +33,7 @@ const LLAMA_ARCH: &str = include_str!("../../models/arch/llama.ron");
 ///   llmq-run                                    # tiny model, bundled corpus, CPU
 ///   llmq-run models/tiny.ron --steps 1000 --data 'data/*.bin'
 ///   llmq-run plan.bin --data 'train/*.bin' --eval-data val.bin --resume
+///   llmq-run models/smollm2-135m.ron --init-from SmolLM2-135M.gguf --data austen-smollm.bin
 #[derive(Parser)]
 #[command(name = "llmq-run", version, verbatim_doc_comment)]
 struct Args {
@@ -92,6 +93,11 @@ struct Args {
     /// Continue from the newest checkpoint in the run directory (or from the one given).
     #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
     resume: Option<Option<PathBuf>>,
+    /// Start from pretrained weights instead of the random init: a Hugging Face
+    /// model.safetensors, a directory of shards (model.safetensors.index.json) or a llama.cpp
+    /// .gguf (F32, F16, BF16, Q8_0, Q4_0, Q4_1), matched to the spec's Hugging Face names.
+    #[arg(long, value_name = "PATH", conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
     /// Evaluate every N steps (0: never).
     #[arg(long, default_value_t = 50)]
     eval_every: u64,
@@ -353,7 +359,13 @@ fn run(args: Args) -> Result<()> {
             trainer.resume(&path).into_diagnostic()?;
             println!("resumed from {} at step {}", path.display(), trainer.step);
         }
-        None => trainer.init_weights().into_diagnostic()?,
+        None => match &args.init_from {
+            Some(path) => {
+                trainer.init_from(path).into_diagnostic()?;
+                println!("weights from {}", path.display());
+            }
+            None => trainer.init_weights().into_diagnostic()?,
+        },
     }
     if let Some(dir) = &args.dump_step {
         let loss = trainer.dump_step(dir).into_diagnostic()?;

@@ -1,4 +1,5 @@
-//! The one error type of the trainer's pieces: data files, tokenizer, schedules and checkpoints.
+//! The one error type of the trainer's pieces: data files, tokenizers, schedules, checkpoints and
+//! imported weights.
 //!
 //! Every variant that concerns a file carries its path, and says what was expected, so the
 //! message alone tells a user what to fix.
@@ -189,6 +190,31 @@ pub enum TrainError {
         id: u32,
     },
 
+    /// A token id outside a tokenizer's vocabulary was given to decode.
+    #[error(
+        "cannot decode token {position}: id {id} is not below the vocabulary size {vocab_size}"
+    )]
+    UnknownToken {
+        /// Index in the sequence being decoded.
+        position: usize,
+        /// The id.
+        id: u32,
+        /// The tokenizer's vocabulary size.
+        vocab_size: u32,
+    },
+
+    /// Text holds a byte the tokenizer's vocabulary has no token for.
+    #[error(
+        "cannot tokenize byte {byte:#04x} at byte offset {offset} of the text: the vocabulary \
+         has no token for it (such vocabularies leave out control characters)"
+    )]
+    Untokenizable {
+        /// The byte.
+        byte: u8,
+        /// Its offset in the text.
+        offset: usize,
+    },
+
     /// A learning-rate schedule name is unknown.
     #[error("unknown learning-rate schedule `{name}`; expected one of: {expected}")]
     UnknownSchedule {
@@ -258,6 +284,103 @@ pub enum TrainError {
         found: u32,
         /// The version this build writes and reads.
         expected: u32,
+    },
+
+    /// A GGUF file is malformed or truncated.
+    #[error("`{path}` is not a readable GGUF file: {message}")]
+    BadGguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A GGUF tensor is stored in a type this reader does not dequantise.
+    #[error(
+        "`{path}`: tensor `{tensor}` is stored as {ggml_type}, which cannot be read yet \
+         (supported: {supported}); convert the file to one of those types"
+    )]
+    UnsupportedGgufType {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name in the file.
+        tensor: String,
+        /// ggml's name of its type.
+        ggml_type: String,
+        /// The types that can be read.
+        supported: &'static str,
+    },
+
+    /// A weight file (safetensors or its index) is malformed, or a tensor has an unusable dtype.
+    #[error("cannot import weights from `{path}`: {message}")]
+    BadWeights {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A weight file's architecture or dimensions disagree with the model spec.
+    #[error(
+        "`{path}` does not hold this model: {what}: spec {spec}, file {file} (is it the right \
+         model file for this spec?)"
+    )]
+    WeightsDoNotFitSpec {
+        /// The file.
+        path: PathBuf,
+        /// The quantity (`layers`, `architecture`, ...).
+        what: String,
+        /// The spec's value.
+        spec: String,
+        /// The file's value.
+        file: String,
+    },
+
+    /// Parameters of the plan have no tensor in the weight file.
+    #[error("`{path}` lacks {count} of the model's tensors, e.g. {names}")]
+    MissingWeights {
+        /// The file (or directory of shards).
+        path: PathBuf,
+        /// How many are missing.
+        count: usize,
+        /// The first few missing names (Hugging Face names), comma-separated.
+        names: String,
+    },
+
+    /// A tensor's shape in the weight file is not the parameter's.
+    #[error("`{path}`: tensor `{tensor}` has shape {file:?} in the file, the model needs {plan:?}")]
+    WeightShape {
+        /// The file.
+        path: PathBuf,
+        /// The tensor (Hugging Face name).
+        tensor: String,
+        /// Its shape in the file, outermost first.
+        file: Vec<u64>,
+        /// The parameter's shape (or the part of it the tensor fills).
+        plan: Vec<u64>,
+    },
+
+    /// The weight file holds tensors the model has no parameter for.
+    #[error(
+        "`{path}` holds {count} tensor(s) this model has no parameter for, e.g. {names}; \
+         refusing to drop them silently (is it another architecture or size?)"
+    )]
+    ExtraWeights {
+        /// The file (or directory of shards).
+        path: PathBuf,
+        /// How many.
+        count: usize,
+        /// The first few names (as in the file), comma-separated.
+        names: String,
+    },
+
+    /// A tokenizer cannot be built from a file.
+    #[error("cannot build a tokenizer from `{path}`: {message}")]
+    BadTokenizer {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
     },
 }
 

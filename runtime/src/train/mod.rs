@@ -1,12 +1,17 @@
 //! The trainer's pieces that do not depend on a backend: token data and its loader, the byte
-//! tokenizer and bundled corpus, learning-rate schedules, and checkpoints.
+//! tokenizer and bundled corpus, the byte-level BPE tokenizer of pretrained models,
+//! learning-rate schedules, checkpoints, and pretrained weights to start from (safetensors,
+//! GGUF).
 //!
 //! All of them report failures through one error type, [`TrainError`], whose variants name the
 //! file concerned and what was expected.
 
+pub mod bpe;
 pub mod checkpoint;
 pub mod data;
 mod error;
+pub mod gguf;
+pub mod import;
 pub mod schedule;
 pub mod tokenizer;
 
