@@ -80,7 +80,9 @@ pub fn corpus(dir: &Path) -> String {
 /// A CPU trainer of `plan` on the token file `data`: seed 99, cosine schedule, no eval.
 pub fn trainer(plan: Plan, data: &str, steps: u64, checkpoints: Option<&Path>) -> Trainer {
     let (batch, seq) = (plan.options.batch as usize, plan.options.seq as usize);
-    let loader = DataLoader::new(TokenDataset::open(&[data], 256).unwrap(), batch, seq, 7).unwrap();
+    let loader = |seed| {
+        DataLoader::new(TokenDataset::open(&[data], 256).unwrap(), batch, seq, seed).unwrap()
+    };
     let params = ScheduleParams {
         lr: 3e-3,
         min_lr: 3e-4,
@@ -92,14 +94,20 @@ pub fn trainer(plan: Plan, data: &str, steps: u64, checkpoints: Option<&Path>) -
         schedule: Schedule::parse("cosine", params).unwrap(),
         seed: 99,
         eval_every: 0,
-        eval_batches: 0,
+        eval_batches: 1,
         checkpoint_dir: checkpoints.map(Path::to_path_buf),
         checkpoint_every: 10,
         keep_last: 0,
         max_bad_steps: 3,
         peak_flops: None,
     };
-    Trainer::new(Box::new(CpuBackend::new(plan)), loader, None, opts)
+    // Evaluation only when a test calls `evaluate`, on batches of another seed.
+    Trainer::new(
+        Box::new(CpuBackend::new(plan)),
+        loader(7),
+        Some(loader(8)),
+        opts,
+    )
 }
 
 fn all_state(t: &mut Trainer) -> Vec<Vec<u8>> {
@@ -150,13 +158,15 @@ pub fn assert_resume_of_plan_is_bit_exact(plan: Plan) {
     );
 }
 
-/// Trains `plan` for `steps` optimizer steps with [`trainer`]; returns the losses, then the bytes
-/// of every parameter's weight, moments and master copy (the state plan-equivalence tests compare).
+/// Trains `plan` for `steps` optimizer steps with [`trainer`]; returns the losses and then one
+/// evaluation's, then the bytes of every parameter's weight, moments and master copy (the state
+/// plan-equivalence tests compare).
 pub fn train_state(plan: Plan, data: &str, steps: u64) -> (Vec<f32>, Vec<Vec<u8>>) {
     let params = plan.io.params.clone();
     let mut t = trainer(plan, data, steps, None);
     t.init_weights().unwrap();
-    let losses = t.run(|_| {}).unwrap().iter().map(|r| r.loss).collect();
+    let mut losses: Vec<f32> = t.run(|_| {}).unwrap().iter().map(|r| r.loss).collect();
+    losses.extend(t.evaluate().unwrap());
     let mut state = Vec::new();
     for p in params {
         for id in [p.weight, p.m, p.v].into_iter().chain(p.master) {

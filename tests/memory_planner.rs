@@ -3,7 +3,7 @@
 
 mod common;
 
-use llmq_compiler::plan::{Arena, Plan, fits, summary};
+use llmq_compiler::plan::{Arena, EVAL_SECTION, Plan, fits, memory_profile, summary};
 use llmq_compiler::target::{Precision, device, parse_size};
 use llmq_passes::{CompileOptions, compile, tradeoff_curve};
 use std::path::Path;
@@ -160,4 +160,31 @@ fn batch_auto_and_the_trade_off_curve_from_the_command_line() {
     // Below the reserve nothing fits; at the budget everything stays on the device.
     assert!(curve[0].contains("does not fit"), "{text}");
     assert!(curve[3].contains("everything on the device"), "{text}");
+}
+
+/// The eval section (the loss alone, which evaluation runs after the forward) costs training no
+/// memory: it lies between forward and backward, and none of its steps holds more live bytes
+/// than the backward's fused head step after it (the same scratch, plus the gradients).
+#[test]
+fn the_eval_section_adds_nothing_to_the_training_peak() {
+    for (model, card, vram) in [
+        ("qwen2.5-0.5b.ron", "h100", "80G"),
+        ("qwen2.5-7b.ron", "rtx4060ti-16g", "16G"),
+    ] {
+        let plan = common::plan(model, &options(card, vram));
+        let eval = plan
+            .section(EVAL_SECTION)
+            .expect("the planner fuses the head");
+        let profile = memory_profile(&plan, Arena::Device);
+        let live = |s: u32| profile[s as usize].iter().sum::<u64>();
+        let head = (eval.end..plan.steps.len() as u32)
+            .find(|&s| plan.steps[s as usize].node.op.name() == "classifier_cross_entropy_backward")
+            .expect("the fused head runs in the backward");
+        let most = (eval.start..eval.end).map(live).max().unwrap_or(0);
+        println!(
+            "{model}: eval at most {most} bytes live, the fused head step {}",
+            live(head)
+        );
+        assert!(most <= live(head), "{model}: {}", summary(&plan));
+    }
 }

@@ -92,9 +92,10 @@ const STATE: [Role; 5] = [
     Role::Weight,
 ];
 
-/// The levels, cheapest first: everything on the device; then the state classes added one at a time, in the order of the time each adds per byte it saves when
-/// moved alone (what hides behind compute depends on the model and the device: weights stream
-/// for free on a fast card with a slow step, the optimizer's state never hides).
+/// The levels, cheapest first: everything on the device; then the state classes added one at
+/// a time, in the order of the time each adds per byte it saves when moved alone (what hides
+/// behind compute depends on the model and the device: weights stream for free on a fast card
+/// with a slow step, the optimizer's state never hides).
 fn levels(evaluate: &Evaluate<'_>, shape: &Shape) -> Result<Vec<Level>, PassError> {
     let alone = |streamed: Vec<Role>| MemoryChoice {
         streamed,
