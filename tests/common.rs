@@ -93,8 +93,8 @@ pub fn trainer_on(
     checkpoints: Option<&Path>,
 ) -> Trainer {
     let (batch, seq) = (plan.options.batch as usize, plan.options.seq as usize);
-    let loader = |path: &str| {
-        DataLoader::new(TokenDataset::open(&[path], vocab).unwrap(), batch, seq, 7).unwrap()
+    let loader = |path: &str, seed| {
+        DataLoader::new(TokenDataset::open(&[path], vocab).unwrap(), batch, seq, seed).unwrap()
     };
     let params = ScheduleParams {
         lr: 3e-3,
@@ -114,8 +114,18 @@ pub fn trainer_on(
         max_bad_steps: 3,
         peak_flops: None,
     };
-    let backend = Box::new(CpuBackend::new(plan));
-    Trainer::new(backend, loader(data), eval.map(loader), opts)
+    // Evaluation only when a test calls `evaluate`: on `eval` from its start when given, else
+    // on batches of the training data drawn with another seed.
+    let eval = match eval {
+        Some(path) => loader(path, 7),
+        None => loader(data, 8),
+    };
+    Trainer::new(
+        Box::new(CpuBackend::new(plan)),
+        loader(data, 7),
+        Some(eval),
+        opts,
+    )
 }
 
 fn all_state(t: &mut Trainer) -> Vec<Vec<u8>> {
@@ -166,13 +176,15 @@ pub fn assert_resume_of_plan_is_bit_exact(plan: Plan) {
     );
 }
 
-/// Trains `plan` for `steps` optimizer steps with [`trainer`]; returns the losses, then the bytes
-/// of every parameter's weight, moments and master copy (the state plan-equivalence tests compare).
+/// Trains `plan` for `steps` optimizer steps with [`trainer`]; returns the losses and then one
+/// evaluation's, then the bytes of every parameter's weight, moments and master copy (the state
+/// plan-equivalence tests compare).
 pub fn train_state(plan: Plan, data: &str, steps: u64) -> (Vec<f32>, Vec<Vec<u8>>) {
     let params = plan.io.params.clone();
     let mut t = trainer(plan, data, steps, None);
     t.init_weights().unwrap();
-    let losses = t.run(|_| {}).unwrap().iter().map(|r| r.loss).collect();
+    let mut losses: Vec<f32> = t.run(|_| {}).unwrap().iter().map(|r| r.loss).collect();
+    losses.extend(t.evaluate().unwrap());
     let mut state = Vec::new();
     for p in params {
         for id in [p.weight, p.m, p.v].into_iter().chain(p.master) {

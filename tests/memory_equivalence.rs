@@ -19,7 +19,9 @@ fn model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny.ron")
 }
 
-/// Losses of `STEPS` optimizer steps, then the bytes of every weight, master weight and moment.
+/// Losses of `STEPS` optimizer steps and of an evaluation (in the plain plan the forward makes
+/// it; in a plan with the fused head, the eval section), then the bytes of every weight, master
+/// weight and moment.
 fn train(plan: Plan, data: &str) -> (Vec<f32>, Vec<Vec<u8>>) {
     common::train_state(plan, data, STEPS)
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use llmq_compiler::ir::Category;
-use llmq_compiler::plan::{Arena, memory_profile, report_html, step_times};
+use llmq_compiler::plan::{Arena, EVAL_SECTION, memory_profile, report_html, step_times};
 use llmq_compiler::target::Precision;
 use std::process::Command;
 
@@ -43,7 +43,8 @@ fn the_memory_profile_peaks_as_the_plan_estimates() {
     assert!(totals.iter().all(|&t| t >= state));
 }
 
-/// On one stream the timeline is the steps back to back: a micro-batch then the optimizer.
+/// On one stream the timeline is the steps back to back: a micro-batch then the optimizer, and
+/// the eval section between forward and backward (drawn, though a training step skips it).
 #[test]
 fn the_timeline_of_one_stream_adds_up_to_the_estimated_step() {
     let plan = tiny_plan();
@@ -56,7 +57,14 @@ fn the_timeline_of_one_stream_adds_up_to_the_estimated_step() {
     }
     let e = &plan.estimates;
     let end = times.last().unwrap().1;
-    let want = e.micro_batch_seconds + e.optimizer_seconds;
+    let eval = plan
+        .section(EVAL_SECTION)
+        .expect("the tiny plan fuses its head");
+    let eval_seconds: f64 = plan.steps[eval.start as usize..eval.end as usize]
+        .iter()
+        .map(|s| s.estimate.seconds)
+        .sum();
+    let want = e.micro_batch_seconds + eval_seconds + e.optimizer_seconds;
     assert!((end - want).abs() <= 1e-9 * want, "{end} vs {want}");
 }
 

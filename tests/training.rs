@@ -7,6 +7,7 @@ mod common;
 use llmq_compiler::ir::{Graph, Role, TensorId};
 use llmq_compiler::kernels::interpret::{Value, run_backward_rule, run_op};
 use llmq_compiler::kernels::{DType, TensorType, rng};
+use llmq_compiler::plan::EVAL_SECTION;
 use llmq_compiler::spec::{self, SpecOptions};
 use llmq_compiler::target::Precision;
 use llmq_runtime::backend::Backend;
@@ -73,9 +74,11 @@ fn a_checkpoint_of_another_model_is_refused() {
     );
 }
 
-/// Runs the forward section and returns the loss.
+/// Runs the forward and the eval section (the loss alone, as evaluation does) and returns the
+/// loss.
 fn loss(backend: &mut CpuBackend) -> f64 {
     backend.run_section("forward").unwrap();
+    backend.run_section(EVAL_SECTION).unwrap();
     let loss = backend.plan().io.loss;
     backend.read_f32(loss).unwrap()[0] as f64
 }

@@ -15,13 +15,23 @@ __device__ float count_valid(const int* targets, long long rows, int vocab) {
     return block_sum(count);
 }
 
-// The row's log-sum-exp, with its maximum subtracted.
+// The row's log-sum-exp in one pass: each thread keeps a running maximum and the sum of
+// exponentials below it (rescaled when the maximum grows) over groups of eight values read with
+// 16-byte loads; the block then combines them.
 template <typename T>
 __device__ float row_lse(const T* row, int vocab) {
-    float m = -CUDART_INF_F;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, load(row, i));
-    m = block_max(m);
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += expf(load(row, i) - m);
-    return m + logf(block_sum(s));
+    float m = -CUDART_INF_F, s = 0.0f;
+    for (long long i = threadIdx.x * 8LL; i < vocab; i += blockDim.x * 8LL) {
+        float v[8];
+        load8(row, i, vocab, v);
+        const int n = (int)min(8LL, vocab - i);
+        float top = m;
+        for (int k = 0; k < n; ++k) top = fmaxf(top, v[k]);
+        if (top > m) s *= expf(m - top);
+        for (int k = 0; k < n; ++k) s += expf(v[k] - top);
+        m = top;
+    }
+    const float block_top = block_max(m);
+    const float scaled = m == -CUDART_INF_F ? 0.0f : s * expf(m - block_top);
+    return block_top + logf(block_sum(scaled));
 }

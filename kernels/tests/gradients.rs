@@ -574,7 +574,6 @@ fn backward_types_match_inputs() {
                 bf(&[b, t, c]),
                 bf(&[v, c]),
                 ids(&[b, t]),
-                TensorType::new([b * t], DType::F32),
                 TensorType::new([1], DType::F32),
             ],
         ),

@@ -689,8 +689,9 @@ fn adamw_stochastic_moments_round_the_nearest_free_update() {
     assert_eq!(run(sr, &inputs), got, "not reproducible");
 }
 
-/// The chunked LM head + loss gives, bit for bit, what the unfused `linear` → `cross_entropy`
-/// pair and their backward ops give once every result is stored in BF16, whatever the chunk
+/// The chunked LM head + loss (the loss-only op and the training op, which makes the loss and
+/// both gradients) gives, bit for bit, what the unfused `linear` → `cross_entropy` pair and
+/// their backward ops give once every result is stored in BF16, whatever the chunk
 /// (one row, an uneven split, exactly all rows, more than all rows): the memory planner may
 /// chunk the head without changing a single weight.
 #[test]
@@ -755,16 +756,20 @@ fn classifier_cross_entropy_equals_unfused_head_and_loss() {
             loss.to_bits(),
             "loss, chunk {chunk_rows}"
         );
-        let lse = (TensorType::new([rows], DType::F32), fwd[1].clone());
         let back = ClassifierCrossEntropyBackward {
             chunk_rows,
             logits: DType::BF16,
         };
         let grads = run(
             back,
-            &[x.clone(), w.clone(), targets.clone(), lse, dloss.clone()],
+            &[x.clone(), w.clone(), targets.clone(), dloss.clone()],
         );
         assert_eq!(store(&grads[0]), dx, "dx, chunk {chunk_rows}");
+        assert_eq!(
+            grads[2][0].to_bits(),
+            loss.to_bits(),
+            "the backward's loss, chunk {chunk_rows}"
+        );
         assert_eq!(store(&grads[1]), dw, "dw, chunk {chunk_rows}");
     }
 }

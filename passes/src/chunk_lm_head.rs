@@ -1,12 +1,19 @@
 //! `ChunkLmHead`: the LM head and the loss (`linear` → `cross_entropy`, and in the backward
-//! `cross_entropy_backward` → `linear_backward_data` and `linear_backward_weight`) become the
-//! fused, chunked `classifier_cross_entropy` and its backward, so the logits of the whole batch
-//! (`tokens × vocab`, the largest activation of a model with a large vocabulary) never exist at
-//! once: one chunk's logits live in a scratch buffer, and the backward recomputes them.
+//! `cross_entropy_backward` → `linear_backward_data` and `linear_backward_weight`) become one
+//! fused, chunked `classifier_cross_entropy_backward` at the start of the backward, which makes
+//! the loss and both gradients from one product of logits per chunk (three matmuls where the
+//! unfused head has four), so the logits of the whole batch (`tokens × vocab`, the largest
+//! activation of a model with a large vocabulary) never exist at once and are never saved.
+//!
+//! The forward then has no loss: a loss-only `classifier_cross_entropy` in the `eval` phase,
+//! just before the backward, is what evaluation runs after the forward (training never runs
+//! it). Its scratch lives at that one step, where the backward's scratch has not begun, so it
+//! adds nothing to the training peak.
 //!
 //! The fused ops round the logits and their gradient as the unfused ones do, so the pass
 //! changes no number. Needs: the training graph with one loss. Keeps: the loss tensor, the
-//! hidden states' gradient and the head weight's gradient accumulation.
+//! hidden states' gradient and the head weight's gradient accumulation (tied embeddings: the
+//! head's part is added before the embedding's backward adds its own, as unfused).
 
 use crate::memory_edit::{ProgramEdit, edit_graph};
 use llmq_compiler::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
@@ -59,63 +66,68 @@ impl ChunkLmHead {
         let logits = graph.tensor(p[head.linear].outputs[0]).ty.dtype;
         let (layer, backward_layer) = (p[head.loss].layer, p[head.weight_backward].layer);
 
-        let forward_op = ClassifierCrossEntropy {
-            chunk_rows: self.chunk_rows,
-            logits,
-        };
         let fail = |e: llmq_compiler::kernels::OpError| PassError::Failed {
             pass: "chunk-lm-head",
             message: e.to_string(),
         };
-        let out = Op::from(forward_op.clone())
-            .infer(&types(graph, &[x, w, targets]))
-            .map_err(fail)?;
-        let lse = new_tensor(graph, "lm_head.lse", out[1].clone(), Role::Saved, layer);
-        let scratch = new_tensor(
-            graph,
-            "lm_head.scratch",
-            out[2].clone(),
-            Role::Workspace,
-            layer,
-        );
-        let backward_op = ClassifierCrossEntropyBackward {
+        let eval_op = ClassifierCrossEntropy {
             chunk_rows: self.chunk_rows,
             logits,
         };
-        let bout = Op::from(backward_op.clone())
-            .infer(&types(graph, &[x, w, targets, lse, dloss]))
+        let eval_out = Op::from(eval_op.clone())
+            .infer(&types(graph, &[x, w, targets]))
             .map_err(fail)?;
-        let scratch_back = new_tensor(
+        let eval_scratch = new_tensor(
             graph,
-            "lm_head.scratch_backward",
-            bout[2].clone(),
+            "lm_head.eval_scratch",
+            eval_out[1].clone(),
+            Role::Workspace,
+            layer,
+        );
+        let train_op = ClassifierCrossEntropyBackward {
+            chunk_rows: self.chunk_rows,
+            logits,
+        };
+        let train_out = Op::from(train_op.clone())
+            .infer(&types(graph, &[x, w, targets, dloss]))
+            .map_err(fail)?;
+        let scratch = new_tensor(
+            graph,
+            "lm_head.scratch",
+            train_out[3].clone(),
             Role::Workspace,
             backward_layer,
         );
 
-        let forward = Node {
-            op: forward_op.into(),
+        let eval = Node {
+            op: eval_op.into(),
             inputs: vec![x, w, targets],
-            outputs: vec![loss, lse, scratch],
-            accumulate: vec![false; 3],
-            phase: Phase::Forward,
+            outputs: vec![loss, eval_scratch],
+            accumulate: vec![false; 2],
+            phase: Phase::Eval,
             layer,
         };
-        let backward = Node {
-            op: backward_op.into(),
-            inputs: vec![x, w, targets, lse, dloss],
-            outputs: vec![dx, dw, scratch_back],
-            accumulate: vec![dx_accumulates, true, false],
+        let train = Node {
+            op: train_op.into(),
+            inputs: vec![x, w, targets, dloss],
+            outputs: vec![dx, dw, loss, scratch],
+            accumulate: vec![dx_accumulates, true, false, false],
             phase: Phase::Backward,
             layer: backward_layer,
         };
-        // The fused backward stands where the last of the three backward nodes stood, so
-        // everything that read their results still comes after it.
+        // The fused op stands where the last of the three backward nodes stood, so everything
+        // that read their results still comes after it; the loss alone just before the
+        // backward, so its scratch lives where the backward's has not begun yet.
         let last = head.data_backward.max(head.weight_backward);
-        edit.program[head.loss] = forward;
-        edit.program[last] = backward;
-        let mut dropped = vec![head.linear, head.loss_backward, head.data_backward];
-        dropped.push(head.weight_backward);
+        let first_backward = edit
+            .program
+            .iter()
+            .position(|n| n.phase == Phase::Backward)
+            .expect("the head's backward nodes run in the backward");
+        edit.program[last] = train;
+        edit.insert_before(first_backward, eval);
+        let mut dropped = vec![head.linear, head.loss, head.loss_backward];
+        dropped.extend([head.data_backward, head.weight_backward]);
         dropped.retain(|&i| i != last);
         edit.remove(&dropped);
         Ok(())

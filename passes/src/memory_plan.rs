@@ -3,14 +3,18 @@
 //! that the plan fits the budget (less `RESERVE_BYTES`) with the shortest estimated step time.
 //!
 //! The search is small because the choices are ordered:
-//! - state, cheapest first: everything on the device; the LM head fused with the loss and
-//!   chunked (no logits of the whole batch); and master weights on the host; and the Adam
-//!   moments; and the gradients; and the weights (streamed per block). Each level moves a
+//! - state, cheapest first: everything on the device; and master weights on the host; and the
+//!   Adam moments; and the gradients; and the weights (streamed per block). Each level moves a
 //!   class whose traffic the step hides worse than the one before;
 //! - activations, one ladder per mechanism: offload the first `k` blocks (their transfers have
 //!   the longest to hide), recompute the first `k`, or recompute all and offload the first `k`
 //!   blocks' checkpoints. Peak memory falls as `k` grows, so a binary search finds the
 //!   smallest `k` that fits.
+//!
+//! The LM head is always fused with the loss and chunked (`chunk-lm-head`): the fused op makes
+//! the logits once per chunk (three matmuls, as the unfused head's four would not) and holds
+//! one chunk's logits, so it is never slower and always smaller; the planner only sets the
+//! chunk size.
 //!
 //! Each candidate is the memory passes' (`chunk-lm-head`, `recompute`,
 //! `offload-activations`, `stream-state`) edits of the schedule, estimated as lowering would
@@ -59,24 +63,24 @@ struct Candidate {
 }
 
 /// The fused LM head and loss runs in this many chunks, of at most `MAX_LM_HEAD_CHUNK_ROWS`
-/// tokens each.
+/// tokens each (smaller chunks save memory, and the cost model sees no price for more of them).
 const LM_HEAD_CHUNKS: u64 = 4;
 const MAX_LM_HEAD_CHUNK_ROWS: u64 = 1024;
 
 /// What the choices are made over: the model's blocks and the LM head's chunk size.
 struct Shape {
     blocks: u32,
+    /// Tokens per micro-batch.
+    tokens: u64,
     chunk_rows: u64,
     /// FP8 weight copies made in each of several micro-batches: making them once per step
     /// may pay.
     repeated_weight_quants: bool,
 }
 
-/// One level of the search: the state classes moved to the host, and whether the LM head is
-/// fused with the loss and chunked (it costs a second head matmul in the backward).
+/// One level of the search: the state classes moved to the host.
 struct Level {
     streamed: Vec<Role>,
-    chunk_lm_head: bool,
 }
 
 /// The state classes the planner may move to the host.
@@ -88,10 +92,10 @@ const STATE: [Role; 5] = [
     Role::Weight,
 ];
 
-/// The levels, cheapest first: everything on the device; the LM head chunked; then the state
-/// classes added one at a time, in the order of the time each adds per byte it saves when
-/// moved alone (what hides behind compute depends on the model and the device: weights stream
-/// for free on a fast card with a slow step, the optimizer's state never hides).
+/// The levels, cheapest first: everything on the device; then the state classes added one at
+/// a time, in the order of the time each adds per byte it saves when moved alone (what hides
+/// behind compute depends on the model and the device: weights stream for free on a fast card
+/// with a slow step, the optimizer's state never hides).
 fn levels(evaluate: &Evaluate<'_>, shape: &Shape) -> Result<Vec<Level>, PassError> {
     let alone = |streamed: Vec<Role>| MemoryChoice {
         streamed,
@@ -121,23 +125,11 @@ fn levels(evaluate: &Evaluate<'_>, shape: &Shape) -> Result<Vec<Level>, PassErro
         price.push(((moved.step_seconds - base.step_seconds) / saved, role));
     }
     price.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut levels = vec![
-        Level {
-            streamed: Vec::new(),
-            chunk_lm_head: false,
-        },
-        Level {
-            streamed: Vec::new(),
-            chunk_lm_head: true,
-        },
-    ];
-    for i in 1..=price.len() {
-        levels.push(Level {
+    Ok((0..=price.len())
+        .map(|i| Level {
             streamed: price[..i].iter().map(|&(_, r)| r).collect(),
-            chunk_lm_head: true,
-        });
-    }
-    Ok(levels)
+        })
+        .collect())
 }
 
 /// The ways of relieving activations, each a ladder over the number of blocks.
@@ -160,7 +152,8 @@ pub struct MemoryChoice {
     pub recompute: Vec<u32>,
     /// Blocks whose saved tensors are offloaded.
     pub offload: Vec<u32>,
-    /// Fuse the LM head with the loss and run it this many tokens at a time.
+    /// Fuse the LM head with the loss and run it this many tokens at a time (the planner
+    /// always does; `None`, the unfused head, is for tests that compare the two).
     pub lm_head_chunk: Option<u64>,
     /// Make the weights' FP8 copies once per optimizer step and keep them across the step's
     /// micro-batches (`persist-weight-quants`), instead of once per micro-batch.
@@ -180,12 +173,13 @@ impl MemoryChoice {
             streamed: level.streamed.clone(),
             recompute,
             offload,
-            lm_head_chunk: level.chunk_lm_head.then_some(shape.chunk_rows),
+            lm_head_chunk: Some(shape.chunk_rows),
             persist_weight_quants: false,
         }
     }
 
-    /// The choice in one line: `on host: master, adam m; lm head chunked; recompute L0-L9`.
+    /// The choice in one line: `on host: master, adam m; recompute L0-L9` (the LM head, which
+    /// the planner always fuses and chunks, is not named).
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if self.persist_weight_quants {
@@ -194,9 +188,6 @@ impl MemoryChoice {
         if !self.streamed.is_empty() {
             let classes: Vec<&str> = self.streamed.iter().map(|r| r.category().name()).collect();
             parts.push(format!("on host: {}", classes.join(", ")));
-        }
-        if self.lm_head_chunk.is_some() {
-            parts.push("lm head chunked".to_string());
         }
         if !self.recompute.is_empty() {
             parts.push(format!("recompute {}", block_range(&self.recompute)));
@@ -332,6 +323,7 @@ impl<'g> Candidates<'g> {
             graph,
             shape: Shape {
                 blocks,
+                tokens,
                 chunk_rows: (tokens / LM_HEAD_CHUNKS).clamp(1, MAX_LM_HEAD_CHUNK_ROWS),
                 repeated_weight_quants: options.grad_accum > 1
                     && quantises_weights(graph, &program),
@@ -411,7 +403,7 @@ pub fn plan_memory(
             .min(search_limit.saturating_sub(1));
         if plan.device_arena_bytes <= limit || attempts == 3 || next_limit == 0 {
             if price {
-                plan.memory = price_decisions(&choice, &plan, &evaluate)?;
+                plan.memory = price_decisions(&choice, shape, &plan, &evaluate)?;
             }
             return Ok(MemoryPlan {
                 choice,
@@ -622,9 +614,10 @@ fn smallest_fitting(
 }
 
 /// Each decision of `choice` with what it saves and costs: the plan without it, against
-/// `plan`.
+/// `plan` (for the LM head's chunks, the fused head in one chunk).
 fn price_decisions(
     choice: &MemoryChoice,
+    shape: &Shape,
     plan: &Plan,
     evaluate: &Evaluate<'_>,
 ) -> Result<Vec<MemoryDecision>, PassError> {
@@ -638,12 +631,12 @@ fn price_decisions(
         let action = "FP8 copies made once per step, kept across micro-batches";
         asked.push(("weights", "all".into(), action.into(), without));
     }
-    if let Some(rows) = choice.lm_head_chunk {
+    if let Some(rows) = choice.lm_head_chunk.filter(|&rows| rows < shape.tokens) {
         let without = MemoryChoice {
-            lm_head_chunk: None,
+            lm_head_chunk: Some(shape.tokens),
             ..choice.clone()
         };
-        let action = format!("fuse with loss, {rows}-token chunks");
+        let action = format!("fused with loss, {rows}-token chunks");
         asked.push(("lm head", "-".into(), action, without));
     }
     for &role in &choice.streamed {

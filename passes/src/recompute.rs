@@ -4,7 +4,7 @@
 //! the recomputed tensors. The originals then die within the forward.
 //!
 //! What the block hands to the next block (its output on the residual stream, read by forward
-//! nodes of other blocks) is kept: it is the checkpoint the recomputation starts from, with
+//! nodes of other blocks, or by the eval section's loss after the last block) is kept: it is the checkpoint the recomputation starts from, with
 //! the weights and whatever comes from outside the block. Recomputation runs the same ops on
 //! the same values, so it is bit-identical to the forward.
 //!
@@ -58,8 +58,9 @@ impl Recompute {
                 }
             }
         }
-        // Tensors read by forward nodes of other blocks are checkpoints: kept. Those read in
-        // the backward are wanted; each block's first backward reader is where it recomputes.
+        // Tensors read by forward nodes of other blocks are checkpoints: kept (so are those the
+        // eval section reads after the forward: the final hidden state). Those read in the
+        // backward are wanted; each block's first backward reader is where it recomputes.
         let mut kept: IndexSet<TensorId> = IndexSet::new();
         let mut wanted: IndexSet<TensorId> = IndexSet::new();
         for (i, node) in program.iter().enumerate() {
@@ -68,7 +69,7 @@ impl Recompute {
                     continue;
                 };
                 match node.phase {
-                    Phase::Forward if forward_block(i) != Some(block) => {
+                    Phase::Forward | Phase::Eval if forward_block(i) != Some(block) => {
                         kept.insert(*t);
                     }
                     Phase::Backward => {

@@ -17,7 +17,7 @@ use crate::train::data::DataLoader;
 use crate::train::import::WeightFile;
 use crate::train::schedule::Schedule;
 use llmq_compiler::ir::{Init, TensorId};
-use llmq_compiler::plan::{Plan, QUANTIZE_WEIGHTS_SECTION};
+use llmq_compiler::plan::{EVAL_SECTION, Plan, QUANTIZE_WEIGHTS_SECTION};
 use llmq_kernels::{DType, rng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -281,12 +281,15 @@ impl Trainer {
         })
     }
 
-    /// Mean loss over `eval_batches` micro-batches of the eval data (forward only), if any.
+    /// Mean loss over `eval_batches` micro-batches of the eval data (forward and the eval
+    /// section: no backward), if any.
     pub fn evaluate(&mut self) -> Result<Option<f32>, TrainerError> {
         let Some(mut eval) = self.eval.take() else {
             return Ok(None);
         };
         let loss_tensor = self.plan().io.loss;
+        // Where training makes the loss in the backward, the eval section makes it alone.
+        let has_eval_section = self.plan().section(EVAL_SECTION).is_some();
         let mut sum = 0.0f32;
         let n = self.opts.eval_batches.max(1);
         let result = (|| {
@@ -294,6 +297,9 @@ impl Trainer {
                 let batch = eval.next_batch();
                 self.write_micro_batch(&batch.inputs, &batch.targets, 0.0)?;
                 self.backend.run_section("forward")?;
+                if has_eval_section {
+                    self.backend.run_section(EVAL_SECTION)?;
+                }
                 sum += self.read_scalar(loss_tensor)?;
             }
             Ok::<_, BackendError>(())

@@ -155,10 +155,13 @@ fn random_input(plan: &Plan, op: &Op, index: usize, n: usize, seed: u64, stream:
             })
             .collect(),
         // Targets, about one in sixteen ignored (negative).
-        (Op::CrossEntropy(_) | Op::CrossEntropyBackward(_), 1) => (0..n)
+        (Op::CrossEntropy(_) | Op::CrossEntropyBackward(_), 1)
+        | (Op::ClassifierCrossEntropy(_) | Op::ClassifierCrossEntropyBackward(_), 2) => (0..n)
             .map(|i| ((u(i) * (vocab + vocab / 15.0)).floor() - vocab / 15.0).max(-1.0) as f32)
             .collect(),
-        (Op::CrossEntropyBackward(_), 2) => range(0.5, 1.0),
+        (Op::CrossEntropyBackward(_), 2) | (Op::ClassifierCrossEntropyBackward(_), 3) => {
+            range(0.5, 1.0)
+        }
         (Op::RmsNormBackward(_), 3) => range(0.5, 2.0),
         (Op::AttentionBackward(_), 4) => range(1.0, 3.0),
         (Op::ClipScale(_), 0) => range(0.5, 4.0),

@@ -25,6 +25,10 @@ use std::collections::BinaryHeap;
 pub enum Phase {
     /// The forward pass of one micro-batch.
     Forward,
+    /// Evaluation: what the trainer runs after the forward instead of the backward to read a
+    /// micro-batch's loss (the loss alone, where training makes it in the backward). Never part
+    /// of a training step.
+    Eval,
     /// The backward pass of one micro-batch.
     Backward,
     /// The optimizer update, once per step after all micro-batches.
@@ -35,9 +39,10 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// Every phase, in the order a step runs them.
-    pub const ALL: [Phase; 4] = [
+    /// Every phase, in schedule order (a training step skips `Eval`).
+    pub const ALL: [Phase; 5] = [
         Phase::Forward,
+        Phase::Eval,
         Phase::Backward,
         Phase::Optimizer,
         Phase::WeightQuant,
@@ -47,6 +52,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Forward => "fwd",
+            Phase::Eval => "eval",
             Phase::Backward => "bwd",
             Phase::Optimizer => "opt",
             Phase::WeightQuant => "wq",

@@ -1,8 +1,10 @@
 //! Lowering: a training graph becomes a [`Plan`].
 //!
-//! 1. Order: the graph's schedule (`Graph::schedule`) in three sections: forward
-//!    and backward (run once per micro-batch; eval runs the forward alone) and the optimizer;
-//!    each is a CUDA-graph segment.
+//! 1. Order: the graph's schedule (`Graph::schedule`) in one section per phase: forward
+//!    and backward (run once per micro-batch), the optimizer, and where nodes run in them the
+//!    eval section (the loss alone, which evaluation runs after the forward; it lies between
+//!    forward and backward, so its buffers live only where the backward's first step's do)
+//!    and `quantize_weights`; each is a CUDA-graph segment.
 //! 2. Streams and events (`streams.rs`): copies to and from the host arena on copy streams,
 //!    with the events that keep every execution equivalent to the linear order.
 //! 3. Liveness (`liveness.rs`): every tensor's first and last step; state lives throughout;
@@ -26,7 +28,7 @@ pub use streams::{COMPUTE, DEVICE_TO_HOST, HOST_TO_DEVICE};
 use crate::autodiff::TrainIo;
 use crate::ir::{BufferId, Category, Graph, Node, Phase, TensorId};
 use crate::plan::{
-    Arena, Buffer, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor,
+    Arena, Buffer, EVAL_SECTION, Estimates, GraphSegment, ModelInfo, Plan, PlanOptions, PlanTensor,
     QUANTIZE_WEIGHTS_SECTION, Repeat, Section, Step, StepEstimate, StreamKind, live_bytes,
 };
 use crate::target::DeviceProfile;
@@ -159,18 +161,36 @@ struct Scheduled {
 }
 
 /// Steps 1 to 3 of lowering for `order` (the schedule, partitioned by phase: `Phase::ALL`),
-/// whose nodes
-/// become the steps.
+/// whose nodes become the steps, one section per phase.
 fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Scheduled {
     debug_assert!(
         order.is_sorted_by_key(|n| n.phase),
-        "a schedule runs the forward, then the backward, then the optimizer"
+        "a schedule runs the forward, the eval, the backward, then the optimizer"
     );
-    let count = |phase| order.iter().filter(|n| n.phase == phase).count() as u32;
-    let forward_len = count(Phase::Forward);
-    let micro_len = forward_len + count(Phase::Backward);
-    let weight_quant_len = count(Phase::WeightQuant);
     let mut estimator = NodeEstimator::default();
+    let mut sections = Vec::new();
+    let mut start = 0u32;
+    for phase in Phase::ALL {
+        let len = order.iter().filter(|n| n.phase == phase).count() as u32;
+        let (name, repeat) = match phase {
+            Phase::Forward => ("forward", Repeat::PerMicroBatch),
+            Phase::Eval => (EVAL_SECTION, Repeat::Eval),
+            Phase::Backward => ("backward", Repeat::PerMicroBatch),
+            Phase::Optimizer => ("optimizer", Repeat::Once),
+            Phase::WeightQuant => (QUANTIZE_WEIGHTS_SECTION, Repeat::Once),
+        };
+        // The forward, backward and optimizer sections are always there; the others only
+        // when some node runs in them.
+        if len > 0 || matches!(phase, Phase::Forward | Phase::Backward | Phase::Optimizer) {
+            sections.push(Section {
+                name: name.into(),
+                start,
+                end: start + len,
+                repeat,
+            });
+        }
+        start += len;
+    }
     let mut steps: Vec<Step> = order
         .into_iter()
         .map(|node| {
@@ -185,36 +205,6 @@ fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Schedule
             }
         })
         .collect();
-    let n = steps.len() as u32;
-    let optimizer_end = n - weight_quant_len;
-    let mut sections = vec![
-        Section {
-            name: "forward".into(),
-            start: 0,
-            end: forward_len,
-            repeat: Repeat::PerMicroBatch,
-        },
-        Section {
-            name: "backward".into(),
-            start: forward_len,
-            end: micro_len,
-            repeat: Repeat::PerMicroBatch,
-        },
-        Section {
-            name: "optimizer".into(),
-            start: micro_len,
-            end: optimizer_end,
-            repeat: Repeat::Once,
-        },
-    ];
-    if optimizer_end < n {
-        sections.push(Section {
-            name: QUANTIZE_WEIGHTS_SECTION.into(),
-            start: optimizer_end,
-            end: n,
-            repeat: Repeat::Once,
-        });
-    }
     let (events, releases) = streams::place_events(&mut steps, &sections, graph.tensor_count());
 
     let mut intervals = liveness(graph, &steps);
@@ -335,10 +325,12 @@ fn estimates(
     let optimizer = time(Repeat::Once);
     let step_seconds = micro * options.grad_accum as f64 + optimizer;
     let tokens = (options.batch * options.seq * options.grad_accum as u64) as f64;
-    // Model FLOPs: the forward's matrix work (every matmul and attention) times three.
+    // Model FLOPs: the forward's matrix work (every matmul and attention) times three. Where
+    // training makes the loss in the backward, the eval section holds the forward's head.
     let forward_matrix_flops: f64 = steps
         .iter()
-        .filter(|s| s.node.phase == Phase::Forward && s.node.op.spec().uses_matrix_units())
+        .filter(|s| matches!(s.node.phase, Phase::Forward | Phase::Eval))
+        .filter(|s| s.node.op.spec().uses_matrix_units())
         .map(|s| s.estimate.flops)
         .sum();
     let micro_tokens = (options.batch * options.seq) as f64;

@@ -118,6 +118,8 @@ pub enum Repeat {
     PerMicroBatch,
     /// Once per optimizer step.
     Once,
+    /// Only when the trainer evaluates, after the forward: no part of a training step.
+    Eval,
 }
 
 /// The section that makes the weights' FP8 copies, when the plan keeps them across
@@ -125,10 +127,14 @@ pub enum Repeat {
 /// restored, before the first forward.
 pub const QUANTIZE_WEIGHTS_SECTION: &str = "quantize_weights";
 
+/// The section of the loss alone, which the trainer runs after the forward to evaluate (training
+/// makes the loss in the backward); absent when the forward makes it.
+pub const EVAL_SECTION: &str = "eval";
+
 /// A contiguous range of steps run as a unit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Section {
-    /// `forward`, `backward`, `optimizer`, or [`QUANTIZE_WEIGHTS_SECTION`].
+    /// `forward`, [`EVAL_SECTION`], `backward`, `optimizer`, or [`QUANTIZE_WEIGHTS_SECTION`].
     pub name: String,
     /// First step.
     pub start: u32,

@@ -343,6 +343,7 @@ fn stream_name(kind: StreamKind) -> &'static str {
 fn phase_colour(step: &Step) -> &'static str {
     match step.node.phase {
         Phase::Forward => "#4e79a7",
+        Phase::Eval => "#76b7b2",
         Phase::Backward => "#f28e2b",
         Phase::Optimizer => "#59a14f",
         Phase::WeightQuant => "#b07aa1",

@@ -150,6 +150,7 @@ pub fn show_plan(plan: &Plan, opts: ShowOptions) -> String {
             let runs = match s.repeat {
                 Repeat::PerMicroBatch => format!("× {} micro-batches", plan.options.grad_accum),
                 Repeat::Once => "once".to_string(),
+                Repeat::Eval => "when evaluating".to_string(),
             };
             let _ = writeln!(
                 out,

@@ -3,12 +3,19 @@
 //! (`rows × vocab`, the largest activation of a small model) never exist at once: one chunk's
 //! logits live in the `scratch` output, a workspace whose bytes the plan places like any other.
 //!
-//! Numerics are those of the unfused `linear` → `cross_entropy` pair, bit for bit on the CPU:
-//! the logits are rounded to `logits` (the dtype `linear` would store them in) before the loss
-//! reads them, and the backward rounds the logits' gradient the same way before the two
-//! matmuls. The per-row log-sum-exp is kept (`lse`) so the backward recomputes only the logits.
-//! The CPU reference forms the weight gradient in one product over all rows, so its result does
-//! not depend on the chunking; the GPU accumulates it chunk by chunk (equal within FP32 rounding).
+//! Two ops. `classifier_cross_entropy` is the loss alone (one matmul per chunk): what
+//! evaluation runs. `classifier_cross_entropy_backward` is what training runs, and its backward
+//! rule: per chunk the logits (one matmul), in one kernel the loss and the logits' gradient in
+//! place, then the data and the weight gradient (two matmuls). In training the head's backward
+//! follows its forward at once, so the logits are made once per chunk and never saved: three
+//! matmuls for the head, where a separate forward and backward would need four.
+//!
+//! Numerics are those of the unfused `linear` → `cross_entropy` pair and their backward ops, bit
+//! for bit on the CPU: the logits are rounded to `logits` (the dtype `linear` would store them
+//! in) before the loss reads them, and their gradient is rounded the same way before the two
+//! matmuls. The CPU reference forms the weight gradient in one product over all rows, so its
+//! result does not depend on the chunking; the GPU accumulates it chunk by chunk (equal within
+//! FP32 rounding).
 
 use super::cross_entropy::{log_sum_exp, target_index};
 use super::linear::gemm;
@@ -16,7 +23,8 @@ use crate::op::check;
 use crate::{BackwardStep, DType, OpError, OpSpec, Ref, TensorType, View, ViewMut, numerics};
 use serde::{Deserialize, Serialize};
 
-/// Mean cross-entropy of `x · Wᵀ` against `targets`, a chunk of rows at a time.
+/// Mean cross-entropy of `x · Wᵀ` against `targets`, a chunk of rows at a time (the loss
+/// alone: evaluation).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassifierCrossEntropy {
     /// Tokens per chunk (the scratch holds `min(chunk_rows, rows) × vocab` logits).
@@ -25,7 +33,8 @@ pub struct ClassifierCrossEntropy {
     pub logits: DType,
 }
 
-/// Gradients of [`ClassifierCrossEntropy`] for `x` and `W`, recomputing each chunk's logits.
+/// The loss of [`ClassifierCrossEntropy`] and its gradients for `x` and `W`, from one product
+/// of logits per chunk (training).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassifierCrossEntropyBackward {
     /// Tokens per chunk, as in the forward.
@@ -114,6 +123,22 @@ fn logits_bytes(rows: u64, vocab: u64, dtype: DType) -> f64 {
     (rows * vocab * dtype.size_bytes()) as f64
 }
 
+/// The bytes of the operands but the scratch (the last output), whose traffic the ops count per
+/// logit: the cost does not depend on the chunk size.
+fn operands(inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
+    let (_, results) = outputs.split_last().expect("the ops have a scratch output");
+    inputs.iter().chain(results).map(|t| t.bytes() as f64).sum()
+}
+
+/// The mean of `sum` over `valid` rows; 0 when no row counts.
+fn mean(sum: f64, valid: usize) -> f32 {
+    if valid == 0 {
+        0.0
+    } else {
+        (sum / valid as f64) as f32
+    }
+}
+
 impl OpSpec for ClassifierCrossEntropy {
     fn name(&self) -> &'static str {
         "classifier_cross_entropy"
@@ -122,13 +147,12 @@ impl OpSpec for ClassifierCrossEntropy {
         &["x", "w", "targets"]
     }
     fn output_names(&self) -> &'static [&'static str] {
-        &["loss", "lse", "scratch"]
+        &["loss", "scratch"]
     }
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
         let (rows, vocab) = check_operands(self.name(), self.logits, self.chunk_rows, inputs)?;
         Ok(vec![
             TensorType::new([1], DType::F32),
-            TensorType::new([rows], DType::F32),
             scratch_type(self.chunk_rows, rows, vocab, self.logits),
         ])
     }
@@ -141,48 +165,43 @@ impl OpSpec for ClassifierCrossEntropy {
     }
     fn bytes(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
         // Operands once, plus every chunk's logits written and read back once.
-        let operands: f64 = inputs.iter().chain(outputs).map(|t| t.bytes() as f64).sum();
-        operands + 2.0 * logits_bytes(inputs[0].rows(), inputs[1].shape[0], self.logits)
+        operands(inputs, outputs)
+            + 2.0 * logits_bytes(inputs[0].rows(), inputs[1].shape[0], self.logits)
     }
     fn backward(&self, _: &[TensorType]) -> Option<Vec<BackwardStep>> {
         use Ref::*;
+        // The backward makes the loss again (a temporary here): in training it is the loss.
         Some(vec![BackwardStep::new(
             ClassifierCrossEntropyBackward {
                 chunk_rows: self.chunk_rows,
                 logits: self.logits,
             },
-            &[Input(0), Input(1), Input(2), Output(1), GradOutput(0)],
-            &[GradInput(0), GradInput(1), Temp(0)],
+            &[Input(0), Input(1), Input(2), GradOutput(0)],
+            &[GradInput(0), GradInput(1), Temp(0), Temp(1)],
         )])
     }
     fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
         let (x, w, targets) = (inputs[0], inputs[1], inputs[2]);
         let (vocab, hidden) = (w.shape[0] as usize, w.shape[1] as usize);
         let chunk = (self.chunk_rows as usize).min(targets.data.len()).max(1);
-        let [loss, lse, scratch] = outputs else {
-            unreachable!("infer gives three outputs")
+        let [loss, scratch] = outputs else {
+            unreachable!("infer gives two outputs")
         };
         let (mut sum, mut valid) = (0.0f64, 0usize);
         let chunks = x
             .data
             .chunks(chunk * hidden)
             .zip(targets.data.chunks(chunk));
-        for (c, (x, targets)) in chunks.enumerate() {
+        for (x, targets) in chunks {
             chunk_logits(x, w.data, hidden, vocab, self.logits, scratch.data);
-            for (r, (row, &t)) in scratch.data.chunks(vocab).zip(targets).enumerate() {
-                let row_lse = log_sum_exp(row);
-                lse.data[c * chunk + r] = row_lse;
+            for (row, &t) in scratch.data.chunks(vocab).zip(targets) {
                 if let Some(t) = target_index(t, vocab)? {
-                    sum += (row_lse - row[t]) as f64;
+                    sum += (log_sum_exp(row) - row[t]) as f64;
                     valid += 1;
                 }
             }
         }
-        loss.data[0] = if valid == 0 {
-            0.0
-        } else {
-            (sum / valid as f64) as f32
-        };
+        loss.data[0] = mean(sum, valid);
         Ok(())
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
@@ -195,48 +214,45 @@ impl OpSpec for ClassifierCrossEntropyBackward {
         "classifier_cross_entropy_backward"
     }
     fn input_names(&self) -> &'static [&'static str] {
-        &["x", "w", "targets", "lse", "dloss"]
+        &["x", "w", "targets", "dloss"]
     }
     fn output_names(&self) -> &'static [&'static str] {
-        &["dx", "dw", "scratch"]
+        &["dx", "dw", "loss", "scratch"]
     }
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
         let op = self.name();
         let (rows, vocab) = check_operands(op, self.logits, self.chunk_rows, inputs)?;
-        check::dtype(op, "lse", &inputs[3], DType::F32)?;
-        check::shape(op, inputs[3].numel() == rows, || {
-            format!("lse {:?} needs one value per row", inputs[3].shape)
-        })?;
-        check::shape(op, inputs[4].numel() == 1, || {
-            format!("dloss must hold one value, got {:?}", inputs[4].shape)
+        check::shape(op, inputs[3].numel() == 1, || {
+            format!("dloss must hold one value, got {:?}", inputs[3].shape)
         })?;
         Ok(vec![
             inputs[0].clone(),
             inputs[1].clone(),
+            TensorType::new([1], DType::F32),
             scratch_type(self.chunk_rows, rows, vocab, self.logits),
         ])
     }
     fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
-        // The logits recomputed, then the data and the weight gradient.
+        // The logits, the data and the weight gradient; the loss and the logits' gradient.
         let (rows, vocab, hidden) = (inputs[0].rows(), inputs[1].shape[0], inputs[1].shape[1]);
-        (6 * rows * vocab * hidden + 4 * rows * vocab) as f64
+        (6 * rows * vocab * hidden + 7 * rows * vocab) as f64
     }
     fn uses_matrix_units(&self) -> bool {
         true
     }
     fn bytes(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
-        // Operands once; each chunk's logits written, read, their gradient written and read twice.
-        let operands: f64 = inputs.iter().chain(outputs).map(|t| t.bytes() as f64).sum();
-        operands + 4.0 * logits_bytes(inputs[0].rows(), inputs[1].shape[0], self.logits)
+        // Operands once; each chunk's logits written by the matmul, read twice by the loss
+        // kernel, which writes their gradient in place, then read by each of the two matmuls.
+        operands(inputs, outputs)
+            + 6.0 * logits_bytes(inputs[0].rows(), inputs[1].shape[0], self.logits)
     }
     fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
-        let (x, w, targets) = (inputs[0], inputs[1], inputs[2]);
-        let (lse, dloss) = (inputs[3].data, inputs[4].data[0]);
+        let (x, w, targets, dloss) = (inputs[0], inputs[1], inputs[2], inputs[3].data[0]);
         let (vocab, hidden) = (w.shape[0] as usize, w.shape[1] as usize);
         let rows = targets.data.len();
         let chunk = (self.chunk_rows as usize).min(rows).max(1);
-        let [dx, dw, scratch] = outputs else {
-            unreachable!("infer gives three outputs")
+        let [dx, dw, loss, scratch] = outputs else {
+            unreachable!("infer gives four outputs")
         };
         let valid = valid_targets(targets.data, vocab)?;
         let scale = if valid == 0 {
@@ -244,6 +260,7 @@ impl OpSpec for ClassifierCrossEntropyBackward {
         } else {
             dloss / valid as f32
         };
+        let mut sum = 0.0f64;
         // The logits' gradient of every row, kept whole for the weight gradient below.
         let mut dlogits = vec![0f32; rows * vocab];
         for (c, x_chunk) in x.data.chunks(chunk * hidden).enumerate() {
@@ -255,8 +272,10 @@ impl OpSpec for ClassifierCrossEntropyBackward {
                 match target_index(targets.data[first + r], vocab)? {
                     None => grad.fill(0.0),
                     Some(t) => {
+                        let row_lse = log_sum_exp(row);
+                        sum += (row_lse - row[t]) as f64;
                         for (g, v) in grad.iter_mut().zip(row) {
-                            *g = (v - lse[first + r]).exp() * scale;
+                            *g = (v - row_lse).exp() * scale;
                         }
                         grad[t] -= scale;
                         for g in grad.iter_mut() {
@@ -291,6 +310,7 @@ impl OpSpec for ClassifierCrossEntropyBackward {
             (hidden as isize, 1),
             dw.data,
         );
+        loss.data[0] = mean(sum, valid);
         Ok(())
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {

@@ -426,10 +426,11 @@ impl StepContext<'_> {
         })
     }
 
-    /// The chunked LM head and loss (classifier_cross_entropy.cu): per chunk of rows, a
-    /// cuBLASLt matmul into the scratch and the loss kernel on it; the backward recomputes the
-    /// logits, turns them into their gradient in place, then runs the data- and weight-gradient
-    /// matmuls for the chunk (the weight gradient accumulating over chunks).
+    /// The chunked LM head and loss (classifier_cross_entropy.cu), per chunk of rows: a
+    /// cuBLASLt matmul of the logits into the scratch, then the loss kernel on it. In training
+    /// (`classifier_cross_entropy_backward`) the kernel also turns the logits into their
+    /// gradient in place, and the chunk's data- and weight-gradient matmuls follow (the weight
+    /// gradient accumulating over chunks): three matmuls per chunk, the logits made once.
     fn chunked_head(
         &self,
         modules: &Modules,
@@ -437,9 +438,10 @@ impl StepContext<'_> {
         dtype: DType,
     ) -> Result<Launch, String> {
         use Arg::{I32, I64, Ptr};
-        let (backward, chunk_rows) = match &self.step.node.op {
-            Op::ClassifierCrossEntropy(c) => (false, c.chunk_rows),
-            Op::ClassifierCrossEntropyBackward(c) => (true, c.chunk_rows),
+        // Outputs: the loss and the scratch; in training the gradients come first.
+        let (train, chunk_rows, loss, scratch) = match &self.step.node.op {
+            Op::ClassifierCrossEntropy(c) => (false, c.chunk_rows, 0, 1),
+            Op::ClassifierCrossEntropyBackward(c) => (true, c.chunk_rows, 2, 3),
             _ => unreachable!("called for the chunked head only"),
         };
         if !matches!(dtype, DType::BF16 | DType::F32) {
@@ -451,17 +453,8 @@ impl StepContext<'_> {
         let (rows, vocab, hidden) = (x.rows(), w.shape[0], w.shape[1]);
         let row_bytes = hidden * dtype.size_bytes();
         let addr = |a: Arg| a.slot();
-        let (x_ptr, w_ptr, targets, lse) = (
-            addr(self.input(0)),
-            addr(self.input(1)),
-            self.input(2),
-            addr(if backward {
-                self.input(3)
-            } else {
-                self.output(1)
-            }),
-        );
-        let scratch = addr(self.output(2));
+        let (x_ptr, w_ptr, targets) = (addr(self.input(0)), addr(self.input(1)), self.input(2));
+        let scratch = addr(self.output(scratch));
         let mut gemm = |op: Op, a: &[u64], b: &[u64], acc: bool| {
             let shape = GemmShape::of(&op, [a, b], dtype, acc).expect("a matmul op");
             gemms.prepare(shape).map_err(|e| e.to_string())
@@ -479,30 +472,30 @@ impl StepContext<'_> {
                 d: scratch,
                 scales: None,
             });
-            let mut call = KernelCall {
-                name: String::new(),
-                grid: n,
-                block: BLOCK,
-                shared_bytes: 0,
-                args: Vec::new(),
-                zero_first: Vec::new(),
+            let mut args = vec![Ptr(scratch), targets];
+            let name = if train {
+                args.push(self.input(3));
+                "classifier_cross_entropy_backward"
+            } else {
+                "classifier_cross_entropy"
             };
-            let counts = [
+            args.extend([
+                self.output(loss),
                 I64(first as i64),
                 I64(n as i64),
                 I64(rows as i64),
                 I32(vocab as i32),
-            ];
-            if backward {
-                call.name = format!("classifier_cross_entropy_backward_{dtype}");
-                call.args = vec![Ptr(scratch), targets, Ptr(lse), self.input(4)];
-            } else {
-                call.name = format!("classifier_cross_entropy_{dtype}");
-                call.args = vec![Ptr(scratch), targets, Ptr(lse), self.output(0)];
-            }
-            call.args.extend(counts);
+            ]);
+            let call = KernelCall {
+                name: format!("{name}_{dtype}"),
+                grid: n,
+                block: BLOCK,
+                shared_bytes: 0,
+                args,
+                zero_first: Vec::new(),
+            };
             actions.push(kernel_action(modules, call)?);
-            if backward {
+            if train {
                 let data = gemm(
                     LinearBackwardData.into(),
                     &[n, vocab],
@@ -528,13 +521,8 @@ impl StepContext<'_> {
             }
             first += n;
         }
-        let zero_first = if backward {
-            Vec::new()
-        } else {
-            self.scalar_out(0)
-        };
         Ok(Launch {
-            zero_first,
+            zero_first: self.scalar_out(loss),
             actions,
         })
     }
