@@ -68,7 +68,8 @@ use egg::{EGraph, Id, Runner, SimpleScheduler, StopReason};
 use indexmap::{IndexMap, IndexSet};
 use llmq_compiler::ir::{Graph, Node, NodeId, Phase, Role, TensorId};
 use llmq_compiler::kernels::ops::{
-    AddRmsNorm, AddRmsNormAbsMax, RmsNormAbsMax, SwiGluAbsMax, SwiGluBackwardAbsMax,
+    AddRmsNorm, AddRmsNormAbsMax, RmsNormAbsMax, SwiGlu, SwiGluAbsMax, SwiGluBackward,
+    SwiGluBackwardAbsMax,
 };
 use llmq_compiler::kernels::{DType, Op};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
@@ -192,13 +193,17 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
         (Op::Add(_), &[a, b]) => Term::Add([a, b]),
         (Op::RmsNorm(_), &[x, w]) => Term::RmsNorm([x, w]),
         (Op::SwiGlu(_), &[g, u]) => Term::SwiGlu([g, u]),
+        (Op::SwiGlu(_), &[gu]) => Term::SwiGluPacked(gu),
         (Op::SwiGluBackward(_), &[g, u, d]) => Term::SwiGluBackward([g, u, d]),
+        (Op::SwiGluBackward(_), &[gu, d]) => Term::SwiGluBackwardPacked([gu, d]),
         (Op::AbsMax(_), &[x]) => Term::AbsMax(x),
         (Op::AddRmsNorm(_), &[a, b, w]) => Term::AddRmsNorm([a, b, w]),
         (Op::RmsNormAbsMax(_), &[x, w]) => Term::RmsNormAbsMax([x, w]),
         (Op::AddRmsNormAbsMax(_), &[a, b, w]) => Term::AddRmsNormAbsMax([a, b, w]),
         (Op::SwiGluAbsMax(_), &[g, u]) => Term::SwiGluAbsMax([g, u]),
+        (Op::SwiGluAbsMax(_), &[gu]) => Term::SwiGluPackedAbsMax(gu),
         (Op::SwiGluBackwardAbsMax(_), &[g, u, d]) => Term::SwiGluBackwardAbsMax([g, u, d]),
+        (Op::SwiGluBackwardAbsMax(_), &[gu, d]) => Term::SwiGluBackwardPackedAbsMax([gu, d]),
         (Op::Cast(_), &[to, x]) => Term::Cast([to, x]),
         (Op::Quantize(_), &[to, x, m]) => Term::Quantize([to, x, m]),
         (Op::QuantizeTransposed(_), &[to, x, m]) => Term::QuantizeTransposed([to, x, m]),
@@ -222,8 +227,11 @@ fn may_match(graph: &Graph, node: &Node) -> bool {
 /// (after its own outputs, in this order).
 fn abs_max_variant(op: &Op, dtype: DType) -> Option<(Op, &'static [usize])> {
     Some(match op {
-        Op::SwiGlu(_) => (SwiGluAbsMax { dtype }.into(), &[0]),
-        Op::SwiGluBackward(_) => (SwiGluBackwardAbsMax { dtype }.into(), &[0, 1]),
+        &Op::SwiGlu(SwiGlu { packed }) => (SwiGluAbsMax { dtype, packed }.into(), &[0]),
+        &Op::SwiGluBackward(SwiGluBackward { packed }) => {
+            let sources: &[usize] = if packed { &[0] } else { &[0, 1] };
+            (SwiGluBackwardAbsMax { dtype, packed }.into(), sources)
+        }
         Op::RmsNorm(r) => (RmsNormAbsMax { eps: r.eps, dtype }.into(), &[0]),
         Op::AddRmsNorm(r) => (AddRmsNormAbsMax { eps: r.eps, dtype }.into(), &[1]),
         _ => return None,

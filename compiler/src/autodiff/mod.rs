@@ -15,7 +15,7 @@ mod optimizer;
 pub use optimizer::{OptimizerOptions, ParamState};
 
 use crate::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
-use indexmap::IndexMap;
+use indexmap::{IndexMap, IndexSet};
 use llmq_kernels::{BackwardStep, DType, Op, OpError, Ref, TensorType};
 
 /// What the training graph needs beyond the forward graph.
@@ -85,7 +85,13 @@ pub fn differentiate(
 ) -> Result<TrainIo, AutodiffError> {
     let forward = graph.topological_order();
     let needs_grad = tensors_needing_grad(graph, &forward);
-    let weights = graph.tensors_with_role(Role::Weight);
+    // A weight no node reads (one that horizontal fusion packed into another) is no parameter.
+    let read: IndexSet<TensorId> = graph
+        .nodes()
+        .flat_map(|(_, n)| n.inputs.iter().copied())
+        .collect();
+    let mut weights = graph.tensors_with_role(Role::Weight);
+    weights.retain(|w| read.contains(w));
     let grads: IndexMap<TensorId, TensorId> = weights
         .iter()
         .map(|&w| {
@@ -97,6 +103,7 @@ pub fn differentiate(
                 layer: t.layer,
                 hf_name: None,
                 init: None,
+                parts: t.parts.iter().map(|p| p.derived("grad")).collect(),
             });
             (w, grad)
         })
@@ -140,6 +147,7 @@ fn scalar_tensor(
         layer: None,
         hf_name: None,
         init: None,
+        parts: Vec::new(),
     })
 }
 
@@ -285,6 +293,7 @@ impl Backward<'_> {
                 layer: node.layer,
                 hf_name: None,
                 init: None,
+                parts: Vec::new(),
             });
             match (*r, target) {
                 (Ref::Temp(i), _) => {

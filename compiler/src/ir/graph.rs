@@ -331,6 +331,7 @@ impl Graph {
                     layer,
                     hf_name: None,
                     init: None,
+                    parts: Vec::new(),
                 })
             })
             .collect())
@@ -621,6 +622,7 @@ mod tests {
             layer: None,
             hf_name: None,
             init: None,
+            parts: Vec::new(),
         })
     }
 

@@ -17,7 +17,7 @@ pub use report::{live_bytes, memory_profile, report_html, step_times};
 pub use show::{ShowOptions, fits, group_digits, show_plan, summary};
 
 use crate::autodiff::{OptimizerOptions, TrainIo};
-use crate::ir::{BufferId, Category, Init, Node, Role, TensorId};
+use crate::ir::{BufferId, Category, Init, Node, Part, Role, TensorId, tensor_parts};
 use crate::target::{DeviceProfile, Precision};
 use indexmap::IndexMap;
 use llmq_kernels::TensorType;
@@ -67,6 +67,17 @@ pub struct PlanTensor {
     pub hf_name: Option<String>,
     /// For weights: the initialisation rule.
     pub init: Option<Init>,
+    /// For packed parameters and their state: the parts, by rows (see [`Part`]).
+    pub parts: Vec<Part>,
+}
+
+impl PlanTensor {
+    /// Its pieces for checkpoints and weight files: its parts, or itself whole. Checkpoint
+    /// export and import, `--dump-step` and weight loading go through this.
+    pub fn pieces(&self) -> Vec<Part> {
+        let rows = self.ty.shape.first().copied().unwrap_or(1);
+        tensor_parts(&self.name, self.hf_name.as_deref(), &self.parts, rows)
+    }
 }
 
 /// Index of a stream in [`Plan::streams`].
