@@ -1,33 +1,11 @@
 //! `horizontal-fusion` on the forward graphs of the tiny Qwen2 (q/k/v biases) and Qwen3
 //! (QK-norm after the split) models: the snapshot of what it changes, and its structure.
 
-use llmq_compiler::ir::{Graph, Role, write_graph};
-use llmq_compiler::kernels::Op;
-use llmq_compiler::pass::{Pass, run_passes};
-use llmq_compiler::target::Precision;
-use llmq_passes::{HorizontalFusion, forward_graph, pass_context};
-use std::path::Path;
-
 mod common;
 
-/// The forward graph of `model` after the pass, and the unified diff the pass made.
-fn forward_diff(model: &str) -> (Graph, String) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models")
-        .join(model);
-    let opts = common::options(Precision::Bf16);
-    let mut graph = forward_graph(&path, &opts).unwrap().graph;
-    let before = write_graph(&graph);
-    let passes: [&dyn Pass; 1] = [&HorizontalFusion];
-    run_passes(&mut graph, &passes, &pass_context(&opts), None).unwrap();
-    let after = write_graph(&graph);
-    let diff = similar::TextDiff::from_lines(&before, &after)
-        .unified_diff()
-        .context_radius(1)
-        .header("before", "after")
-        .to_string();
-    (graph, diff)
-}
+use common::forward_diff;
+use llmq_compiler::ir::Role;
+use llmq_compiler::kernels::Op;
 
 #[test]
 fn horizontal_fusion_on_tiny_qwen2() {
