@@ -176,30 +176,6 @@ pub struct Part {
     pub end: u64,
 }
 
-/// The pieces a tensor of `rows` outer rows is saved, loaded and initialised as: its `parts`
-/// when it is packed, else itself whole under `name` and `hf_name`. The one place that turns
-/// a tensor into the names checkpoints and Hugging Face files use.
-pub fn tensor_parts(name: &str, hf_name: Option<&str>, parts: &[Part], rows: u64) -> Vec<Part> {
-    if parts.is_empty() {
-        vec![Part {
-            name: name.to_string(),
-            hf_name: hf_name.map(str::to_string),
-            start: 0,
-            end: rows,
-        }]
-    } else {
-        parts.to_vec()
-    }
-}
-
-impl Tensor {
-    /// Its pieces for checkpoints and weight files (see [`tensor_parts`]).
-    pub fn pieces(&self) -> Vec<Part> {
-        let rows = self.ty.shape.first().copied().unwrap_or(1);
-        tensor_parts(&self.name, self.hf_name.as_deref(), &self.parts, rows)
-    }
-}
-
 impl Part {
     /// The name checkpoints use for a weight's part: its Hugging Face name if it has one.
     pub fn checkpoint_name(&self) -> &str {
