@@ -26,8 +26,9 @@
 //!
 //! Invariants: the forward values are those of the unfused graph (each output column is the
 //! same dot product; `split` and packed `swiglu` compute every element as before); the parts'
-//! weights and the outputs the packed nodes take over are left unread (autodiff makes no
-//! parameter of a weight no node reads). Linears are grouped when they read the same tensor,
+//! parameters are left unread and retired (no longer weights: dead tensors, which take no
+//! bytes and which autodiff, the optimizer and the memory planner do not see), as are the
+//! outputs the packed nodes take over. Linears are grouped when they read the same tensor,
 //! in the same block, and each weight is a parameter of one piece read by that linear alone,
 //! of one dtype, width and initialisation with the others; at most [`MAX_PARTS`] per group.
 //! In an FP8 plan the packed weight gets one scale (the abs-max over all its parts), as in
@@ -66,6 +67,9 @@ impl Pass for HorizontalFusion {
                     outputs,
                     ..template.clone()
                 };
+                for &part in &e.parts {
+                    retire(edit.tensor_mut(part));
+                }
                 let weight = edit.add_tensor(e.weight);
                 let mut y = edit.add_tensor(e.output);
                 edit.replace(
@@ -100,6 +104,16 @@ impl Pass for HorizontalFusion {
         });
         Ok(())
     }
+}
+
+/// Makes a parameter packed into another a dead tensor: no longer a weight (tensors stay in
+/// a graph, but a non-persistent one no node touches is dead: it takes no bytes, and no pass,
+/// autodiff or the memory planner sees it as state). Its names live on in the packed
+/// tensor's parts.
+fn retire(t: &mut Tensor) {
+    t.role = Role::Activation;
+    t.hf_name = None;
+    t.init = None;
 }
 
 /// Per tensor, the nodes that read it, in program order.
@@ -194,6 +208,8 @@ struct PackedBias {
 /// One group's edit, decided before the graph is edited.
 struct GroupEdit {
     linears: Vec<NodeId>,
+    /// The parameters packed (weights, and biases if packed), retired by the edit.
+    parts: Vec<TensorId>,
     weight: Tensor,
     output: Tensor,
     cols: Vec<u64>,
@@ -224,8 +240,13 @@ fn plan_group(graph: &Graph, readers: &Readers, linears: &[NodeId]) -> GroupEdit
         Some(n) => Consumer::SwiGlu(n),
         None => split_consumer(graph, readers, &outputs),
     };
+    let mut parts = weights;
+    if let Consumer::Split { bias: Some(b), .. } = &consumer {
+        parts.extend(b.adds.iter().map(|&n| graph.node(n).inputs[1]));
+    }
     GroupEdit {
         linears: linears.to_vec(),
+        parts,
         weight,
         output,
         cols,

@@ -15,7 +15,7 @@ mod optimizer;
 pub use optimizer::{OptimizerOptions, ParamState};
 
 use crate::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
-use indexmap::{IndexMap, IndexSet};
+use indexmap::IndexMap;
 use llmq_kernels::{BackwardStep, DType, Op, OpError, Ref, TensorType};
 
 /// What the training graph needs beyond the forward graph.
@@ -85,13 +85,7 @@ pub fn differentiate(
 ) -> Result<TrainIo, AutodiffError> {
     let forward = graph.topological_order();
     let needs_grad = tensors_needing_grad(graph, &forward);
-    // A weight no node reads (one that horizontal fusion packed into another) is no parameter.
-    let read: IndexSet<TensorId> = graph
-        .nodes()
-        .flat_map(|(_, n)| n.inputs.iter().copied())
-        .collect();
-    let mut weights = graph.tensors_with_role(Role::Weight);
-    weights.retain(|w| read.contains(w));
+    let weights = graph.tensors_with_role(Role::Weight);
     let grads: IndexMap<TensorId, TensorId> = weights
         .iter()
         .map(|&w| {
