@@ -5,7 +5,7 @@
 
 mod common;
 
-use llmq_compiler::ir::Phase;
+use llmq_compiler::ir::{Category, Phase};
 use llmq_compiler::plan::Plan;
 use llmq_compiler::target::Precision;
 use llmq_passes::CompileOptions;
@@ -79,6 +79,9 @@ fn packed_plans_run_one_matmul_per_group() {
                 .sum()
         };
         assert_eq!(elements(&fused), elements(&unfused), "{model}");
+        // The packed-away parameters take no bytes: the weights' memory is the unfused one.
+        let weights = |p: &Plan| p.estimates.memory_at_peak[&Category::Weights];
+        assert_eq!(weights(&fused), weights(&unfused), "{model}: weight bytes");
         // Per block wq, wk, wv → one, w_gate, w_up → one; Qwen2's bq, bk, bv → one.
         let packed_away = if model == "tiny-qwen2.ron" { 5 } else { 3 };
         assert_eq!(
