@@ -94,7 +94,13 @@ pub fn trainer_on(
 ) -> Trainer {
     let (batch, seq) = (plan.options.batch as usize, plan.options.seq as usize);
     let loader = |path: &str, seed| {
-        DataLoader::new(TokenDataset::open(&[path], vocab).unwrap(), batch, seq, seed).unwrap()
+        DataLoader::new(
+            TokenDataset::open(&[path], vocab).unwrap(),
+            batch,
+            seq,
+            seed,
+        )
+        .unwrap()
     };
     let params = ScheduleParams {
         lr: 3e-3,

@@ -122,12 +122,18 @@ fn dumped_gradients_of_the_executed_plan_match_finite_differences_of_its_loss() 
     let weights = read_dump(&dump_dir.join("model.safetensors"));
     let mut cpu = CpuBackend::new(plan.clone());
     let io = plan.io.clone();
-    let hf_name = |id: TensorId| {
-        let t = plan.tensor(id);
-        t.hf_name.clone().unwrap_or(t.name.clone())
-    };
+    // A parameter's values from the dump: its pieces (the parts of a packed one) by their
+    // Hugging Face names, `prefix`ed, rows in order.
+    let values =
+        |dump: &std::collections::HashMap<String, Vec<f32>>, id: TensorId, prefix: &str| {
+            let pieces = plan.tensor(id).pieces();
+            let names = pieces
+                .iter()
+                .map(|p| format!("{prefix}{}", p.checkpoint_name()));
+            names.flat_map(|n| dump[&n].clone()).collect::<Vec<f32>>()
+        };
     for p in &plan.io.params {
-        cpu.write_f32(p.weight, &weights[&hf_name(p.weight)])
+        cpu.write_f32(p.weight, &values(&weights, p.weight, ""))
             .unwrap();
     }
     cpu.write_f32(io.tokens, &step["tokens"]).unwrap();
@@ -141,9 +147,9 @@ fn dumped_gradients_of_the_executed_plan_match_finite_differences_of_its_loss() 
     let h = 1e-2f32;
     let mut checked = 0;
     for p in &plan.io.params {
-        let name = hf_name(p.weight);
-        let grad = &step[&format!("grad.{name}")];
-        let mut w = weights[&name].clone();
+        let name = plan.tensor(p.weight).name.clone();
+        let grad = &values(&step, p.weight, "grad.");
+        let mut w = values(&weights, p.weight, "");
         // The element with the largest gradient, and the first one.
         let big = (0..grad.len())
             .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
@@ -169,10 +175,16 @@ fn dumped_gradients_of_the_executed_plan_match_finite_differences_of_its_loss() 
         }
     }
     assert!(checked >= 20, "checked only {checked} gradients");
+    let pieces: usize = plan
+        .io
+        .params
+        .iter()
+        .map(|p| plan.tensor(p.weight).pieces().len())
+        .sum();
     assert_eq!(
         step.len(),
-        3 + plan.io.params.len(),
-        "tokens, targets, loss and every gradient"
+        3 + pieces,
+        "tokens, targets, loss and every gradient (of every part of a packed weight)"
     );
 }
 
@@ -239,7 +251,8 @@ fn interpret(graph: &Graph, inputs: Vec<(TensorId, Value)>) -> (f32, Vec<Option<
 }
 
 /// The gradients the executed FP32 plan leaves in its arena equal those of [`interpret`] on
-/// the model's forward graph, within FP32 rounding: a fault in autodiff, scheduling, liveness or
+/// the model's forward graph (before horizontal fusion: a packed parameter's gradient is
+/// compared part by part), within FP32 rounding: a fault in autodiff, scheduling, liveness or
 /// buffer packing would change them by far more.
 fn check_plan_against_interpreter(model: &str) {
     let (batch, seq) = (2u64, 16u64);
@@ -280,13 +293,20 @@ fn check_plan_against_interpreter(model: &str) {
             .collect();
         inputs.push((id, values));
     }
-    let plan_id = |name: &str| -> TensorId {
-        let index = plan.tensors.iter().position(|t| t.name == name).unwrap();
-        TensorId(index as u32)
-    };
-    for (id, values) in &inputs {
-        cpu.write_f32(plan_id(&forward.graph.tensor(*id).name), values)
-            .unwrap();
+    let by_name: std::collections::HashMap<&str, &Vec<f32>> = inputs
+        .iter()
+        .map(|(id, values)| (forward.graph.tensor(*id).name.as_str(), values))
+        .collect();
+    cpu.write_f32(plan.io.tokens, by_name["tokens"]).unwrap();
+    cpu.write_f32(plan.io.targets, by_name["targets"]).unwrap();
+    // Each parameter from the forward graph's weights: a packed one from its parts' rows.
+    for p in &plan.io.params {
+        let pieces = plan.tensor(p.weight).pieces();
+        let values: Vec<f32> = pieces
+            .iter()
+            .flat_map(|w| by_name[w.name.as_str()].clone())
+            .collect();
+        cpu.write_f32(p.weight, &values).unwrap();
     }
     cpu.write_f32(plan.io.dloss, &[1.0]).unwrap();
     cpu.run_section("forward").unwrap();
@@ -306,24 +326,31 @@ fn check_plan_against_interpreter(model: &str) {
         "{model}: loss {plan_loss} from the plan, {loss} from the interpreter"
     );
     let mut checked = 0;
+    let weights = forward.graph.tensors_with_role(Role::Weight);
     for p in &plan.io.params {
-        let name = &plan.tensor(p.weight).name;
-        let id = forward.graph.find(name).unwrap();
-        let want = grads[id.index()]
-            .as_ref()
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        let got = cpu.read_f32(p.grad).unwrap();
-        let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(scale > 0.0, "{model}: {name}'s gradient is zero");
-        for (i, (g, w)) in got.iter().zip(&want.data).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-4 * scale,
-                "{model}: {name}[{i}]: plan {g:e}, interpreter {w:e} (largest |grad| {scale:e})"
-            );
+        let grad = cpu.read_f32(p.grad).unwrap();
+        let weight = plan.tensor(p.weight);
+        let row = (weight.ty.numel() / weight.ty.shape[0]) as usize;
+        // A packed parameter's gradient holds its parts' gradients, by rows.
+        for piece in weight.pieces() {
+            let name = &piece.name;
+            let id = forward.graph.find(name).unwrap();
+            let want = grads[id.index()]
+                .as_ref()
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let got = &grad[piece.start as usize * row..piece.end as usize * row];
+            let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{model}: {name}'s gradient is zero");
+            for (i, (g, w)) in got.iter().zip(&want.data).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * scale,
+                    "{model}: {name}[{i}]: plan {g:e}, interpreter {w:e} (largest |grad| {scale:e})"
+                );
+            }
+            checked += 1;
         }
-        checked += 1;
     }
-    assert_eq!(checked, plan.io.params.len());
+    assert_eq!(checked, weights.len(), "every weight of the forward graph");
 }
 
 #[test]

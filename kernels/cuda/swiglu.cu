@@ -1,46 +1,98 @@
 // swiglu: `h = gate·σ(gate)·up`, the same with the abs-max of `h` as stored, and the backward
-// (ops/swiglu.rs).
+// (ops/swiglu.rs), for gate and up as two tensors or packed in one (`packed=true`).
 #include "abs_max.cuh"
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// swiglu_{f32,bf16}(const T* gate, const T* up, T* h, long long n)
-// swiglu_abs_max_{f32,bf16}(const T* gate, const T* up, T* h, float* amax, long long n)
-// grid: any (grid-stride), block: a multiple of 32. With `amax` (zeroed by the launcher), the
-// abs-max of `h` read back as stored, so it equals abs_max's on `h` bit for bit.
+// Gate and up: element i of `h` (row-major, `width` columns) reads gate[at(i)] and up[at(i)],
+// at(i) = (i / width)·stride + i % width. Two tensors: stride = width (at(i) = i). Packed in
+// `gu [rows, 2·width]`: gate = gu, up = gu + width, stride = 2·width. The backward writes
+// dgate and dup at the same places. When width is a multiple of 8, each group of eight
+// elements of `h` lies in one row, so gate, up and the gradients move as 16-byte vectors.
+__device__ __forceinline__ long long at(long long i, long long width, long long stride) {
+    return stride == width ? i : (i / width) * stride + i % width;
+}
+
+// The eight values of `p` for elements i..i+8 of `h` (those past n are 0).
 template <typename T>
-__device__ void swiglu(const T* gate, const T* up, T* h, float* amax, long long n) {
+__device__ __forceinline__ void load_gu(const T* p, long long i, long long n, long long width,
+                                        long long stride, float v[8]) {
+    if (width % 8 == 0) {
+        const long long j = at(i, width, stride);
+        load8(p, j, j + 8, v);  // n is a multiple of 8 here: all eight exist
+    } else {
+        for (int k = 0; k < 8; ++k) v[k] = i + k < n ? load(p, at(i + k, width, stride)) : 0.0f;
+    }
+}
+
+// Writes (or adds) the eight values at the places load_gu reads them from.
+template <typename T>
+__device__ __forceinline__ void store_gu(T* p, long long i, long long n, long long width,
+                                         long long stride, const float v[8], int accumulate) {
+    if (width % 8 == 0 && !accumulate) {
+        const long long j = at(i, width, stride);
+        store8(p, j, j + 8, v);
+    } else {
+        for (int k = 0; k < 8 && i + k < n; ++k) store_acc(p, at(i + k, width, stride), v[k], accumulate);
+    }
+}
+
+// swiglu_{f32,bf16}(const T* gate, const T* up, T* h, long long n, long long width,
+//                   long long stride)
+// swiglu_abs_max_{f32,bf16}(const T* gate, const T* up, T* h, float* amax, long long n,
+//                           long long width, long long stride)
+// grid: any (grid-stride over groups of eight), block: a multiple of 32. With `amax` (zeroed by
+// the launcher), the abs-max of `h` read back as stored, so it equals abs_max's on `h` bit for
+// bit.
+template <typename T>
+__device__ void swiglu(const T* gate, const T* up, T* h, float* amax, long long n,
+                       long long width, long long stride) {
     float m = 0.0f;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        const float g = load(gate, i);
-        store(h, i, g * sigmoid(g) * load(up, i));
-        if (amax) m = nan_max(m, fabsf(load(h, i)));
+    for (long long i = first8(); i < n; i += stride8()) {
+        float g[8], u[8], y[8];
+        load_gu(gate, i, n, width, stride, g);
+        load_gu(up, i, n, width, stride, u);
+        for (int k = 0; k < 8; ++k) y[k] = g[k] * sigmoid(g[k]) * u[k];
+        store8(h, i, n, y);
+        if (amax) {
+            for (int k = 0; k < 8 && i + k < n; ++k) m = nan_max(m, fabsf(load(h, i + k)));
+        }
     }
     if (amax) block_abs_max_into(m, amax);
 }
 
 // swiglu_backward_{f32,bf16}(const T* gate, const T* up, const T* dh, T* dgate, T* dup,
-//                            long long n, int accumulate)
+//                            long long n, long long width, long long stride, int accumulate)
 // swiglu_backward_abs_max_{f32,bf16}(const T* gate, const T* up, const T* dh, T* dgate, T* dup,
-//                                    float* dgate_amax, float* dup_amax, long long n)
-// grid: any (grid-stride), block: a multiple of 32.
+//                                    float* dgate_amax, float* dup_amax, long long n,
+//                                    long long width, long long stride)
+// grid: any (grid-stride over groups of eight), block: a multiple of 32.
 // dup = dh·g·σ(g), dgate = dh·up·σ(g)·(1 + g·(1 − σ(g))). With the abs-max pointers (zeroed by
 // the launcher; the variant never accumulates), the abs-max of each gradient read back as
-// stored, so it equals abs_max's bit for bit.
+// stored, so it equals abs_max's bit for bit; packed, both pointers are the one abs-max of dgu.
 template <typename T>
 __device__ void swiglu_backward(const T* gate, const T* up, const T* dh, T* dgate, T* dup,
-                                float* dgate_amax, float* dup_amax, long long n, int accumulate) {
+                                float* dgate_amax, float* dup_amax, long long n,
+                                long long width, long long stride, int accumulate) {
     float mg = 0.0f, mu = 0.0f;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        const float g = load(gate, i), u = load(up, i), d = load(dh, i);
-        const float s = sigmoid(g);
-        store_acc(dup, i, d * g * s, accumulate);
-        store_acc(dgate, i, d * u * s * (1.0f + g * (1.0f - s)), accumulate);
+    for (long long i = first8(); i < n; i += stride8()) {
+        float g[8], u[8], d[8], dg[8], du[8];
+        load_gu(gate, i, n, width, stride, g);
+        load_gu(up, i, n, width, stride, u);
+        load8(dh, i, n, d);
+        for (int k = 0; k < 8; ++k) {
+            const float s = sigmoid(g[k]);
+            du[k] = d[k] * g[k] * s;
+            dg[k] = d[k] * u[k] * s * (1.0f + g[k] * (1.0f - s));
+        }
+        store_gu(dgate, i, n, width, stride, dg, accumulate);
+        store_gu(dup, i, n, width, stride, du, accumulate);
         if (dgate_amax) {
-            mg = nan_max(mg, fabsf(load(dgate, i)));
-            mu = nan_max(mu, fabsf(load(dup, i)));
+            for (int k = 0; k < 8 && i + k < n; ++k) {
+                const long long j = at(i + k, width, stride);
+                mg = nan_max(mg, fabsf(load(dgate, j)));
+                mu = nan_max(mu, fabsf(load(dup, j)));
+            }
         }
     }
     if (dgate_amax) {
@@ -50,37 +102,45 @@ __device__ void swiglu_backward(const T* gate, const T* up, const T* dh, T* dgat
     }
 }
 
-extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float* h, long long n) {
-    swiglu(gate, up, h, nullptr, n);
+extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float* h, long long n,
+                                      long long width, long long stride) {
+    swiglu(gate, up, h, nullptr, n, width, stride);
 }
-extern "C" __global__ void swiglu_bf16(const bf16* gate, const bf16* up, bf16* h, long long n) {
-    swiglu(gate, up, h, nullptr, n);
+extern "C" __global__ void swiglu_bf16(const bf16* gate, const bf16* up, bf16* h, long long n,
+                                       long long width, long long stride) {
+    swiglu(gate, up, h, nullptr, n, width, stride);
 }
 extern "C" __global__ void swiglu_abs_max_f32(const float* gate, const float* up, float* h,
-                                              float* amax, long long n) {
-    swiglu(gate, up, h, amax, n);
+                                              float* amax, long long n, long long width,
+                                              long long stride) {
+    swiglu(gate, up, h, amax, n, width, stride);
 }
 extern "C" __global__ void swiglu_abs_max_bf16(const bf16* gate, const bf16* up, bf16* h,
-                                               float* amax, long long n) {
-    swiglu(gate, up, h, amax, n);
+                                               float* amax, long long n, long long width,
+                                               long long stride) {
+    swiglu(gate, up, h, amax, n, width, stride);
 }
 extern "C" __global__ void swiglu_backward_f32(const float* gate, const float* up, const float* dh,
-                                               float* dgate, float* dup, long long n, int accumulate) {
-    swiglu_backward(gate, up, dh, dgate, dup, nullptr, nullptr, n, accumulate);
+                                               float* dgate, float* dup, long long n,
+                                               long long width, long long stride, int accumulate) {
+    swiglu_backward(gate, up, dh, dgate, dup, nullptr, nullptr, n, width, stride, accumulate);
 }
 extern "C" __global__ void swiglu_backward_bf16(const bf16* gate, const bf16* up, const bf16* dh,
-                                                bf16* dgate, bf16* dup, long long n, int accumulate) {
-    swiglu_backward(gate, up, dh, dgate, dup, nullptr, nullptr, n, accumulate);
+                                                bf16* dgate, bf16* dup, long long n,
+                                                long long width, long long stride, int accumulate) {
+    swiglu_backward(gate, up, dh, dgate, dup, nullptr, nullptr, n, width, stride, accumulate);
 }
 extern "C" __global__ void swiglu_backward_abs_max_f32(const float* gate, const float* up,
                                                        const float* dh, float* dgate, float* dup,
                                                        float* dgate_amax, float* dup_amax,
-                                                       long long n) {
-    swiglu_backward(gate, up, dh, dgate, dup, dgate_amax, dup_amax, n, 0);
+                                                       long long n, long long width,
+                                                       long long stride) {
+    swiglu_backward(gate, up, dh, dgate, dup, dgate_amax, dup_amax, n, width, stride, 0);
 }
 extern "C" __global__ void swiglu_backward_abs_max_bf16(const bf16* gate, const bf16* up,
                                                         const bf16* dh, bf16* dgate, bf16* dup,
                                                         float* dgate_amax, float* dup_amax,
-                                                        long long n) {
-    swiglu_backward(gate, up, dh, dgate, dup, dgate_amax, dup_amax, n, 0);
+                                                        long long n, long long width,
+                                                        long long stride) {
+    swiglu_backward(gate, up, dh, dgate, dup, dgate_amax, dup_amax, n, width, stride, 0);
 }

@@ -273,6 +273,10 @@ declare_ops! {
     CastStochastic(CastStochastic),
     /// The identity, between the device and the host arena (offload, prefetch, streaming).
     Copy(Copy),
+    /// Column ranges of each row copied out into separate tensors (q, k, v from one matmul).
+    Split(Split),
+    /// Tensors written side by side in each row: the backward of `Split`.
+    Concat(Concat),
     /// The transpose of an FP8 tensor (its FP8 copy in the other matmul layout).
     TransposeFp8(TransposeFp8),
 }

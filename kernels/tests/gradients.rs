@@ -321,7 +321,24 @@ fn attention_multi_head() {
 
 #[test]
 fn swiglu() {
-    check_gradients(SwiGlu, &[float(&[3, 6]), float(&[3, 6])], 1);
+    let op = SwiGlu { packed: false };
+    check_gradients(op, &[float(&[3, 6]), float(&[3, 6])], 1);
+}
+
+/// Gate and up as the two halves of each row of one input; its backward writes both into one
+/// gradient.
+#[test]
+fn swiglu_packed() {
+    check_gradients(SwiGlu { packed: true }, &[float(&[3, 12])], 1);
+}
+
+/// Split's backward is the concatenation of the parts' gradients.
+#[test]
+fn split() {
+    let op = Split {
+        cols: vec![4, 2, 3],
+    };
+    check_gradients(op, &[float(&[2, 3, 9])], 1);
 }
 
 #[test]
@@ -379,12 +396,13 @@ fn harness_rejects_wrong_rules() {
 
     use Ref::*;
     let swapped = vec![BackwardStep::new(
-        SwiGluBackward,
+        SwiGluBackward { packed: false },
         &[Input(0), Input(1), GradOutput(0)],
         &[GradInput(1), GradInput(0)],
     )];
     let args = [float(&[2, 5]), float(&[2, 5])];
-    let result = check_rule(&SwiGlu.into(), &swapped, &args, 1, next_seed());
+    let swiglu = SwiGlu { packed: false }.into();
+    let result = check_rule(&swiglu, &swapped, &args, 1, next_seed());
     assert!(result.is_err(), "swapped SwiGLU gradients passed");
 }
 
@@ -399,6 +417,7 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::Rope(_)
         | Op::Attention(_)
         | Op::SwiGlu(_)
+        | Op::Split(_)
         | Op::Add(_)
         | Op::CrossEntropy(_)
         | Op::ClassifierCrossEntropy(_) => true,
@@ -410,6 +429,7 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::RopeBackward(_)
         | Op::AttentionBackward(_)
         | Op::SwiGluBackward(_)
+        | Op::Concat(_)
         | Op::CrossEntropyBackward(_)
         | Op::ClassifierCrossEntropyBackward(_)
         | Op::AddRmsNorm(_)
@@ -507,7 +527,18 @@ fn backward_types_match_inputs() {
             .into(),
             vec![bf(&[b, t, c]), bf(&[b, t, 256]), bf(&[b, t, 256])],
         ),
-        (SwiGlu.into(), vec![bf(&[b, t, c]), bf(&[b, t, c])]),
+        (
+            SwiGlu { packed: false }.into(),
+            vec![bf(&[b, t, c]), bf(&[b, t, c])],
+        ),
+        (SwiGlu { packed: true }.into(), vec![bf(&[b, t, 2 * c])]),
+        (
+            Split {
+                cols: vec![c, 256, 256],
+            }
+            .into(),
+            vec![bf(&[b, t, c + 512])],
+        ),
         (Add.into(), vec![bf(&[b, t, c]), bf(&[b, t, c])]),
         (CrossEntropy.into(), vec![bf(&[b, t, v]), ids(&[b, t])]),
         (
@@ -562,7 +593,21 @@ fn backward_types_match_inputs() {
             .into(),
             vec![bf(&[b, t, c]); 6],
         ),
-        (SwiGluBackward.into(), vec![bf(&[b, t, c]); 3]),
+        (
+            SwiGluBackward { packed: false }.into(),
+            vec![bf(&[b, t, c]); 3],
+        ),
+        (
+            SwiGluBackward { packed: true }.into(),
+            vec![bf(&[b, t, 2 * c]), bf(&[b, t, c])],
+        ),
+        (
+            Concat {
+                cols: vec![c, 256, 256],
+            }
+            .into(),
+            vec![bf(&[b, t, c]), bf(&[b, t, 256]), bf(&[b, t, 256])],
+        ),
         (CrossEntropyBackward.into(), vec![bf(&[b, t, v]); 3]),
         (
             ClassifierCrossEntropyBackward {

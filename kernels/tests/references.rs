@@ -782,6 +782,20 @@ fn bf16_normals(seed: u64, stream: u64, n: u64, scale: f64) -> Vec<f32> {
         .collect()
 }
 
+/// The rows of tensors `parts` (of `cols[i]` columns each) side by side: row r of the result
+/// is row r of each part in turn, the layout of a packed matmul's output.
+fn pack_rows(parts: &[&[f32]], cols: &[u64]) -> Vec<f32> {
+    let rows = parts[0].len() / cols[0] as usize;
+    let mut out = Vec::new();
+    for r in 0..rows {
+        for (p, &c) in parts.iter().zip(cols) {
+            let c = c as usize;
+            out.extend_from_slice(&p[r * c..(r + 1) * c]);
+        }
+    }
+    out
+}
+
 /// A BF16 activation type `[rows, hidden]` and random BF16 inputs of a residual add + RMSNorm:
 /// the residual `a`, the branch `b` and the norm weight `w`.
 fn residual_and_norm_weight(
@@ -847,22 +861,45 @@ fn abs_max_variants_equal_the_op_then_abs_max() {
     let (eps, dtype) = (1e-6, DType::BF16);
     // (fused, unfused, inputs, the unfused output whose abs-max the fused op emits)
     type Inputs = Vec<(TensorType, Vec<f32>)>;
-    let cases: [(Op, Op, Inputs, &[usize]); 4] = [
+    // Gate and up packed in one tensor, as horizontal fusion makes them.
+    let gu = (
+        TensorType::new([rows, 2 * hidden], DType::BF16),
+        pack_rows(&[&a.1, &b.1], &[hidden, hidden]),
+    );
+    let dh = (act.clone(), bf16(4, rows * hidden, 2.0));
+    let (unpacked, packed) = (false, true);
+    let cases: [(Op, Op, Inputs, &[usize]); 6] = [
         (
-            SwiGluAbsMax { dtype }.into(),
-            SwiGlu.into(),
+            SwiGluAbsMax {
+                dtype,
+                packed: unpacked,
+            }
+            .into(),
+            SwiGlu { packed: unpacked }.into(),
             vec![a.clone(), b.clone()],
             &[0],
         ),
         (
-            SwiGluBackwardAbsMax { dtype }.into(),
-            SwiGluBackward.into(),
-            vec![
-                a.clone(),
-                b.clone(),
-                (act.clone(), bf16(4, rows * hidden, 2.0)),
-            ],
+            SwiGluAbsMax { dtype, packed }.into(),
+            SwiGlu { packed }.into(),
+            vec![gu.clone()],
+            &[0],
+        ),
+        (
+            SwiGluBackwardAbsMax {
+                dtype,
+                packed: unpacked,
+            }
+            .into(),
+            SwiGluBackward { packed: unpacked }.into(),
+            vec![a.clone(), b.clone(), dh.clone()],
             &[0, 1],
+        ),
+        (
+            SwiGluBackwardAbsMax { dtype, packed }.into(),
+            SwiGluBackward { packed }.into(),
+            vec![gu.clone(), dh.clone()],
+            &[0],
         ),
         (
             RmsNormAbsMax { eps, dtype }.into(),
@@ -892,7 +929,7 @@ fn abs_max_variants_equal_the_op_then_abs_max() {
             assert_eq!(bits(&g), bits(&w), "{fused}: output {i}");
         }
         for (k, &source) in sources.iter().enumerate() {
-            let source_values = (act.clone(), stored(&want[source], dtype));
+            let source_values = (out_types[source].clone(), stored(&want[source], dtype));
             let amax = run(AbsMax, &[source_values])[0][0];
             let got_amax = got[want.len() + k][0];
             assert_eq!(got_amax.to_bits(), amax.to_bits(), "{fused}: amax {k}");
@@ -903,5 +940,145 @@ fn abs_max_variants_equal_the_op_then_abs_max() {
             run(fused.clone(), &inputs)[want.len()][0].is_nan(),
             "{fused}: NaN hidden"
         );
+    }
+}
+
+/// Horizontal fusion's equalities, bit for bit: one linear over weights stacked by rows gives
+/// the separate linears' outputs side by side (each output element is the same dot product,
+/// over the same K in the same order, at sizes both below and above the GEMM's K blocking);
+/// swiglu of the packed `gu` is swiglu of its halves and its backward writes the halves'
+/// gradients side by side; split copies the column ranges and concat puts them back.
+#[test]
+fn packed_ops_equal_the_separate_ones() {
+    let s = seed();
+    let bits = |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+    let rows = 6u64;
+    for k in [64u64, 520] {
+        let cols = [64u64, 32, 32];
+        let x = (
+            TensorType::new([rows, k], DType::F32),
+            normals(s, 1, (rows * k) as usize, 1.0),
+        );
+        let ws: Vec<Vec<f32>> = (0..3)
+            .map(|i| normals(s, 2 + i, (cols[i as usize] * k) as usize, 0.1))
+            .collect();
+        let packed_w: Vec<f32> = ws.concat();
+        let packed_ty = TensorType::new([cols.iter().sum(), k], DType::F32);
+        let got = run(Linear, &[x.clone(), (packed_ty, packed_w)]).remove(0);
+        let separate: Vec<Vec<f32>> = ws
+            .iter()
+            .zip(cols)
+            .map(|(w, c)| {
+                run(
+                    Linear,
+                    &[x.clone(), (TensorType::new([c, k], DType::F32), w.clone())],
+                )
+                .remove(0)
+            })
+            .collect();
+        let parts: Vec<&[f32]> = separate.iter().map(Vec::as_slice).collect();
+        let want = pack_rows(&parts, &cols);
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "linear over packed weights, K = {k}"
+        );
+
+        // split is the columns; concat undoes it.
+        let y = (
+            TensorType::new([rows, cols.iter().sum()], DType::F32),
+            want.clone(),
+        );
+        let split = run(
+            Split {
+                cols: cols.to_vec(),
+            },
+            std::slice::from_ref(&y),
+        );
+        for (i, part) in split.iter().enumerate() {
+            assert_eq!(bits(part), bits(&separate[i]), "split part {i}");
+        }
+        let typed: Vec<(TensorType, Vec<f32>)> = split
+            .iter()
+            .zip(cols)
+            .map(|(p, c)| (TensorType::new([rows, c], DType::F32), p.clone()))
+            .collect();
+        let concat = run(
+            Concat {
+                cols: cols.to_vec(),
+            },
+            &typed,
+        )
+        .remove(0);
+        assert_eq!(bits(&concat), bits(&want), "concat of the split");
+    }
+
+    let f = 24u64;
+    let half = TensorType::new([rows, f], DType::F32);
+    let (gate, up, dh) = (
+        normals(s, 10, (rows * f) as usize, 2.0),
+        normals(s, 11, (rows * f) as usize, 2.0),
+        normals(s, 12, (rows * f) as usize, 1.0),
+    );
+    let gu = (
+        TensorType::new([rows, 2 * f], DType::F32),
+        pack_rows(&[&gate, &up], &[f, f]),
+    );
+    let (g, u, d) = ((half.clone(), gate), (half.clone(), up), (half.clone(), dh));
+    let h = run(SwiGlu { packed: false }, &[g.clone(), u.clone()]);
+    let h_packed = run(SwiGlu { packed: true }, std::slice::from_ref(&gu));
+    assert_eq!(bits(&h_packed[0]), bits(&h[0]), "packed swiglu");
+    let grads = run(SwiGluBackward { packed: false }, &[g, u, d.clone()]);
+    let dgu = run(SwiGluBackward { packed: true }, &[gu, d]);
+    let want = pack_rows(&[&grads[0], &grads[1]], &[f, f]);
+    assert_eq!(bits(&dgu[0]), bits(&want), "packed swiglu backward");
+}
+
+/// The packed data-gradient matmul sums over all `K = Σ M_i` rows of the packed weight in one
+/// reduction, where the separate ones sum over each `M_i` and add the results: not bit-equal.
+/// Each is an FP32 sum of at most `K + 2` rounded terms (`K` products and additions, plus the
+/// adds of the separate partial sums), so each is within `(K + 2)·u·Σ|dy·W|` of the exact sum
+/// (the classic γ_n bound, n·u ≪ 1) and the two within twice that.
+#[test]
+fn packed_backward_data_matmul_is_the_sum_of_the_separate_ones() {
+    let s = seed();
+    let (rows, k) = (5u64, 48u64);
+    let cols = [96u64, 32, 32];
+    let total: u64 = cols.iter().sum();
+    let dys: Vec<Vec<f32>> = (0..3)
+        .map(|i| normals(s, 20 + i, (rows * cols[i as usize]) as usize, 1.0))
+        .collect();
+    let ws: Vec<Vec<f32>> = (0..3)
+        .map(|i| normals(s, 30 + i, (cols[i as usize] * k) as usize, 0.5))
+        .collect();
+    let parts: Vec<&[f32]> = dys.iter().map(Vec::as_slice).collect();
+    let dy = (
+        TensorType::new([rows, total], DType::F32),
+        pack_rows(&parts, &cols),
+    );
+    let w = (TensorType::new([total, k], DType::F32), ws.concat());
+    let packed = run(LinearBackwardData, &[dy.clone(), w.clone()]).remove(0);
+    let mut sum = vec![0f32; (rows * k) as usize];
+    for i in 0..3 {
+        let c = cols[i];
+        let dy_i = (TensorType::new([rows, c], DType::F32), dys[i].clone());
+        let w_i = (TensorType::new([c, k], DType::F32), ws[i].clone());
+        let part = run(LinearBackwardData, &[dy_i, w_i]).remove(0);
+        for (acc, p) in sum.iter_mut().zip(part) {
+            *acc += p;
+        }
+    }
+    for r in 0..rows as usize {
+        for j in 0..k as usize {
+            let magnitude: f64 = (0..total as usize)
+                .map(|m| (dy.1[r * total as usize + m] * w.1[m * k as usize + j]).abs() as f64)
+                .sum();
+            let tol = 2.0 * (total as f64 + 2.0) * U * magnitude;
+            let (got, want) = (
+                packed[r * k as usize + j] as f64,
+                sum[r * k as usize + j] as f64,
+            );
+            assert_close(&format!("dx[{r}, {j}]"), got, want, tol);
+        }
     }
 }

@@ -187,5 +187,6 @@ fn new_tensor(
         layer,
         hf_name: None,
         init: None,
+        parts: Vec::new(),
     })
 }

@@ -2,7 +2,7 @@
 //! its candidates), and the choices built on it: `--batch auto` and the trade-off curve.
 
 use crate::memory_plan::{Candidates, MemoryChoice, plan_memory};
-use crate::pipeline::{pass_names, pipeline};
+use crate::pipeline::{forward_pipeline, pass_names, pipeline};
 use llmq_compiler::autodiff::{
     AutodiffError, OptimizerOptions, TrainIo, TrainOptions, differentiate,
 };
@@ -11,7 +11,7 @@ use llmq_compiler::kernels::DType;
 use llmq_compiler::lower::{LowerInput, lower, lower_program};
 use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions, fits};
-use llmq_compiler::spec::{self, SpecError, SpecOptions};
+use llmq_compiler::spec::{self, ForwardModel, SpecError, SpecOptions};
 use llmq_compiler::target::{DeviceProfile, Precision, format_bytes};
 use std::path::Path;
 use std::thread;
@@ -88,7 +88,8 @@ fn train_options(precision: Precision, optimizer: OptimizerOptions) -> TrainOpti
     }
 }
 
-/// The training graph of a spec before any pass: front-end, then autodiff and the optimizer.
+/// The training graph of a spec before the training-graph passes: front-end, the forward
+/// passes, then autodiff and the optimizer.
 #[derive(Debug)]
 pub struct TrainGraph {
     /// Forward, backward and optimizer nodes.
@@ -97,25 +98,36 @@ pub struct TrainGraph {
     pub io: TrainIo,
     /// What the plan records about the model.
     pub model: ModelInfo,
+    /// The forward passes' timings, and the dump asked for if it was after one of them.
+    pub report: PassReport,
 }
 
-/// Builds the training graph of the spec at `path`.
-pub fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, CompileError> {
+/// The forward graph of the spec at `path`, before any pass.
+pub fn forward_graph(path: &Path, opts: &CompileOptions) -> Result<ForwardModel, CompileError> {
     let weight_dtype = if opts.precision == Precision::Fp32 {
         DType::F32
     } else {
         DType::BF16
     };
-    let model = spec::load(
+    Ok(spec::load(
         path,
         &SpecOptions {
             batch: opts.batch,
             seq: opts.seq,
             weight_dtype,
         },
-    )?;
+    )?)
+}
+
+/// Builds the training graph of the spec at `path`: the forward passes not skipped run on
+/// the forward graph, then autodiff.
+pub fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, CompileError> {
+    let model = forward_graph(path, opts)?;
     let param_count = model.param_count();
     let mut graph = model.graph;
+    let ctx = pass_context(opts);
+    let passes = selected(forward_pipeline(&ctx), &ctx, &opts.skip_passes)?;
+    let report = run_passes(&mut graph, &passes, &ctx, opts.dump_after.as_deref())?;
     let train = train_options(opts.precision, opts.optimizer.clone());
     let io = differentiate(&mut graph, model.tokens, model.targets, model.loss, &train)?;
     Ok(TrainGraph {
@@ -127,6 +139,7 @@ pub fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, Com
             dims: model.dims,
             param_count,
         },
+        report,
     })
 }
 
@@ -149,12 +162,17 @@ struct Optimised {
     ctx: PassContext,
 }
 
-/// The pipeline for `ctx` less the passes in `skip`, which must exist and not be required.
-fn selected_passes(
+/// `passes` (of a pipeline for `ctx`) less those in `skip`, which must name a pass of the
+/// forward or the training pipeline that is not required.
+fn selected(
+    passes: Vec<&'static dyn Pass>,
     ctx: &PassContext,
     skip: &[String],
 ) -> Result<Vec<&'static dyn Pass>, CompileError> {
-    let all = pipeline(ctx);
+    let all: Vec<&dyn Pass> = forward_pipeline(ctx)
+        .into_iter()
+        .chain(pipeline(ctx))
+        .collect();
     for name in skip {
         match all.iter().find(|p| p.name() == name) {
             None => {
@@ -171,7 +189,7 @@ fn selected_passes(
             Some(_) => {}
         }
     }
-    Ok(all
+    Ok(passes
         .into_iter()
         .filter(|p| !skip.iter().any(|s| s == p.name()))
         .collect())
@@ -347,15 +365,18 @@ fn optimised(path: &Path, opts: &CompileOptions) -> Result<Optimised, CompileErr
         mut graph,
         io,
         model,
+        mut report,
     } = train_graph(path, opts)?;
     let ctx = pass_context(opts);
-    let passes = selected_passes(&ctx, &opts.skip_passes)?;
-    // The graph as autodiff left it, before any pass.
-    let autodiff_dump =
-        (opts.dump_after.as_deref() == Some("autodiff")).then(|| write_graph(&graph));
-    let mut report = run_passes(&mut graph, &passes, &ctx, opts.dump_after.as_deref())?;
-    if autodiff_dump.is_some() {
-        report.dump = autodiff_dump;
+    let passes = selected(pipeline(&ctx), &ctx, &opts.skip_passes)?;
+    // The graph as autodiff left it, before any training-graph pass.
+    if opts.dump_after.as_deref() == Some("autodiff") {
+        report.dump = Some(write_graph(&graph));
+    }
+    let train_report = run_passes(&mut graph, &passes, &ctx, opts.dump_after.as_deref())?;
+    report.timings.extend(train_report.timings);
+    if train_report.dump.is_some() {
+        report.dump = train_report.dump;
     }
     Ok(Optimised {
         graph,

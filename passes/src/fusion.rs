@@ -24,7 +24,8 @@
 //!   name follows the op's, and the variant records the storage dtype the abs-max is taken in.
 //!   A recomputed fused op reproduces its abs-max bit for bit (a max does not depend on the
 //!   order of reduction). Abs-maxes of weights, of the attention output and of the other
-//!   gradients stay separate nodes.
+//!   gradients stay separate nodes. Packed (gate and up in one tensor, see below), the
+//!   backward's variant takes the one abs-max of its one gradient.
 //! - Cast clean-up (`cast-to-own-dtype`, `double-cast`, `*-of-exact-cast`): a reader of a
 //!   cast's result reads the cast's operand instead when the cast changes no value (bf16 → f32,
 //!   FP8 → bf16/f32); a cast left unread goes. The pipeline makes no such casts today (the only
@@ -32,30 +33,13 @@
 //!   casts); the rules are there for graphs that will (an FP8 LM head, persistent quantised
 //!   weights) and are tested on a hand-made graph (`passes/tests/fusion_casts.rs`).
 //!
-//! Not done: horizontal fusion of the linears sharing their input (q/k/v into one matmul,
-//! gate/up into one). The design, and why it is left:
-//! - The fused weight. FP8 plans quantise the weights every micro-batch into fresh buffers, so
-//!   the concatenated weight costs nothing: one quantisation of the three weights into one
-//!   `[q+k+v, K]` e4m3 buffer, with one scale from the largest of their abs-maxes (the shared
-//!   FP8 scale). It changes the weights' FP8 values (each has its own scale today), so a fused
-//!   plan is no longer bit-identical to an unfused one: the only rewrite here that is not an
-//!   exact equality, tested by a tolerance instead. BF16 plans need the three weights adjacent
-//!   in the arena (an allocator constraint lowering lacks) or a copy.
-//! - The output. The GEMM writes `[rows, q|k|v]`, each row holding its q, k and v side by
-//!   side, while RoPE and attention read q, k, v as separate contiguous tensors: either a
-//!   column split copies them out (a read and a write of the output, most of the gain for
-//!   models whose k/v are narrow), or RoPE and attention take a row stride, which the
-//!   catalogue's `View`s (and every CPU reference and kernel) do not have. The transposed
-//!   product `W·xᵀ` gives contiguous q, k, v parts, but feature-major, a layout no consumer
-//!   reads.
-//! - The backward. `dx = dq·Wq + dk·Wk + dv·Wv` becomes one GEMM if RoPE's and attention's
-//!   backward write their gradients side by side into one `[rows, q|k|v]` buffer (a stride
-//!   again, or a concatenating copy); `dW` becomes one GEMM whose `[q+k+v, K]` result is split
-//!   into three accumulated gradients.
-//!
-//! That is strides in the catalogue or adjacency in the allocator, three new ops with kernels
-//! and launchers, and a tolerance test: more than one pass. The launch saving alone is simpler
-//! to get in the CUDA backend, as one grouped cuBLASLt GEMM writing three outputs.
+//! Horizontal fusion (q/k/v into one matmul, gate/up into one) is not done here but in its own
+//! pass on the forward graph, before autodiff (`horizontal_fusion.rs`): packing the weights is
+//! a change of parameters, not a rewrite of values egg could prove on the training graph, and
+//! the backward then follows from the catalogue's rules. This pass sees its results: the
+//! packed `swiglu{packed=true}` and its backward have their abs-max variants like the unpacked
+//! ones (`swiglu_packed-abs-max-*`, `swiglu_backward_packed-abs-max-*`); the packed backward's
+//! one gradient `dgu` has one abs-max, the scale of the packed gate|up backward matmuls' `dy`.
 //!
 //! Invariants: tensors keep their IDs, names and roles (only nodes change, and a forward
 //! tensor newly read by the backward becomes saved); a fused node takes the place of the first
@@ -68,7 +52,8 @@ use egg::{EGraph, Id, Runner, SimpleScheduler, StopReason};
 use indexmap::{IndexMap, IndexSet};
 use llmq_compiler::ir::{Graph, Node, NodeId, Phase, Role, TensorId};
 use llmq_compiler::kernels::ops::{
-    AddRmsNorm, AddRmsNormAbsMax, RmsNormAbsMax, SwiGluAbsMax, SwiGluBackwardAbsMax,
+    AddRmsNorm, AddRmsNormAbsMax, RmsNormAbsMax, SwiGlu, SwiGluAbsMax, SwiGluBackward,
+    SwiGluBackwardAbsMax,
 };
 use llmq_compiler::kernels::{DType, Op};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
@@ -192,13 +177,17 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
         (Op::Add(_), &[a, b]) => Term::Add([a, b]),
         (Op::RmsNorm(_), &[x, w]) => Term::RmsNorm([x, w]),
         (Op::SwiGlu(_), &[g, u]) => Term::SwiGlu([g, u]),
+        (Op::SwiGlu(_), &[gu]) => Term::SwiGluPacked(gu),
         (Op::SwiGluBackward(_), &[g, u, d]) => Term::SwiGluBackward([g, u, d]),
+        (Op::SwiGluBackward(_), &[gu, d]) => Term::SwiGluBackwardPacked([gu, d]),
         (Op::AbsMax(_), &[x]) => Term::AbsMax(x),
         (Op::AddRmsNorm(_), &[a, b, w]) => Term::AddRmsNorm([a, b, w]),
         (Op::RmsNormAbsMax(_), &[x, w]) => Term::RmsNormAbsMax([x, w]),
         (Op::AddRmsNormAbsMax(_), &[a, b, w]) => Term::AddRmsNormAbsMax([a, b, w]),
         (Op::SwiGluAbsMax(_), &[g, u]) => Term::SwiGluAbsMax([g, u]),
+        (Op::SwiGluAbsMax(_), &[gu]) => Term::SwiGluPackedAbsMax(gu),
         (Op::SwiGluBackwardAbsMax(_), &[g, u, d]) => Term::SwiGluBackwardAbsMax([g, u, d]),
+        (Op::SwiGluBackwardAbsMax(_), &[gu, d]) => Term::SwiGluBackwardPackedAbsMax([gu, d]),
         (Op::Cast(_), &[to, x]) => Term::Cast([to, x]),
         (Op::Quantize(_), &[to, x, m]) => Term::Quantize([to, x, m]),
         (Op::QuantizeTransposed(_), &[to, x, m]) => Term::QuantizeTransposed([to, x, m]),
@@ -222,8 +211,11 @@ fn may_match(graph: &Graph, node: &Node) -> bool {
 /// (after its own outputs, in this order).
 fn abs_max_variant(op: &Op, dtype: DType) -> Option<(Op, &'static [usize])> {
     Some(match op {
-        Op::SwiGlu(_) => (SwiGluAbsMax { dtype }.into(), &[0]),
-        Op::SwiGluBackward(_) => (SwiGluBackwardAbsMax { dtype }.into(), &[0, 1]),
+        &Op::SwiGlu(SwiGlu { packed }) => (SwiGluAbsMax { dtype, packed }.into(), &[0]),
+        &Op::SwiGluBackward(SwiGluBackward { packed }) => {
+            let sources: &[usize] = if packed { &[0] } else { &[0, 1] };
+            (SwiGluBackwardAbsMax { dtype, packed }.into(), sources)
+        }
         Op::RmsNorm(r) => (RmsNormAbsMax { eps: r.eps, dtype }.into(), &[0]),
         Op::AddRmsNorm(r) => (AddRmsNormAbsMax { eps: r.eps, dtype }.into(), &[1]),
         _ => return None,

@@ -119,6 +119,7 @@ pub fn tensor_like(graph: &mut Graph, like: TensorId, prefix: &str, role: Role) 
         layer: t.layer,
         hf_name: None,
         init: None,
+        parts: Vec::new(),
     };
     graph.add_tensor(tensor)
 }

@@ -22,6 +22,7 @@ fn input(graph: &mut Graph, name: &str, dtype: DType) -> TensorId {
         layer: None,
         hf_name: None,
         init: None,
+        parts: Vec::new(),
     })
 }
 

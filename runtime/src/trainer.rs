@@ -11,14 +11,15 @@
 use crate::backend::{Backend, BackendError};
 use crate::train::TrainError;
 use crate::train::checkpoint::{
-    CheckpointMeta, TensorDtype, TensorRef, load_checkpoint, save_checkpoint, write_tensors,
+    CheckpointMeta, Tensor as CheckpointTensor, TensorDtype, TensorRef, load_checkpoint,
+    save_checkpoint, write_tensors,
 };
 use crate::train::data::DataLoader;
 use crate::train::import::WeightFile;
 use crate::train::schedule::Schedule;
 use llmq_compiler::ir::{Init, TensorId};
 use llmq_compiler::plan::{EVAL_SECTION, Plan, QUANTIZE_WEIGHTS_SECTION};
-use llmq_kernels::{DType, rng};
+use llmq_kernels::{DType, TensorType, rng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -160,23 +161,27 @@ impl Trainer {
     }
 
     /// Initialises every parameter by its rule from the seed (and its master copy alike).
-    /// Values depend only on the seed, the tensor's name and the element's index.
+    /// Values depend only on the seed, the tensor's name and the element's index; a packed
+    /// parameter's parts each by their own name, as if they were not packed.
     pub fn init_weights(&mut self) -> Result<(), TrainerError> {
         let params = self.plan().io.params.clone();
         for p in params {
             let t = self.plan().tensor(p.weight).clone();
-            let stream = name_stream(&t.name);
-            let n = t.ty.numel();
-            let values: Vec<f32> = match t.init.unwrap_or(Init::Zeros) {
-                Init::Zeros => vec![0.0; n as usize],
-                Init::Ones => vec![1.0; n as usize],
-                Init::Normal { std } => {
-                    let seed = self.opts.seed;
-                    parallel_fill(n as usize, |i| {
-                        (std as f64 * rng::normal(seed, stream, i as u64)) as f32
-                    })
-                }
-            };
+            let row = (t.ty.numel() / rows(&t.ty)) as usize;
+            let mut values = Vec::with_capacity(t.ty.numel() as usize);
+            for piece in t.pieces() {
+                let n = (piece.end - piece.start) as usize * row;
+                values.extend(match t.init.clone().unwrap_or(Init::Zeros) {
+                    Init::Zeros => vec![0.0; n],
+                    Init::Ones => vec![1.0; n],
+                    Init::Normal { std } => {
+                        let (seed, stream) = (self.opts.seed, name_stream(&piece.name));
+                        parallel_fill(n, |i| {
+                            (std as f64 * rng::normal(seed, stream, i as u64)) as f32
+                        })
+                    }
+                });
+            }
             if let Some(master) = p.master {
                 self.backend.write_f32(master, &values)?;
             }
@@ -196,9 +201,12 @@ impl Trainer {
         let params = self.plan().io.params.clone();
         for p in params {
             let t = self.plan().tensor(p.weight).clone();
-            let name = t.hf_name.clone().unwrap_or(t.name.clone());
             let mut values = vec![0.0f32; t.ty.numel() as usize];
-            file.fill(&name, &t, 0..t.ty.shape[0], &mut values)?;
+            // A packed parameter (q|k|v, gate|up) is filled part by part, each from its own name.
+            for piece in t.pieces() {
+                let name = piece.hf_name.unwrap_or(piece.name);
+                file.fill(&name, &t, piece.start..piece.end, &mut values)?;
+            }
             if let Some(master) = p.master {
                 self.backend.write_f32(master, &values)?;
             }
@@ -334,9 +342,11 @@ impl Trainer {
         let mut model = Vec::new();
         let mut optimizer = Vec::new();
         for p in &params {
-            model.push(self.snapshot(p.weight, true)?);
-            for t in p.master.iter().chain([&p.m, &p.v]) {
-                optimizer.push(self.snapshot(*t, false)?);
+            let names = self.piece_names(p.weight, true);
+            model.extend(self.snapshots(p.weight, &names)?);
+            for &t in p.master.iter().chain([&p.m, &p.v]) {
+                let names = self.piece_names(t, false);
+                optimizer.extend(self.snapshots(t, &names)?);
             }
         }
         let meta = CheckpointMeta {
@@ -371,10 +381,11 @@ impl Trainer {
     pub fn dump_step(&mut self, dir: &Path) -> Result<f32, TrainerError> {
         std::fs::create_dir_all(dir).map_err(TrainError::io(dir, "create"))?;
         let params = self.plan().io.params.clone();
-        let model = params
-            .iter()
-            .map(|p| self.snapshot(p.weight, true))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut model = Vec::new();
+        for p in &params {
+            let names = self.piece_names(p.weight, true);
+            model.extend(self.snapshots(p.weight, &names)?);
+        }
         let batch = self.train.next_batch();
         self.write_micro_batch(&batch.inputs, &batch.targets, 1.0)?;
         self.backend.run_section("forward")?;
@@ -394,30 +405,45 @@ impl Trainer {
             ints("targets", &batch.targets),
             ("loss".into(), TensorDtype::F32, vec![1], loss_bytes),
         ];
-        for (p, weight) in params.iter().zip(&model) {
-            let (_, dtype, shape, bytes) = self.snapshot(p.grad, false)?;
-            step.push((format!("grad.{}", weight.0), dtype, shape, bytes));
+        for p in &params {
+            let names = self.piece_names(p.weight, true);
+            let names: Vec<String> = names.iter().map(|n| format!("grad.{n}")).collect();
+            step.extend(self.snapshots(p.grad, &names)?);
         }
         write_tensors(&dir.join("model.safetensors"), &views(&model))?;
         write_tensors(&dir.join("step.safetensors"), &views(&step))?;
         Ok(loss)
     }
 
-    /// A tensor's bytes under its checkpoint name: weights by their Hugging Face name.
-    fn snapshot(&mut self, t: TensorId, model: bool) -> Result<Snapshot, TrainerError> {
+    /// The checkpoint names of a tensor's pieces (`PlanTensor::pieces`): a weight's by their
+    /// Hugging Face names (`model`), other tensors' by their own.
+    fn piece_names(&self, t: TensorId, model: bool) -> Vec<String> {
+        let pieces = self.plan().tensor(t).pieces();
+        pieces
+            .iter()
+            .map(|p| match model {
+                true => p.checkpoint_name().to_string(),
+                false => p.name.clone(),
+            })
+            .collect()
+    }
+
+    /// A tensor's bytes, one snapshot per piece (its rows), named `names`.
+    fn snapshots(&mut self, t: TensorId, names: &[String]) -> Result<Vec<Snapshot>, TrainerError> {
         let pt = self.plan().tensor(t).clone();
-        let name = if model {
-            pt.hf_name.clone().unwrap_or(pt.name.clone())
-        } else {
-            pt.name.clone()
-        };
-        let shape = pt.ty.shape.iter().map(|&d| d as usize).collect();
-        Ok((
-            name,
-            checkpoint_dtype(pt.ty.dtype),
-            shape,
-            self.backend.read_bytes(t)?,
-        ))
+        let bytes = self.backend.read_bytes(t)?;
+        let row = bytes.len() / rows(&pt.ty) as usize;
+        let pieces = pt.pieces();
+        let snapshots = pieces.iter().zip(names).map(|(piece, name)| {
+            let mut shape: Vec<usize> = pt.ty.shape.iter().map(|&d| d as usize).collect();
+            if let Some(r) = shape.first_mut() {
+                *r = (piece.end - piece.start) as usize;
+            }
+            let range = piece.start as usize * row..piece.end as usize * row;
+            let dtype = checkpoint_dtype(pt.ty.dtype);
+            (name.clone(), dtype, shape, bytes[range].to_vec())
+        });
+        Ok(snapshots.collect())
     }
 
     /// Restores weights, optimizer state, step and data position from a checkpoint.
@@ -425,14 +451,11 @@ impl Trainer {
         let ckpt = load_checkpoint(path, &self.fingerprint())?;
         let params = self.plan().io.params.clone();
         for p in &params {
-            let w = self.plan().tensor(p.weight).clone();
-            let name = w.hf_name.clone().unwrap_or(w.name.clone());
-            let tensor = ckpt.model_tensor(&name);
-            self.restore(path, p.weight, tensor.map(|t| t.data.as_slice()), &name)?;
-            for t in p.master.iter().chain([&p.m, &p.v]) {
-                let name = self.plan().tensor(*t).name.clone();
-                let tensor = ckpt.optimizer_tensor(&name);
-                self.restore(path, *t, tensor.map(|t| t.data.as_slice()), &name)?;
+            let names = self.piece_names(p.weight, true);
+            self.restore(path, p.weight, &names, |n| ckpt.model_tensor(n))?;
+            for &t in p.master.iter().chain([&p.m, &p.v]) {
+                let names = self.piece_names(t, false);
+                self.restore(path, t, &names, |n| ckpt.optimizer_tensor(n))?;
             }
         }
         self.step = ckpt.meta.step;
@@ -444,28 +467,35 @@ impl Trainer {
         Ok(self.quantize_weights()?)
     }
 
-    fn restore(
+    /// Writes tensor `t` from the checkpoint tensors of its pieces, named `names`, in order.
+    fn restore<'c>(
         &mut self,
         path: &Path,
         t: TensorId,
-        data: Option<&[u8]>,
-        name: &str,
+        names: &[String],
+        find: impl Fn(&str) -> Option<&'c CheckpointTensor>,
     ) -> Result<(), TrainerError> {
-        let data = data.ok_or_else(|| TrainerError::Checkpoint {
-            path: path.to_path_buf(),
-            message: format!("has no tensor `{name}`"),
-        })?;
-        let expected = self.plan().tensor(t).ty.bytes() as usize;
-        if data.len() != expected {
-            return Err(TrainerError::Checkpoint {
+        let pt = self.plan().tensor(t).clone();
+        let row = (pt.ty.bytes() / rows(&pt.ty)) as usize;
+        let mut data = Vec::with_capacity(pt.ty.bytes() as usize);
+        for (piece, name) in pt.pieces().iter().zip(names) {
+            let tensor = find(name).ok_or_else(|| TrainerError::Checkpoint {
                 path: path.to_path_buf(),
-                message: format!(
-                    "tensor `{name}` has {} bytes, the plan needs {expected}",
-                    data.len()
-                ),
-            });
+                message: format!("has no tensor `{name}`"),
+            })?;
+            let expected = (piece.end - piece.start) as usize * row;
+            if tensor.data.len() != expected {
+                return Err(TrainerError::Checkpoint {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "tensor `{name}` has {} bytes, the plan needs {expected}",
+                        tensor.data.len()
+                    ),
+                });
+            }
+            data.extend_from_slice(&tensor.data);
         }
-        self.backend.write_bytes(t, data)?;
+        self.backend.write_bytes(t, &data)?;
         Ok(())
     }
 
@@ -532,6 +562,11 @@ fn checkpoint_dtype(dtype: DType) -> TensorDtype {
         DType::F8E5M2 => TensorDtype::F8E5M2,
         DType::I32 => TensorDtype::I32,
     }
+}
+
+/// The outer rows of a tensor type (1 for a scalar): what a packed tensor's parts divide.
+fn rows(ty: &TensorType) -> u64 {
+    ty.shape.first().copied().unwrap_or(1)
 }
 
 /// A stable random stream per tensor name (FNV-1a), so initial values do not depend on the

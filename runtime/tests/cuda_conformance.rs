@@ -64,6 +64,7 @@ fn tiny_fp8(batch: u64, seq: u64, grad_fp8: DType) -> Plan {
         Precision::Fp8,
         grad_fp8,
         80 << 30,
+        &[],
     )
 }
 
@@ -78,6 +79,7 @@ fn fp8_weights_once() -> Plan {
         Precision::Fp8,
         DType::F8E4M3,
         80 << 30,
+        &[],
     );
     let section = llmq_compiler::plan::QUANTIZE_WEIGHTS_SECTION;
     assert!(plan.section(section).is_some());
@@ -100,9 +102,27 @@ fn plan_within(
         precision,
         DType::F8E4M3,
         vram_bytes,
+        &[],
     )
 }
 
+/// The tiny model without horizontal fusion: separate q/k/v and gate/up matmuls, swiglu on
+/// two tensors (the packed plans above run split, concat and the packed swiglu).
+fn tiny_unfused(precision: Precision) -> Plan {
+    plan_with(
+        "tiny-qwen2.ron",
+        2,
+        64,
+        1,
+        precision,
+        DType::F8E4M3,
+        80 << 30,
+        &["horizontal-fusion"],
+    )
+}
+
+/// The plan of `model` less the passes `skip`.
+#[allow(clippy::too_many_arguments)]
 fn plan_with(
     model: &str,
     batch: u64,
@@ -111,6 +131,7 @@ fn plan_with(
     precision: Precision,
     grad_fp8: DType,
     vram_bytes: u64,
+    skip: &[&str],
 ) -> Plan {
     let opts = CompileOptions {
         batch,
@@ -123,7 +144,7 @@ fn plan_with(
         device: device("h100").unwrap(),
         optimizer: OptimizerOptions::default(),
         dump_after: None,
-        skip_passes: Vec::new(),
+        skip_passes: skip.iter().map(|s| s.to_string()).collect(),
     };
     // LLMQ_MODELS_DIR: where the test binary runs away from its source tree (the device).
     let dir = std::env::var_os("LLMQ_MODELS_DIR")
@@ -298,6 +319,8 @@ fn every_step_of_small_plans_matches_the_cpu_reference() {
     let plans = [
         ("tiny bf16", plan("tiny.ron", 2, 64, 1, Precision::Bf16)),
         ("tiny fp32", plan("tiny.ron", 2, 64, 1, Precision::Fp32)),
+        ("tiny-qwen2 bf16 unfused", tiny_unfused(Precision::Bf16)),
+        ("tiny-qwen2 fp8 unfused", tiny_unfused(Precision::Fp8)),
         (
             "tiny-qwen2 bf16 accum",
             plan("tiny-qwen2.ron", 2, 48, 2, Precision::Bf16),

@@ -138,6 +138,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "rope_backward_bf16",
         ],
     ),
+    ("split.cu", &["copy_columns_f32", "copy_columns_bf16"]),
     ("sum_squares.cu", &["sum_squares_f32", "sum_squares_bf16"]),
     (
         "swiglu.cu",

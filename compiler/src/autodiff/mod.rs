@@ -97,6 +97,7 @@ pub fn differentiate(
                 layer: t.layer,
                 hf_name: None,
                 init: None,
+                parts: t.parts.iter().map(|p| p.derived("grad")).collect(),
             });
             (w, grad)
         })
@@ -140,6 +141,7 @@ fn scalar_tensor(
         layer: None,
         hf_name: None,
         init: None,
+        parts: Vec::new(),
     })
 }
 
@@ -285,6 +287,7 @@ impl Backward<'_> {
                 layer: node.layer,
                 hf_name: None,
                 init: None,
+                parts: Vec::new(),
             });
             match (*r, target) {
                 (Ref::Temp(i), _) => {

@@ -96,6 +96,7 @@ pub(super) fn append(
                 layer: w.layer,
                 hf_name: None,
                 init: None,
+                parts: w.parts.iter().map(|p| p.derived(prefix)).collect(),
             })
         };
         let m = state(graph, "adam_m", Role::AdamM, opts.moment_dtype);

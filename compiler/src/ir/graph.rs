@@ -337,6 +337,7 @@ impl Graph {
                     layer,
                     hf_name: None,
                     init: None,
+                    parts: Vec::new(),
                 })
             })
             .collect())
@@ -627,6 +628,7 @@ mod tests {
             layer: None,
             hf_name: None,
             init: None,
+            parts: Vec::new(),
         })
     }
 

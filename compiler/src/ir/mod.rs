@@ -9,5 +9,5 @@ mod text;
 
 pub use graph::{Dep, Graph, GraphError, Node, Phase, Rewrite};
 pub use ids::{BufferId, NodeId, TensorId};
-pub use tensor::{Category, Init, Role, Tensor};
+pub use tensor::{Category, Init, Part, Role, Tensor};
 pub use text::write_graph;

@@ -156,4 +156,40 @@ pub struct Tensor {
     pub hf_name: Option<String>,
     /// For weights: how to initialise them.
     pub init: Option<Init>,
+    /// For a parameter packed from several (`horizontal_fusion`), and its gradient and
+    /// optimizer state: the parts it was made of, by rows. Empty for a tensor of one piece.
+    pub parts: Vec<Part>,
+}
+
+/// A row range of a packed tensor that the model declares as a tensor of its own (the gate
+/// projection inside `gate|up`, say): checkpoints, `--dump-step` and weight loading see it
+/// under its own names, and it is initialised from its own name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    /// Its own name in the graph (`layers.3.w_gate`; `master.layers.3.w_gate` for state).
+    pub name: String,
+    /// Its Hugging Face name, for weights.
+    pub hf_name: Option<String>,
+    /// First row (of the outermost dimension) in the packed tensor.
+    pub start: u64,
+    /// One past its last row.
+    pub end: u64,
+}
+
+impl Part {
+    /// The name checkpoints use for a weight's part: its Hugging Face name if it has one.
+    pub fn checkpoint_name(&self) -> &str {
+        self.hf_name.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The same rows of a tensor derived from the packed one (its gradient or optimizer
+    /// state), named with `prefix.` before the part's name.
+    pub fn derived(&self, prefix: &str) -> Part {
+        Part {
+            name: format!("{prefix}.{}", self.name),
+            hf_name: None,
+            start: self.start,
+            end: self.end,
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! ```text
 //! t0 input tokens: i32[2,8]
 //! t40 saved host.layers.0.h: bf16[2,8,64] @host
+//! t76 weight layers.0.w_gate+w_up: bf16[256,64] part=layers.0.w_gate[0..128] part=layers.0.w_up[128..256]
 //! op3 fwd L0 rms_norm{eps=1e-6}(t2, t5) -> t6, t7
 //! ```
 
@@ -19,6 +20,9 @@ pub fn write_graph(graph: &Graph) -> String {
         }
         if let Some(hf) = &t.hf_name {
             let _ = write!(out, " hf={hf}");
+        }
+        for p in &t.parts {
+            let _ = write!(out, " part={}[{}..{}]", p.name, p.start, p.end);
         }
         out.push('\n');
     }

@@ -96,6 +96,7 @@ pub fn lower_program(input: LowerInput, program: Vec<Node>) -> Plan {
             buffer: BufferId(id.0),
             hf_name: t.hf_name.clone(),
             init: t.init.clone(),
+            parts: t.parts.clone(),
         })
         .collect();
 

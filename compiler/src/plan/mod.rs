@@ -17,7 +17,7 @@ pub use report::{live_bytes, memory_profile, report_html, step_times};
 pub use show::{ShowOptions, fits, group_digits, show_plan, summary};
 
 use crate::autodiff::{OptimizerOptions, TrainIo};
-use crate::ir::{BufferId, Category, Init, Node, Role, TensorId};
+use crate::ir::{BufferId, Category, Init, Node, Part, Role, TensorId};
 use crate::target::{DeviceProfile, Precision};
 use indexmap::IndexMap;
 use llmq_kernels::TensorType;
@@ -67,6 +67,26 @@ pub struct PlanTensor {
     pub hf_name: Option<String>,
     /// For weights: the initialisation rule.
     pub init: Option<Init>,
+    /// For packed parameters and their state: the parts, by rows (see [`Part`]).
+    pub parts: Vec<Part>,
+}
+
+impl PlanTensor {
+    /// The pieces it is saved, loaded and initialised as: its parts when it is packed, else
+    /// itself whole (all its outer rows) under its name and Hugging Face name. The one place
+    /// that turns a tensor into the names of files: checkpoint export and import,
+    /// `--dump-step`, initialisation and weight loading go through it.
+    pub fn pieces(&self) -> Vec<Part> {
+        if !self.parts.is_empty() {
+            return self.parts.clone();
+        }
+        vec![Part {
+            name: self.name.clone(),
+            hf_name: self.hf_name.clone(),
+            start: 0,
+            end: self.ty.shape.first().copied().unwrap_or(1),
+        }]
+    }
 }
 
 /// Index of a stream in [`Plan::streams`].

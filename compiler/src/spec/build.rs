@@ -571,7 +571,7 @@ impl Builder<'_> {
                 head_dim: d(head_dim)?,
             }
             .into(),
-            OpSpecSyntax::SwiGlu => ops::SwiGlu.into(),
+            OpSpecSyntax::SwiGlu => ops::SwiGlu { packed: false }.into(),
             OpSpecSyntax::Add => ops::Add.into(),
             OpSpecSyntax::CrossEntropy => ops::CrossEntropy.into(),
         })
@@ -799,6 +799,7 @@ impl Builder<'_> {
             layer,
             hf_name,
             init,
+            parts: Vec::new(),
         }))
     }
 }

@@ -31,6 +31,11 @@ define_language! {
         "add_rms_norm_abs_max" = AddRmsNormAbsMax([Id; 3]),
         "swiglu_abs_max" = SwiGluAbsMax([Id; 2]),
         "swiglu_backward_abs_max" = SwiGluBackwardAbsMax([Id; 3]),
+        // Gate and up packed in one operand (`swiglu{packed=true}` and its variants).
+        "swiglu_packed" = SwiGluPacked(Id),
+        "swiglu_backward_packed" = SwiGluBackwardPacked([Id; 2]),
+        "swiglu_packed_abs_max" = SwiGluPackedAbsMax(Id),
+        "swiglu_backward_packed_abs_max" = SwiGluBackwardPackedAbsMax([Id; 2]),
         // (output k op): output k of an op with several outputs.
         "output" = Output([Id; 2]),
         Leaf(Symbol),
@@ -128,6 +133,9 @@ fn fusion_rules() -> Vec<Rewrite<Term, Dtypes>> {
     rules.extend(abs_max_rules("rms_norm", "?x ?w", 2, &[0]));
     rules.extend(abs_max_rules("add_rms_norm", "?a ?b ?w", 3, &[1]));
     rules.extend(abs_max_rules("swiglu_backward", "?g ?u ?d", 2, &[0, 1]));
+    // Packed, the backward's one gradient `dgu` has one abs-max.
+    rules.extend(abs_max_rules("swiglu_packed", "?gu", 1, &[0]));
+    rules.extend(abs_max_rules("swiglu_backward_packed", "?gu ?d", 1, &[0]));
     rules
 }
 
@@ -288,6 +296,22 @@ mod tests {
                 "(abs_max (output 1 (swiglu_backward g u d)))",
                 "(output 3 (swiglu_backward_abs_max g u d))",
             ),
+            (
+                "(swiglu_packed gu)",
+                "(output 0 (swiglu_packed_abs_max gu))",
+            ),
+            (
+                "(abs_max (swiglu_packed gu))",
+                "(output 1 (swiglu_packed_abs_max gu))",
+            ),
+            (
+                "(swiglu_backward_packed gu d)",
+                "(output 0 (swiglu_backward_packed_abs_max gu d))",
+            ),
+            (
+                "(abs_max (swiglu_backward_packed gu d))",
+                "(output 1 (swiglu_backward_packed_abs_max gu d))",
+            ),
         ];
         for (from, to) in fused {
             assert!(proves(none, from, to), "{from} = {to}");
@@ -299,6 +323,7 @@ mod tests {
                 "(output 3 (add_rms_norm_abs_max a b w))",
             ),
             ("(abs_max g)", "(output 1 (swiglu_abs_max g u))"),
+            ("(abs_max gu)", "(output 1 (swiglu_packed_abs_max gu))"),
             // Nor is one output another, or one gradient's abs-max the other's.
             (
                 "(output 1 (rms_norm x w))",

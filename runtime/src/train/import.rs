@@ -261,16 +261,15 @@ impl WeightFile {
     }
 }
 
-/// The Hugging Face names of the plan's parameters, in plan order (the plan name where a
-/// parameter has none, so that it is reported missing by a name one can find in the plan).
+/// The Hugging Face names of the plan's parameters, piece by piece for packed ones (q|k|v,
+/// gate|up), in plan order (the plan name where a piece has none, so that it is reported
+/// missing by a name one can find in the plan).
 pub fn param_names(plan: &Plan) -> Vec<String> {
     plan.io
         .params
         .iter()
-        .map(|p| {
-            let t = plan.tensor(p.weight);
-            t.hf_name.clone().unwrap_or_else(|| t.name.clone())
-        })
+        .flat_map(|p| plan.tensor(p.weight).pieces())
+        .map(|piece| piece.hf_name.unwrap_or(piece.name))
         .collect()
 }
 

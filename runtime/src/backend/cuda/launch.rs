@@ -8,7 +8,10 @@ use super::modules::Modules;
 use cudarc::driver::sys::CUfunction_attribute;
 use llmq_compiler::ir::TensorId;
 use llmq_compiler::plan::{Plan, Step};
-use llmq_kernels::ops::{Linear, LinearBackwardData, LinearBackwardWeight};
+use llmq_kernels::ops::{
+    Linear, LinearBackwardData, LinearBackwardWeight, SwiGlu, SwiGluAbsMax, SwiGluBackward,
+    SwiGluBackwardAbsMax,
+};
 use llmq_kernels::{DType, Op, TensorType};
 
 /// Threads per block of the grid-stride and per-row kernels.
@@ -89,6 +92,17 @@ const ROPE_BATCH: u64 = 4;
 
 /// Columns each thread of embedding_backward keeps (EMB_COLS_PER_THREAD in embedding.cu).
 const EMBEDDING_COLS_PER_THREAD: u64 = 16;
+
+/// True for the swiglu ops reading gate and up packed in one input.
+fn packed_swiglu(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::SwiGlu(SwiGlu { packed: true })
+            | Op::SwiGluAbsMax(SwiGluAbsMax { packed: true, .. })
+            | Op::SwiGluBackward(SwiGluBackward { packed: true })
+            | Op::SwiGluBackwardAbsMax(SwiGluBackwardAbsMax { packed: true, .. })
+    )
+}
 
 /// One kernel argument, passed to the driver by address.
 #[derive(Clone, Copy, Debug)]
@@ -324,6 +338,21 @@ impl StepContext<'_> {
             return Err("a step using the kernel scratch must run on stream 0".into());
         }
         Ok((Arg::Ptr(self.scratch), col_blocks * COLSUM_CHUNKS))
+    }
+    /// `p` moved on by `elements` elements of `dtype`.
+    fn offset(&self, p: Arg, elements: u64, dtype: DType) -> Arg {
+        Arg::Ptr(p.slot() + elements * dtype.size_bytes())
+    }
+    /// A swiglu step's gate and up pointers and its `width, stride` arguments (swiglu.cu):
+    /// inputs 0 and 1 with stride `width`, or, packed, the two halves of input 0's rows.
+    fn gate_up(&self, dtype: DType, width: u64) -> (Arg, Arg, [Arg; 2]) {
+        let gu = self.input(0);
+        if packed_swiglu(&self.step.node.op) {
+            let up = self.offset(gu, width, dtype);
+            (gu, up, [Arg::I64(width as i64), Arg::I64(2 * width as i64)])
+        } else {
+            (gu, self.input(1), [Arg::I64(width as i64); 2])
+        }
     }
     /// The output scalar `i`, zeroed first unless the plan accumulates into it.
     fn scalar_out(&self, i: usize) -> Vec<u64> {
@@ -817,29 +846,80 @@ impl StepContext<'_> {
                         batch * heads * seq + if backward { batch * kv_heads * seq } else { 0 };
                 }
             }
-            Op::SwiGlu(_) | Op::Add(_) => {
+            Op::Add(_) => {
                 self.no_acc()?;
                 call.args = vec![i(0), i(1), o(0), I64(n as i64)];
                 call.grid = self.stride_grid(n);
             }
-            Op::SwiGluBackward(_) => {
-                call.args = vec![i(0), i(1), i(2), o(0), o(1), I64(n as i64), self.acc_all()?];
-                call.grid = self.stride_grid(n);
-            }
-            Op::SwiGluAbsMax(_) => {
+            Op::SwiGlu(_) | Op::SwiGluAbsMax(_) => {
+                // h's elements; gate and up, two inputs or the halves of one (swiglu.cu).
                 self.no_acc()?;
-                call.args = vec![i(0), i(1), o(0), o(1), I64(n as i64)];
-                call.grid = self.stride_grid(n);
-                call.zero_first = self.scalar_out(1);
+                let h = self.out_ty(0);
+                let (gate, up, layout) = self.gate_up(dtype, h.last_dim());
+                call.args = vec![gate, up, o(0)];
+                if let Op::SwiGluAbsMax(_) = op {
+                    call.args.push(o(1));
+                    call.zero_first = self.scalar_out(1);
+                }
+                call.args.push(I64(h.numel() as i64));
+                call.args.extend(layout);
+                call.grid = self.stride_grid_8(h.numel());
             }
-            Op::SwiGluBackwardAbsMax(_) => {
+            Op::SwiGluBackward(_) | Op::SwiGluBackwardAbsMax(_) => {
+                let dh = self.in_ty(self.step.node.inputs.len() - 1);
+                let (width, count) = (dh.last_dim(), dh.numel());
+                let (gate, up, layout) = self.gate_up(dtype, width);
+                let packed = packed_swiglu(op);
+                // Packed, dgate and dup are the two halves of each row of dgu.
+                let (dgate, dup) = if packed {
+                    (o(0), self.offset(o(0), width, dtype))
+                } else {
+                    (o(0), o(1))
+                };
+                let dh = i(self.step.node.inputs.len() - 1);
+                call.args = vec![gate, up, dh, dgate, dup];
+                if let Op::SwiGluBackwardAbsMax(_) = op {
+                    self.no_acc()?;
+                    // One abs-max of dgu, packed; else one per gradient.
+                    let amaxes = if packed { [1, 1] } else { [2, 3] };
+                    call.args.extend(amaxes.map(o));
+                    call.zero_first = self.scalar_out(amaxes[0]);
+                    call.zero_first.extend(self.scalar_out(amaxes[1]));
+                    call.zero_first.dedup();
+                    call.args.push(I64(count as i64));
+                    call.args.extend(layout);
+                } else {
+                    call.args.push(I64(count as i64));
+                    call.args.extend(layout);
+                    call.args.push(self.acc_all()?);
+                }
+                call.grid = self.stride_grid_8(count);
+            }
+            Op::Split(_) | Op::Concat(_) => {
                 self.no_acc()?;
-                call.args = vec![i(0), i(1), i(2), o(0), o(1), o(2), o(3), I64(n as i64)];
-                call.grid = self.stride_grid(n);
-                call.zero_first = [2, 3]
-                    .into_iter()
-                    .flat_map(|k| self.scalar_out(k))
-                    .collect();
+                let (packed, parts, to_packed) = match op {
+                    Op::Split(_) => (i(0), (0..self.step.node.outputs.len()).map(o).collect(), 0),
+                    _ => (
+                        o(0),
+                        (0..self.step.node.inputs.len()).map(i).collect::<Vec<_>>(),
+                        1,
+                    ),
+                };
+                let cols = match op {
+                    Op::Split(s) => &s.cols,
+                    Op::Concat(c) => &c.cols,
+                    _ => unreachable!("matched above"),
+                };
+                let total: u64 = cols.iter().sum();
+                let unused = 4 - parts.len();
+                call.args = vec![packed];
+                call.args.extend(parts);
+                call.args.extend(std::iter::repeat_n(Arg::Ptr(0), unused));
+                call.args.extend(cols.iter().map(|&c| I64(c as i64)));
+                call.args.extend(std::iter::repeat_n(I64(0), unused));
+                let rows = n / if to_packed == 0 { total } else { cols[0] };
+                call.args.extend([I64(rows as i64), I32(to_packed)]);
+                call.grid = self.stride_grid_8(rows * total);
             }
             Op::RmsNormAbsMax(_) | Op::AddRmsNormAbsMax(_) => {
                 let eps = match op {

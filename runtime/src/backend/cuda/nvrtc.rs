@@ -60,6 +60,7 @@ pub const SOURCES: &[Source] = &[
     source!("quantize.cu"),
     source!("rms_norm.cu"),
     source!("rope.cu"),
+    source!("split.cu"),
     source!("sum_squares.cu"),
     source!("swiglu.cu"),
     source!("transpose.cu"),
