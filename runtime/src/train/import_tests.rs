@@ -111,20 +111,24 @@ fn fill_unpermutes_llama_q_and_k_and_converts_names() {
     let plan = tiny_plan();
     let path = tiny_gguf(dir.path(), "llama", 2, &[q]);
     let file = WeightFile::open(&path).unwrap();
-    let wq = plan
+    // q_proj is a part of the packed q|k|v weight (horizontal fusion): its rows of it.
+    let q_name = "model.layers.0.self_attn.q_proj.weight";
+    let (wqkv, q_part) = plan
         .tensors
         .iter()
-        .find(|t| t.hf_name.as_deref() == Some("model.layers.0.self_attn.q_proj.weight"))
+        .find_map(|t| {
+            let part = t
+                .pieces()
+                .into_iter()
+                .find(|p| p.hf_name.as_deref() == Some(q_name))?;
+            Some((t, part))
+        })
         .unwrap();
-    let mut out = vec![0.0; rows * cols];
-    file.fill(
-        "model.layers.0.self_attn.q_proj.weight",
-        wq,
-        0..64,
-        &mut out,
-    )
-    .unwrap();
-    let first_of_rows: Vec<f32> = out.chunks(cols).map(|r| r[0]).collect();
+    let mut out = vec![0.0; wqkv.ty.numel() as usize];
+    file.fill(q_name, wqkv, q_part.start..q_part.end, &mut out)
+        .unwrap();
+    let q_rows = &out[q_part.start as usize * cols..q_part.end as usize * cols];
+    let first_of_rows: Vec<f32> = q_rows.chunks(cols).map(|r| r[0]).collect();
     assert_eq!(first_of_rows, hf_rows);
     // The same file as qwen2 is not permuted: rows stay as stored.
     let path = tiny_gguf(
@@ -134,23 +138,14 @@ fn fill_unpermutes_llama_q_and_k_and_converts_names() {
         &[("blk.0.attn_q.weight", dims, 0, bytes(&file_rows))],
     );
     let file = WeightFile::open(&path).unwrap();
-    file.fill(
-        "model.layers.0.self_attn.q_proj.weight",
-        wq,
-        0..64,
-        &mut out,
-    )
-    .unwrap();
-    let first_of_rows: Vec<f32> = out.chunks(cols).map(|r| r[0]).collect();
+    file.fill(q_name, wqkv, q_part.start..q_part.end, &mut out)
+        .unwrap();
+    let q_rows = &out[q_part.start as usize * cols..q_part.end as usize * cols];
+    let first_of_rows: Vec<f32> = q_rows.chunks(cols).map(|r| r[0]).collect();
     assert_eq!(first_of_rows, file_rows);
     // A part of the wrong number of rows is a shape error with both shapes.
     let err = file
-        .fill(
-            "model.layers.0.self_attn.q_proj.weight",
-            wq,
-            0..32,
-            &mut out,
-        )
+        .fill(q_name, wqkv, q_part.start..q_part.start + 32, &mut out)
         .unwrap_err()
         .to_string();
     assert!(
