@@ -47,12 +47,7 @@ pub fn pass_diff(model: &str, pass: &str, opts: &CompileOptions) -> (Graph, Stri
     let before = write_graph(&graph);
     run_passes(&mut graph, &passes[at..=at], &ctx, None).unwrap();
     let after = write_graph(&graph);
-    let diff = similar::TextDiff::from_lines(&before, &after)
-        .unified_diff()
-        .context_radius(1)
-        .header("before", "after")
-        .to_string();
-    (graph, diff)
+    (graph, unified_diff(&before, &after))
 }
 
 /// The forward graph of `model` after horizontal fusion, and the unified diff it made.
@@ -66,10 +61,14 @@ pub fn forward_diff(model: &str) -> (Graph, String) {
     let passes: [&dyn Pass; 1] = [&HorizontalFusion];
     run_passes(&mut graph, &passes, &pass_context(&opts), None).unwrap();
     let after = write_graph(&graph);
-    let diff = similar::TextDiff::from_lines(&before, &after)
+    (graph, unified_diff(&before, &after))
+}
+
+/// The unified diff of two graph dumps, one line of context, as the snapshots keep it.
+fn unified_diff(before: &str, after: &str) -> String {
+    similar::TextDiff::from_lines(before, after)
         .unified_diff()
         .context_radius(1)
         .header("before", "after")
-        .to_string();
-    (graph, diff)
+        .to_string()
 }
