@@ -2,28 +2,36 @@
 #include "common.cuh"
 
 // bias_add_{f32,bf16}(const T* x, const T* b, T* y, long long rows, int cols)
-// grid: any (grid-stride over rows·cols), block: any. `y` may alias `x`.
+// grid: any (grid-stride over groups of eight), block: any. `y` may alias `x`. When cols is a
+// multiple of 8, each group of eight lies in one row and moves as 16-byte vectors.
 template <typename T>
 __device__ void bias_add(const T* x, const T* b, T* y, long long rows, int cols) {
     const long long n = rows * cols;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        store(y, i, load(x, i) + load(b, i % cols));
+    for (long long i = first8(); i < n; i += stride8()) {
+        float v[8], bv[8];
+        load8(x, i, n, v);
+        if (cols % 8 == 0) {
+            load8(b, i % cols, cols, bv);
+        } else {
+            for (int k = 0; k < 8; ++k) bv[k] = i + k < n ? load(b, (i + k) % cols) : 0.0f;
+        }
+        for (int k = 0; k < 8; ++k) v[k] += bv[k];
+        store8(y, i, n, v);
     }
 }
 
 // bias_backward_{f32,bf16}(const T* dy, T* db, float* scratch, long long rows, int cols,
 //                          int accumulate)
-// grid: ceil(cols / 32)·COLSUM_CHUNKS, block: a multiple of 32, at most 1024.
+// grid: ceil(cols / COLSUM_WIDTH)·COLSUM_CHUNKS, block: a multiple of 32, at most 1024.
 // Deterministic: see column_sum_split in common.cuh (scratch is the backend's).
 template <typename T>
 __device__ void bias_backward(const T* dy, T* db, float* scratch, long long rows, int cols,
                               int accumulate) {
-    const int c = (int)(blockIdx.x % ((cols + 31) / 32)) * 32 + (threadIdx.x & 31);
-    float total;
-    const bool mine = column_sum_split(rows, cols, blockIdx.x, scratch,
-                                       [&](long long r) { return load(dy, r * cols + c); }, &total);
-    if (mine) store_acc(db, c, total, accumulate);
+    const int c = colsum_first_column(blockIdx.x, cols);
+    column_sum_split(
+        rows, cols, blockIdx.x, scratch,
+        [&](long long r, float v[8]) { load8(dy + r * cols, c, cols, v); },
+        [&](int col, float total) { store_acc(db, col, total, accumulate); });
 }
 
 extern "C" __global__ void bias_add_f32(const float* x, const float* b, float* y, long long rows, int cols) {

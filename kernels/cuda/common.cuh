@@ -208,71 +208,92 @@ __device__ float block_max(float v) {
     return total;
 }
 
-// Column sums over many rows, deterministically: the block owns 32 consecutive columns, lane l
-// of every warp takes column l, the warps take rows round-robin, then warp 0 adds the warps'
-// partial sums in warp order. Returns Σ_r term(r) to the threads of warp 0 (other warps get 0);
-// `active` is false for lanes past the last column (they still reach the barrier).
-// Every thread of the block must call it; blockDim a multiple of 32.
+// Column sums over many rows, deterministically: the block owns 256 consecutive columns, lane l
+// of every warp takes the eight columns from 8·l (read as one 16-byte vector where the row
+// allows, see load8), the warps take rows round-robin, then warp 0 adds the warps' partial sums
+// in warp order. `term(r, v)` writes row r's eight values of the lane's columns into v. Leaves
+// Σ_r term(r) in `total` of the threads of warp 0 (other warps get 0); `active` is false for
+// lanes past the last column (they still reach the barrier). Every thread of the block must
+// call it; blockDim a multiple of 32.
+#define COLSUM_WIDTH 256
 template <typename Term>
-__device__ float column_sum(long long rows, bool active, Term term) {
-    __shared__ float partial[32][33];
+__device__ void column_sum(long long rows, bool active, Term term, float total[8]) {
+    // [warp][k][lane]: warp 0's reads below are one bank per lane.
+    __shared__ float partial[32][8][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    float acc = 0.0f;
+    float acc[8] = {};
     if (active) {
         // Unrolled so that several rows' loads are in flight at once; the sum still runs in
         // row order.
 #pragma unroll 4
-        for (long long r = warp; r < rows; r += warps) acc += term(r);
+        for (long long r = warp; r < rows; r += warps) {
+            float v[8];
+            term(r, v);
+            for (int k = 0; k < 8; ++k) acc[k] += v[k];
+        }
     }
-    partial[warp][lane] = acc;
+    for (int k = 0; k < 8; ++k) partial[warp][k][lane] = acc[k];
     __syncthreads();
-    float total = 0.0f;
+    for (int k = 0; k < 8; ++k) total[k] = 0.0f;
     if (warp == 0) {
-        for (int w = 0; w < warps; ++w) total += partial[w][lane];
+        for (int w = 0; w < warps; ++w)
+            for (int k = 0; k < 8; ++k) total[k] += partial[w][k][lane];
     }
-    return total;
 }
 
 // Column sums over many rows spread over many blocks, still deterministic. The rows are cut into
-// COLSUM_CHUNKS chunks; block `block` takes column block block % col_blocks (32 columns) and
-// chunk block / col_blocks, so a launch has col_blocks·COLSUM_CHUNKS such blocks. Each writes
-// its partial sums (column_sum above) to scratch; the block that finishes a column block last
-// adds the partials in chunk order. Scratch (the backend's, see docs/cuda.md):
+// COLSUM_CHUNKS chunks; block `block` takes column block block % col_blocks (COLSUM_WIDTH
+// columns) and chunk block / col_blocks, so a launch has col_blocks·COLSUM_CHUNKS such blocks.
+// Each writes its partial sums (column_sum above) to scratch; the block that finishes a column
+// block last adds the partials in chunk order, one column per thread (their loads coalesce and
+// many are in flight, where one warp adding eight columns each waited on 512 loads in a row).
+// Scratch (the backend's, see docs/cuda.md):
 //   unsigned int done[COLSUM_COUNTERS], then float partial[COLSUM_CHUNKS][cols]. The counters
 //   sit at a fixed place whatever `cols` is, are zero before the first launch, and the last block
 //   of each column block resets its own, so every later launch (and graph replay) finds zeros.
-// Returns true to the lanes of warp 0 of that last block whose column exists, with *total the
-// column's sum; false to every other thread. Every thread of the block must call it.
+// `term(r, v)` gives row r's values of the eight columns from colsum_first_column; `store(c,
+// total)` is called once per column c of the block, by the last block, with its sum. Every
+// thread of the block must call it.
 #define COLSUM_CHUNKS 64
 #define COLSUM_COUNTERS 4096
-template <typename Term>
-__device__ bool column_sum_split(long long rows, int cols, long long block, float* scratch,
-                                 Term term, float* total) {
+__device__ __forceinline__ int colsum_col_blocks(int cols) {
+    return (cols + COLSUM_WIDTH - 1) / COLSUM_WIDTH;
+}
+__device__ __forceinline__ int colsum_first_column(long long block, int cols) {
+    return (int)(block % colsum_col_blocks(cols)) * COLSUM_WIDTH + (threadIdx.x & 31) * 8;
+}
+template <typename Term, typename Store>
+__device__ void column_sum_split(long long rows, int cols, long long block, float* scratch,
+                                 Term term, Store store) {
     __shared__ bool last;
-    const int col_blocks = (cols + 31) / 32;
+    const int col_blocks = colsum_col_blocks(cols);
     const int cb = (int)(block % col_blocks), chunk = (int)(block / col_blocks);
-    const int lane = threadIdx.x & 31;
-    const int c = cb * 32 + lane;
+    const int c = colsum_first_column(block, cols);
+    const int width = min(8, cols - c);  // the lane's columns that exist (≤ 0: none)
     const long long per_chunk = (rows + COLSUM_CHUNKS - 1) / COLSUM_CHUNKS;
     const long long r0 = chunk * per_chunk;
     const long long n = max(0LL, min(per_chunk, rows - r0));
-    const float partial = column_sum(n, c < cols, [&](long long r) { return term(r0 + r); });
+    float partial[8];
+    column_sum(n, width > 0, [&](long long r, float v[8]) { term(r0 + r, v); }, partial);
     unsigned int* done = reinterpret_cast<unsigned int*>(scratch);
     float* partials = scratch + COLSUM_COUNTERS;
-    if (threadIdx.x < 32 && c < cols) partials[(long long)chunk * cols + c] = partial;
+    if (threadIdx.x < 32)
+        for (int k = 0; k < width; ++k) partials[(long long)chunk * cols + c + k] = partial[k];
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(&done[cb], 1u) == COLSUM_CHUNKS - 1;
     __syncthreads();
-    if (!last || threadIdx.x >= 32) return false;
+    if (!last) return;
     __threadfence();
-    if (lane == 0) done[cb] = 0;
-    if (c >= cols) return false;
-    const volatile float* written = partials;
-    float sum = 0.0f;
-    for (int k = 0; k < COLSUM_CHUNKS; ++k) sum += written[(long long)k * cols + c];
-    *total = sum;
-    return true;
+    if (threadIdx.x == 0) done[cb] = 0;
+    const int end = min(cols, (cb + 1) * COLSUM_WIDTH);
+    for (int col = cb * COLSUM_WIDTH + threadIdx.x; col < end; col += blockDim.x) {
+        float sum = 0.0f;
+        // L2 loads (ld.cg): other blocks wrote the partials, which this SM's L1 may not hold.
+#pragma unroll 8
+        for (int j = 0; j < COLSUM_CHUNKS; ++j) sum += __ldcg(partials + (long long)j * cols + col);
+        store(col, sum);
+    }
 }
 
 // atomicMax for FP32 values that are non-negative or NaN (with the sign bit clear): their bit

@@ -4,8 +4,9 @@
 
 #include "common.cuh"
 
-// The number of valid targets, computed by every block (a simple first kernel: rows² reads in
-// all; a separate count kernel is the faster way).
+// The number of valid targets of all `rows`, summed by the calling block. cross_entropy.cu's
+// kernels call it in every block (rows² reads in all, for the unchunked loss of small plans);
+// the chunked head calls it once, in count_valid_targets.
 __device__ float count_valid(const int* targets, long long rows, int vocab) {
     float count = 0.0f;
     for (long long r = threadIdx.x; r < rows; r += blockDim.x) {

@@ -43,58 +43,60 @@ __device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, float* amax,
 //                              T* dw, float* scratch, long long groups, int group_size,
 //                              int accumulate_dx, int accumulate_dw)
 // One flag per output: the weight gradient accumulates over micro-batches, dx usually not.
-// grid: ceil(groups / (block/32)) + ceil(group_size / 32)·COLSUM_CHUNKS, block: a multiple of
-// 32, at most 1024. The first blocks write dx, one warp per group (a group is a few hundred to
-// a few thousand elements: a warp reads it 16 bytes per lane, and its reduction needs no
-// barrier): with x̂ = x·r and ĝ = dy·w, dx = r·(ĝ − x̂·mean(ĝ·x̂)). The blocks after them write
-// dw = Σ_groups dy·x̂, deterministically (column_sum_split in common.cuh; scratch is the
-// backend's).
+// grid: ceil(group_size / COLSUM_WIDTH)·COLSUM_CHUNKS + ceil(groups / (block/32)), block: a
+// multiple of 32, at most 1024. The first blocks write dw = Σ_groups dy·x̂, deterministically
+// (column_sum_split in common.cuh; scratch is the backend's); they come first so that they run
+// beside the dx blocks rather than after them. The blocks after them write dx, one warp per
+// group (a group is a few hundred to a few thousand elements: a warp reads it 16 bytes per lane,
+// and its reduction needs no barrier): with x̂ = x·r and ĝ = dy·w, dx = r·(ĝ − x̂·mean(ĝ·x̂)).
 template <typename T>
 __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
                                   T* dw, float* scratch, long long groups, int group_size,
                                   int accumulate_dx, int accumulate_dw) {
-    const int warps = blockDim.x >> 5;
-    const long long dx_blocks = (groups + warps - 1) / warps;
-    if (blockIdx.x < dx_blocks) {
-        const int lane = threadIdx.x & 31;
-        const long long g = blockIdx.x * warps + (threadIdx.x >> 5);
-        if (g >= groups) return;
-        const long long base = g * group_size;
-        const T* dyg = dy + base;
-        const T* xg = x + base;
-        T* dxg = dx + base;
-        const float r = rstd[g];
-        float dot = 0.0f;
-        for (int i = lane * 8; i < group_size; i += 32 * 8) {
-            float d[8], xv[8], wv[8];
-            load8(dyg, i, group_size, d);
-            load8(xg, i, group_size, xv);
-            load8(w, i, group_size, wv);
-            for (int k = 0; k < 8; ++k) dot += d[k] * wv[k] * xv[k] * r;
+    const long long sum_blocks = (long long)colsum_col_blocks(group_size) * COLSUM_CHUNKS;
+    if (blockIdx.x < sum_blocks) {
+        const int c = colsum_first_column(blockIdx.x, group_size);
+        column_sum_split(
+            groups, group_size, blockIdx.x, scratch,
+            [&](long long g, float v[8]) {
+                float d[8], xv[8];
+                load8(dy + g * group_size, c, group_size, d);
+                load8(x + g * group_size, c, group_size, xv);
+                const float r = rstd[g];
+                for (int k = 0; k < 8; ++k) v[k] = d[k] * xv[k] * r;
+            },
+            [&](int col, float total) { store_acc(dw, col, total, accumulate_dw); });
+        return;
+    }
+    const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
+    const long long g = (blockIdx.x - sum_blocks) * warps + (threadIdx.x >> 5);
+    if (g >= groups) return;
+    const long long base = g * group_size;
+    const T* dyg = dy + base;
+    const T* xg = x + base;
+    T* dxg = dx + base;
+    const float r = rstd[g];
+    float dot = 0.0f;
+    for (int i = lane * 8; i < group_size; i += 32 * 8) {
+        float d[8], xv[8], wv[8];
+        load8(dyg, i, group_size, d);
+        load8(xg, i, group_size, xv);
+        load8(w, i, group_size, wv);
+        for (int k = 0; k < 8; ++k) dot += d[k] * wv[k] * xv[k] * r;
+    }
+    const float mean = warp_sum(dot) / (float)group_size;
+    for (int i = lane * 8; i < group_size; i += 32 * 8) {
+        float d[8], xv[8], wv[8], out[8];
+        load8(dyg, i, group_size, d);
+        load8(xg, i, group_size, xv);
+        load8(w, i, group_size, wv);
+        for (int k = 0; k < 8; ++k) out[k] = r * (d[k] * wv[k] - xv[k] * r * mean);
+        if (accumulate_dx) {
+            float old[8];
+            load8(dxg, i, group_size, old);
+            for (int k = 0; k < 8; ++k) out[k] += old[k];
         }
-        const float mean = warp_sum(dot) / (float)group_size;
-        for (int i = lane * 8; i < group_size; i += 32 * 8) {
-            float d[8], xv[8], wv[8], out[8];
-            load8(dyg, i, group_size, d);
-            load8(xg, i, group_size, xv);
-            load8(w, i, group_size, wv);
-            for (int k = 0; k < 8; ++k) out[k] = r * (d[k] * wv[k] - xv[k] * r * mean);
-            if (accumulate_dx) {
-                float old[8];
-                load8(dxg, i, group_size, old);
-                for (int k = 0; k < 8; ++k) out[k] += old[k];
-            }
-            store8(dxg, i, group_size, out);
-        }
-    } else {
-        const long long block = blockIdx.x - dx_blocks;
-        const int i = (int)(block % ((group_size + 31) / 32)) * 32 + (threadIdx.x & 31);
-        float total;
-        const bool mine = column_sum_split(groups, group_size, block, scratch, [&](long long g) {
-            const long long at = g * group_size + i;
-            return load(dy, at) * load(x, at) * rstd[g];
-        }, &total);
-        if (mine) store_acc(dw, i, total, accumulate_dw);
+        store8(dxg, i, group_size, out);
     }
 }
 

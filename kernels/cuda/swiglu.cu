@@ -13,12 +13,12 @@ __device__ __forceinline__ long long at(long long i, long long width, long long 
     return stride == width ? i : (i / width) * stride + i % width;
 }
 
-// The eight values of `p` for elements i..i+8 of `h` (those past n are 0).
+// The eight values of `p` for elements i..i+8 of `h` (those past n are 0); j = at(i), computed
+// once per group by the caller (packed, a 64-bit division), not at every load and store.
 template <typename T>
-__device__ __forceinline__ void load_gu(const T* p, long long i, long long n, long long width,
-                                        long long stride, float v[8]) {
+__device__ __forceinline__ void load_gu(const T* p, long long i, long long j, long long n,
+                                        long long width, long long stride, float v[8]) {
     if (width % 8 == 0) {
-        const long long j = at(i, width, stride);
         load8(p, j, j + 8, v);  // n is a multiple of 8 here: all eight exist
     } else {
         for (int k = 0; k < 8; ++k) v[k] = i + k < n ? load(p, at(i + k, width, stride)) : 0.0f;
@@ -27,10 +27,10 @@ __device__ __forceinline__ void load_gu(const T* p, long long i, long long n, lo
 
 // Writes (or adds) the eight values at the places load_gu reads them from.
 template <typename T>
-__device__ __forceinline__ void store_gu(T* p, long long i, long long n, long long width,
-                                         long long stride, const float v[8], int accumulate) {
+__device__ __forceinline__ void store_gu(T* p, long long i, long long j, long long n,
+                                         long long width, long long stride, const float v[8],
+                                         int accumulate) {
     if (width % 8 == 0 && !accumulate) {
-        const long long j = at(i, width, stride);
         store8(p, j, j + 8, v);
     } else {
         for (int k = 0; k < 8 && i + k < n; ++k) store_acc(p, at(i + k, width, stride), v[k], accumulate);
@@ -42,20 +42,21 @@ __device__ __forceinline__ void store_gu(T* p, long long i, long long n, long lo
 // swiglu_abs_max_{f32,bf16}(const T* gate, const T* up, T* h, float* amax, long long n,
 //                           long long width, long long stride)
 // grid: any (grid-stride over groups of eight), block: a multiple of 32. With `amax` (zeroed by
-// the launcher), the abs-max of `h` read back as stored, so it equals abs_max's on `h` bit for
-// bit.
+// the launcher), the abs-max of `h` as stored (each value rounded to T in registers, not read
+// back), so it equals abs_max's on `h` bit for bit.
 template <typename T>
 __device__ void swiglu(const T* gate, const T* up, T* h, float* amax, long long n,
                        long long width, long long stride) {
     float m = 0.0f;
     for (long long i = first8(); i < n; i += stride8()) {
         float g[8], u[8], y[8];
-        load_gu(gate, i, n, width, stride, g);
-        load_gu(up, i, n, width, stride, u);
+        const long long j = at(i, width, stride);
+        load_gu(gate, i, j, n, width, stride, g);
+        load_gu(up, i, j, n, width, stride, u);
         for (int k = 0; k < 8; ++k) y[k] = g[k] * sigmoid(g[k]) * u[k];
         store8(h, i, n, y);
         if (amax) {
-            for (int k = 0; k < 8 && i + k < n; ++k) m = nan_max(m, fabsf(load(h, i + k)));
+            for (int k = 0; k < 8 && i + k < n; ++k) m = nan_max(m, fabsf(as_stored(h, y[k])));
         }
     }
     if (amax) block_abs_max_into(m, amax);
@@ -68,8 +69,8 @@ __device__ void swiglu(const T* gate, const T* up, T* h, float* amax, long long 
 //                                    long long width, long long stride)
 // grid: any (grid-stride over groups of eight), block: a multiple of 32.
 // dup = dh·g·σ(g), dgate = dh·up·σ(g)·(1 + g·(1 − σ(g))). With the abs-max pointers (zeroed by
-// the launcher; the variant never accumulates), the abs-max of each gradient read back as
-// stored, so it equals abs_max's bit for bit; packed, both pointers are the one abs-max of dgu.
+// the launcher; the variant never accumulates), the abs-max of each gradient as stored, so it
+// equals abs_max's bit for bit; packed, both pointers are the one abs-max of dgu.
 template <typename T>
 __device__ void swiglu_backward(const T* gate, const T* up, const T* dh, T* dgate, T* dup,
                                 float* dgate_amax, float* dup_amax, long long n,
@@ -77,21 +78,21 @@ __device__ void swiglu_backward(const T* gate, const T* up, const T* dh, T* dgat
     float mg = 0.0f, mu = 0.0f;
     for (long long i = first8(); i < n; i += stride8()) {
         float g[8], u[8], d[8], dg[8], du[8];
-        load_gu(gate, i, n, width, stride, g);
-        load_gu(up, i, n, width, stride, u);
+        const long long j = at(i, width, stride);
+        load_gu(gate, i, j, n, width, stride, g);
+        load_gu(up, i, j, n, width, stride, u);
         load8(dh, i, n, d);
         for (int k = 0; k < 8; ++k) {
             const float s = sigmoid(g[k]);
             du[k] = d[k] * g[k] * s;
             dg[k] = d[k] * u[k] * s * (1.0f + g[k] * (1.0f - s));
         }
-        store_gu(dgate, i, n, width, stride, dg, accumulate);
-        store_gu(dup, i, n, width, stride, du, accumulate);
+        store_gu(dgate, i, j, n, width, stride, dg, accumulate);
+        store_gu(dup, i, j, n, width, stride, du, accumulate);
         if (dgate_amax) {
             for (int k = 0; k < 8 && i + k < n; ++k) {
-                const long long j = at(i + k, width, stride);
-                mg = nan_max(mg, fabsf(load(dgate, j)));
-                mu = nan_max(mu, fabsf(load(dup, j)));
+                mg = nan_max(mg, fabsf(as_stored(dgate, dg[k])));
+                mu = nan_max(mu, fabsf(as_stored(dup, du[k])));
             }
         }
     }

@@ -81,6 +81,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "classifier_cross_entropy_bf16",
             "classifier_cross_entropy_backward_f32",
             "classifier_cross_entropy_backward_bf16",
+            "count_valid_targets",
         ],
     ),
     ("clip_scale.cu", &["clip_scale_f32"]),

@@ -75,6 +75,8 @@ pub fn attention_mma_launch(
 
 /// Row chunks of the split column sums (COLSUM_CHUNKS in common.cuh).
 const COLSUM_CHUNKS: u64 = 64;
+/// Columns of one block of the split column sums (COLSUM_WIDTH in common.cuh).
+const COLSUM_WIDTH: u64 = 256;
 /// Their completion counters at the start of the scratch (COLSUM_COUNTERS in common.cuh).
 const COLSUM_COUNTERS: u64 = 4096;
 /// Bytes of the backend's kernel scratch: the split column sums' partials and counters.
@@ -327,7 +329,7 @@ impl StepContext<'_> {
     /// column_sum_split in common.cuh). The scratch is shared by every step: only steps of
     /// stream 0, which run one after another, may use it.
     fn column_sum_scratch(&self, cols: u64) -> Result<(Arg, u64), String> {
-        let col_blocks = cols.div_ceil(32);
+        let col_blocks = cols.div_ceil(COLSUM_WIDTH);
         let bytes = COLSUM_COUNTERS * 4 + COLSUM_CHUNKS * cols * 4;
         if bytes > SCRATCH_BYTES as u64 || col_blocks > COLSUM_COUNTERS {
             return Err(format!(
@@ -488,7 +490,21 @@ impl StepContext<'_> {
             let shape = GemmShape::of(&op, [a, b], dtype, acc).expect("a matmul op");
             gemms.prepare(shape).map_err(|e| e.to_string())
         };
-        let mut actions = Vec::new();
+        // The count of valid targets, once for all chunks, in the kernel scratch after the
+        // column sums' counters (where their partials go: no column sum runs within this step).
+        if self.step.stream != 0 {
+            return Err("a step using the kernel scratch must run on stream 0".into());
+        }
+        let valid = Ptr(self.scratch + COLSUM_COUNTERS * 4);
+        let count = KernelCall {
+            name: "count_valid_targets".into(),
+            grid: 1,
+            block: 1024,
+            shared_bytes: 0,
+            args: vec![targets, I64(rows as i64), I32(vocab as i32), valid],
+            zero_first: Vec::new(),
+        };
+        let mut actions = vec![kernel_action(modules, count)?];
         let mut first = 0;
         while first < rows {
             let n = chunk_rows.min(rows - first);
@@ -512,7 +528,7 @@ impl StepContext<'_> {
                 self.output(loss),
                 I64(first as i64),
                 I64(n as i64),
-                I64(rows as i64),
+                valid,
                 I32(vocab as i32),
             ]);
             let call = KernelCall {
@@ -759,7 +775,7 @@ impl StepContext<'_> {
                 self.no_acc()?;
                 let cols = self.in_ty(1).numel();
                 call.args = vec![i(0), i(1), o(0), I64((n / cols) as i64), I32(cols as i32)];
-                call.grid = self.stride_grid(n);
+                call.grid = self.stride_grid_8(n);
             }
             Op::BiasBackward(_) => {
                 let cols = x.last_dim();
