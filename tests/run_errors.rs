@@ -139,10 +139,9 @@ fn a_checkpoint_of_another_model_is_refused_and_left_as_it_was() {
     assert!(before == after, "a file of the run directory changed");
 }
 
-#[test]
-fn planning_flags_next_to_a_plan_file_are_refused_not_ignored() {
-    let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("tiny.bin");
+/// `llmqc plan models/tiny.ron --batch 2 --seq 16 -o dir/tiny.bin`, the plan's path.
+fn tiny_plan(dir: &Path) -> String {
+    let plan = dir.join("tiny.bin");
     let out = Command::new(env!("CARGO_BIN_EXE_llmqc"))
         .args([
             "plan",
@@ -157,7 +156,13 @@ fn planning_flags_next_to_a_plan_file_are_refused_not_ignored() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let plan = plan.to_string_lossy();
+    plan.to_string_lossy().into_owned()
+}
+
+#[test]
+fn planning_flags_next_to_a_plan_file_are_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = tiny_plan(dir.path());
     let (code, text) = tiny_run(dir.path(), &[&plan, "--precision", "bf16"]);
     assert_refused(
         code,
@@ -176,6 +181,24 @@ fn no_checkpoints_writes_none_and_refuses_checkpoint_flags_beside_it() {
     assert!(!dir.path().join("runs/default/checkpoints").exists());
     let (code, text) = tiny_run(dir.path(), &["--no-checkpoints", "--keep", "2"]);
     assert_refused(code, &text, &["--no-checkpoints", "--keep"]);
+    // A plan file (no spec copied into the run directory) still gets its log.
+    let fresh = tempfile::tempdir().unwrap();
+    let plan = tiny_plan(fresh.path());
+    let (code, text) = llmq_run(
+        fresh.path(),
+        &[
+            &plan,
+            "--steps",
+            "2",
+            "--eval-every",
+            "0",
+            "--backend",
+            "cpu",
+            "--no-checkpoints",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(fresh.path().join("runs/default/log.jsonl").exists());
 }
 
 #[test]

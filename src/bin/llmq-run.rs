@@ -379,6 +379,10 @@ fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
+    // The run directory holds the log even when no checkpoint is written.
+    std::fs::create_dir_all(&args.out_dir)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("creating the run directory {}", args.out_dir.display()))?;
     let mut log = JsonLog::open(&args.out_dir.join("log.jsonl")).into_diagnostic()?;
     let bar = indicatif::ProgressBar::new(args.steps);
     bar.set_position(trainer.step);
