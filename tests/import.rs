@@ -10,15 +10,12 @@ use llmq_compiler::plan::Plan;
 use llmq_compiler::target::Precision;
 use llmq_runtime::train::TrainError;
 use llmq_runtime::train::bpe::BpeTokenizer;
-use llmq_runtime::train::checkpoint::{TensorDtype, TensorRef, write_tensors};
+use llmq_runtime::train::checkpoint::{Tensor, TensorDtype, TensorRef, write_tensors};
 use llmq_runtime::train::data::TokenFile;
 use llmq_runtime::train::gguf::GgufFile;
 use llmq_runtime::train::tokenizer::bundled_corpus;
 use llmq_runtime::trainer::{Trainer, TrainerError};
 use std::path::{Path, PathBuf};
-
-/// A tensor of a safetensors file: name, dtype, shape, bytes.
-type Tensor = (String, TensorDtype, Vec<usize>, Vec<u8>);
 
 fn tiny() -> Plan {
     plan("tiny.ron", &options(2, 16, 1, Precision::Bf16, 1 << 30))
@@ -36,7 +33,7 @@ fn weights(t: &mut Trainer) -> Vec<Vec<u8>> {
     out
 }
 
-/// The model tensors of a tiny run trained 3 steps, as (name, dtype, shape, bytes).
+/// The model tensors of a tiny run trained 3 steps.
 fn trained_tensors(dir: &Path) -> (Vec<Vec<u8>>, Vec<Tensor>) {
     let data = corpus(dir);
     let ckpt = dir.join("ckpt");
@@ -50,27 +47,19 @@ fn trained_tensors(dir: &Path) -> (Vec<Vec<u8>>, Vec<Tensor>) {
         .into_iter()
         .map(|(name, v)| {
             assert_eq!(v.dtype(), safetensors::Dtype::BF16, "{name}");
-            (
+            Tensor {
                 name,
-                TensorDtype::BF16,
-                v.shape().to_vec(),
-                v.data().to_vec(),
-            )
+                dtype: TensorDtype::BF16,
+                shape: v.shape().to_vec(),
+                data: v.data().to_vec(),
+            }
         })
         .collect();
     (weights(&mut t), tensors)
 }
 
 fn write(path: &Path, tensors: &[Tensor]) -> PathBuf {
-    let views: Vec<TensorRef<'_>> = tensors
-        .iter()
-        .map(|(name, dtype, shape, data)| TensorRef {
-            name,
-            dtype: *dtype,
-            shape,
-            data,
-        })
-        .collect();
+    let views: Vec<TensorRef<'_>> = tensors.iter().map(Tensor::view).collect();
     write_tensors(path, &views).unwrap();
     path.to_path_buf()
 }
@@ -122,9 +111,9 @@ fn a_checkpoints_weights_import_bit_identically() {
     let entries: Vec<String> = tensors
         .iter()
         .enumerate()
-        .map(|(i, (name, ..))| {
+        .map(|(i, t)| {
             let shard = if i < a.len() { 1 } else { 2 };
-            format!("\"{name}\": \"model-0000{shard}-of-00002.safetensors\"")
+            format!("\"{}\": \"model-0000{shard}-of-00002.safetensors\"", t.name)
         })
         .collect();
     let index = format!(
@@ -147,7 +136,7 @@ fn files_that_do_not_fit_are_refused_by_file_and_tensor() {
     // Missing tensors: counted, a few named.
     let without: Vec<_> = tensors
         .iter()
-        .filter(|t| !t.0.contains("layers.1."))
+        .filter(|t| !t.name.contains("layers.1."))
         .cloned()
         .collect();
     let e = msg(refused(dir.path(), &write(&path, &without)));
@@ -162,9 +151,9 @@ fn files_that_do_not_fit_are_refused_by_file_and_tensor() {
     let mut wrong = tensors.clone();
     let q = wrong
         .iter_mut()
-        .find(|t| t.0 == "model.layers.0.self_attn.q_proj.weight")
+        .find(|t| t.name == "model.layers.0.self_attn.q_proj.weight")
         .unwrap();
-    q.2 = vec![32, 128];
+    q.shape = vec![32, 128];
     let e = msg(refused(dir.path(), &write(&path, &wrong)));
     assert!(
         e.contains("q_proj") && e.contains("[32, 128]") && e.contains("[64, 64]"),
@@ -175,21 +164,21 @@ fn files_that_do_not_fit_are_refused_by_file_and_tensor() {
     let mut ints = tensors.clone();
     let norm = ints
         .iter_mut()
-        .find(|t| t.0 == "model.norm.weight")
+        .find(|t| t.name == "model.norm.weight")
         .unwrap();
-    norm.1 = TensorDtype::I32;
-    norm.3 = vec![0; 64 * 4];
+    norm.dtype = TensorDtype::I32;
+    norm.data = vec![0; 64 * 4];
     let e = msg(refused(dir.path(), &write(&path, &ints)));
     assert!(e.contains("model.norm.weight") && e.contains("I32"), "{e}");
 
     // An extra tensor no parameter takes.
     let mut extra = tensors.clone();
-    extra.push((
-        "model.layers.0.self_attn.q_proj.bias".into(),
-        TensorDtype::BF16,
-        vec![64],
-        vec![0; 128],
-    ));
+    extra.push(Tensor {
+        name: "model.layers.0.self_attn.q_proj.bias".into(),
+        dtype: TensorDtype::BF16,
+        shape: vec![64],
+        data: vec![0; 128],
+    });
     let e = msg(refused(dir.path(), &write(&path, &extra)));
     assert!(
         e.contains("1 tensor(s)") && e.contains("q_proj.bias"),
@@ -199,14 +188,14 @@ fn files_that_do_not_fit_are_refused_by_file_and_tensor() {
     // A tied model's lm_head saved beside the embedding: accepted when equal, else refused.
     let embed = tensors
         .iter()
-        .find(|t| t.0 == "model.embed_tokens.weight")
+        .find(|t| t.name == "model.embed_tokens.weight")
         .unwrap();
     let mut head = embed.clone();
-    head.0 = "lm_head.weight".into();
+    head.name = "lm_head.weight".into();
     let mut tied = tensors.clone();
     tied.push(head.clone());
     import(dir.path(), &write(&path, &tied)).1.unwrap();
-    head.3[0] ^= 1;
+    head.data[0] ^= 1;
     let mut untied = tensors.clone();
     untied.push(head);
     let e = msg(refused(dir.path(), &write(&path, &untied)));

@@ -395,15 +395,21 @@ impl Trainer {
             self.plan().options.batch as usize,
             self.plan().options.seq as usize,
         );
-        let ints = |name: &str, v: &[i32]| -> Snapshot {
-            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (name.into(), TensorDtype::I32, vec![b, s], bytes)
+        let ints = |name: &str, v: &[i32]| CheckpointTensor {
+            name: name.into(),
+            dtype: TensorDtype::I32,
+            shape: vec![b, s],
+            data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         };
-        let loss_bytes = loss.to_le_bytes().to_vec();
         let mut step = vec![
             ints("tokens", &batch.inputs),
             ints("targets", &batch.targets),
-            ("loss".into(), TensorDtype::F32, vec![1], loss_bytes),
+            CheckpointTensor {
+                name: "loss".into(),
+                dtype: TensorDtype::F32,
+                shape: vec![1],
+                data: loss.to_le_bytes().to_vec(),
+            },
         ];
         for p in &params {
             let names = self.piece_names(p.weight, true);
@@ -428,8 +434,12 @@ impl Trainer {
             .collect()
     }
 
-    /// A tensor's bytes, one snapshot per piece (its rows), named `names`.
-    fn snapshots(&mut self, t: TensorId, names: &[String]) -> Result<Vec<Snapshot>, TrainerError> {
+    /// A tensor's bytes, one checkpoint tensor per piece (its rows), named `names`.
+    fn snapshots(
+        &mut self,
+        t: TensorId,
+        names: &[String],
+    ) -> Result<Vec<CheckpointTensor>, TrainerError> {
         let pt = self.plan().tensor(t).clone();
         let bytes = self.backend.read_bytes(t)?;
         let row = bytes.len() / rows(&pt.ty) as usize;
@@ -440,8 +450,12 @@ impl Trainer {
                 *r = (piece.end - piece.start) as usize;
             }
             let range = piece.start as usize * row..piece.end as usize * row;
-            let dtype = checkpoint_dtype(pt.ty.dtype);
-            (name.clone(), dtype, shape, bytes[range].to_vec())
+            CheckpointTensor {
+                name: name.clone(),
+                dtype: checkpoint_dtype(pt.ty.dtype),
+                shape,
+                data: bytes[range].to_vec(),
+            }
         });
         Ok(snapshots.collect())
     }
@@ -538,19 +552,8 @@ fn parallel_fill(n: usize, value: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
     out
 }
 
-/// A tensor read out for a checkpoint: name, dtype, shape, bytes.
-type Snapshot = (String, TensorDtype, Vec<usize>, Vec<u8>);
-
-fn views(snapshots: &[Snapshot]) -> Vec<TensorRef<'_>> {
-    snapshots
-        .iter()
-        .map(|(name, dtype, shape, data)| TensorRef {
-            name,
-            dtype: *dtype,
-            shape,
-            data,
-        })
-        .collect()
+fn views(tensors: &[CheckpointTensor]) -> Vec<TensorRef<'_>> {
+    tensors.iter().map(CheckpointTensor::view).collect()
 }
 
 /// The checkpoint dtype of a storage dtype.
