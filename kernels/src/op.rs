@@ -78,6 +78,10 @@ pub struct Cost {
     pub flops: f64,
     /// Bytes read from and written to device memory, each operand once.
     pub bytes: f64,
+    /// Bytes moved by a memory-bound phase that runs after the op's matrix work, not beside it
+    /// (a fused op made of matmuls and a kernel in turn): the cost model adds their time to the
+    /// roofline of the rest instead of overlapping them.
+    pub serial_bytes: f64,
     /// True when the FLOPs run on matrix units (so FP8 or BF16 peak applies).
     pub matrix_units: bool,
     /// The op's matrix rate as a fraction of a large GEMM's (1 for the cuBLASLt matmuls).
@@ -156,6 +160,12 @@ pub trait OpSpec {
     /// Bytes moved: every operand read or written once.
     fn bytes(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
         inputs.iter().chain(outputs).map(|t| t.bytes() as f64).sum()
+    }
+    /// Bytes of a phase that runs in turn with the op's matrix work (see `Cost::serial_bytes`);
+    /// 0 for ops made of one kernel or one matmul.
+    fn serial_bytes(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
+        let _ = (inputs, outputs);
+        0.0
     }
     /// The steps computing input gradients, or `None` when the op is not differentiated
     /// (backward and optimizer ops).
@@ -307,6 +317,7 @@ impl Op {
         Cost {
             flops: spec.flops(inputs, outputs),
             bytes: spec.bytes(inputs, outputs),
+            serial_bytes: spec.serial_bytes(inputs, outputs),
             matrix_units: spec.uses_matrix_units(),
             matrix_rate: spec.matrix_rate(),
         }

@@ -1,5 +1,6 @@
 //! The cost model of one step: the larger of its matrix or arithmetic time and its memory
-//! time (a roofline), plus a fixed launch cost.
+//! time (a roofline), plus the memory time of a phase that runs in turn with the rest (a fused
+//! op's kernel between its matmuls), plus a fixed launch cost.
 
 use crate::ir::{Graph, Node, TensorId};
 use crate::plan::StepEstimate;
@@ -25,11 +26,13 @@ pub fn estimate(
         device.fp32_tflops * 1e12
     };
     let compute = cost.flops / flops_per_second;
-    let memory = cost.bytes / (device.memory_gbps * 1e9 * MEMORY_EFFICIENCY);
+    let bytes_per_second = device.memory_gbps * 1e9 * MEMORY_EFFICIENCY;
+    let memory = cost.bytes / bytes_per_second;
+    let serial = cost.serial_bytes / bytes_per_second;
     StepEstimate {
         flops: cost.flops,
-        bytes: cost.bytes,
-        seconds: compute.max(memory) + LAUNCH_SECONDS,
+        bytes: cost.bytes + cost.serial_bytes,
+        seconds: compute.max(memory) + serial + LAUNCH_SECONDS,
     }
 }
 
@@ -61,4 +64,43 @@ fn types_into(graph: &Graph, ids: &[TensorId], types: &mut Vec<TensorType>) {
     }
     let filled = types.len();
     types.extend(ids[filled..].iter().map(|&t| graph.tensor(t).ty.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::device;
+    use llmq_kernels::ops::ClassifierCrossEntropy;
+
+    /// The fused LM head runs its loss kernel after each chunk's matmul, not beside it: its
+    /// estimate is the matmul time plus the kernel's memory time, not the larger of the two.
+    #[test]
+    fn a_fused_heads_loss_kernel_adds_to_its_matmul_time() {
+        let h100 = device("h100").unwrap();
+        let (rows, vocab, hidden) = (4096u64, 151_936u64, 896u64);
+        let op: Op = ClassifierCrossEntropy {
+            chunk_rows: 1024,
+            logits: DType::BF16,
+        }
+        .into();
+        let inputs = [
+            TensorType::new([rows, hidden], DType::BF16),
+            TensorType::new([vocab, hidden], DType::BF16),
+            TensorType::new([rows], DType::I32),
+        ];
+        let outputs = op.infer(&inputs).unwrap();
+        let matmul =
+            2.0 * (rows * vocab * hidden) as f64 / (h100.bf16_tflops * 1e12 * MATRIX_EFFICIENCY);
+        let loss_kernel = (rows * vocab * 2) as f64 / (h100.memory_gbps * 1e9 * MEMORY_EFFICIENCY);
+        let seconds = estimate(&op, &inputs, &outputs, &h100).seconds;
+        assert!(
+            loss_kernel > 0.2 * matmul,
+            "the kernel's share is not negligible here"
+        );
+        let expected = matmul + loss_kernel + LAUNCH_SECONDS;
+        assert!(
+            (seconds - expected).abs() < 0.01 * expected,
+            "estimate {seconds:e} s, matmul {matmul:e} s + loss kernel {loss_kernel:e} s"
+        );
+    }
 }
