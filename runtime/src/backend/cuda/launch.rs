@@ -325,9 +325,16 @@ impl StepContext<'_> {
     fn stride_grid_8(&self, n: u64) -> u64 {
         self.stride_grid(n.div_ceil(8))
     }
+    /// The backend's kernel scratch. It is shared by every step: only steps of stream 0, which
+    /// run one after another, may use it.
+    fn kernel_scratch(&self) -> Result<u64, String> {
+        if self.step.stream != 0 {
+            return Err("a step using the kernel scratch must run on stream 0".into());
+        }
+        Ok(self.scratch)
+    }
     /// The scratch of a split column sum over `cols` columns, and its blocks (see
-    /// column_sum_split in common.cuh). The scratch is shared by every step: only steps of
-    /// stream 0, which run one after another, may use it.
+    /// column_sum_split in common.cuh).
     fn column_sum_scratch(&self, cols: u64) -> Result<(Arg, u64), String> {
         let col_blocks = cols.div_ceil(COLSUM_WIDTH);
         let bytes = COLSUM_COUNTERS * 4 + COLSUM_CHUNKS * cols * 4;
@@ -336,10 +343,7 @@ impl StepContext<'_> {
                 "{cols} columns need {bytes} bytes of scratch, more than {SCRATCH_BYTES}"
             ));
         }
-        if self.step.stream != 0 {
-            return Err("a step using the kernel scratch must run on stream 0".into());
-        }
-        Ok((Arg::Ptr(self.scratch), col_blocks * COLSUM_CHUNKS))
+        Ok((Arg::Ptr(self.kernel_scratch()?), col_blocks * COLSUM_CHUNKS))
     }
     /// `p` moved on by `elements` elements of `dtype`.
     fn offset(&self, p: Arg, elements: u64, dtype: DType) -> Arg {
@@ -492,10 +496,7 @@ impl StepContext<'_> {
         };
         // The count of valid targets, once for all chunks, in the kernel scratch after the
         // column sums' counters (where their partials go: no column sum runs within this step).
-        if self.step.stream != 0 {
-            return Err("a step using the kernel scratch must run on stream 0".into());
-        }
-        let valid = Ptr(self.scratch + COLSUM_COUNTERS * 4);
+        let valid = Ptr(self.kernel_scratch()? + COLSUM_COUNTERS * 4);
         let count = KernelCall {
             name: "count_valid_targets".into(),
             grid: 1,
@@ -601,10 +602,7 @@ impl StepContext<'_> {
                  {bytes} bytes of kernel scratch, more than {SCRATCH_BYTES}"
             ));
         }
-        if self.step.stream != 0 {
-            return Err("a step using the kernel scratch must run on stream 0".into());
-        }
-        let count = self.scratch + base;
+        let count = self.kernel_scratch()? + base;
         let cursor = count + vocab * 4;
         let start = cursor + vocab * 4;
         let bucket = start + vocab * 4;
