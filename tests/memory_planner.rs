@@ -88,6 +88,24 @@ fn qwen_0_5b_on_an_h100_keeps_everything() {
     assert!(plan.steps.iter().all(|s| s.node.op.name() != "copy"));
 }
 
+#[test]
+fn the_lm_head_runs_in_wide_chunks_where_they_fit() {
+    // 16 × 1024 tokens: a quarter is 4096 rows, which fit 80G beside everything else.
+    let opts = CompileOptions {
+        device: device("h100").unwrap(),
+        ..common::options(16, 1024, 1, Precision::Bf16, parse_size("80G").unwrap())
+    };
+    let plan = common::plan("qwen2.5-0.5b.ron", &opts);
+    assert!(fits(&plan), "{}", summary(&plan));
+    assert!(
+        decisions(&plan)
+            .iter()
+            .any(|d| d.contains("4096-token chunks")),
+        "{:?}",
+        decisions(&plan)
+    );
+}
+
 /// Planning time limits hold for release builds (`cargo test --release --test
 /// memory_planner`); a build with debug assertions (the CI's) gets ten times as long.
 fn limit(release: Duration) -> Duration {
