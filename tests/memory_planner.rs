@@ -180,6 +180,39 @@ fn batch_auto_and_the_trade_off_curve_from_the_command_line() {
     assert!(curve[3].contains("everything on the device"), "{text}");
 }
 
+/// `--global-batch` fixes the sequences per optimizer step: `--batch auto` then tries only
+/// sizes that divide it, each with the accumulation that makes it up, and a fixed batch that
+/// does not divide it is refused.
+#[test]
+fn a_global_batch_is_split_into_micro_batches_that_make_it_up() {
+    let llmqc = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmqc"))
+            .args(["plan", "models/tiny.ron", "--seq", "64", "--vram", "800M"])
+            .args(extra)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    // 24 = 8 × 3: 8 is the largest power of two dividing it (the tiny model's fastest size
+    // without a global batch is 64, test above), so auto stops there, 3 micro-batches a step.
+    let (ok, text) = llmqc(&["--batch", "auto", "--global-batch", "24"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("batch 8 × seq 64 × 3 micro-batches = 1,536 tokens"),
+        "{text}"
+    );
+    let (ok, text) = llmqc(&["--batch", "6", "--global-batch", "24"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("batch 6 × seq 64 × 4 micro-batches"), "{text}");
+    let (ok, text) = llmqc(&["--batch", "5", "--global-batch", "24"]);
+    assert!(!ok && text.contains("not a multiple of --batch 5"), "{text}");
+    let (ok, text) = llmqc(&["--global-batch", "24", "--grad-accum", "2"]);
+    assert!(!ok && text.contains("cannot be used with"), "{text}");
+}
+
 /// The eval section (the loss alone, which evaluation runs after the forward) costs training no
 /// memory: it lies between forward and backward, none of its steps holds more live bytes than
 /// the backward's fused head step after it (the same scratch, plus the gradients), and the

@@ -248,19 +248,31 @@ pub fn plan_choices(
 
 /// Compiles the spec for every micro-batch size from 1 up (doubling, up to `max_batch`) and
 /// keeps the plan with the highest estimated tokens/s among those that fit (`--batch auto`).
+/// With `global_batch` (sequences per optimizer step) only sizes that divide it are tried, each
+/// with the gradient accumulation that makes it up; without, every size runs `opts.grad_accum`.
 pub fn compile_auto_batch(
     path: &Path,
     opts: &CompileOptions,
     max_batch: u64,
+    global_batch: Option<u64>,
 ) -> Result<Compiled, CompileError> {
-    // Sizes are compared on unpriced plans; only the chosen one is planned again, priced.
-    let mut best: Option<(u64, f64)> = None;
-    let mut batch = 1;
-    while batch <= max_batch {
-        let sized = CompileOptions {
-            batch,
-            ..opts.clone()
+    let sized = |batch: u64| -> Option<CompileOptions> {
+        let grad_accum = match global_batch {
+            Some(global) if global % batch != 0 => return None,
+            Some(global) => u32::try_from(global / batch).ok()?,
+            None => opts.grad_accum,
         };
+        Some(CompileOptions {
+            batch,
+            grad_accum,
+            ..opts.clone()
+        })
+    };
+    // Sizes are compared on unpriced plans; only the chosen one is planned again, priced.
+    let mut best: Option<(CompileOptions, f64)> = None;
+    let mut batch = 1;
+    while batch <= max_batch.min(global_batch.unwrap_or(u64::MAX)) {
+        let Some(sized) = sized(batch) else { break };
         let train = optimised(path, &sized)?;
         let candidates = candidates(&train, &sized);
         let (compiled, _) = plan_within(&train, &sized, &candidates, opts.vram_bytes, false)?;
@@ -268,20 +280,12 @@ pub fn compile_auto_batch(
             break;
         }
         let speed = compiled.plan.estimates.tokens_per_second;
-        if best.is_none_or(|(_, fastest)| speed > fastest) {
-            best = Some((batch, speed));
+        if best.as_ref().is_none_or(|(_, fastest)| speed > *fastest) {
+            best = Some((sized, speed));
         }
         batch *= 2;
     }
-    let best = best.map(|(batch, _)| {
-        compile(
-            path,
-            &CompileOptions {
-                batch,
-                ..opts.clone()
-            },
-        )
-    });
+    let best = best.map(|(sized, _)| compile(path, &sized));
     best.transpose()?.ok_or_else(|| {
         CompileError::Unsupported(format!(
             "--batch auto: not even one sequence of {} tokens fits {}",

@@ -6,11 +6,12 @@
 //!     ./cuda_throughput --ignored --nocapture --test-threads=1
 //! ```
 //!
-//! Each plan runs `LLMQ_BENCH_STEPS` optimizer steps (forward, backward and optimizer sections,
-//! the loss and gradient norm read back every step, as `llmq-run` does) on random weights and
-//! tokens, and prints one line: tokens/s and step time (median of the steps after the first
-//! two, which compile nothing but capture the CUDA graphs), MFU, the planner's estimate, the
-//! plan's arena and the GPU memory the whole process holds (nvidia-smi), the first and last
+//! Each plan runs `LLMQ_BENCH_STEPS` optimizer steps (forward and backward of each of the plan's
+//! micro-batches, then the optimizer; the loss of every micro-batch and the gradient norm read
+//! back, as `llmq-run` does) on random weights and tokens, and prints one line: tokens/s and
+//! step time (median of the steps after the first two, which compile nothing but capture the
+//! CUDA graphs; after the first one with gradient accumulation), MFU, the planner's estimate,
+//! the plan's arena and the GPU memory the whole process holds (nvidia-smi), the first and last
 //! loss. With `LLMQ_BENCH_PROFILE=1` it then times every step alone (`Backend::step_times`)
 //! and prints the ops that take longest, measured against the planner's estimate. Weights are
 //! uniform with the init's standard deviation (not `llmq-run`'s normal init:
@@ -103,17 +104,22 @@ fn bench(path: &str, steps: usize) {
     let n = plan.tensor(io.tokens).ty.numel() as usize;
     let mut times = Vec::new();
     let mut losses = Vec::new();
+    let accum = plan.options.grad_accum as u64;
     for step in 1..=steps as u64 {
         let start = Instant::now();
-        let tokens: Vec<f32> = (0..n + 1)
-            .map(|i| (rng::uniform(2, step, i as u64) * vocab).floor() as f32)
-            .collect();
-        gpu.write_f32(io.tokens, &tokens[..n]).unwrap();
-        gpu.write_f32(io.targets, &tokens[1..]).unwrap();
-        gpu.write_f32(io.dloss, &[1.0]).unwrap();
-        gpu.run_section("forward").unwrap();
-        gpu.run_section("backward").unwrap();
-        losses.push(gpu.read_f32(io.loss).unwrap()[0]);
+        let mut loss = 0.0;
+        for micro in 0..accum {
+            let tokens: Vec<f32> = (0..n + 1)
+                .map(|i| (rng::uniform(2, step * accum + micro, i as u64) * vocab).floor() as f32)
+                .collect();
+            gpu.write_f32(io.tokens, &tokens[..n]).unwrap();
+            gpu.write_f32(io.targets, &tokens[1..]).unwrap();
+            gpu.write_f32(io.dloss, &[1.0 / accum as f32]).unwrap();
+            gpu.run_section("forward").unwrap();
+            gpu.run_section("backward").unwrap();
+            loss += gpu.read_f32(io.loss).unwrap()[0] / accum as f32;
+        }
+        losses.push(loss);
         gpu.write_f32(io.hyper, &[1e-4, step as f32]).unwrap();
         gpu.run_section("optimizer").unwrap();
         cuda_common::quantize_weights(&mut gpu);
@@ -124,7 +130,10 @@ fn bench(path: &str, steps: usize) {
             "{path}: step {step}: gradient norm {norm}"
         );
     }
-    let mut timed = times[2.min(times.len() - 1)..].to_vec();
+    // The first step captures the CUDA graphs; with one micro-batch per step the second still
+    // warms up, with several the first step's later micro-batches already replay.
+    let warmup = if accum > 1 { 1 } else { 2 };
+    let mut timed = times[warmup.min(times.len() - 1)..].to_vec();
     timed.sort_by(f64::total_cmp);
     let seconds = timed[timed.len() / 2];
     let tokens_per_second = plan.tokens_per_step() as f64 / seconds;
