@@ -4,7 +4,9 @@ BF16 plans: BF16 compute, FP32 master weights and moments), fused AdamW and SDPA
 
     python3 tools/torch_bench.py --model qwen2.5-0.5b --batch 8 --seq 1024 --steps 10
 
-Prints one JSON line: model, batch, seq, tokens per second, step time, peak memory (or the
+With `--grad-accum N` a step runs N micro-batches of `--batch` sequences (the loss scaled by
+1/N), then clipping and one AdamW update, as `llmqc plan --grad-accum N` plans it. Prints one
+JSON line: model, batch, accumulation, seq, tokens per second, step time, peak memory (or the
 error, when the batch does not fit).
 """
 
@@ -34,6 +36,7 @@ def main():
     ap.add_argument("--model", choices=sorted(QWEN25), default="qwen2.5-0.5b")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true")
@@ -49,11 +52,12 @@ def main():
     inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = step_fn_model(input_ids=inputs).logits
-            loss = torch.nn.functional.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.view(-1))
-        loss.backward()
+        for _ in range(args.grad_accum):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = step_fn_model(input_ids=inputs).logits
+                loss = torch.nn.functional.cross_entropy(
+                    logits.float().view(-1, logits.size(-1)), targets.view(-1))
+            (loss / args.grad_accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -75,9 +79,10 @@ def main():
         "model": f"{args.model} (random init)",
         "framework": f"torch {torch.__version__}" + ("" if args.no_compile else " compile"),
         "batch": args.batch,
+        "grad_accum": args.grad_accum,
         "seq": args.seq,
         "step_ms": round(seconds * 1e3, 2),
-        "tokens_per_second": round(args.batch * args.seq / seconds),
+        "tokens_per_second": round(args.batch * args.seq * args.grad_accum / seconds),
         "loss": float(loss),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
     }))

@@ -36,6 +36,12 @@ pub const MATRIX_EFFICIENCY: f64 = 0.7;
 pub const MEMORY_EFFICIENCY: f64 = 0.8;
 /// Fixed cost of one kernel inside a CUDA graph, seconds.
 pub const LAUNCH_SECONDS: f64 = 2e-6;
+/// Fixed cost of one cuBLASLt matmul beyond its FLOPs at the efficiency above (the pipeline
+/// filling and draining), seconds. Measured: the 336 FP8 matmuls of one Qwen2.5-7B micro-batch
+/// took 68.5 ms at 2 × 1024 tokens and 241.9 ms at 8 × 1024 (H200, 2026-12-03, steps timed
+/// alone): the difference prices the FLOPs at the efficiency above, the rest is 32 µs a call.
+/// The cost model charges a call at most its own FLOP time (a tiny matmul fills in no time).
+pub const MATMUL_CALL_SECONDS: f64 = 30e-6;
 /// Device memory a plan leaves free for the CUDA context, cuBLASLt/cuDNN workspaces and the
 /// allocator's own use.
 pub const RESERVE_BYTES: u64 = 768 << 20;

@@ -86,6 +86,8 @@ pub struct Cost {
     pub matrix_units: bool,
     /// The op's matrix rate as a fraction of a large GEMM's (1 for the cuBLASLt matmuls).
     pub matrix_rate: f64,
+    /// cuBLASLt matmuls the op launches, each with a fixed cost beyond its FLOPs.
+    pub library_matmuls: f64,
 }
 
 /// A reference used by a backward rule to name a tensor of the forward op it differentiates.
@@ -160,6 +162,11 @@ pub trait OpSpec {
     /// Bytes moved: every operand read or written once.
     fn bytes(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
         inputs.iter().chain(outputs).map(|t| t.bytes() as f64).sum()
+    }
+    /// cuBLASLt matmuls the op launches (see `Cost::library_matmuls`); 0 for kernels.
+    fn library_matmuls(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
+        let _ = (inputs, outputs);
+        0.0
     }
     /// Bytes of a phase that runs in turn with the op's matrix work (see `Cost::serial_bytes`);
     /// 0 for ops made of one kernel or one matmul.
@@ -320,6 +327,7 @@ impl Op {
             serial_bytes: spec.serial_bytes(inputs, outputs),
             matrix_units: spec.uses_matrix_units(),
             matrix_rate: spec.matrix_rate(),
+            library_matmuls: spec.library_matmuls(inputs, outputs),
         }
     }
 }

@@ -258,7 +258,7 @@ pub fn compile_auto_batch(
 ) -> Result<Compiled, CompileError> {
     let sized = |batch: u64| -> Option<CompileOptions> {
         let grad_accum = match global_batch {
-            Some(global) if global % batch != 0 => return None,
+            Some(global) if !global.is_multiple_of(batch) => return None,
             Some(global) => u32::try_from(global / batch).ok()?,
             None => opts.grad_accum,
         };

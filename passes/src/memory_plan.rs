@@ -62,8 +62,9 @@ struct Candidate {
     step_seconds: f64,
 }
 
-/// The fused LM head and loss runs in this many chunks, of at most `MAX_LM_HEAD_CHUNK_ROWS`
-/// tokens each (smaller chunks save memory, and the cost model sees no price for more of them).
+/// The search runs the fused LM head and loss in this many chunks, of at most
+/// `MAX_LM_HEAD_CHUNK_ROWS` tokens each (smaller chunks save memory; each chunk's three matmuls
+/// cost a fixed `MATMUL_CALL_SECONDS` each, so the head is widened afterwards where it fits).
 const LM_HEAD_CHUNKS: u64 = 4;
 const MAX_LM_HEAD_CHUNK_ROWS: u64 = 1024;
 /// The chunk the head is widened to after the search, where the plan still fits: each chunk's
@@ -578,15 +579,15 @@ fn persist_weight_quants_if_faster(
     )
 }
 
-/// Runs the LM head in wider chunks (`WIDE_LM_HEAD_CHUNK_ROWS`, still at most a quarter of the
-/// micro-batch) when the plan with them fits; the rest of the choice stays.
+/// Runs the LM head in wider chunks (`WIDE_LM_HEAD_CHUNK_ROWS`, or the whole micro-batch when
+/// it is shorter) when the plan with them fits; the rest of the choice stays.
 fn widen_lm_head_chunk_if_it_fits(
     choice: MemoryChoice,
     shape: &Shape,
     limit: u64,
     evaluate: &Evaluate<'_>,
 ) -> Result<MemoryChoice, PassError> {
-    let wide = (shape.tokens / LM_HEAD_CHUNKS).clamp(1, WIDE_LM_HEAD_CHUNK_ROWS);
+    let wide = shape.tokens.min(WIDE_LM_HEAD_CHUNK_ROWS);
     if choice.lm_head_chunk.is_none_or(|rows| rows >= wide) {
         return Ok(choice);
     }

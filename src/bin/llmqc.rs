@@ -142,13 +142,17 @@ fn parse_batch(s: &str) -> Result<Batch, String> {
 
 /// The accumulation that makes micro-batches of `batch` up to `global` sequences per step.
 fn grad_accum_for(global: u64, batch: u64) -> Result<u32> {
-    if global % batch != 0 {
+    if !global.is_multiple_of(batch) {
         return Err(miette!(
             "--global-batch {global} is not a multiple of --batch {batch}: give a batch that divides it, or --batch auto"
         ));
     }
-    u32::try_from(global / batch)
-        .map_err(|_| miette!("--global-batch {global}: {} micro-batches per step are too many", global / batch))
+    u32::try_from(global / batch).map_err(|_| {
+        miette!(
+            "--global-batch {global}: {} micro-batches per step are too many",
+            global / batch
+        )
+    })
 }
 
 fn load_device(args: &PlanArgs) -> Result<DeviceProfile> {

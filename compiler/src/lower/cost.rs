@@ -1,10 +1,12 @@
 //! The cost model of one step: the larger of its matrix or arithmetic time and its memory
 //! time (a roofline), plus the memory time of a phase that runs in turn with the rest (a fused
-//! op's kernel between its matmuls), plus a fixed launch cost.
+//! op's kernel between its matmuls), plus a fixed launch cost and one per library matmul.
 
 use crate::ir::{Graph, Node, TensorId};
 use crate::plan::StepEstimate;
-use crate::target::{DeviceProfile, LAUNCH_SECONDS, MATRIX_EFFICIENCY, MEMORY_EFFICIENCY};
+use crate::target::{
+    DeviceProfile, LAUNCH_SECONDS, MATMUL_CALL_SECONDS, MATRIX_EFFICIENCY, MEMORY_EFFICIENCY,
+};
 use llmq_kernels::{DType, Op, TensorType};
 
 /// The estimate for `op` on operands of these types.
@@ -29,10 +31,17 @@ pub fn estimate(
     let bytes_per_second = device.memory_gbps * 1e9 * MEMORY_EFFICIENCY;
     let memory = cost.bytes / bytes_per_second;
     let serial = cost.serial_bytes / bytes_per_second;
+    // A matmul's fill and drain take at most as long as its FLOPs (small ones have little of
+    // either).
+    let per_call = if cost.library_matmuls > 0.0 {
+        MATMUL_CALL_SECONDS.min(compute / cost.library_matmuls)
+    } else {
+        0.0
+    };
     StepEstimate {
         flops: cost.flops,
         bytes: cost.bytes + cost.serial_bytes,
-        seconds: compute.max(memory) + serial + LAUNCH_SECONDS,
+        seconds: compute.max(memory) + serial + LAUNCH_SECONDS + cost.library_matmuls * per_call,
     }
 }
 
@@ -70,7 +79,40 @@ fn types_into(graph: &Graph, ids: &[TensorId], types: &mut Vec<TensorType>) {
 mod tests {
     use super::*;
     use crate::target::device;
-    use llmq_kernels::ops::ClassifierCrossEntropy;
+    use llmq_kernels::ops::{ClassifierCrossEntropy, Linear};
+
+    /// A library matmul pays `MATMUL_CALL_SECONDS` beyond its FLOPs, but never more than its
+    /// FLOP time: a large one the whole fixed cost, a tiny one less than its roofline again.
+    #[test]
+    fn a_matmul_pays_a_fixed_cost_per_call_capped_by_its_flops() {
+        let h100 = device("h100").unwrap();
+        let linear = |rows: u64, cols: u64, inner: u64| {
+            let op: Op = Linear.into();
+            let inputs = [
+                TensorType::new([rows, inner], DType::BF16),
+                TensorType::new([cols, inner], DType::BF16),
+            ];
+            let outputs = op.infer(&inputs).unwrap();
+            let flop_seconds =
+                2.0 * (rows * cols * inner) as f64 / (h100.bf16_tflops * 1e12 * MATRIX_EFFICIENCY);
+            (
+                estimate(&op, &inputs, &outputs, &h100).seconds,
+                flop_seconds,
+            )
+        };
+        let (large, flops) = linear(8192, 3584, 3584);
+        let expected = flops + LAUNCH_SECONDS + MATMUL_CALL_SECONDS;
+        assert!(
+            (large - expected).abs() < 1e-3 * expected,
+            "{large:e} s against {expected:e} s"
+        );
+        let (tiny, flops) = linear(16, 64, 64);
+        assert!(flops < MATMUL_CALL_SECONDS);
+        assert!(
+            tiny < LAUNCH_SECONDS + 1e-6,
+            "{tiny:e} s for {flops:e} s of FLOPs"
+        );
+    }
 
     /// The fused LM head runs its loss kernel after each chunk's matmul, not beside it: its
     /// estimate is the matmul time plus the kernel's memory time, not the larger of the two.
@@ -97,7 +139,8 @@ mod tests {
             loss_kernel > 0.2 * matmul,
             "the kernel's share is not negligible here"
         );
-        let expected = matmul + loss_kernel + LAUNCH_SECONDS;
+        let calls = 4.0 * MATMUL_CALL_SECONDS; // one logits matmul per chunk of 1024 rows
+        let expected = matmul + loss_kernel + LAUNCH_SECONDS + calls;
         assert!(
             (seconds - expected).abs() < 0.01 * expected,
             "estimate {seconds:e} s, matmul {matmul:e} s + loss kernel {loss_kernel:e} s"

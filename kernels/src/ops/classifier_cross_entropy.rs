@@ -80,6 +80,11 @@ fn check_operands(
     Ok((x.rows(), w.shape[0]))
 }
 
+/// Chunks of `chunk_rows` (the last may be shorter) over `rows` tokens.
+fn chunks(rows: u64, chunk_rows: u64) -> f64 {
+    rows.div_ceil(chunk_rows.clamp(1, rows.max(1))) as f64
+}
+
 /// The scratch of one chunk's logits.
 fn scratch_type(chunk_rows: u64, rows: u64, vocab: u64, logits: DType) -> TensorType {
     TensorType::new([chunk_rows.min(rows).max(1), vocab], logits)
@@ -163,6 +168,9 @@ impl OpSpec for ClassifierCrossEntropy {
     fn uses_matrix_units(&self) -> bool {
         true
     }
+    fn library_matmuls(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        chunks(inputs[0].rows(), self.chunk_rows)
+    }
     fn bytes(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
         // Operands once, plus every chunk's logits written by the matmul.
         operands(inputs, outputs) + logits_bytes(inputs[0].rows(), inputs[1].shape[0], self.logits)
@@ -242,6 +250,10 @@ impl OpSpec for ClassifierCrossEntropyBackward {
     }
     fn uses_matrix_units(&self) -> bool {
         true
+    }
+    fn library_matmuls(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        // Logits, data gradient and weight gradient per chunk.
+        3.0 * chunks(inputs[0].rows(), self.chunk_rows)
     }
     fn bytes(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
         // Operands once; each chunk's logits written by the matmul, their gradient read by

@@ -92,6 +92,9 @@ impl OpSpec for Linear {
     fn uses_matrix_units(&self) -> bool {
         true
     }
+    fn library_matmuls(&self, _: &[TensorType], _: &[TensorType]) -> f64 {
+        1.0
+    }
     fn backward(&self, _: &[TensorType]) -> Option<Vec<BackwardStep>> {
         use Ref::*;
         Some(vec![
@@ -152,6 +155,9 @@ impl OpSpec for LinearBackwardData {
     fn uses_matrix_units(&self) -> bool {
         true
     }
+    fn library_matmuls(&self, _: &[TensorType], _: &[TensorType]) -> f64 {
+        1.0
+    }
     fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
         let (dy, w) = (inputs[0], inputs[1]);
         let (m, k) = (w.shape[0] as usize, w.shape[1] as usize);
@@ -199,6 +205,9 @@ impl OpSpec for LinearBackwardWeight {
     }
     fn uses_matrix_units(&self) -> bool {
         true
+    }
+    fn library_matmuls(&self, _: &[TensorType], _: &[TensorType]) -> f64 {
+        1.0
     }
     fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
         let (dy, x) = (inputs[0], inputs[1]);
