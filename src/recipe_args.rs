@@ -14,6 +14,12 @@ pub struct RecipeArgs {
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub grad_accum: u32,
+    /// Sequences per optimizer step (the global batch), instead of `--grad-accum`: the
+    /// micro-batch times the accumulation. With `llmqc plan --batch auto` the planner tries the
+    /// sizes that divide it, each with the accumulation that makes it up (LLMQ's published
+    /// runs: 512).
+    #[arg(long, conflicts_with = "grad_accum", value_parser = clap::value_parser!(u64).range(1..))]
+    pub global_batch: Option<u64>,
     /// Numeric recipe: fp8 (LLMQ's: FP8 block matmuls, stochastic rounding), bf16 or fp32.
     #[arg(long, default_value = "fp8", value_parser = Precision::from_str)]
     pub precision: Precision,
@@ -29,6 +35,25 @@ pub struct RecipeArgs {
 }
 
 impl RecipeArgs {
+    /// Micro-batches per step for micro-batches of `batch` sequences: `--grad-accum`, or what
+    /// makes them up to `--global-batch`.
+    pub fn grad_accum_for(&self, batch: u64) -> Result<u32, String> {
+        let Some(global) = self.global_batch else {
+            return Ok(self.grad_accum);
+        };
+        if !global.is_multiple_of(batch) {
+            return Err(format!(
+                "--global-batch {global} is not a multiple of --batch {batch}: give a batch that divides it"
+            ));
+        }
+        u32::try_from(global / batch).map_err(|_| {
+            format!(
+                "--global-batch {global}: {} micro-batches per step are too many",
+                global / batch
+            )
+        })
+    }
+
     /// AdamW's settings: the flags over the defaults.
     pub fn optimizer(&self) -> OptimizerOptions {
         OptimizerOptions {

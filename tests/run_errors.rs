@@ -228,3 +228,14 @@ fn init_from_is_refused_beside_resume_and_names_a_file_that_is_not_weights() {
         "no checkpoint from a refused import"
     );
 }
+
+#[test]
+fn a_global_batch_the_micro_batch_does_not_divide_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = tiny_run(dir.path(), &["--global-batch", "5"]);
+    assert_refused(code, &text, &["--global-batch 5", "--batch 2"]);
+    let (code, text) = tiny_run(dir.path(), &["--global-batch", "6"]);
+    assert_eq!(code, 0, "{text}");
+    // 6 sequences of 16 tokens: 3 micro-batches of 2 a step.
+    assert!(text.contains("steps of 96 tokens"), "{text}");
+}

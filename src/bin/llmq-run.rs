@@ -151,7 +151,10 @@ fn load_plan(args: &Args) -> Result<Plan> {
     let opts = CompileOptions {
         batch: args.batch,
         seq: args.seq,
-        grad_accum: args.recipe.grad_accum,
+        grad_accum: args
+            .recipe
+            .grad_accum_for(args.batch)
+            .map_err(|e| miette!("{e}"))?,
         precision: args.recipe.precision,
         grad_fp8: args.recipe.grad_fp8,
         vram_bytes: (device.memory_gib * (1u64 << 30) as f64) as u64,

@@ -81,11 +81,6 @@ struct PlanArgs {
     /// fits the budget.
     #[arg(long, default_value = "4", value_parser = parse_batch)]
     batch: Batch,
-    /// Sequences per optimizer step (the global batch), instead of `--grad-accum`: the
-    /// micro-batch times the accumulation. With `--batch auto` the planner tries the sizes that
-    /// divide it, each with the accumulation that makes it up (LLMQ's published runs: 512).
-    #[arg(long, conflicts_with = "grad_accum", value_parser = clap::value_parser!(u64).range(1..))]
-    global_batch: Option<u64>,
     /// Tokens per sequence.
     #[arg(long, default_value_t = 1024)]
     seq: u64,
@@ -140,21 +135,6 @@ fn parse_batch(s: &str) -> Result<Batch, String> {
     }
 }
 
-/// The accumulation that makes micro-batches of `batch` up to `global` sequences per step.
-fn grad_accum_for(global: u64, batch: u64) -> Result<u32> {
-    if !global.is_multiple_of(batch) {
-        return Err(miette!(
-            "--global-batch {global} is not a multiple of --batch {batch}: give a batch that divides it, or --batch auto"
-        ));
-    }
-    u32::try_from(global / batch).map_err(|_| {
-        miette!(
-            "--global-batch {global}: {} micro-batches per step are too many",
-            global / batch
-        )
-    })
-}
-
 fn load_device(args: &PlanArgs) -> Result<DeviceProfile> {
     match &args.device_file {
         Some(path) => {
@@ -190,9 +170,9 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
         Batch::Fixed(n) => n,
         Batch::Auto => 1,
     };
-    let grad_accum = match (args.global_batch, args.batch) {
-        (Some(global), Batch::Fixed(n)) => grad_accum_for(global, n)?,
-        _ => args.recipe.grad_accum,
+    let grad_accum = match args.batch {
+        Batch::Fixed(n) => args.recipe.grad_accum_for(n).map_err(|e| miette!("{e}"))?,
+        Batch::Auto => args.recipe.grad_accum,
     };
     let opts = CompileOptions {
         batch,
@@ -210,7 +190,9 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
     let start = Instant::now();
     let compiled = match args.batch {
         Batch::Fixed(_) => compile(&args.spec, &opts)?,
-        Batch::Auto => compile_auto_batch(&args.spec, &opts, MAX_AUTO_BATCH, args.global_batch)?,
+        Batch::Auto => {
+            compile_auto_batch(&args.spec, &opts, MAX_AUTO_BATCH, args.recipe.global_batch)?
+        }
     };
     let elapsed = start.elapsed();
     if let Some(dump) = &compiled.report.dump {
