@@ -28,6 +28,8 @@ pub struct DeviceProfile {
     pub peer_gbps: f64,
     /// Device memory, GiB.
     pub memory_gib: f64,
+    /// Streaming multiprocessors: how many thread blocks' worth of work runs side by side.
+    pub sms: u32,
 }
 
 /// Fraction of peak matrix throughput that large GEMMs reach.
@@ -47,7 +49,7 @@ pub const MATMUL_CALL_SECONDS: f64 = 30e-6;
 pub const RESERVE_BYTES: u64 = 768 << 20;
 
 macro_rules! profile {
-    ($name:literal, $bf16:expr, $fp8:expr, $fp32:expr, $mem:expr, $host:expr, $peer:expr, $gib:expr) => {
+    ($name:literal, $bf16:expr, $fp8:expr, $fp32:expr, $mem:expr, $host:expr, $peer:expr, $gib:expr, $sms:expr) => {
         DeviceProfile {
             name: String::from($name),
             bf16_tflops: $bf16,
@@ -57,6 +59,7 @@ macro_rules! profile {
             host_gbps: $host,
             peer_gbps: $peer,
             memory_gib: $gib,
+            sms: $sms,
         }
     };
 }
@@ -64,15 +67,37 @@ macro_rules! profile {
 /// The cards `--device` knows.
 pub fn known_devices() -> Vec<DeviceProfile> {
     vec![
-        //        name            bf16    fp8     fp32  mem GB/s host peer  GiB
-        profile!("h100", 989.0, 1979.0, 67.0, 3350.0, 50.0, 450.0, 80.0),
-        profile!("h200", 989.0, 1979.0, 67.0, 4800.0, 50.0, 450.0, 141.0),
-        profile!("a100", 312.0, 312.0, 19.5, 2039.0, 25.0, 300.0, 80.0),
-        profile!("l40s", 362.0, 733.0, 91.6, 864.0, 25.0, 25.0, 48.0),
-        profile!("rtx4090", 165.0, 330.0, 82.6, 1008.0, 25.0, 25.0, 24.0),
-        profile!("rtx4060ti-16g", 44.0, 88.0, 22.1, 288.0, 12.0, 12.0, 16.0),
-        profile!("rtx5060ti-16g", 47.0, 95.0, 23.7, 448.0, 25.0, 25.0, 16.0),
-        profile!("rtx5090", 209.0, 419.0, 104.8, 1792.0, 50.0, 50.0, 32.0),
+        //        name            bf16    fp8     fp32  mem GB/s host peer  GiB   SMs
+        profile!("h100", 989.0, 1979.0, 67.0, 3350.0, 50.0, 450.0, 80.0, 132),
+        profile!("h200", 989.0, 1979.0, 67.0, 4800.0, 50.0, 450.0, 141.0, 132),
+        profile!("a100", 312.0, 312.0, 19.5, 2039.0, 25.0, 300.0, 80.0, 108),
+        profile!("l40s", 362.0, 733.0, 91.6, 864.0, 25.0, 25.0, 48.0, 142),
+        profile!("rtx4090", 165.0, 330.0, 82.6, 1008.0, 25.0, 25.0, 24.0, 128),
+        profile!(
+            "rtx4060ti-16g",
+            44.0,
+            88.0,
+            22.1,
+            288.0,
+            12.0,
+            12.0,
+            16.0,
+            34
+        ),
+        profile!(
+            "rtx5060ti-16g",
+            47.0,
+            95.0,
+            23.7,
+            448.0,
+            25.0,
+            25.0,
+            16.0,
+            36
+        ),
+        profile!(
+            "rtx5090", 209.0, 419.0, 104.8, 1792.0, 50.0, 50.0, 32.0, 170
+        ),
     ]
 }
 

@@ -23,5 +23,5 @@ pub mod rng;
 pub mod tensor_type;
 
 pub use dtype::DType;
-pub use op::{BackwardStep, Cost, Op, OpError, OpSpec, Ref, View, ViewMut};
+pub use op::{BackwardStep, Cost, LongestBlock, Op, OpError, OpSpec, Ref, View, ViewMut};
 pub use tensor_type::TensorType;

@@ -88,6 +88,18 @@ pub struct Cost {
     pub matrix_rate: f64,
     /// cuBLASLt matmuls the op launches, each with a fixed cost beyond its FLOPs.
     pub library_matmuls: f64,
+    /// For a kernel whose thread blocks do uneven work: its longest block, which the op's
+    /// time cannot undercut however many SMs run the rest.
+    pub longest_block: Option<LongestBlock>,
+}
+
+/// The longest chain of work one thread block of a kernel does in turn.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LongestBlock {
+    /// The share of the op's FLOPs that the block does.
+    pub share: f64,
+    /// Blocks of the kernel one SM runs at once: the block gets 1/that of an SM.
+    pub blocks_per_sm: f64,
 }
 
 /// A reference used by a backward rule to name a tensor of the forward op it differentiates.
@@ -162,6 +174,12 @@ pub trait OpSpec {
     /// Bytes moved: every operand read or written once.
     fn bytes(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
         inputs.iter().chain(outputs).map(|t| t.bytes() as f64).sum()
+    }
+    /// The longest block of the op's kernel (see `Cost::longest_block`), for kernels whose
+    /// blocks do uneven work; `None` where they share it evenly.
+    fn longest_block(&self, inputs: &[TensorType], outputs: &[TensorType]) -> Option<LongestBlock> {
+        let _ = (inputs, outputs);
+        None
     }
     /// cuBLASLt matmuls the op launches (see `Cost::library_matmuls`); 0 for kernels.
     fn library_matmuls(&self, inputs: &[TensorType], outputs: &[TensorType]) -> f64 {
@@ -328,6 +346,7 @@ impl Op {
             matrix_units: spec.uses_matrix_units(),
             matrix_rate: spec.matrix_rate(),
             library_matmuls: spec.library_matmuls(inputs, outputs),
+            longest_block: spec.longest_block(inputs, outputs),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The cost model of one step: the larger of its matrix or arithmetic time and its memory
-//! time (a roofline), plus the memory time of a phase that runs in turn with the rest (a fused
+//! The cost model of one step: the larger of its matrix or arithmetic time (or its longest
+//! thread block's, for uneven kernels) and its memory time (a roofline), plus the memory time of a phase that runs in turn with the rest (a fused
 //! op's kernel between its matmuls), plus a fixed launch cost and one per library matmul.
 
 use crate::ir::{Graph, Node, TensorId};
@@ -27,7 +27,12 @@ pub fn estimate(
     } else {
         device.fp32_tflops * 1e12
     };
-    let compute = cost.flops / flops_per_second;
+    // However many SMs run the rest, the op takes at least its longest block, which gets a
+    // 1/blocks_per_sm share of one SM.
+    let longest_block = cost.longest_block.map_or(0.0, |b| {
+        cost.flops * b.share * device.sms as f64 * b.blocks_per_sm / flops_per_second
+    });
+    let compute = (cost.flops / flops_per_second).max(longest_block);
     let bytes_per_second = device.memory_gbps * 1e9 * MEMORY_EFFICIENCY;
     let memory = cost.bytes / bytes_per_second;
     let serial = cost.serial_bytes / bytes_per_second;
@@ -79,7 +84,41 @@ fn types_into(graph: &Graph, ids: &[TensorId], types: &mut Vec<TensorType>) {
 mod tests {
     use super::*;
     use crate::target::device;
-    use llmq_kernels::ops::{ClassifierCrossEntropy, Linear};
+    use llmq_kernels::ops::{AttentionBackward, ClassifierCrossEntropy, Linear};
+
+    /// The attention backward's first dK/dV block walks every query head of its group: with
+    /// few blocks (Qwen2.5-7B shapes at batch 2) it outlasts an even share of the work, so a
+    /// token costs more than at batch 8, where the even share binds.
+    #[test]
+    fn an_uneven_kernel_takes_at_least_its_longest_block() {
+        let h100 = device("h100").unwrap();
+        let op: Op = AttentionBackward {
+            heads: 28,
+            kv_heads: 4,
+            head_dim: 128,
+        }
+        .into();
+        let seconds_per_sequence = |batch: u64| {
+            let q = TensorType::new([batch, 1024, 28 * 128], DType::BF16);
+            let kv = TensorType::new([batch, 1024, 4 * 128], DType::BF16);
+            let lse = TensorType::new([batch, 28, 1024], DType::F32);
+            let inputs = [q.clone(), kv.clone(), kv, q.clone(), lse, q];
+            let outputs = op.infer(&inputs).unwrap();
+            estimate(&op, &inputs, &outputs, &h100).seconds / batch as f64
+        };
+        let (small, large) = (seconds_per_sequence(2), seconds_per_sequence(8));
+        // The longest block does 4·7·16 of the 7·2·28·16·17/2 tile products at batch 2 and has
+        // half an SM of 132: 2.2 times the even share.
+        let ratio = small / large;
+        assert!(
+            (2.1..2.3).contains(&ratio),
+            "batch 2 over batch 8 per sequence: {ratio}"
+        );
+        assert!(
+            (seconds_per_sequence(16) / large - 1.0).abs() < 0.01,
+            "the even share binds from batch 8 on"
+        );
+    }
 
     /// A library matmul pays `MATMUL_CALL_SECONDS` beyond its FLOPs, but never more than its
     /// FLOP time: a large one the whole fixed cost, a tiny one less than its roofline again.

@@ -5,7 +5,7 @@
 //! rebuilds the probabilities from it instead of keeping the `T×T` matrix (flash attention).
 
 use crate::op::check;
-use crate::{BackwardStep, DType, OpError, OpSpec, Ref, TensorType, View, ViewMut};
+use crate::{BackwardStep, DType, LongestBlock, OpError, OpSpec, Ref, TensorType, View, ViewMut};
 use serde::{Deserialize, Serialize};
 
 /// The tensor-core attention kernels' rate (attention_mma.cu) as a fraction of a large GEMM's,
@@ -257,6 +257,25 @@ impl OpSpec for AttentionBackward {
     }
     fn matrix_rate(&self) -> f64 {
         ATTENTION_BACKWARD_RATE
+    }
+    fn longest_block(&self, inputs: &[TensorType], _: &[TensorType]) -> Option<LongestBlock> {
+        // attention_mma.cu's backward, in 64-row tiles: a dK/dV block (one per batch, KV head
+        // and key tile) does 4 tile products per (query head of its group, query tile from
+        // its own on), a dQ block (one per batch, head and query tile) 3 per key tile up to
+        // its own. The first key tile's dK/dV block is the longest. Measured (H200,
+        // 2026-12-03, Qwen2.5-7B, sequence 1024): 21.1 ms at batch 2, where this bound gives
+        // 20.0 and the even share 9.0; 50.0 ms at batch 8, where the bound does not bind.
+        let q = &inputs[0];
+        let seq = q.shape[q.shape.len() - 2];
+        let (batch, tiles) = (q.rows() / seq, seq.div_ceil(64));
+        let group = self.heads / self.kv_heads;
+        let total = 7 * batch * self.heads * tiles * (tiles + 1) / 2;
+        Some(LongestBlock {
+            share: (4 * group * tiles) as f64 / total as f64,
+            // Shared memory and registers hold 3 blocks of heads of 64, 2 of 128 (the
+            // launch bounds in attention_mma.cu).
+            blocks_per_sm: if self.head_dim <= 64 { 3.0 } else { 2.0 },
+        })
     }
     fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
         let [q, k, v, o, lse, d_o] = [0, 1, 2, 3, 4, 5].map(|i| inputs[i].data);
