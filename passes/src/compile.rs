@@ -248,31 +248,26 @@ pub fn plan_choices(
 
 /// Compiles the spec for every micro-batch size from 1 up (doubling, up to `max_batch`) and
 /// keeps the plan with the highest estimated tokens/s among those that fit (`--batch auto`).
-/// With `global_batch` (sequences per optimizer step) only sizes that divide it are tried, each
-/// with the gradient accumulation that makes it up; without, every size runs `opts.grad_accum`.
+/// `grad_accum_for(batch)` gives each size's gradient accumulation (what makes it up to a
+/// global batch, say), or `None` for a size not to try, which ends the search.
 pub fn compile_auto_batch(
     path: &Path,
     opts: &CompileOptions,
     max_batch: u64,
-    global_batch: Option<u64>,
+    grad_accum_for: impl Fn(u64) -> Option<u32>,
 ) -> Result<Compiled, CompileError> {
-    let sized = |batch: u64| -> Option<CompileOptions> {
-        let grad_accum = match global_batch {
-            Some(global) if !global.is_multiple_of(batch) => return None,
-            Some(global) => u32::try_from(global / batch).ok()?,
-            None => opts.grad_accum,
-        };
-        Some(CompileOptions {
-            batch,
-            grad_accum,
-            ..opts.clone()
-        })
-    };
     // Sizes are compared on unpriced plans; only the chosen one is planned again, priced.
     let mut best: Option<(CompileOptions, f64)> = None;
     let mut batch = 1;
-    while batch <= max_batch.min(global_batch.unwrap_or(u64::MAX)) {
-        let Some(sized) = sized(batch) else { break };
+    while batch <= max_batch {
+        let Some(grad_accum) = grad_accum_for(batch) else {
+            break;
+        };
+        let sized = CompileOptions {
+            batch,
+            grad_accum,
+            ..opts.clone()
+        };
         let train = optimised(path, &sized)?;
         let candidates = candidates(&train, &sized);
         let (compiled, _) = plan_within(&train, &sized, &candidates, opts.vram_bytes, false)?;

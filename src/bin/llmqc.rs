@@ -190,9 +190,10 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
     let start = Instant::now();
     let compiled = match args.batch {
         Batch::Fixed(_) => compile(&args.spec, &opts)?,
-        Batch::Auto => {
-            compile_auto_batch(&args.spec, &opts, MAX_AUTO_BATCH, args.recipe.global_batch)?
-        }
+        // Doubling sizes: the first that does not divide a global batch ends the search.
+        Batch::Auto => compile_auto_batch(&args.spec, &opts, MAX_AUTO_BATCH, |n| {
+            args.recipe.grad_accum_for(n).ok()
+        })?,
     };
     let elapsed = start.elapsed();
     if let Some(dump) = &compiled.report.dump {
