@@ -1,6 +1,7 @@
 //! The cost model of one step: the larger of its matrix or arithmetic time (or its longest
-//! thread block's, for uneven kernels) and its memory time (a roofline), plus the memory time of a phase that runs in turn with the rest (a fused
-//! op's kernel between its matmuls), plus a fixed launch cost and one per library matmul.
+//! thread block's, for uneven kernels) and its memory time (a roofline), plus the memory time
+//! of a phase that runs in turn with the rest (a fused op's kernel between its matmuls), plus a
+//! fixed launch cost and one per library matmul.
 
 use crate::ir::{Graph, Node, TensorId};
 use crate::plan::StepEstimate;

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub const ATTENTION_FORWARD_RATE: f64 = 0.24;
 /// The backward's, as [`ATTENTION_FORWARD_RATE`].
 pub const ATTENTION_BACKWARD_RATE: f64 = 0.17;
+/// Rows per block and per walked tile of the tensor-core kernels (MMA_ROWS in
+/// attention_mma.cu): the launcher's grid and the cost model's longest block count in them.
+pub const ATTENTION_MMA_ROWS: u64 = 64;
 
 /// Causal GQA attention.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -267,7 +270,7 @@ impl OpSpec for AttentionBackward {
         // 20.0 and the even share 9.0; 50.0 ms at batch 8, where the bound does not bind.
         let q = &inputs[0];
         let seq = q.shape[q.shape.len() - 2];
-        let (batch, tiles) = (q.rows() / seq, seq.div_ceil(64));
+        let (batch, tiles) = (q.rows() / seq, seq.div_ceil(ATTENTION_MMA_ROWS));
         let group = self.heads / self.kv_heads;
         let total = 7 * batch * self.heads * tiles * (tiles + 1) / 2;
         Some(LongestBlock {

@@ -9,8 +9,8 @@ use cudarc::driver::sys::CUfunction_attribute;
 use llmq_compiler::ir::TensorId;
 use llmq_compiler::plan::{Plan, Step};
 use llmq_kernels::ops::{
-    Linear, LinearBackwardData, LinearBackwardWeight, SwiGlu, SwiGluAbsMax, SwiGluBackward,
-    SwiGluBackwardAbsMax,
+    ATTENTION_MMA_ROWS, Linear, LinearBackwardData, LinearBackwardWeight, SwiGlu, SwiGluAbsMax,
+    SwiGluBackward, SwiGluBackwardAbsMax,
 };
 use llmq_kernels::{DType, Op, TensorType};
 
@@ -22,9 +22,6 @@ const ATTENTION_BLOCK: u32 = 128;
 const ATTENTION_MAX_HEAD_DIM: u64 = 256;
 /// Threads per block of the tensor-core attention kernels (attention_mma.cu: MMA_THREADS).
 const ATTENTION_MMA_BLOCK: u32 = 128;
-/// Rows per block and per walked tile of the tensor-core attention kernels (MMA_ROWS).
-const ATTENTION_MMA_ROWS: u64 = 64;
-
 /// The launch of a tensor-core attention kernel (attention_mma.cu), for BF16 heads of 64 or
 /// 128: its name, grid, block and dynamic shared memory.
 #[derive(Clone, Debug, PartialEq)]
