@@ -301,19 +301,33 @@ struct MmaBackwardSmem {
     float delta[2][MMA_ROWS];            // [buffer] the query rows' do·o
 };
 
-// lse2[r] = lse·log2(e) and delta[r] = do·o for the 64 query rows from t0 of head h (0 past
-// seq); two threads per row.
-template <int D>
-__device__ __forceinline__ void row_stats(float* lse2, float* delta, const bf16* o,
-                                          const bf16* d_o, const float* lse, const MmaGeometry& g,
-                                          int b, int t0, int h) {
-    static_assert(MMA_THREADS == 2 * MMA_ROWS, "two threads per row");
-    const int r = threadIdx.x >> 1, half = threadIdx.x & 1, t = t0 + r;
+// The query rows' statistics that the backward blocks copy with their tiles, per (b, h) of
+// `padded` = ceil(seq/64)·64 rows: lse·log2(e), then delta = do·o; zeros past seq.
+__device__ __forceinline__ long long stats_at(const MmaGeometry& g, int b, int h) {
+    const int padded = (g.seq + MMA_ROWS - 1) / MMA_ROWS * MMA_ROWS;
+    return ((long long)b * g.heads + h) * 2 * padded;
+}
+
+#define STATS_LANES 8  // threads per row of attention_backward_stats_bf16
+
+// attention_backward_stats_bf16(o, d_o, lse, stats, batch, seq, heads, head_dim): fills stats
+// (see stats_at) for the backward kernels; head_dim a multiple of 8. grid: ceil(rows·8/256)
+// blocks of 256 threads, rows = batch·heads·padded, eight threads per row.
+extern "C" __global__ void attention_backward_stats_bf16(const bf16* o, const bf16* d_o,
+                                                         const float* lse, float* stats,
+                                                         int batch, int seq, int heads,
+                                                         int head_dim) {
+    const MmaGeometry g{batch, seq, heads, 0};
+    const int padded = (seq + MMA_ROWS - 1) / MMA_ROWS * MMA_ROWS;
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / STATS_LANES;
+    const int part = threadIdx.x % STATS_LANES;
+    const long long bh = row / padded;
+    const int t = (int)(row % padded), b = (int)(bh / heads), h = (int)(bh % heads);
+    const bool real = bh < (long long)batch * heads && t < seq;
     float d = 0.0f;
-    if (t < g.seq) {
-        const long long at = g.at(g.heads, b, t, h, D) + half * (D / 2);
-#pragma unroll
-        for (int c = 0; c < D / 2; c += 8) {
+    if (real) {
+        const long long at = g.at(heads, b, t, h, head_dim);
+        for (int c = part * 8; c < head_dim; c += STATS_LANES * 8) {
             const int4 x = *reinterpret_cast<const int4*>(o + at + c);
             const int4 y = *reinterpret_cast<const int4*>(d_o + at + c);
             const __nv_bfloat162* xs = reinterpret_cast<const __nv_bfloat162*>(&x);
@@ -325,11 +339,24 @@ __device__ __forceinline__ void row_stats(float* lse2, float* delta, const bf16*
             }
         }
     }
-    d += __shfl_xor_sync(0xffffffffu, d, 1);
-    if (half == 0) {
-        delta[r] = d;
-        lse2[r] = t < g.seq ? lse[((long long)b * g.heads + h) * g.seq + t] * MMA_LOG2E : 0.0f;
+#pragma unroll
+    for (int lanes = 1; lanes < STATS_LANES; lanes *= 2) d += __shfl_xor_sync(0xffffffffu, d, lanes);
+    if (part == 0 && bh < (long long)batch * heads) {
+        float* out = stats + stats_at(g, b, h) + t;
+        out[0] = real ? lse[bh * seq + t] * MMA_LOG2E : 0.0f;
+        out[padded] = d;
     }
+}
+
+// Issues the copy of the statistics of the 64 query rows from t0 of head h into lse2 and
+// delta (shared memory), by the block's first 32 threads.
+__device__ __forceinline__ void load_stats_async(float* lse2, float* delta, const float* stats,
+                                                 const MmaGeometry& g, int b, int t0, int h) {
+    const int padded = (g.seq + MMA_ROWS - 1) / MMA_ROWS * MMA_ROWS;
+    const float* at = stats + stats_at(g, b, h) + t0;
+    const int i = threadIdx.x % 16;
+    if (threadIdx.x < 16) copy_async_16(lse2 + 4 * i, at + 4 * i, true);
+    else if (threadIdx.x < 32) copy_async_16(delta + 4 * i, at + padded + 4 * i, true);
 }
 
 // In place: s (scores) becomes P = exp(s·scale − lse) and dp becomes dS = P·(dp − delta)·scale,
@@ -351,19 +378,70 @@ __device__ __forceinline__ void probabilities_and_gradients(float (&s)[8][4], fl
         }
 }
 
-// attention_backward_bf16_d{64,128}: the arguments of attention_backward_bf16.
-// grid: batch·kv_heads·tiles (dK/dV blocks, one per key tile, first: they run longest) +
-// batch·heads·tiles (dQ blocks, one per query tile), tiles = ceil(seq/64); block: 128; dynamic
-// shared memory sizeof(MmaBackwardSmem<D>). No atomics and no workspace: every output row has
-// one writer, at the price of recomputing QKᵀ and dO·Vᵀ in the dQ blocks.
+// The split dK/dV walk's reduction. Every split of key tile `key_tile` writes its FP32
+// accumulators to its own slot of `partials` ([key tile][split][thread][dk, dv fragments]),
+// then counts itself in counters[key_tile] (zeroed before the launch); the last to arrive adds
+// the slots in split order, so the sums do not depend on which split finishes last. True in
+// that block, whose accumulators then hold the sums for it to write.
+template <int D>
+__device__ __forceinline__ bool combine_splits(float (&acc_k)[D / 8][4], float (&acc_v)[D / 8][4],
+                                               float* partials, int* counters, int key_tile,
+                                               int split, int splits) {
+    constexpr int PER_THREAD = 2 * (D / 8) * 4;
+    __shared__ int last;
+    const long long tile_at = (long long)key_tile * splits * MMA_THREADS * PER_THREAD;
+    float4* mine = reinterpret_cast<float4*>(partials + tile_at +
+                                             ((long long)split * MMA_THREADS + threadIdx.x) *
+                                                 PER_THREAD);
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        mine[n] = make_float4(acc_k[n][0], acc_k[n][1], acc_k[n][2], acc_k[n][3]);
+        mine[D / 8 + n] = make_float4(acc_v[n][0], acc_v[n][1], acc_v[n][2], acc_v[n][3]);
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&counters[key_tile], 1) == splits - 1;
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();
+    for (int j = 0; j < splits; ++j) {
+        // L2 reads (__ldcg): the other splits' blocks wrote their slots.
+        const float4* slot = reinterpret_cast<const float4*>(
+            partials + tile_at + ((long long)j * MMA_THREADS + threadIdx.x) * PER_THREAD);
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            const float4 k4 = __ldcg(slot + n), v4 = __ldcg(slot + D / 8 + n);
+            const float ks[4] = {k4.x, k4.y, k4.z, k4.w}, vs[4] = {v4.x, v4.y, v4.z, v4.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                acc_k[n][e] = j == 0 ? ks[e] : acc_k[n][e] + ks[e];
+                acc_v[n][e] = j == 0 ? vs[e] : acc_v[n][e] + vs[e];
+            }
+        }
+    }
+    return true;
+}
+
+// attention_backward_bf16_d{64,128}(q, k, v, stats, d_o, dq, dk, dv, batch, seq, heads,
+// kv_heads, head_dim, accumulate): the arguments of attention_backward_bf16, with o and lse
+// replaced by their rows' statistics, written by attention_backward_stats_bf16 first (so that
+// the walk copies them with its tiles instead of reading o and do again at every step).
+// grid: batch·kv_heads·tiles·splits (dK/dV blocks, `splits` per key tile, first: they run
+// longest) + batch·heads·tiles (dQ blocks, one per query tile), tiles = ceil(seq/64); block:
+// 128; dynamic shared memory sizeof(MmaBackwardSmem<D>). Every output row has one writer, at
+// the price of recomputing QKᵀ and dO·Vᵀ in the dQ blocks. With splits > 1 (1 ≤ splits ≤
+// heads/kv_heads) the walk of each key tile is cut into that many blocks, which add their FP32
+// partials in a fixed order (combine_splits; `partials` and `counters`, zeroed, from the
+// launcher), so that few sequences still fill the GPU; with splits = 1 those go unused.
 //   dQ block (queries t of one head h):   dq_t = Σ_{s ≤ t} dS_ts · k_s
 //   dK/dV block (keys s of kv head kh):  over the group's heads and every t ≥ s,
 //                                         dv_s = Σ P_ts · do_t,   dk_s = Σ dS_ts · q_t
 // with P_ts = exp(q_t·k_s·scale − lse_t), dS_ts = P_ts·(do_t·v_s − do_t·o_t)·scale.
 template <int D>
-__device__ void attention_backward_mma(const bf16* q, const bf16* k, const bf16* v, const bf16* o,
-                                       const float* lse, const bf16* d_o, bf16* dq, bf16* dk,
-                                       bf16* dv, MmaGeometry g, int accumulate) {
+__device__ void attention_backward_mma(const bf16* q, const bf16* k, const bf16* v,
+                                       const float* stats, const bf16* d_o, bf16* dq, bf16* dk,
+                                       bf16* dv, float* partials, int* counters, MmaGeometry g,
+                                       int accumulate, int splits) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     MmaBackwardSmem<D>& sm = *reinterpret_cast<MmaBackwardSmem<D>*>(smem_raw);
     const int tiles = (g.seq + MMA_ROWS - 1) / MMA_ROWS;
@@ -371,7 +449,7 @@ __device__ void attention_backward_mma(const bf16* q, const bf16* k, const bf16*
     const int w0 = warp * 16;
     const float scale = 1.0f / sqrtf((float)D);
     const float one[2] = {1.0f, 1.0f};
-    const int kv_blocks = g.batch * g.kv_heads * tiles;
+    const int kv_blocks = g.batch * g.kv_heads * tiles * splits;
     if ((int)blockIdx.x >= kv_blocks) {
         const int id = blockIdx.x - kv_blocks, heads_all = g.batch * g.heads;
         const int qt = tiles - 1 - id / heads_all;  // the longest first
@@ -382,8 +460,8 @@ __device__ void attention_backward_mma(const bf16* q, const bf16* k, const bf16*
         load_tile_async<D>(&sm.own[1][0][0], d_o, g, g.heads, b, q0, h);
         load_tile_async<D>(&sm.walked[0][0][0][0], k, g, g.kv_heads, b, 0, kh);
         load_tile_async<D>(&sm.walked[0][1][0][0], v, g, g.kv_heads, b, 0, kh);
+        load_stats_async(sm.lse[0], sm.delta[0], stats, g, b, q0, h);
         copy_async_commit();
-        row_stats<D>(sm.lse[0], sm.delta[0], o, d_o, lse, g, b, q0, h);
         float acc[D / 8][4];
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
@@ -421,23 +499,26 @@ __device__ void attention_backward_mma(const bf16* q, const bf16* k, const bf16*
         store_rows<D>(dq, acc, g, g.heads, b, row0, h, one, accumulate);
     } else {
         const int kv_all = g.batch * g.kv_heads;
-        const int kt = blockIdx.x / kv_all;  // the longest (earliest keys) first
-        const int bk = blockIdx.x % kv_all, b = bk / g.kv_heads, kh = bk % g.kv_heads;
+        const int key_tile = blockIdx.x / splits, split = blockIdx.x % splits;
+        const int kt = key_tile / kv_all;  // the longest (earliest keys) first
+        const int bk = key_tile % kv_all, b = bk / g.kv_heads, kh = bk % g.kv_heads;
         const int k0 = kt * MMA_ROWS, key0 = k0 + w0 + lane / 4;
         const int group = g.heads / g.kv_heads, q_tiles = tiles - kt;
+        // This split's steps of the walk (splits ≤ group: every split has one at least).
         const int steps = group * q_tiles;
+        const int first = split * steps / splits, end = (split + 1) * steps / splits;
         // Step i: query tile kt + i % q_tiles of head kh·group + i / q_tiles.
         auto prefetch = [&](int i) {
             const int buffer = i & 1, h = kh * group + i / q_tiles;
             const int t0 = (kt + i % q_tiles) * MMA_ROWS;
             load_tile_async<D>(&sm.walked[buffer][0][0][0], q, g, g.heads, b, t0, h);
             load_tile_async<D>(&sm.walked[buffer][1][0][0], d_o, g, g.heads, b, t0, h);
+            load_stats_async(sm.lse[buffer], sm.delta[buffer], stats, g, b, t0, h);
             copy_async_commit();
-            row_stats<D>(sm.lse[buffer], sm.delta[buffer], o, d_o, lse, g, b, t0, h);
         };
         load_tile_async<D>(&sm.own[0][0][0], k, g, g.kv_heads, b, k0, kh);
         load_tile_async<D>(&sm.own[1][0][0], v, g, g.kv_heads, b, k0, kh);
-        prefetch(0);
+        prefetch(first);
         float acc_k[D / 8][4], acc_v[D / 8][4];
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
@@ -446,8 +527,8 @@ __device__ void attention_backward_mma(const bf16* q, const bf16* k, const bf16*
                 acc_k[n][e] = 0.0f;
                 acc_v[n][e] = 0.0f;
             }
-        for (int i = 0; i < steps; ++i) {
-            if (i + 1 < steps) {
+        for (int i = first; i < end; ++i) {
+            if (i + 1 < end) {
                 prefetch(i + 1);
                 copy_async_wait<1>();
             } else {
@@ -475,6 +556,9 @@ __device__ void attention_backward_mma(const bf16* q, const bf16* k, const bf16*
             warp_accumulate<D>(acc_k, a, queries);  // dSᵀ·q
             __syncthreads();
         }
+        if (splits > 1 &&
+            !combine_splits<D>(acc_k, acc_v, partials, counters, key_tile, split, splits))
+            return;
         store_rows<D>(dk, acc_k, g, g.kv_heads, b, key0, kh, one, accumulate);
         store_rows<D>(dv, acc_v, g, g.kv_heads, b, key0, kh, one, accumulate);
     }
@@ -494,12 +578,13 @@ __device__ void attention_backward_mma(const bf16* q, const bf16* k, const bf16*
         attention_mma<D>(q, k, v, o, lse, MmaGeometry{batch, seq, heads, kv_heads});               \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__ BACKWARD_BOUNDS                                   \
-        attention_backward_bf16_d##D(const bf16* q, const bf16* k, const bf16* v, const bf16* o,   \
-                                     const float* lse, const bf16* d_o, bf16* dq, bf16* dk,        \
-                                     bf16* dv, int batch, int seq, int heads, int kv_heads,        \
-                                     int head_dim, int accumulate) {                               \
-        attention_backward_mma<D>(q, k, v, o, lse, d_o, dq, dk, dv,                                \
-                                  MmaGeometry{batch, seq, heads, kv_heads}, accumulate);           \
+        attention_backward_bf16_d##D(const bf16* q, const bf16* k, const bf16* v,                 \
+                                     const float* stats, const bf16* d_o, bf16* dq, bf16* dk,      \
+                                     bf16* dv, float* partials, int* counters, int batch, int seq, \
+                                     int heads, int kv_heads, int head_dim, int accumulate,        \
+                                     int splits) {                                                 \
+        attention_backward_mma<D>(q, k, v, stats, d_o, dq, dk, dv, partials, counters,             \
+                                  MmaGeometry{batch, seq, heads, kv_heads}, accumulate, splits);   \
     }
 
 MMA_ENTRIES(64, (MMA_THREADS, 4), (MMA_THREADS, 3))

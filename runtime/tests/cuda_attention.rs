@@ -21,16 +21,19 @@
 //! 1.1× the c = 8 bound). Besides, every BF16 output's relative L2 error ‖gpu − cpu‖/‖cpu‖
 //! must be under u (measured: 1.4·10⁻³ to 2.5·10⁻³), which a wrong row or tile cannot meet.
 //!
-//! `timing` (ignored by default) times forward and backward at the shapes of Qwen2.5-0.5B and
-//! -1.5B, batch 16 × 1024, with CUDA events (3 warm-up runs, median of 20) and prints TFLOP/s
-//! with the op's own FLOP count (causal: half the score matrix). On the device:
+//! `timing` (ignored by default) times forward and backward (with its statistics kernel) at the
+//! shapes of Qwen2.5-0.5B and -1.5B, batch 16 × 1024, and -7B, batch 8 and 2, with CUDA events
+//! (3 warm-up runs, median of 20) and prints TFLOP/s with the op's own FLOP count (causal: half
+//! the score matrix). On the device:
 //! `./cuda_attention --nocapture && ./cuda_attention --ignored timing --nocapture`.
 
 mod cuda_common;
 
-use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, result};
-use llmq_kernels::ops::{Attention, AttentionBackward};
+use llmq_kernels::ops::{
+    Attention, AttentionBackward, attention_backward_blocks_per_sm, attention_backward_splits,
+};
 use llmq_kernels::{DType, OpSpec, TensorType, View, ViewMut, rng};
 use llmq_runtime::backend::cuda::{launch, modules::Modules};
 use std::ffi::c_void;
@@ -103,6 +106,60 @@ impl Gpu {
     }
 }
 
+/// The tensor-core backward's scratch (the backend's kernel scratch holds the same parts): the
+/// row statistics, NaN-poisoned, and, for up to `splits` splits of the dK/dV walks, the
+/// partials and counters.
+struct BackwardScratch {
+    stats: CudaSlice<f32>,
+    partials: CudaSlice<f32>,
+    counters: CudaSlice<i32>,
+}
+
+impl BackwardScratch {
+    fn new(gpu: &Gpu, shape: &Shape, splits: u64) -> BackwardScratch {
+        let [b, t, h, kv, d] = shape.dims();
+        let stats = launch::attention_stats_bytes(b, t, h) as usize / 4;
+        let (partials, counters) = launch::attention_split_bytes(b, t, kv, d, splits);
+        let s = &gpu.stream;
+        BackwardScratch {
+            stats: s.clone_htod(&vec![f32::NAN; stats]).unwrap(),
+            partials: s
+                .clone_htod(&vec![f32::NAN; partials as usize / 4])
+                .unwrap(),
+            counters: s.alloc_zeros(counters as usize / 4).unwrap(),
+        }
+    }
+}
+
+/// The backward as the backend launches it, its dK/dV walks split `splits` ways: the row
+/// statistics (attention_backward_stats_bf16), the counters zeroed, then the kernel. `inputs`
+/// are q, k, v, o, lse, do; `grads` dq, dk, dv.
+fn launch_backward(
+    gpu: &Gpu,
+    shape: &Shape,
+    inputs: [u64; 6],
+    grads: [u64; 3],
+    scratch: &mut BackwardScratch,
+    accumulate: u64,
+    splits: u64,
+) {
+    let s = &gpu.stream;
+    let [q, k, v, o, lse, d_o] = inputs;
+    let [b, t, h, _, d] = shape.dims();
+    let stats = ptr(s, &scratch.stats);
+    gpu.launch(
+        &launch::attention_stats_launch(b, t, h),
+        &[o, d_o, lse, stats, b, t, h, d],
+    );
+    s.memset_zeros(&mut scratch.counters).unwrap();
+    let mut args = vec![q, k, v, stats, d_o];
+    args.extend(grads);
+    args.extend([ptr(s, &scratch.partials), ptr(s, &scratch.counters)]);
+    args.extend(shape.dims());
+    args.extend([accumulate, splits]);
+    gpu.launch(&shape.launch(true, splits), &args);
+}
+
 fn ptr<T>(stream: &CudaStream, slice: &CudaSlice<T>) -> u64 {
     slice.device_ptr(stream).0
 }
@@ -135,9 +192,19 @@ impl Shape {
             self.head_dim,
         ]
     }
-    fn launch(&self, backward: bool) -> launch::AttentionMmaLaunch {
+    fn launch(&self, backward: bool, splits: u64) -> launch::AttentionMmaLaunch {
         let [b, t, h, kv, d] = self.dims();
-        launch::attention_mma_launch(backward, b, t, h, kv, d).expect("a tensor-core head size")
+        launch::attention_mma_launch(backward, b, t, h, kv, d, splits)
+            .expect("a tensor-core head size")
+    }
+    /// The splits the backend gives the backward on this GPU.
+    fn splits(&self, gpu: &Gpu) -> u64 {
+        let sms = gpu
+            .ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap() as u64;
+        let [b, t, h, kv, d] = self.dims();
+        attention_backward_splits(b, t, h, kv, sms * attention_backward_blocks_per_sm(d))
     }
     fn forward_op(&self) -> Attention {
         Attention {
@@ -351,14 +418,19 @@ fn check(shape: Shape, seed: u64) -> Vec<String> {
         ptr(s, &glse),
     ];
     args.extend(dims);
-    gpu.launch(&shape.launch(false), &args);
+    gpu.launch(&shape.launch(false, 1), &args);
     verdict("o", BF16_U, FORWARD_C, &o, &gpu.download_bf16(&go));
     verdict("lse", F32_U, FORWARD_C, &lse, &s.clone_dtoh(&glse).unwrap());
 
     // Backward from the reference o and lse: writing (into NaN), then accumulating.
     let go = gpu.upload_bf16(&o_bf16);
     let glse = s.clone_htod(&lse).unwrap();
-    for accumulate in [0u64, 1] {
+    // Unsplit, split two ways and one way per head of the group (uneven shares of the walk).
+    let group = shape.heads / shape.kv_heads;
+    let mut all_splits = vec![1, 2.min(group), group];
+    all_splits.dedup();
+    let mut scratch = BackwardScratch::new(&gpu, &shape, group);
+    for (splits, accumulate) in all_splits.iter().flat_map(|&n| [(n, 0u64), (n, 1)]) {
         let old: Vec<Vec<f32>> = grads
             .iter()
             .enumerate()
@@ -368,24 +440,29 @@ fn check(shape: Shape, seed: u64) -> Vec<String> {
             })
             .collect();
         let outs: Vec<CudaSlice<u16>> = old.iter().map(|x| gpu.upload_bf16(x)).collect();
-        let mut args = vec![
-            ptr(s, &gq),
-            ptr(s, &gk),
-            ptr(s, &gv),
-            ptr(s, &go),
-            ptr(s, &glse),
-            ptr(s, &gdo),
-        ];
-        args.extend(outs.iter().map(|x| ptr(s, x)));
-        args.extend(dims);
-        args.push(accumulate);
-        gpu.launch(&shape.launch(true), &args);
+        let inputs = [&gq, &gk, &gv, &go].map(|x| ptr(s, x));
+        launch_backward(
+            &gpu,
+            &shape,
+            [
+                inputs[0],
+                inputs[1],
+                inputs[2],
+                inputs[3],
+                ptr(s, &glse),
+                ptr(s, &gdo),
+            ],
+            [0, 1, 2].map(|i| ptr(s, &outs[i])),
+            &mut scratch,
+            accumulate,
+            splits,
+        );
         for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
             let expected: Vec<f32> = match accumulate {
                 0 => grads[i].clone(),
                 _ => grads[i].iter().zip(&old[i]).map(|(g, o)| g + o).collect(),
             };
-            let name = format!("{name} acc={accumulate}");
+            let name = format!("{name} acc={accumulate} splits={splits}");
             verdict(
                 &name,
                 BF16_U,
@@ -465,10 +542,10 @@ fn sequences_not_a_multiple_of_the_tile() {
     );
 }
 
-/// Median milliseconds of `runs` launches of `call` after 3 warm-up launches, by CUDA events.
-fn time_ms(gpu: &Gpu, call: &launch::AttentionMmaLaunch, args: &[u64], runs: usize) -> f64 {
+/// Median milliseconds of `runs` runs of `work` after 3 warm-up runs, by CUDA events.
+fn time_ms(gpu: &Gpu, work: &mut dyn FnMut(), runs: usize) -> f64 {
     for _ in 0..3 {
-        gpu.launch(call, args);
+        work();
     }
     let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
     let (start, end) = (
@@ -478,7 +555,7 @@ fn time_ms(gpu: &Gpu, call: &launch::AttentionMmaLaunch, args: &[u64], runs: usi
     let mut times: Vec<f64> = (0..runs)
         .map(|_| {
             start.record(&gpu.stream).unwrap();
-            gpu.launch(call, args);
+            work();
             end.record(&gpu.stream).unwrap();
             end.synchronize().unwrap();
             start.elapsed_ms(&end).unwrap() as f64
@@ -513,6 +590,21 @@ fn timing() {
             kv_heads: 2,
             head_dim: 128,
         },
+        // Qwen2.5-7B at the micro-batches of 80 GB and of 16 GB.
+        Shape {
+            batch: 8,
+            seq: 1024,
+            heads: 28,
+            kv_heads: 4,
+            head_dim: 128,
+        },
+        Shape {
+            batch: 2,
+            seq: 1024,
+            heads: 28,
+            kv_heads: 4,
+            head_dim: 128,
+        },
     ] {
         let (nq, nkv) = (numel(&shape.q_shape()), numel(&shape.kv_shape()));
         let nl = numel(&shape.lse_shape());
@@ -523,29 +615,44 @@ fn timing() {
         let o = gpu.upload_bf16(&vec![0.0; nq]);
         let lse = s.clone_htod(&vec![0.0f32; nl]).unwrap();
         let grads = [nq, nkv, nkv].map(|n| gpu.upload_bf16(&vec![0.0; n]));
-        let dims = shape.dims();
         let mut fwd = vec![ptr(s, &q), ptr(s, &k), ptr(s, &v), ptr(s, &o), ptr(s, &lse)];
-        fwd.extend(dims);
-        let mut bwd = vec![
-            ptr(s, &q),
-            ptr(s, &k),
-            ptr(s, &v),
-            ptr(s, &o),
-            ptr(s, &lse),
-            ptr(s, &d_o),
-        ];
-        bwd.extend(grads.iter().map(|g| ptr(s, g)));
-        bwd.extend(dims);
-        bwd.push(0);
-        for backward in [false, true] {
-            let call = shape.launch(backward);
-            // The forward first: its o and lse are the backward's inputs.
-            let ms = time_ms(&gpu, &call, if backward { &bwd } else { &fwd }, 20);
+        fwd.extend(shape.dims());
+        // The forward first: its o and lse are the backward's inputs.
+        let ms = time_ms(&gpu, &mut || gpu.launch(&shape.launch(false, 1), &fwd), 20);
+        let report = |backward: bool, splits: u64, ms: f64| {
             let tflops = shape.flops(backward) / (ms * 1e-3) / 1e12;
+            let name = shape.launch(backward, splits).name;
             println!(
-                "timing {shape:?} {:<28} {ms:8.3} ms {tflops:6.1} TFLOP/s",
-                call.name
+                "timing {shape:?} {name:<28} splits {splits} {ms:8.3} ms {tflops:6.1} TFLOP/s"
             );
+        };
+        report(false, 1, ms);
+        // The backward with the splits the backend picks, and unsplit when that is more.
+        let inputs = [&q, &k, &v, &o].map(|x| ptr(s, x));
+        let picked = shape.splits(&gpu);
+        let mut scratch = BackwardScratch::new(&gpu, &shape, picked);
+        let mut all_splits = vec![picked, 1];
+        all_splits.dedup();
+        for splits in all_splits {
+            let mut backward = || {
+                launch_backward(
+                    &gpu,
+                    &shape,
+                    [
+                        inputs[0],
+                        inputs[1],
+                        inputs[2],
+                        inputs[3],
+                        ptr(s, &lse),
+                        ptr(s, &d_o),
+                    ],
+                    [0, 1, 2].map(|i| ptr(s, &grads[i])),
+                    &mut scratch,
+                    0,
+                    splits,
+                )
+            };
+            report(true, splits, time_ms(&gpu, &mut backward, 20));
         }
     }
 }
@@ -558,7 +665,7 @@ fn timing() {
 fn launches_fit_the_shared_memory_their_launch_bounds_ask_for() {
     for (d, forward_blocks, backward_blocks) in [(64, 4, 3), (128, 2, 2)] {
         for (backward, blocks) in [(false, forward_blocks), (true, backward_blocks)] {
-            let call = launch::attention_mma_launch(backward, 2, 200, 4, 2, d).unwrap();
+            let call = launch::attention_mma_launch(backward, 2, 200, 4, 2, d, 1).unwrap();
             assert!(
                 blocks * (call.shared_bytes + 1024) <= 228 * 1024,
                 "{call:?}: {blocks} blocks do not fit"
@@ -566,9 +673,27 @@ fn launches_fit_the_shared_memory_their_launch_bounds_ask_for() {
             let tiles = 200u64.div_ceil(64);
             let grid = 2 * 4 * tiles + if backward { 2 * 2 * tiles } else { 0 };
             assert_eq!(call.grid, grid, "{call:?}");
+            // Split walks: as many dK/dV blocks again per split.
+            let split = launch::attention_mma_launch(backward, 2, 200, 4, 2, d, 2).unwrap();
+            let more = if backward { 2 * 2 * tiles } else { 0 };
+            assert_eq!(split.grid, grid + more, "{split:?}");
         }
     }
+    // The statistics kernel: eight threads for every padded query row, and no block more.
+    for (batch, seq, heads) in [(2, 200, 4), (3, 1000, 14), (1, 64, 1)] {
+        let call = launch::attention_stats_launch(batch, seq, heads);
+        let threads = 8 * batch * heads * seq.next_multiple_of(64);
+        let block = call.block as u64;
+        assert!(
+            call.grid * block >= threads && (call.grid - 1) * block < threads,
+            "{call:?}"
+        );
+        assert_eq!(
+            launch::attention_stats_bytes(batch, seq, heads),
+            threads / 8 * 2 * 4
+        );
+    }
     for d in [16, 32, 96, 256] {
-        assert_eq!(launch::attention_mma_launch(false, 1, 64, 2, 1, d), None);
+        assert_eq!(launch::attention_mma_launch(false, 1, 64, 2, 1, d, 1), None);
     }
 }

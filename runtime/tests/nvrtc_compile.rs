@@ -47,6 +47,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "attention_backward_bf16_d64",
             "attention_bf16_d128",
             "attention_backward_bf16_d128",
+            "attention_backward_stats_bf16",
         ],
     ),
     (

@@ -19,6 +19,54 @@ pub const ATTENTION_BACKWARD_RATE: f64 = 0.17;
 /// attention_mma.cu): the launcher's grid and the cost model's longest block count in them.
 pub const ATTENTION_MMA_ROWS: u64 = 64;
 
+/// Blocks of the tensor-core backward that one SM holds: shared memory and registers hold 3 of
+/// heads of 64, 2 of 128 (the launch bounds in attention_mma.cu).
+pub fn attention_backward_blocks_per_sm(head_dim: u64) -> u64 {
+    if head_dim <= 64 { 3 } else { 2 }
+}
+
+/// Blocks over which the tensor-core backward splits each key tile's dK/dV walk, for a GPU
+/// holding `slots` blocks at once: the fewest for which the longest block (the first key
+/// tile's) does no more than the even share of the work, and at most one per query head of
+/// the group. Measured before the split (H200, 2026-12-03, Qwen2.5-7B, sequence 1024): 21.1 ms
+/// at batch 2, where the longest block bounds it at 20.0 and the even share is 9.0.
+pub fn attention_backward_splits(
+    batch: u64,
+    seq: u64,
+    heads: u64,
+    kv_heads: u64,
+    slots: u64,
+) -> u64 {
+    let work = BackwardWork::new(batch, seq, heads, kv_heads);
+    (1..=work.group)
+        .find(|&s| work.longest(s) * slots <= work.total)
+        .unwrap_or(work.group)
+}
+
+/// The tensor-core backward's work in tile products (attention_mma.cu, 64-row tiles): a dK/dV
+/// block (per batch, KV head and key tile) does 4 per (query head of its group, query tile from
+/// its own on), a dQ block (per batch, head and query tile) 3 per key tile up to its own.
+struct BackwardWork {
+    total: u64,
+    group: u64,
+    tiles: u64,
+}
+
+impl BackwardWork {
+    fn new(batch: u64, seq: u64, heads: u64, kv_heads: u64) -> BackwardWork {
+        let tiles = seq.div_ceil(ATTENTION_MMA_ROWS);
+        BackwardWork {
+            total: 7 * batch * heads * tiles * (tiles + 1) / 2,
+            group: heads / kv_heads,
+            tiles,
+        }
+    }
+    /// The products of the first key tile's walk split over `splits` blocks.
+    fn longest(&self, splits: u64) -> u64 {
+        4 * (self.group * self.tiles).div_ceil(splits)
+    }
+}
+
 /// Causal GQA attention.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attention {
@@ -262,22 +310,15 @@ impl OpSpec for AttentionBackward {
         ATTENTION_BACKWARD_RATE
     }
     fn longest_block(&self, inputs: &[TensorType], _: &[TensorType]) -> Option<LongestBlock> {
-        // attention_mma.cu's backward, in 64-row tiles: a dK/dV block (one per batch, KV head
-        // and key tile) does 4 tile products per (query head of its group, query tile from
-        // its own on), a dQ block (one per batch, head and query tile) 3 per key tile up to
-        // its own. The first key tile's dK/dV block is the longest. Measured (H200,
-        // 2026-12-03, Qwen2.5-7B, sequence 1024): 21.1 ms at batch 2, where this bound gives
-        // 20.0 and the even share 9.0; 50.0 ms at batch 8, where the bound does not bind.
+        // The backend splits the dK/dV walk over as many blocks as the even share asks, up to
+        // one per query head of the group (attention_backward_splits): the bound left is the
+        // first key tile's walk over one head.
         let q = &inputs[0];
         let seq = q.shape[q.shape.len() - 2];
-        let (batch, tiles) = (q.rows() / seq, seq.div_ceil(ATTENTION_MMA_ROWS));
-        let group = self.heads / self.kv_heads;
-        let total = 7 * batch * self.heads * tiles * (tiles + 1) / 2;
+        let work = BackwardWork::new(q.rows() / seq, seq, self.heads, self.kv_heads);
         Some(LongestBlock {
-            share: (4 * group * tiles) as f64 / total as f64,
-            // Shared memory and registers hold 3 blocks of heads of 64, 2 of 128 (the
-            // launch bounds in attention_mma.cu).
-            blocks_per_sm: if self.head_dim <= 64 { 3.0 } else { 2.0 },
+            share: work.longest(work.group) as f64 / work.total as f64,
+            blocks_per_sm: attention_backward_blocks_per_sm(self.head_dim) as f64,
         })
     }
     fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {

@@ -29,7 +29,10 @@ pub use abs_max::AbsMax;
 pub use adamw::{AdamW, StochasticMoments};
 pub use add::Add;
 pub use add_rms_norm::{AddRmsNorm, AddRmsNormAbsMax};
-pub use attention::{ATTENTION_MMA_ROWS, Attention, AttentionBackward};
+pub use attention::{
+    ATTENTION_MMA_ROWS, Attention, AttentionBackward, attention_backward_blocks_per_sm,
+    attention_backward_splits,
+};
 pub use bias_add::{BiasAdd, BiasBackward};
 pub use cast::{Cast, CastStochastic};
 pub use classifier_cross_entropy::{ClassifierCrossEntropy, ClassifierCrossEntropyBackward};

@@ -10,7 +10,8 @@ use llmq_compiler::ir::TensorId;
 use llmq_compiler::plan::{Plan, Step};
 use llmq_kernels::ops::{
     ATTENTION_MMA_ROWS, Linear, LinearBackwardData, LinearBackwardWeight, SwiGlu, SwiGluAbsMax,
-    SwiGluBackward, SwiGluBackwardAbsMax,
+    SwiGluBackward, SwiGluBackwardAbsMax, attention_backward_blocks_per_sm,
+    attention_backward_splits,
 };
 use llmq_kernels::{DType, Op, TensorType};
 
@@ -38,7 +39,8 @@ pub struct AttentionMmaLaunch {
 
 /// The tensor-core attention launch for these sizes, or `None` when the head size has no
 /// tensor-core kernel. Forward: one block per 64 query rows of every head; backward: one more
-/// per 64 key rows of every key/value head.
+/// per 64 key rows of every key/value head and split of their walk (`splits`, 1 for the
+/// forward; see `attention_backward_splits`).
 pub fn attention_mma_launch(
     backward: bool,
     batch: u64,
@@ -46,6 +48,7 @@ pub fn attention_mma_launch(
     heads: u64,
     kv_heads: u64,
     head_dim: u64,
+    splits: u64,
 ) -> Option<AttentionMmaLaunch> {
     if !matches!(head_dim, 64 | 128) {
         return None;
@@ -57,7 +60,7 @@ pub fn attention_mma_launch(
     // twice.
     let tile = rows * (head_dim + 8) * 2;
     let (name, grid, shared) = if backward {
-        let blocks = batch * heads * tiles + batch * kv_heads * tiles;
+        let blocks = batch * heads * tiles + batch * kv_heads * tiles * splits;
         ("attention_backward_bf16", blocks, 6 * tile + 4 * rows * 4)
     } else {
         ("attention_bf16", batch * heads * tiles, 5 * tile)
@@ -70,14 +73,71 @@ pub fn attention_mma_launch(
     })
 }
 
+/// Threads per block of attention_backward_stats_bf16, eight per query row (STATS_LANES in
+/// attention_mma.cu).
+const ATTENTION_STATS_BLOCK: u32 = 256;
+
+/// The launch of attention_backward_stats_bf16, which writes the statistics of every query row
+/// (lse·log2(e) and do·o) that the tensor-core backward reads.
+pub fn attention_stats_launch(batch: u64, seq: u64, heads: u64) -> AttentionMmaLaunch {
+    let rows = batch * heads * seq.next_multiple_of(ATTENTION_MMA_ROWS);
+    AttentionMmaLaunch {
+        name: "attention_backward_stats_bf16".into(),
+        grid: (rows * 8).div_ceil(ATTENTION_STATS_BLOCK as u64),
+        block: ATTENTION_STATS_BLOCK,
+        shared_bytes: 0,
+    }
+}
+
+/// Bytes of those statistics: two FP32 values per query row, the rows of every head padded to
+/// whole tiles.
+pub fn attention_stats_bytes(batch: u64, seq: u64, heads: u64) -> u64 {
+    2 * 4 * batch * heads * seq.next_multiple_of(ATTENTION_MMA_ROWS)
+}
+
+/// Bytes of the split backward's FP32 partial dK and dV (one 64-row tile of each per key tile
+/// and split; `combine_splits` in attention_mma.cu) and of its counters (one `int` per key
+/// tile, rounded up to 16 bytes): `(partials, counters)`.
+pub fn attention_split_bytes(
+    batch: u64,
+    seq: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    splits: u64,
+) -> (u64, u64) {
+    let key_tiles = batch * kv_heads * seq.div_ceil(ATTENTION_MMA_ROWS);
+    let partials = key_tiles * splits * 2 * ATTENTION_MMA_ROWS * head_dim * 4;
+    (partials, (key_tiles * 4).next_multiple_of(16))
+}
+
+/// Where the tensor-core attention backward keeps its scratch, and its splits.
+struct AttentionScratch {
+    stats: u64,
+    counters: u64,
+    counter_bytes: u64,
+    partials: u64,
+    splits: u64,
+}
+
+/// attention.cu's kernels: one block per row of every head.
+fn simple_attention_launch(name: &str, dtype: DType, grid: u64) -> AttentionMmaLaunch {
+    AttentionMmaLaunch {
+        name: format!("{name}_{dtype}"),
+        grid,
+        block: ATTENTION_BLOCK,
+        shared_bytes: 0,
+    }
+}
+
 /// Row chunks of the split column sums (COLSUM_CHUNKS in common.cuh).
 const COLSUM_CHUNKS: u64 = 64;
 /// Columns of one block of the split column sums (COLSUM_WIDTH in common.cuh).
 const COLSUM_WIDTH: u64 = 256;
 /// Their completion counters at the start of the scratch (COLSUM_COUNTERS in common.cuh).
 const COLSUM_COUNTERS: u64 = 4096;
-/// Bytes of the backend's kernel scratch: the split column sums' partials and counters.
-pub const SCRATCH_BYTES: usize = 8 << 20;
+/// Bytes of the backend's kernel scratch: the split column sums' partials and counters, the
+/// embedding backward's buckets, the attention backward's row statistics and split partials.
+pub const SCRATCH_BYTES: usize = 32 << 20;
 
 /// The tile side and threads per block of quantize_transposed and transpose_fp8 (QT_TILE,
 /// QT_THREADS in quantize.cu; TR_TILE, TR_THREADS in transpose.cu).
@@ -425,6 +485,9 @@ impl StepContext<'_> {
         if let Op::EmbeddingBackward(e) = op {
             return self.embedding_backward(modules, e.vocab, dtype);
         }
+        if let Op::Attention(_) | Op::AttentionBackward(_) = op {
+            return self.attention(modules, dtype);
+        }
         let mut call = self.kernel_call(dtype)?;
         Ok(Launch {
             zero_first: std::mem::take(&mut call.zero_first),
@@ -664,6 +727,155 @@ impl StepContext<'_> {
         })
     }
 
+    /// Attention forward or backward: the tensor-core kernels (attention_mma.cu) for BF16 heads
+    /// of 64 and 128, else attention.cu's kernels. The tensor-core backward first writes the
+    /// query rows' statistics into the kernel scratch, and, when it splits the dK/dV walks,
+    /// zeroes their counters there.
+    fn attention(&self, modules: &Modules, dtype: DType) -> Result<Launch, String> {
+        use Arg::{I32, Ptr};
+        let op = &self.step.node.op;
+        let (heads, kv_heads, head_dim) = match op {
+            Op::Attention(a) => (a.heads, a.kv_heads, a.head_dim),
+            Op::AttentionBackward(a) => (a.heads, a.kv_heads, a.head_dim),
+            _ => unreachable!("the caller matched attention"),
+        };
+        if head_dim > ATTENTION_MAX_HEAD_DIM {
+            return Err(format!(
+                "attention takes head_dim ≤ {ATTENTION_MAX_HEAD_DIM}, got {head_dim}"
+            ));
+        }
+        let x = self.in_ty(0);
+        let seq = x.shape[x.shape.len() - 2];
+        let batch = x.numel() / (seq * x.last_dim());
+        let dims = [batch, seq, heads, kv_heads, head_dim].map(|d| I32(d as i32));
+        let backward = matches!(op, Op::AttentionBackward(_));
+        let (i, o) = (|k| self.input(k), |k| self.output(k));
+        let tensor_cores = dtype == DType::BF16 && matches!(head_dim, 64 | 128);
+        let mut actions = Vec::new();
+        let kernel = |name: String, grid: u64, block: u32, shared_bytes: u32, args: Vec<Arg>| {
+            let call = KernelCall {
+                name,
+                grid,
+                block,
+                shared_bytes,
+                args,
+                zero_first: Vec::new(),
+            };
+            kernel_action(modules, call)
+        };
+        let (call, args) = match (backward, tensor_cores) {
+            (true, true) => {
+                let scratch = self.attention_scratch(batch, seq, heads, kv_heads, head_dim)?;
+                let stats = attention_stats_launch(batch, seq, heads);
+                let mut args = vec![i(3), i(5), i(4), Ptr(scratch.stats)];
+                args.extend([batch, seq, heads, head_dim].map(|d| I32(d as i32)));
+                actions.push(kernel(stats.name, stats.grid, stats.block, 0, args)?);
+                if scratch.splits > 1 {
+                    actions.push(Action::Memset {
+                        ptr: scratch.counters,
+                        bytes: scratch.counter_bytes as usize,
+                    });
+                }
+                let call = attention_mma_launch(
+                    true,
+                    batch,
+                    seq,
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    scratch.splits,
+                )
+                .expect("a tensor-core head size");
+                let mut args = vec![i(0), i(1), i(2), Ptr(scratch.stats), i(5)];
+                args.extend([
+                    o(0),
+                    o(1),
+                    o(2),
+                    Ptr(scratch.partials),
+                    Ptr(scratch.counters),
+                ]);
+                args.extend(dims);
+                args.extend([self.acc_all()?, I32(scratch.splits as i32)]);
+                (call, args)
+            }
+            (false, true) => {
+                self.no_acc()?;
+                let call = attention_mma_launch(false, batch, seq, heads, kv_heads, head_dim, 1)
+                    .expect("a tensor-core head size");
+                let mut args = vec![i(0), i(1), i(2), o(0), o(1)];
+                args.extend(dims);
+                (call, args)
+            }
+            (true, false) => {
+                let mut args = vec![i(0), i(1), i(2), i(3), i(4), i(5), o(0), o(1), o(2)];
+                args.extend(dims);
+                args.push(self.acc_all()?);
+                let grid = batch * (heads + kv_heads) * seq;
+                (
+                    simple_attention_launch("attention_backward", dtype, grid),
+                    args,
+                )
+            }
+            (false, false) => {
+                self.no_acc()?;
+                let mut args = vec![i(0), i(1), i(2), o(0), o(1)];
+                args.extend(dims);
+                let grid = batch * heads * seq;
+                (simple_attention_launch("attention", dtype, grid), args)
+            }
+        };
+        actions.push(kernel(
+            call.name,
+            call.grid,
+            call.block,
+            call.shared_bytes,
+            args,
+        )?);
+        Ok(Launch {
+            zero_first: Vec::new(),
+            actions,
+        })
+    }
+
+    /// The tensor-core attention backward's room in the kernel scratch, after the split column
+    /// sums' counters: the row statistics, then, for as many splits of the dK/dV walks as the
+    /// GPU's blocks ask (`attention_backward_splits`) and the scratch holds, their counters and
+    /// partials.
+    fn attention_scratch(
+        &self,
+        batch: u64,
+        seq: u64,
+        heads: u64,
+        kv_heads: u64,
+        head_dim: u64,
+    ) -> Result<AttentionScratch, String> {
+        let stats = COLSUM_COUNTERS * 4;
+        let counters = stats + attention_stats_bytes(batch, seq, heads);
+        if counters > SCRATCH_BYTES as u64 {
+            return Err(format!(
+                "the attention backward of {batch} sequences of {seq} over {heads} heads needs \
+                 {counters} bytes of kernel scratch, more than {SCRATCH_BYTES}"
+            ));
+        }
+        let slots = self.sm_count as u64 * attention_backward_blocks_per_sm(head_dim);
+        let wanted = attention_backward_splits(batch, seq, heads, kv_heads, slots);
+        let fits = |splits: u64| {
+            let (partials, counter_bytes) =
+                attention_split_bytes(batch, seq, kv_heads, head_dim, splits);
+            counters + counter_bytes + partials <= SCRATCH_BYTES as u64
+        };
+        let splits = (1..=wanted).rev().find(|&s| s == 1 || fits(s)).unwrap_or(1);
+        let (_, counter_bytes) = attention_split_bytes(batch, seq, kv_heads, head_dim, splits);
+        let base = self.kernel_scratch()?;
+        Ok(AttentionScratch {
+            stats: base + stats,
+            counters: base + counters,
+            counter_bytes,
+            partials: base + counters + counter_bytes,
+            splits,
+        })
+    }
+
     fn kernel_call(&self, dtype: DType) -> Result<KernelCall, String> {
         use Arg::{F32, I32, I64};
         let op = &self.step.node.op;
@@ -815,47 +1027,6 @@ impl StepContext<'_> {
                 };
                 let sequences = n / channels / seq;
                 call.grid = self.stride_grid(sequences.div_ceil(ROPE_BATCH) * seq * (half / width));
-            }
-            Op::Attention(_) | Op::AttentionBackward(_) => {
-                let (heads, kv_heads, head_dim) = match op {
-                    Op::Attention(a) => (a.heads, a.kv_heads, a.head_dim),
-                    Op::AttentionBackward(a) => (a.heads, a.kv_heads, a.head_dim),
-                    _ => unreachable!("matched above"),
-                };
-                if head_dim > ATTENTION_MAX_HEAD_DIM {
-                    return Err(format!(
-                        "attention takes head_dim ≤ {ATTENTION_MAX_HEAD_DIM}, got {head_dim}"
-                    ));
-                }
-                let seq = x.shape[x.shape.len() - 2];
-                let batch = n / (seq * x.last_dim());
-                let dims = [batch, seq, heads, kv_heads, head_dim].map(|d| I32(d as i32));
-                let backward = matches!(op, Op::AttentionBackward(_));
-                if backward {
-                    call.args = vec![i(0), i(1), i(2), i(3), i(4), i(5), o(0), o(1), o(2)];
-                    call.args.extend(dims);
-                    call.args.push(self.acc_all()?);
-                } else {
-                    self.no_acc()?;
-                    call.args = vec![i(0), i(1), i(2), o(0), o(1)];
-                    call.args.extend(dims);
-                }
-                let mma = match dtype {
-                    DType::BF16 => {
-                        attention_mma_launch(backward, batch, seq, heads, kv_heads, head_dim)
-                    }
-                    _ => None,
-                };
-                if let Some(mma) = mma {
-                    call.name = mma.name;
-                    call.block = mma.block;
-                    call.shared_bytes = mma.shared_bytes;
-                    call.grid = mma.grid;
-                } else {
-                    call.block = ATTENTION_BLOCK;
-                    call.grid =
-                        batch * heads * seq + if backward { batch * kv_heads * seq } else { 0 };
-                }
             }
             Op::Add(_) => {
                 self.no_acc()?;
@@ -1029,13 +1200,15 @@ impl StepContext<'_> {
             | Op::ClassifierCrossEntropy(_)
             | Op::ClassifierCrossEntropyBackward(_)
             | Op::EmbeddingBackward(_)
+            | Op::Attention(_)
+            | Op::AttentionBackward(_)
             | Op::Linear(_)
             | Op::Fp8Matmul(_)
             | Op::LinearBackwardData(_)
             | Op::LinearBackwardWeight(_) => {
                 unreachable!(
-                    "memset, copy, chunked-head, embedding-backward and cuBLASLt steps are built by \
-                     the caller"
+                    "memset, copy, chunked-head, embedding-backward, attention and cuBLASLt steps \
+                     are built by the caller"
                 )
             }
         }
