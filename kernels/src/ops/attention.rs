@@ -9,12 +9,13 @@ use crate::{BackwardStep, DType, LongestBlock, OpError, OpSpec, Ref, TensorType,
 use serde::{Deserialize, Serialize};
 
 /// The tensor-core attention kernels' rate (attention_mma.cu) as a fraction of a large GEMM's,
-/// for the cost model. Measured on the lent H100 (2026-11-23) and H200 (2026-12-02), heads of
-/// 64 and 128, sequence 1024: the forward does 166-175 TFLOP/s of causal work where cuBLASLt's
-/// BF16 GEMMs do about 690 (0.7 of the 989 peak), the backward 106-126.
+/// for the cost model. Measured on the lent H100 (2026-11-23) and H200 (2026-12-02 and -04),
+/// heads of 64 and 128, sequence 1024: the forward does 160-175 TFLOP/s of causal work where
+/// cuBLASLt's BF16 GEMMs do about 690 (0.7 of the 989 peak).
 pub const ATTENTION_FORWARD_RATE: f64 = 0.24;
-/// The backward's, as [`ATTENTION_FORWARD_RATE`].
-pub const ATTENTION_BACKWARD_RATE: f64 = 0.17;
+/// The backward's, as [`ATTENTION_FORWARD_RATE`]: 143-155 TFLOP/s (H200, 2026-12-04, with its
+/// statistics pre-pass; 106-127 before).
+pub const ATTENTION_BACKWARD_RATE: f64 = 0.22;
 /// Rows per block and per walked tile of the tensor-core kernels (MMA_ROWS in
 /// attention_mma.cu): the launcher's grid and the cost model's longest block count in them.
 pub const ATTENTION_MMA_ROWS: u64 = 64;
