@@ -430,6 +430,8 @@ fn check(shape: Shape, seed: u64) -> Vec<String> {
     let mut all_splits = vec![1, 2.min(group), group];
     all_splits.dedup();
     let mut scratch = BackwardScratch::new(&gpu, &shape, group);
+    let [q, k, v, o] = [&gq, &gk, &gv, &go].map(|x| ptr(s, x));
+    let inputs = [q, k, v, o, ptr(s, &glse), ptr(s, &gdo)];
     for (splits, accumulate) in all_splits.iter().flat_map(|&n| [(n, 0u64), (n, 1)]) {
         let old: Vec<Vec<f32>> = grads
             .iter()
@@ -440,19 +442,12 @@ fn check(shape: Shape, seed: u64) -> Vec<String> {
             })
             .collect();
         let outs: Vec<CudaSlice<u16>> = old.iter().map(|x| gpu.upload_bf16(x)).collect();
-        let inputs = [&gq, &gk, &gv, &go].map(|x| ptr(s, x));
+        let out_ptrs = [0, 1, 2].map(|i| ptr(s, &outs[i]));
         launch_backward(
             &gpu,
             &shape,
-            [
-                inputs[0],
-                inputs[1],
-                inputs[2],
-                inputs[3],
-                ptr(s, &glse),
-                ptr(s, &gdo),
-            ],
-            [0, 1, 2].map(|i| ptr(s, &outs[i])),
+            inputs,
+            out_ptrs,
             &mut scratch,
             accumulate,
             splits,
@@ -628,30 +623,16 @@ fn timing() {
         };
         report(false, 1, ms);
         // The backward with the splits the backend picks, and unsplit when that is more.
-        let inputs = [&q, &k, &v, &o].map(|x| ptr(s, x));
+        let [q, k, v, o] = [&q, &k, &v, &o].map(|x| ptr(s, x));
+        let inputs = [q, k, v, o, ptr(s, &lse), ptr(s, &d_o)];
+        let grads = [0, 1, 2].map(|i| ptr(s, &grads[i]));
         let picked = shape.splits(&gpu);
         let mut scratch = BackwardScratch::new(&gpu, &shape, picked);
         let mut all_splits = vec![picked, 1];
         all_splits.dedup();
         for splits in all_splits {
-            let mut backward = || {
-                launch_backward(
-                    &gpu,
-                    &shape,
-                    [
-                        inputs[0],
-                        inputs[1],
-                        inputs[2],
-                        inputs[3],
-                        ptr(s, &lse),
-                        ptr(s, &d_o),
-                    ],
-                    [0, 1, 2].map(|i| ptr(s, &grads[i])),
-                    &mut scratch,
-                    0,
-                    splits,
-                )
-            };
+            let mut backward =
+                || launch_backward(&gpu, &shape, inputs, grads, &mut scratch, 0, splits);
             report(true, splits, time_ms(&gpu, &mut backward, 20));
         }
     }
