@@ -340,7 +340,8 @@ extern "C" __global__ void attention_backward_stats_bf16(const bf16* o, const bf
         }
     }
 #pragma unroll
-    for (int lanes = 1; lanes < STATS_LANES; lanes *= 2) d += __shfl_xor_sync(0xffffffffu, d, lanes);
+    for (int lanes = 1; lanes < STATS_LANES; lanes *= 2)
+        d += __shfl_xor_sync(0xffffffffu, d, lanes);
     if (part == 0 && bh < (long long)batch * heads) {
         float* out = stats + stats_at(g, b, h) + t;
         out[0] = real ? lse[bh * seq + t] * MMA_LOG2E : 0.0f;
@@ -422,8 +423,9 @@ __device__ __forceinline__ bool combine_splits(float (&acc_k)[D / 8][4], float (
     return true;
 }
 
-// attention_backward_bf16_d{64,128}(q, k, v, stats, d_o, dq, dk, dv, batch, seq, heads,
-// kv_heads, head_dim, accumulate): the arguments of attention_backward_bf16, with o and lse
+// attention_backward_bf16_d{64,128}(q, k, v, stats, d_o, dq, dk, dv, partials, counters,
+// batch, seq, heads, kv_heads, head_dim, accumulate, splits): the arguments of
+// attention_backward_bf16 (q, k, v, o, lse, d_o, dq, dk, dv, sizes, accumulate), with o and lse
 // replaced by their rows' statistics, written by attention_backward_stats_bf16 first (so that
 // the walk copies them with its tiles instead of reading o and do again at every step).
 // grid: batch·kv_heads·tiles·splits (dK/dV blocks, `splits` per key tile, first: they run
