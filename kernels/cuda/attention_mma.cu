@@ -301,11 +301,15 @@ struct MmaBackwardSmem {
     float delta[2][MMA_ROWS];            // [buffer] the query rows' do·o
 };
 
+// The query rows of one head padded to whole tiles.
+__device__ __forceinline__ int padded_rows(int seq) {
+    return (seq + MMA_ROWS - 1) / MMA_ROWS * MMA_ROWS;
+}
+
 // The query rows' statistics that the backward blocks copy with their tiles, per (b, h) of
-// `padded` = ceil(seq/64)·64 rows: lse·log2(e), then delta = do·o; zeros past seq.
+// padded_rows(seq) rows: lse·log2(e), then delta = do·o; zeros past seq.
 __device__ __forceinline__ long long stats_at(const MmaGeometry& g, int b, int h) {
-    const int padded = (g.seq + MMA_ROWS - 1) / MMA_ROWS * MMA_ROWS;
-    return ((long long)b * g.heads + h) * 2 * padded;
+    return ((long long)b * g.heads + h) * 2 * padded_rows(g.seq);
 }
 
 #define STATS_LANES 8  // threads per row of attention_backward_stats_bf16
@@ -318,7 +322,7 @@ extern "C" __global__ void attention_backward_stats_bf16(const bf16* o, const bf
                                                          int batch, int seq, int heads,
                                                          int head_dim) {
     const MmaGeometry g{batch, seq, heads, 0};
-    const int padded = (seq + MMA_ROWS - 1) / MMA_ROWS * MMA_ROWS;
+    const int padded = padded_rows(seq);
     const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / STATS_LANES;
     const int part = threadIdx.x % STATS_LANES;
     const long long bh = row / padded;
@@ -353,11 +357,11 @@ extern "C" __global__ void attention_backward_stats_bf16(const bf16* o, const bf
 // delta (shared memory), by the block's first 32 threads.
 __device__ __forceinline__ void load_stats_async(float* lse2, float* delta, const float* stats,
                                                  const MmaGeometry& g, int b, int t0, int h) {
-    const int padded = (g.seq + MMA_ROWS - 1) / MMA_ROWS * MMA_ROWS;
     const float* at = stats + stats_at(g, b, h) + t0;
     const int i = threadIdx.x % 16;
     if (threadIdx.x < 16) copy_async_16(lse2 + 4 * i, at + 4 * i, true);
-    else if (threadIdx.x < 32) copy_async_16(delta + 4 * i, at + padded + 4 * i, true);
+    else if (threadIdx.x < 32)
+        copy_async_16(delta + 4 * i, at + padded_rows(g.seq) + 4 * i, true);
 }
 
 // In place: s (scores) becomes P = exp(s·scale − lse) and dp becomes dS = P·(dp − delta)·scale,

@@ -77,7 +77,7 @@ impl Gpu {
     }
 
     /// Launches kernel `name` (grid, block and shared memory from launch.rs) with `args`.
-    fn launch(&self, call: &launch::AttentionMmaLaunch, args: &[u64]) {
+    fn launch(&self, call: &launch::AttentionLaunch, args: &[u64]) {
         let function = self.modules.function(&call.name).unwrap();
         function
             .set_attribute(
@@ -192,7 +192,7 @@ impl Shape {
             self.head_dim,
         ]
     }
-    fn launch(&self, backward: bool, splits: u64) -> launch::AttentionMmaLaunch {
+    fn launch(&self, backward: bool, splits: u64) -> launch::AttentionLaunch {
         let [b, t, h, kv, d] = self.dims();
         launch::attention_mma_launch(backward, b, t, h, kv, d, splits)
             .expect("a tensor-core head size")

@@ -23,10 +23,10 @@ const ATTENTION_BLOCK: u32 = 128;
 const ATTENTION_MAX_HEAD_DIM: u64 = 256;
 /// Threads per block of the tensor-core attention kernels (attention_mma.cu: MMA_THREADS).
 const ATTENTION_MMA_BLOCK: u32 = 128;
-/// The launch of a tensor-core attention kernel (attention_mma.cu), for BF16 heads of 64 or
-/// 128: its name, grid, block and dynamic shared memory.
+/// The launch of an attention kernel (attention_mma.cu, attention.cu): its name, grid, block
+/// and dynamic shared memory.
 #[derive(Clone, Debug, PartialEq)]
-pub struct AttentionMmaLaunch {
+pub struct AttentionLaunch {
     /// `attention_bf16_d{D}` or `attention_backward_bf16_d{D}`.
     pub name: String,
     /// Blocks.
@@ -35,6 +35,11 @@ pub struct AttentionMmaLaunch {
     pub block: u32,
     /// Dynamic shared memory in bytes.
     pub shared_bytes: u32,
+}
+
+/// True for the head sizes of the tensor-core attention kernels.
+fn tensor_core_head(head_dim: u64) -> bool {
+    matches!(head_dim, 64 | 128)
 }
 
 /// The tensor-core attention launch for these sizes, or `None` when the head size has no
@@ -49,8 +54,8 @@ pub fn attention_mma_launch(
     kv_heads: u64,
     head_dim: u64,
     splits: u64,
-) -> Option<AttentionMmaLaunch> {
-    if !matches!(head_dim, 64 | 128) {
+) -> Option<AttentionLaunch> {
+    if !tensor_core_head(head_dim) {
         return None;
     }
     let rows = ATTENTION_MMA_ROWS;
@@ -65,7 +70,7 @@ pub fn attention_mma_launch(
     } else {
         ("attention_bf16", batch * heads * tiles, 5 * tile)
     };
-    Some(AttentionMmaLaunch {
+    Some(AttentionLaunch {
         name: format!("{name}_d{head_dim}"),
         grid,
         block: ATTENTION_MMA_BLOCK,
@@ -79,9 +84,9 @@ const ATTENTION_STATS_BLOCK: u32 = 256;
 
 /// The launch of attention_backward_stats_bf16, which writes the statistics of every query row
 /// (lse·log2(e) and do·o) that the tensor-core backward reads.
-pub fn attention_stats_launch(batch: u64, seq: u64, heads: u64) -> AttentionMmaLaunch {
+pub fn attention_stats_launch(batch: u64, seq: u64, heads: u64) -> AttentionLaunch {
     let rows = batch * heads * seq.next_multiple_of(ATTENTION_MMA_ROWS);
-    AttentionMmaLaunch {
+    AttentionLaunch {
         name: "attention_backward_stats_bf16".into(),
         grid: (rows * 8).div_ceil(ATTENTION_STATS_BLOCK as u64),
         block: ATTENTION_STATS_BLOCK,
@@ -120,8 +125,8 @@ struct AttentionScratch {
 }
 
 /// attention.cu's kernels: one block per row of every head.
-fn simple_attention_launch(name: &str, dtype: DType, grid: u64) -> AttentionMmaLaunch {
-    AttentionMmaLaunch {
+fn simple_attention_launch(name: &str, dtype: DType, grid: u64) -> AttentionLaunch {
+    AttentionLaunch {
         name: format!("{name}_{dtype}"),
         grid,
         block: ATTENTION_BLOCK,
@@ -329,6 +334,20 @@ struct KernelCall {
     shared_bytes: u32,
     args: Vec<Arg>,
     zero_first: Vec<u64>,
+}
+
+impl KernelCall {
+    /// A call that zeroes nothing first.
+    fn new(name: String, grid: u64, block: u32, shared_bytes: u32, args: Vec<Arg>) -> KernelCall {
+        KernelCall {
+            name,
+            grid,
+            block,
+            shared_bytes,
+            args,
+            zero_first: Vec::new(),
+        }
+    }
 }
 
 impl StepContext<'_> {
@@ -557,14 +576,8 @@ impl StepContext<'_> {
         // The count of valid targets, once for all chunks, in the kernel scratch after the
         // column sums' counters (where their partials go: no column sum runs within this step).
         let valid = Ptr(self.kernel_scratch()? + COLSUM_COUNTERS * 4);
-        let count = KernelCall {
-            name: "count_valid_targets".into(),
-            grid: 1,
-            block: 1024,
-            shared_bytes: 0,
-            args: vec![targets, I64(rows as i64), I32(vocab as i32), valid],
-            zero_first: Vec::new(),
-        };
+        let count_args = vec![targets, I64(rows as i64), I32(vocab as i32), valid];
+        let count = KernelCall::new("count_valid_targets".into(), 1, 1024, 0, count_args);
         let mut actions = vec![kernel_action(modules, count)?];
         let mut first = 0;
         while first < rows {
@@ -592,14 +605,7 @@ impl StepContext<'_> {
                 valid,
                 I32(vocab as i32),
             ]);
-            let call = KernelCall {
-                name: format!("{name}_{dtype}"),
-                grid: n,
-                block: BLOCK,
-                shared_bytes: 0,
-                args,
-                zero_first: Vec::new(),
-            };
+            let call = KernelCall::new(format!("{name}_{dtype}"), n, BLOCK, 0, args);
             actions.push(kernel_action(modules, call)?);
             if train {
                 let data = gemm(
@@ -666,14 +672,8 @@ impl StepContext<'_> {
         let cursor = count + vocab * 4;
         let start = cursor + vocab * 4;
         let bucket = start + vocab * 4;
-        let call = |name: String, grid: u64, block: u32, args: Vec<Arg>| KernelCall {
-            name,
-            grid,
-            block,
-            shared_bytes: 0,
-            args,
-            zero_first: Vec::new(),
-        };
+        let call =
+            |name: String, grid: u64, block: u32, args| KernelCall::new(name, grid, block, 0, args);
         let (n, v) = (I64(tokens as i64), I32(vocab as i32));
         let grid = self.stride_grid(tokens);
         let row_sums = call(
@@ -750,18 +750,13 @@ impl StepContext<'_> {
         let dims = [batch, seq, heads, kv_heads, head_dim].map(|d| I32(d as i32));
         let backward = matches!(op, Op::AttentionBackward(_));
         let (i, o) = (|k| self.input(k), |k| self.output(k));
-        let tensor_cores = dtype == DType::BF16 && matches!(head_dim, 64 | 128);
+        let tensor_cores = dtype == DType::BF16 && tensor_core_head(head_dim);
         let mut actions = Vec::new();
         let kernel = |name: String, grid: u64, block: u32, shared_bytes: u32, args: Vec<Arg>| {
-            let call = KernelCall {
-                name,
-                grid,
-                block,
-                shared_bytes,
-                args,
-                zero_first: Vec::new(),
-            };
-            kernel_action(modules, call)
+            kernel_action(
+                modules,
+                KernelCall::new(name, grid, block, shared_bytes, args),
+            )
         };
         let (call, args) = match (backward, tensor_cores) {
             (true, true) => {
@@ -880,14 +875,7 @@ impl StepContext<'_> {
         use Arg::{F32, I32, I64};
         let op = &self.step.node.op;
         let base = op.spec().cuda_kernel();
-        let mut call = KernelCall {
-            name: format!("{base}_{dtype}"),
-            grid: 1,
-            block: BLOCK,
-            shared_bytes: 0,
-            args: Vec::new(),
-            zero_first: Vec::new(),
-        };
+        let mut call = KernelCall::new(format!("{base}_{dtype}"), 1, BLOCK, 0, Vec::new());
         let x = self.in_ty(0);
         let n = x.numel();
         let (i, o) = (|k| self.input(k), |k| self.output(k));
