@@ -168,7 +168,8 @@ pub trait OpSpec {
     /// The rate its kernels reach on matrix units as a fraction of a large GEMM's, which the
     /// cost model prices at a fixed share of the device's peak; 1 unless measured lower (each
     /// such figure says where it was measured).
-    fn matrix_rate(&self) -> f64 {
+    fn matrix_rate(&self, inputs: &[TensorType]) -> f64 {
+        let _ = inputs;
         1.0
     }
     /// Bytes moved: every operand read or written once.
@@ -344,7 +345,7 @@ impl Op {
             bytes: spec.bytes(inputs, outputs),
             serial_bytes: spec.serial_bytes(inputs, outputs),
             matrix_units: spec.uses_matrix_units(),
-            matrix_rate: spec.matrix_rate(),
+            matrix_rate: spec.matrix_rate(inputs),
             library_matmuls: spec.library_matmuls(inputs, outputs),
             longest_block: spec.longest_block(inputs, outputs),
         }

@@ -35,6 +35,7 @@ use llmq_kernels::ops::{
     Attention, AttentionBackward, attention_backward_blocks_per_sm, attention_backward_splits,
 };
 use llmq_kernels::{DType, OpSpec, TensorType, View, ViewMut, rng};
+use llmq_runtime::backend::cuda::cudnn::{self, Cudnn};
 use llmq_runtime::backend::cuda::{launch, modules::Modules};
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -282,130 +283,158 @@ const F32_U: f32 = 1.0 / 131072.0;
 /// The cancellation factors c of the forward's and the backward's outputs.
 const FORWARD_C: f32 = 8.0;
 const BACKWARD_C: f32 = 16.0;
+/// cuDNN's dK and dV of grouped heads: its graph computes them per query head in BF16 and then
+/// sums each group, one more rounding per head than the own kernels' FP32 walk (measured on
+/// the H200: the worst of 2·10⁶ elements of dV, heads 16/8 of 128, 1.1× the c = 16 bound).
+const CUDNN_GROUPED_C: f32 = 24.0;
+
+/// Random inputs at one shape and the CPU reference's results for them.
+struct Case {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    d_o: Vec<f32>,
+    /// The forward's output, and that output rounded to BF16 as the GPU stores it (the
+    /// backward's input).
+    o: Vec<f32>,
+    o_bf16: Vec<f32>,
+    lse: Vec<f32>,
+    /// dq, dk, dv.
+    grads: [Vec<f32>; 3],
+}
+
+impl Case {
+    fn new(shape: Shape, seed: u64) -> Case {
+        let (nq, nkv, nl) = (
+            numel(&shape.q_shape()),
+            numel(&shape.kv_shape()),
+            numel(&shape.lse_shape()),
+        );
+        // Scores q·k/√d with a standard deviation near 1.3: peaked enough to test the maximum.
+        let q = random_bf16(nq, -2.0, 2.0, seed, 0);
+        let k = random_bf16(nkv, -2.0, 2.0, seed, 1);
+        let v = random_bf16(nkv, -1.0, 1.0, seed, 2);
+        let d_o = random_bf16(nq, -1.0, 1.0, seed, 3);
+        let (q_shape, kv_shape, lse_shape) = (shape.q_shape(), shape.kv_shape(), shape.lse_shape());
+        let mut o = vec![0.0f32; nq];
+        let mut lse = vec![0.0f32; nl];
+        let view = |shape, data| View { shape, data };
+        shape
+            .forward_op()
+            .cpu(
+                &[view(&q_shape, &q), view(&kv_shape, &k), view(&kv_shape, &v)],
+                &mut [
+                    ViewMut {
+                        shape: &q_shape,
+                        data: &mut o,
+                    },
+                    ViewMut {
+                        shape: &lse_shape,
+                        data: &mut lse,
+                    },
+                ],
+            )
+            .unwrap();
+        let o_bf16: Vec<f32> = o
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect();
+        let mut grads = [vec![0.0f32; nq], vec![0.0f32; nkv], vec![0.0f32; nkv]];
+        {
+            let [dq, dk, dv] = &mut grads;
+            shape
+                .backward_op()
+                .cpu(
+                    &[
+                        view(&q_shape, &q),
+                        view(&kv_shape, &k),
+                        view(&kv_shape, &v),
+                        view(&q_shape, &o_bf16),
+                        view(&lse_shape, &lse),
+                        view(&q_shape, &d_o),
+                    ],
+                    &mut [
+                        ViewMut {
+                            shape: &q_shape,
+                            data: dq,
+                        },
+                        ViewMut {
+                            shape: &kv_shape,
+                            data: dk,
+                        },
+                        ViewMut {
+                            shape: &kv_shape,
+                            data: dv,
+                        },
+                    ],
+                )
+                .unwrap();
+        }
+        Case {
+            q,
+            k,
+            v,
+            d_o,
+            o,
+            o_bf16,
+            lse,
+            grads,
+        }
+    }
+}
+
+/// Prints every verdict and collects the failures.
+struct Verdicts {
+    label: String,
+    failures: Vec<String>,
+}
+
+impl Verdicts {
+    fn check(&mut self, name: &str, u: f32, c: f32, cpu: &[f32], got: &[f32]) {
+        let (bad, rel) = compare(u, c, cpu, got);
+        let line = format!(
+            "{} {name:<14} rel. L2 error {rel:.2e} {}",
+            self.label,
+            bad.as_deref().unwrap_or("ok")
+        );
+        println!("{line}");
+        if bad.is_some() {
+            self.failures.push(line);
+        }
+    }
+}
 
 /// Forward, then backward writing and accumulating, at `shape` against the CPU reference;
 /// returns the failures (every verdict is printed).
 fn check(shape: Shape, seed: u64) -> Vec<String> {
     let gpu = Gpu::new();
     let s = &gpu.stream;
-    let (nq, nkv, nl) = (
-        numel(&shape.q_shape()),
-        numel(&shape.kv_shape()),
-        numel(&shape.lse_shape()),
-    );
-    // Scores q·k/√d with a standard deviation near 1.3: peaked enough to test the maximum.
-    let q = random_bf16(nq, -2.0, 2.0, seed, 0);
-    let k = random_bf16(nkv, -2.0, 2.0, seed, 1);
-    let v = random_bf16(nkv, -1.0, 1.0, seed, 2);
-    let d_o = random_bf16(nq, -1.0, 1.0, seed, 3);
-    let (q_shape, kv_shape, lse_shape) = (shape.q_shape(), shape.kv_shape(), shape.lse_shape());
-
-    // The reference forward; o rounded to BF16 as the GPU stores it.
-    let mut o = vec![0.0f32; nq];
-    let mut lse = vec![0.0f32; nl];
-    shape
-        .forward_op()
-        .cpu(
-            &[
-                View {
-                    shape: &q_shape,
-                    data: &q,
-                },
-                View {
-                    shape: &kv_shape,
-                    data: &k,
-                },
-                View {
-                    shape: &kv_shape,
-                    data: &v,
-                },
-            ],
-            &mut [
-                ViewMut {
-                    shape: &q_shape,
-                    data: &mut o,
-                },
-                ViewMut {
-                    shape: &lse_shape,
-                    data: &mut lse,
-                },
-            ],
-        )
-        .unwrap();
-    let o_bf16: Vec<f32> = o
-        .iter()
-        .map(|&x| half::bf16::from_f32(x).to_f32())
-        .collect();
-    let mut grads = [vec![0.0f32; nq], vec![0.0f32; nkv], vec![0.0f32; nkv]];
-    {
-        let [dq, dk, dv] = &mut grads;
-        shape
-            .backward_op()
-            .cpu(
-                &[
-                    View {
-                        shape: &q_shape,
-                        data: &q,
-                    },
-                    View {
-                        shape: &kv_shape,
-                        data: &k,
-                    },
-                    View {
-                        shape: &kv_shape,
-                        data: &v,
-                    },
-                    View {
-                        shape: &q_shape,
-                        data: &o_bf16,
-                    },
-                    View {
-                        shape: &lse_shape,
-                        data: &lse,
-                    },
-                    View {
-                        shape: &q_shape,
-                        data: &d_o,
-                    },
-                ],
-                &mut [
-                    ViewMut {
-                        shape: &q_shape,
-                        data: dq,
-                    },
-                    ViewMut {
-                        shape: &kv_shape,
-                        data: dk,
-                    },
-                    ViewMut {
-                        shape: &kv_shape,
-                        data: dv,
-                    },
-                ],
-            )
-            .unwrap();
-    }
-
-    let label = format!("{shape:?}");
-    let mut failures = Vec::new();
-    let mut verdict = |name: &str, u: f32, c: f32, cpu: &[f32], got: &[f32]| {
-        let (bad, rel) = compare(u, c, cpu, got);
-        let line = format!(
-            "{label} {name:<14} rel. L2 error {rel:.2e} {}",
-            bad.as_deref().unwrap_or("ok")
-        );
-        println!("{line}");
-        if bad.is_some() {
-            failures.push(line);
-        }
+    let case = Case::new(shape, seed);
+    let Case {
+        q,
+        k,
+        v,
+        d_o,
+        o,
+        o_bf16,
+        lse,
+        grads,
+        ..
+    } = &case;
+    let (nq, nl) = (q.len(), lse.len());
+    let mut verdicts = Verdicts {
+        label: format!("{shape:?}"),
+        failures: Vec::new(),
     };
+    let mut verdict =
+        |name: &str, u: f32, c: f32, cpu: &[f32], got: &[f32]| verdicts.check(name, u, c, cpu, got);
 
     let dims = shape.dims();
     let (gq, gk, gv, gdo) = (
-        gpu.upload_bf16(&q),
-        gpu.upload_bf16(&k),
-        gpu.upload_bf16(&v),
-        gpu.upload_bf16(&d_o),
+        gpu.upload_bf16(q),
+        gpu.upload_bf16(k),
+        gpu.upload_bf16(v),
+        gpu.upload_bf16(d_o),
     );
     // Forward into NaN-poisoned outputs.
     let go = gpu.upload_bf16(&vec![f32::NAN; nq]);
@@ -419,12 +448,12 @@ fn check(shape: Shape, seed: u64) -> Vec<String> {
     ];
     args.extend(dims);
     gpu.launch(&shape.launch(false, 1), &args);
-    verdict("o", BF16_U, FORWARD_C, &o, &gpu.download_bf16(&go));
-    verdict("lse", F32_U, FORWARD_C, &lse, &s.clone_dtoh(&glse).unwrap());
+    verdict("o", BF16_U, FORWARD_C, o, &gpu.download_bf16(&go));
+    verdict("lse", F32_U, FORWARD_C, lse, &s.clone_dtoh(&glse).unwrap());
 
     // Backward from the reference o and lse: writing (into NaN), then accumulating.
-    let go = gpu.upload_bf16(&o_bf16);
-    let glse = s.clone_htod(&lse).unwrap();
+    let go = gpu.upload_bf16(o_bf16);
+    let glse = s.clone_htod(lse).unwrap();
     // Unsplit, split two ways and one way per head of the group (uneven shares of the walk).
     let group = shape.heads / shape.kv_heads;
     let mut all_splits = vec![1, 2.min(group), group];
@@ -467,7 +496,7 @@ fn check(shape: Shape, seed: u64) -> Vec<String> {
             );
         }
     }
-    failures
+    verdicts.failures
 }
 
 fn check_all(test: &str, shapes: &[Shape]) {
@@ -537,6 +566,154 @@ fn sequences_not_a_multiple_of_the_tile() {
     );
 }
 
+/// cuDNN's fused attention (backend/cuda/cudnn.rs) on the GPU: its plans and the device
+/// memory one execution binds.
+struct CudnnAttention {
+    forward: cudnn::AttentionPlan,
+    backward: cudnn::AttentionPlan,
+    workspace: CudaSlice<u8>,
+}
+
+impl CudnnAttention {
+    /// Both plans at `shape`, or why cuDNN cannot build them.
+    fn new(gpu: &Gpu, dnn: &Cudnn, shape: &Shape) -> Result<CudnnAttention, String> {
+        let [batch, seq, heads, kv_heads, head_dim] = shape.dims();
+        let at = cudnn::AttentionShape {
+            batch,
+            seq,
+            heads,
+            kv_heads,
+            head_dim,
+        };
+        let forward = dnn.attention_forward(&at)?;
+        let backward = dnn.attention_backward(&at)?;
+        let bytes = forward.workspace_bytes.max(backward.workspace_bytes).max(1);
+        let workspace = gpu.stream.alloc_zeros(bytes as usize).unwrap();
+        Ok(CudnnAttention {
+            forward,
+            backward,
+            workspace,
+        })
+    }
+
+    /// Runs the forward (`tensors`: q, k, v, o, lse) or the backward (q, k, v, o, lse, do,
+    /// dq, dk, dv) on the GPU's stream.
+    fn run(&self, gpu: &Gpu, dnn: &Cudnn, backward: bool, tensors: &[u64]) {
+        let plan = if backward {
+            &self.backward
+        } else {
+            &self.forward
+        };
+        let pack = plan
+            .bind(tensors, ptr(&gpu.stream, &self.workspace))
+            .unwrap();
+        // SAFETY: the tensors are live buffers of the plan's shapes, the workspace is the
+        // plan's size, and one stream orders everything.
+        unsafe { dnn.execute(plan, &pack, gpu.stream.cu_stream()) }.unwrap();
+    }
+}
+
+/// cuDNN, when it loads, or None (the test says why it skips).
+fn cudnn_or_skip(test: &str) -> Option<Cudnn> {
+    match Cudnn::new() {
+        Ok(dnn) => {
+            println!("cuDNN {}", dnn.version());
+            Some(dnn)
+        }
+        Err(why) => {
+            eprintln!("{test}: skipped: {why}");
+            None
+        }
+    }
+}
+
+/// cuDNN's forward and backward against the CPU reference at Qwen2.5-0.5B's heads (grouped
+/// 7 to 1), heads of 128 (grouped 2 to 1) and one head per key/value head, with the
+/// tolerances of the own kernels.
+#[test]
+fn cudnn_matches_the_reference() {
+    let test = "cudnn_matches_the_reference";
+    if !cuda_common::gpu_present(test) {
+        return;
+    }
+    let gpu = Gpu::new();
+    let Some(dnn) = cudnn_or_skip(test) else {
+        return;
+    };
+    let seed = cuda_common::seed();
+    let s = &gpu.stream;
+    let mut failures = Vec::new();
+    for shape in [
+        Shape {
+            batch: 2,
+            seq: 1024,
+            heads: 14,
+            kv_heads: 2,
+            head_dim: 64,
+        },
+        Shape {
+            batch: 2,
+            seq: 1024,
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+        },
+        Shape {
+            batch: 3,
+            seq: 256,
+            heads: 4,
+            kv_heads: 4,
+            head_dim: 64,
+        },
+    ] {
+        let attention = match CudnnAttention::new(&gpu, &dnn, &shape) {
+            Ok(a) => a,
+            Err(e) => {
+                failures.push(format!("{shape:?}: {e}"));
+                continue;
+            }
+        };
+        println!(
+            "{shape:?} cuDNN workspaces: forward {} B, backward {} B",
+            attention.forward.workspace_bytes, attention.backward.workspace_bytes
+        );
+        let case = Case::new(shape, seed);
+        let mut verdicts = Verdicts {
+            label: format!("cuDNN {shape:?}"),
+            failures: Vec::new(),
+        };
+        let [q, k, v, d_o, o_bf16] =
+            [&case.q, &case.k, &case.v, &case.d_o, &case.o_bf16].map(|x| gpu.upload_bf16(x));
+        let go = gpu.upload_bf16(&vec![f32::NAN; case.q.len()]);
+        let glse = s.clone_htod(&vec![f32::NAN; case.lse.len()]).unwrap();
+        let [pq, pk, pv] = [&q, &k, &v].map(|x| ptr(s, x));
+        attention.run(&gpu, &dnn, false, &[pq, pk, pv, ptr(s, &go), ptr(s, &glse)]);
+        verdicts.check("o", BF16_U, FORWARD_C, &case.o, &gpu.download_bf16(&go));
+        let lse = s.clone_dtoh(&glse).unwrap();
+        verdicts.check("lse", F32_U, FORWARD_C, &case.lse, &lse);
+        let glse = s.clone_htod(&case.lse).unwrap();
+        let grads: Vec<CudaSlice<u16>> = case
+            .grads
+            .iter()
+            .map(|g| gpu.upload_bf16(&vec![f32::NAN; g.len()]))
+            .collect();
+        let mut tensors = vec![pq, pk, pv, ptr(s, &o_bf16), ptr(s, &glse), ptr(s, &d_o)];
+        tensors.extend(grads.iter().map(|g| ptr(s, g)));
+        attention.run(&gpu, &dnn, true, &tensors);
+        for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let got = gpu.download_bf16(&grads[i]);
+            let c = if i > 0 && shape.heads > shape.kv_heads {
+                CUDNN_GROUPED_C
+            } else {
+                BACKWARD_C
+            };
+            verdicts.check(name, BF16_U, c, &case.grads[i], &got);
+        }
+        failures.extend(verdicts.failures);
+    }
+    assert!(failures.is_empty(), "{test}:\n{}", failures.join("\n"));
+}
+
 /// Median milliseconds of `runs` runs of `work` after 3 warm-up runs, by CUDA events.
 fn time_ms(gpu: &Gpu, work: &mut dyn FnMut(), runs: usize) -> f64 {
     for _ in 0..3 {
@@ -570,6 +747,7 @@ fn timing() {
     let s = &gpu.stream;
     let seed = cuda_common::seed();
     println!("{}", gpu.ctx.name().unwrap_or_default());
+    let dnn = cudnn_or_skip("timing (cuDNN)");
     for shape in [
         Shape {
             batch: 16,
@@ -634,6 +812,31 @@ fn timing() {
             let mut backward =
                 || launch_backward(&gpu, &shape, inputs, grads, &mut scratch, 0, splits);
             report(true, splits, time_ms(&gpu, &mut backward, 20));
+        }
+        let Some(dnn) = &dnn else { continue };
+        match CudnnAttention::new(&gpu, dnn, &shape) {
+            Ok(attention) => {
+                let forward = [q, k, v, o, ptr(s, &lse)];
+                let mut backward = inputs.to_vec();
+                backward.extend(grads);
+                for (is_backward, tensors) in [(false, &forward[..]), (true, &backward[..])] {
+                    let ms = time_ms(
+                        &gpu,
+                        &mut || attention.run(&gpu, dnn, is_backward, tensors),
+                        20,
+                    );
+                    let tflops = shape.flops(is_backward) / (ms * 1e-3) / 1e12;
+                    let name = if is_backward {
+                        "cuDNN backward"
+                    } else {
+                        "cuDNN forward"
+                    };
+                    println!(
+                        "timing {shape:?} {name:<28}          {ms:8.3} ms {tflops:6.1} TFLOP/s"
+                    );
+                }
+            }
+            Err(e) => println!("timing {shape:?} cuDNN: {e}"),
         }
     }
 }

@@ -15,7 +15,9 @@
 //! loss. With `LLMQ_BENCH_PROFILE=1` it then times every step alone (`Backend::step_times`)
 //! and prints the ops that take longest, measured against the planner's estimate. Weights are
 //! uniform with the init's standard deviation (not `llmq-run`'s normal init:
-//! for a 7B model that takes minutes on one core), drawn on all cores.
+//! for a 7B model that takes minutes on one core), drawn on all cores. `LLMQ_BENCH_ATTENTION`
+//! picks the attention kernels: `cudnn` (the default: cuDNN's where they serve), `own`, or
+//! `both` (every plan twice, cuDNN first, side by side in one run).
 
 mod cuda_common;
 
@@ -91,11 +93,15 @@ fn process_gpu_mib() -> Option<u64> {
     })
 }
 
-fn bench(path: &str, steps: usize) {
+fn bench(path: &str, steps: usize, cudnn_attention: bool) {
     let plan = Plan::from_bytes(&std::fs::read(path).unwrap()).unwrap();
     let started = Instant::now();
-    let mut gpu = CudaBackend::new(plan.clone(), CudaOptions::default())
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let options = CudaOptions {
+        cudnn_attention,
+        ..CudaOptions::default()
+    };
+    let mut gpu = CudaBackend::new(plan.clone(), options).unwrap_or_else(|e| panic!("{path}: {e}"));
+    println!("BENCH {path}: {}", gpu.attention_summary());
     init_weights(&mut gpu, &plan);
     cuda_common::quantize_weights(&mut gpu);
     let setup = started.elapsed().as_secs_f64();
@@ -208,7 +214,16 @@ fn planned_models_train_at_this_many_tokens_per_second() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
+    let attention = std::env::var("LLMQ_BENCH_ATTENTION").unwrap_or_else(|_| "cudnn".into());
+    let modes: &[bool] = match attention.as_str() {
+        "cudnn" => &[true],
+        "own" => &[false],
+        "both" => &[true, false],
+        other => panic!("LLMQ_BENCH_ATTENTION: cudnn, own or both, not {other:?}"),
+    };
     for path in plans.split_whitespace() {
-        bench(path, steps);
+        for &cudnn in modes {
+            bench(path, steps, cudnn);
+        }
     }
 }

@@ -110,6 +110,11 @@ struct Args {
     /// CUDA: launch every step every time instead of replaying captured CUDA graphs.
     #[arg(long)]
     no_graphs: bool,
+    /// CUDA: run attention on LLMQ-rs's own kernels, not cuDNN's fused flash attention (which
+    /// serves BF16 heads of 64 and 128 at sequences a multiple of 128). The own backward is
+    /// deterministic; cuDNN's sums dq with atomics, so its last bits can vary between runs.
+    #[arg(long)]
+    own_attention: bool,
     /// After training, time every step once (one extra optimizer step) and print the measured
     /// time per op and per section beside the planner's estimate.
     #[arg(long)]
@@ -200,7 +205,7 @@ fn data_patterns(args: &Args, vocab: u64) -> Result<(Vec<String>, Vec<String>)> 
 fn make_backend(
     kind: BackendKind,
     plan: Plan,
-    graphs: bool,
+    options: CudaOptions,
     cpu_fallback: bool,
 ) -> Result<Box<dyn Backend>> {
     let use_cuda = match kind {
@@ -211,12 +216,11 @@ fn make_backend(
     if !use_cuda {
         return Ok(Box::new(CpuBackend::new(plan)));
     }
-    let options = CudaOptions {
-        graphs,
-        ..CudaOptions::default()
-    };
     match CudaBackend::new(plan.clone(), options) {
-        Ok(backend) => Ok(Box::new(backend)),
+        Ok(backend) => {
+            eprintln!("{}", backend.attention_summary());
+            Ok(Box::new(backend))
+        }
         Err(BackendError::Unsupported(why)) if cpu_fallback => {
             eprintln!("note: {why}; running on the CPU instead");
             Ok(Box::new(CpuBackend::new(plan)))
@@ -326,7 +330,12 @@ fn run(args: Args) -> Result<()> {
     );
     let peak_flops = plan.device.bf16_tflops * 1e12;
     let cpu_fallback = args.backend == BackendKind::Auto && args.model.is_none();
-    let backend = make_backend(args.backend, plan, !args.no_graphs, cpu_fallback)?;
+    let options = CudaOptions {
+        graphs: !args.no_graphs,
+        cudnn_attention: !args.own_attention,
+        ..CudaOptions::default()
+    };
+    let backend = make_backend(args.backend, plan, options, cpu_fallback)?;
     if args.dump_step.is_none() {
         println!(
             "training {model} ({params} parameters) on {}: {} steps of {tokens} tokens, run directory {}",

@@ -16,6 +16,32 @@ pub const ATTENTION_FORWARD_RATE: f64 = 0.24;
 /// The backward's, as [`ATTENTION_FORWARD_RATE`]: 143-155 TFLOP/s (H200, 2026-12-04, with its
 /// statistics pre-pass; 106-127 before).
 pub const ATTENTION_BACKWARD_RATE: f64 = 0.22;
+
+/// True where the CUDA backend runs attention through cuDNN's fused flash-attention engines
+/// (runtime/src/backend/cuda/cudnn.rs), given cuDNN loads and its workspace fits: BF16 heads
+/// of 64 or 128 and sequences a multiple of 128 (cuDNN 9.15 and older need a padding mask in
+/// the backward otherwise, which those graphs do not build). The launcher and the cost model
+/// share this rule.
+pub fn cudnn_attention_serves(dtype: DType, seq: u64, head_dim: u64) -> bool {
+    dtype == DType::BF16 && matches!(head_dim, 64 | 128) && seq.is_multiple_of(128)
+}
+
+/// cuDNN's rates as [`ATTENTION_FORWARD_RATE`], forward and backward, for heads of
+/// `head_dim`: measured on the H200 (cuDNN 9.14, 2026-12-04, `cuda_attention --ignored timing`,
+/// batch 16 (8 for the 7B) × 1024): heads of 64 forward 260 TFLOP/s, backward 199; heads of
+/// 128 forward 406-423, backward 268-276.
+fn cudnn_attention_rates(head_dim: u64) -> (f64, f64) {
+    if head_dim <= 64 {
+        (0.38, 0.29)
+    } else {
+        (0.60, 0.39)
+    }
+}
+
+/// The sequence length of `q [B, T, H·D]`.
+fn seq_of(q: &TensorType) -> u64 {
+    q.shape[q.shape.len() - 2]
+}
 /// Rows per block and per walked tile of the tensor-core kernels (MMA_ROWS in
 /// attention_mma.cu): the launcher's grid and the cost model's longest block count in them.
 pub const ATTENTION_MMA_ROWS: u64 = 64;
@@ -196,8 +222,13 @@ impl OpSpec for Attention {
     fn uses_matrix_units(&self) -> bool {
         true
     }
-    fn matrix_rate(&self) -> f64 {
-        ATTENTION_FORWARD_RATE
+    fn matrix_rate(&self, inputs: &[TensorType]) -> f64 {
+        let q = &inputs[0];
+        if cudnn_attention_serves(q.dtype, seq_of(q), self.head_dim) {
+            cudnn_attention_rates(self.head_dim).0
+        } else {
+            ATTENTION_FORWARD_RATE
+        }
     }
     fn backward(&self, _: &[TensorType]) -> Option<Vec<BackwardStep>> {
         use Ref::*;
@@ -307,15 +338,23 @@ impl OpSpec for AttentionBackward {
     fn uses_matrix_units(&self) -> bool {
         true
     }
-    fn matrix_rate(&self) -> f64 {
-        ATTENTION_BACKWARD_RATE
+    fn matrix_rate(&self, inputs: &[TensorType]) -> f64 {
+        let q = &inputs[0];
+        if cudnn_attention_serves(q.dtype, seq_of(q), self.head_dim) {
+            cudnn_attention_rates(self.head_dim).1
+        } else {
+            ATTENTION_BACKWARD_RATE
+        }
     }
     fn longest_block(&self, inputs: &[TensorType], _: &[TensorType]) -> Option<LongestBlock> {
-        // The backend splits the dK/dV walk over as many blocks as the even share asks, up to
-        // one per query head of the group (attention_backward_splits): the bound left is the
-        // first key tile's walk over one head.
+        // The own backward splits the dK/dV walk over as many blocks as the even share asks,
+        // up to one per query head of the group (attention_backward_splits): the bound left is
+        // the first key tile's walk over one head. cuDNN's kernels are not modelled so.
         let q = &inputs[0];
-        let seq = q.shape[q.shape.len() - 2];
+        let seq = seq_of(q);
+        if cudnn_attention_serves(q.dtype, seq, self.head_dim) {
+            return None;
+        }
         let work = BackwardWork::new(q.rows() / seq, seq, self.heads, self.kv_heads);
         Some(LongestBlock {
             share: work.longest(work.group) as f64 / work.total as f64,
@@ -358,5 +397,41 @@ impl OpSpec for AttentionBackward {
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         attention_attrs(self.heads, self.kv_heads, self.head_dim)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Heads of 128 at Qwen2.5-7B's 28/4: the forward's and the backward's cost-model rates.
+    fn rates(seq: u64, dtype: DType) -> (f64, f64) {
+        let q = TensorType::new([2, seq, 28 * 128], dtype);
+        let kv = TensorType::new([2, seq, 4 * 128], dtype);
+        let (heads, kv_heads, head_dim) = (28, 4, 128);
+        let forward = Attention {
+            heads,
+            kv_heads,
+            head_dim,
+        };
+        let backward = AttentionBackward {
+            heads,
+            kv_heads,
+            head_dim,
+        };
+        let inputs = [q, kv.clone(), kv];
+        (forward.matrix_rate(&inputs), backward.matrix_rate(&inputs))
+    }
+
+    /// BF16 sequences that are a multiple of 128 are priced at cuDNN's rates, which the CUDA
+    /// backend runs them at; other sequences and FP32 at the own kernels'.
+    #[test]
+    fn attention_is_priced_at_the_rate_of_the_kernels_that_run_it() {
+        let own = (ATTENTION_FORWARD_RATE, ATTENTION_BACKWARD_RATE);
+        assert_eq!(rates(1024, DType::BF16), cudnn_attention_rates(128));
+        assert_eq!(rates(1000, DType::BF16), own);
+        assert_eq!(rates(1024, DType::F32), own);
+        let (cudnn, own) = (cudnn_attention_rates(128), own);
+        assert!(cudnn.0 > own.0 && cudnn.1 > own.1);
     }
 }

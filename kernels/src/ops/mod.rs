@@ -31,7 +31,7 @@ pub use add::Add;
 pub use add_rms_norm::{AddRmsNorm, AddRmsNormAbsMax};
 pub use attention::{
     ATTENTION_MMA_ROWS, Attention, AttentionBackward, attention_backward_blocks_per_sm,
-    attention_backward_splits,
+    attention_backward_splits, cudnn_attention_serves,
 };
 pub use bias_add::{BiasAdd, BiasBackward};
 pub use cast::{Cast, CastStochastic};

@@ -3,6 +3,7 @@
 //! grid and block, or a cuBLASLt matmul, or a memset. Shape preconditions of the kernels are
 //! checked here, at start-up, so that a plan the kernels cannot run fails before any step.
 
+use super::cudnn::{AttentionPlans, AttentionShape};
 use super::matmul::{GemmShape, Gemms};
 use super::modules::Modules;
 use cudarc::driver::sys::CUfunction_attribute;
@@ -11,7 +12,7 @@ use llmq_compiler::plan::{Plan, Step};
 use llmq_kernels::ops::{
     ATTENTION_MMA_ROWS, Linear, LinearBackwardData, LinearBackwardWeight, SwiGlu, SwiGluAbsMax,
     SwiGluBackward, SwiGluBackwardAbsMax, attention_backward_blocks_per_sm,
-    attention_backward_splits,
+    attention_backward_splits, cudnn_attention_serves,
 };
 use llmq_kernels::{DType, Op, TensorType};
 
@@ -234,6 +235,14 @@ pub enum Action {
         /// Length.
         bytes: usize,
     },
+    /// cuDNN's fused attention: plan `plan` of the backend's [`AttentionPlans`] on `tensors`
+    /// (the order of `Cudnn::attention_forward` or `attention_backward`).
+    Attention {
+        /// Index into the attention plans.
+        plan: usize,
+        /// The tensors' addresses.
+        tensors: Vec<u64>,
+    },
     /// `bytes` zero bytes at `ptr`.
     Memset {
         /// Address.
@@ -265,11 +274,13 @@ pub struct LaunchError {
     pub message: String,
 }
 
-/// Builds the launch of every step. `address` gives a tensor's device address.
+/// Builds the launch of every step. `address` gives a tensor's device address; with
+/// `attention`, attention steps that cuDNN can serve run its fused kernels.
 pub fn build(
     plan: &Plan,
     modules: &Modules,
     gemms: &mut Gemms,
+    mut attention: Option<&mut AttentionPlans>,
     sm_count: u32,
     scratch: u64,
     address: &dyn Fn(TensorId) -> u64,
@@ -290,7 +301,8 @@ pub fn build(
                 sm_count,
                 scratch,
             };
-            ctx.launch(modules, gemms).map_err(fail)
+            ctx.launch(modules, gemms, attention.as_deref_mut())
+                .map_err(fail)
         })
         .collect()
 }
@@ -445,7 +457,12 @@ impl StepContext<'_> {
         }
     }
 
-    fn launch(&self, modules: &Modules, gemms: &mut Gemms) -> Result<Launch, String> {
+    fn launch(
+        &self,
+        modules: &Modules,
+        gemms: &mut Gemms,
+        attention: Option<&mut AttentionPlans>,
+    ) -> Result<Launch, String> {
         let op = &self.step.node.op;
         if let Op::Copy(_) = op {
             return Ok(Launch {
@@ -505,6 +522,9 @@ impl StepContext<'_> {
             return self.embedding_backward(modules, e.vocab, dtype);
         }
         if let Op::Attention(_) | Op::AttentionBackward(_) = op {
+            if let Some(launch) = attention.and_then(|plans| self.cudnn_attention(plans, dtype)) {
+                return Ok(launch);
+            }
             return self.attention(modules, dtype);
         }
         let mut call = self.kernel_call(dtype)?;
@@ -724,6 +744,44 @@ impl StepContext<'_> {
         Ok(Launch {
             zero_first: Vec::new(),
             actions,
+        })
+    }
+
+    /// Attention forward or backward through cuDNN, where it serves: the shapes of
+    /// `cudnn_attention_serves` (which the cost model prices at cuDNN's rates), outputs
+    /// written rather than accumulated, on the compute stream (the plans share one
+    /// workspace), and a plan that cuDNN builds within the workspace budget. `None`: the own
+    /// kernels run it.
+    fn cudnn_attention(&self, plans: &mut AttentionPlans, dtype: DType) -> Option<Launch> {
+        let (heads, kv_heads, head_dim, backward) = match &self.step.node.op {
+            Op::Attention(a) => (a.heads, a.kv_heads, a.head_dim, false),
+            Op::AttentionBackward(a) => (a.heads, a.kv_heads, a.head_dim, true),
+            _ => return None,
+        };
+        let x = self.in_ty(0);
+        let seq = x.shape[x.shape.len() - 2];
+        let served = cudnn_attention_serves(dtype, seq, head_dim)
+            && self.step.stream == 0
+            && !self.step.node.accumulate.iter().any(|&a| a);
+        if !served {
+            return None;
+        }
+        let shape = AttentionShape {
+            batch: x.numel() / (seq * x.last_dim()),
+            seq,
+            heads,
+            kv_heads,
+            head_dim,
+        };
+        let plan = plans.prepare(shape, backward)?;
+        let node = &self.step.node;
+        let tensors = node.inputs.iter().chain(&node.outputs);
+        Some(Launch {
+            zero_first: Vec::new(),
+            actions: vec![Action::Attention {
+                plan,
+                tensors: tensors.map(|&t| (self.address)(t)).collect(),
+            }],
         })
     }
 
