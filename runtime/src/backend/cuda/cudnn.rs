@@ -6,10 +6,11 @@
 //! attention is a graph of primitive operations (two or more matmuls, pointwise operations, row
 //! reductions, an index-generated causal mask) that cuDNN's heuristics match to a fused
 //! flash-attention kernel when the graph has the shape that engine supports. The graphs below
-//! are that shape for BF16 `[B, T, H, D]` tensors (the layout of `ops/attention.rs`); cuDNN sees
-//! them as `[B, H, T, D]` through strides. Everything is decided once per attention shape at
+//! are that shape for BF16 `[B, Tensor, H, D]` tensors (the layout of `ops/attention.rs`); cuDNN sees
+//! them as `[B, H, Tensor, D]` through strides. Everything is decided once per attention shape at
 //! start-up: the graph, the engine (the heuristics' first configuration that builds) and its
-//! workspace; a step executes a variant pack built at start-up too (fixed arena addresses).
+//! workspace. Each execution binds the step's addresses in a variant pack (a host-side
+//! descriptor; with CUDA graphs, only at capture).
 //!
 //! Numerics are those of every flash-attention kernel: FP32 scores and softmax, probabilities
 //! rounded to BF16 before the second product; the statistics are the rows' natural-log
@@ -20,11 +21,6 @@ use dnn::cudnnBackendAttributeName_t as Attr;
 use dnn::cudnnBackendAttributeType_t as Ty;
 use dnn::cudnnBackendDescriptorType_t as Kind;
 use std::ffi::c_void;
-
-/// A cuDNN failure: what was being done and cuDNN's status.
-fn failed(what: &str, status: dnn::cudnnStatus_t) -> String {
-    format!("cuDNN: {what}: {status:?}")
-}
 
 /// `Ok` on success, else what was being done, cuDNN's status and its last error message.
 fn check(status: dnn::cudnnStatus_t, what: &str) -> Result<(), String> {
@@ -38,8 +34,7 @@ fn check(status: dnn::cudnnStatus_t, what: &str) -> Result<(), String> {
         std::ffi::CStr::from_ptr(message.as_ptr())
     };
     Err(format!(
-        "{} ({})",
-        failed(what, status),
+        "cuDNN: {what}: {status:?} ({})",
         message.to_string_lossy()
     ))
 }
@@ -58,8 +53,8 @@ impl Descriptor {
         Ok(Descriptor(d))
     }
 
-    /// Sets attribute `name` to `values`, of cuDNN type `ty` (which `T` must match).
-    fn set<T>(&self, name: Attr, ty: Ty, values: &[T]) -> Result<(), String> {
+    /// Sets attribute `name` to `values`, of cuDNN type `ty` (which `V` must match).
+    fn set<V>(&self, name: Attr, ty: Ty, values: &[V]) -> Result<(), String> {
         // SAFETY: `values` is a live slice of `values.len()` elements of the type cuDNN reads
         // for `ty` (the callers below pair them); cuDNN copies them.
         let status = unsafe {
@@ -74,8 +69,28 @@ impl Descriptor {
         check(status, &format!("setting {name:?}"))
     }
 
+    /// Reads attribute `name` (cuDNN type `ty`, which `V` must match) into `out`; returns how
+    /// many elements it has, which an empty `out` asks for alone.
+    fn get<V>(&self, name: Attr, ty: Ty, out: &mut [V]) -> Result<usize, String> {
+        let mut count = 0i64;
+        let array = match out.is_empty() {
+            true => std::ptr::null_mut(),
+            false => out.as_mut_ptr() as *mut c_void,
+        };
+        // SAFETY: cuDNN writes at most `out.len()` elements of `ty` into `array`.
+        let status = unsafe {
+            dnn::cudnnBackendGetAttribute(self.0, name, ty, out.len() as i64, &mut count, array)
+        };
+        check(status, &format!("reading {name:?}"))?;
+        Ok(count as usize)
+    }
+
     fn set_i64(&self, name: Attr, values: &[i64]) -> Result<(), String> {
         self.set(name, Ty::CUDNN_TYPE_INT64, values)
+    }
+
+    fn set_dtype(&self, name: Attr, dtype: dnn::cudnnDataType_t) -> Result<(), String> {
+        self.set(name, Ty::CUDNN_TYPE_DATA_TYPE, &[dtype])
     }
 
     fn set_descriptors(&self, name: Attr, values: &[&Descriptor]) -> Result<(), String> {
@@ -130,9 +145,9 @@ struct Graph {
     next_virtual: i64,
 }
 
-/// A tensor of [`Graph`]: its index there.
+/// A tensor of a [`Graph`]: its index there.
 #[derive(Clone, Copy)]
-struct T(usize);
+struct Tensor(usize);
 
 /// The first unique id of the virtual tensors (the data tensors' ids are below it).
 const FIRST_VIRTUAL_ID: i64 = 1000;
@@ -155,17 +170,13 @@ impl Graph {
         dims: [i64; 4],
         strides: [i64; 4],
         role: Role,
-    ) -> Result<T, String> {
+    ) -> Result<Tensor, String> {
         let id = uid.unwrap_or_else(|| {
             self.next_virtual += 1;
             self.next_virtual
         });
         let d = Descriptor::new(Kind::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
-        d.set(
-            Attr::CUDNN_ATTR_TENSOR_DATA_TYPE,
-            Ty::CUDNN_TYPE_DATA_TYPE,
-            &[dtype],
-        )?;
+        d.set_dtype(Attr::CUDNN_ATTR_TENSOR_DATA_TYPE, dtype)?;
         d.set_i64(Attr::CUDNN_ATTR_TENSOR_DIMENSIONS, &dims)?;
         d.set_i64(Attr::CUDNN_ATTR_TENSOR_STRIDES, &strides)?;
         d.set_i64(Attr::CUDNN_ATTR_TENSOR_UNIQUE_ID, &[id])?;
@@ -184,21 +195,44 @@ impl Graph {
             )?;
         }
         self.tensors.push(d.finalize()?);
-        Ok(T(self.tensors.len() - 1))
+        Ok(Tensor(self.tensors.len() - 1))
     }
 
     /// A virtual FP32 tensor of `dims`, packed row-major.
-    fn scratch(&mut self, dims: [i64; 4]) -> Result<T, String> {
+    fn scratch(&mut self, dims: [i64; 4]) -> Result<Tensor, String> {
         self.scratch_of(F32, dims)
     }
 
     /// A virtual tensor of `dtype` and `dims`, packed row-major.
-    fn scratch_of(&mut self, dtype: dnn::cudnnDataType_t, dims: [i64; 4]) -> Result<T, String> {
+    fn scratch_of(
+        &mut self,
+        dtype: dnn::cudnnDataType_t,
+        dims: [i64; 4],
+    ) -> Result<Tensor, String> {
         self.tensor(None, dtype, dims, packed(dims), Role::Virtual)
     }
 
-    fn t(&self, t: T) -> &Descriptor {
+    fn descriptor(&self, t: Tensor) -> &Descriptor {
         &self.tensors[t.0]
+    }
+
+    /// Appends an operation of `kind`: its sub-descriptor (`None` for a reshape) at its
+    /// attribute, its tensors at theirs.
+    fn operation(
+        &mut self,
+        kind: Kind,
+        sub: Option<(Attr, Descriptor)>,
+        tensors: &[(Attr, Tensor)],
+    ) -> Result<(), String> {
+        let op = Descriptor::new(kind)?;
+        if let Some((attr, sub)) = &sub {
+            op.set_descriptors(*attr, &[sub])?;
+        }
+        for &(attr, t) in tensors {
+            op.set_descriptors(attr, &[self.descriptor(t)])?;
+        }
+        self.ops.push(op.finalize()?);
+        Ok(())
     }
 
     /// `y = mode(x[, b[, t]])`, computed in `precision`; `axis` for GEN_INDEX.
@@ -206,8 +240,8 @@ impl Graph {
         &mut self,
         mode: dnn::cudnnPointwiseMode_t,
         precision: dnn::cudnnDataType_t,
-        inputs: &[T],
-        y: T,
+        inputs: &[Tensor],
+        y: Tensor,
         axis: Option<i64>,
     ) -> Result<(), String> {
         let pw = Descriptor::new(Kind::CUDNN_BACKEND_POINTWISE_DESCRIPTOR)?;
@@ -216,96 +250,97 @@ impl Graph {
             Ty::CUDNN_TYPE_POINTWISE_MODE,
             &[mode],
         )?;
-        pw.set(
-            Attr::CUDNN_ATTR_POINTWISE_MATH_PREC,
-            Ty::CUDNN_TYPE_DATA_TYPE,
-            &[precision],
-        )?;
+        pw.set_dtype(Attr::CUDNN_ATTR_POINTWISE_MATH_PREC, precision)?;
         if let Some(axis) = axis {
             pw.set_i64(Attr::CUDNN_ATTR_POINTWISE_AXIS, &[axis])?;
         }
-        let pw = pw.finalize()?;
-        let op = Descriptor::new(Kind::CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR)?;
-        op.set_descriptors(Attr::CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, &[&pw])?;
         let slots = [
             Attr::CUDNN_ATTR_OPERATION_POINTWISE_XDESC,
             Attr::CUDNN_ATTR_OPERATION_POINTWISE_BDESC,
             Attr::CUDNN_ATTR_OPERATION_POINTWISE_TDESC,
         ];
-        for (slot, &x) in slots.iter().zip(inputs) {
-            op.set_descriptors(*slot, &[self.t(x)])?;
-        }
-        op.set_descriptors(Attr::CUDNN_ATTR_OPERATION_POINTWISE_YDESC, &[self.t(y)])?;
-        self.ops.push(op.finalize()?);
-        Ok(())
+        let mut tensors: Vec<_> = slots.into_iter().zip(inputs.iter().copied()).collect();
+        tensors.push((Attr::CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y));
+        self.operation(
+            Kind::CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR,
+            Some((
+                Attr::CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR,
+                pw.finalize()?,
+            )),
+            &tensors,
+        )
     }
 
     /// `y = mode(inputs)`, computed in FP32.
     fn pointwise(
         &mut self,
         mode: dnn::cudnnPointwiseMode_t,
-        inputs: &[T],
-        y: T,
+        inputs: &[Tensor],
+        y: Tensor,
     ) -> Result<(), String> {
         self.pointwise_in(mode, F32, inputs, y, None)
     }
 
     /// `y`, a view of `x` with other strides (a transpose, for cuDNN: no data moves).
-    fn reshape(&mut self, x: T, y: T) -> Result<(), String> {
-        let op = Descriptor::new(Kind::CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR)?;
-        op.set_descriptors(Attr::CUDNN_ATTR_OPERATION_RESHAPE_XDESC, &[self.t(x)])?;
-        op.set_descriptors(Attr::CUDNN_ATTR_OPERATION_RESHAPE_YDESC, &[self.t(y)])?;
-        self.ops.push(op.finalize()?);
-        Ok(())
+    fn reshape(&mut self, x: Tensor, y: Tensor) -> Result<(), String> {
+        self.operation(
+            Kind::CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR,
+            None,
+            &[
+                (Attr::CUDNN_ATTR_OPERATION_RESHAPE_XDESC, x),
+                (Attr::CUDNN_ATTR_OPERATION_RESHAPE_YDESC, y),
+            ],
+        )
     }
 
     /// `c = a·b` over the last two dimensions (batched over the first two), FP32 compute.
-    fn matmul(&mut self, a: T, b: T, c: T) -> Result<(), String> {
+    fn matmul(&mut self, a: Tensor, b: Tensor, c: Tensor) -> Result<(), String> {
         let mm = Descriptor::new(Kind::CUDNN_BACKEND_MATMUL_DESCRIPTOR)?;
-        mm.set(
-            Attr::CUDNN_ATTR_MATMUL_COMP_TYPE,
-            Ty::CUDNN_TYPE_DATA_TYPE,
-            &[F32],
-        )?;
-        let mm = mm.finalize()?;
-        let op = Descriptor::new(Kind::CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR)?;
-        op.set_descriptors(Attr::CUDNN_ATTR_OPERATION_MATMUL_ADESC, &[self.t(a)])?;
-        op.set_descriptors(Attr::CUDNN_ATTR_OPERATION_MATMUL_BDESC, &[self.t(b)])?;
-        op.set_descriptors(Attr::CUDNN_ATTR_OPERATION_MATMUL_CDESC, &[self.t(c)])?;
-        op.set_descriptors(Attr::CUDNN_ATTR_OPERATION_MATMUL_DESC, &[&mm])?;
-        self.ops.push(op.finalize()?);
-        Ok(())
+        mm.set_dtype(Attr::CUDNN_ATTR_MATMUL_COMP_TYPE, F32)?;
+        self.operation(
+            Kind::CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR,
+            Some((Attr::CUDNN_ATTR_OPERATION_MATMUL_DESC, mm.finalize()?)),
+            &[
+                (Attr::CUDNN_ATTR_OPERATION_MATMUL_ADESC, a),
+                (Attr::CUDNN_ATTR_OPERATION_MATMUL_BDESC, b),
+                (Attr::CUDNN_ATTR_OPERATION_MATMUL_CDESC, c),
+            ],
+        )
     }
 
     /// `y = reduce(x)` over the dimensions where `y` has extent 1, FP32 compute.
-    fn reduction(&mut self, reduce: dnn::cudnnReduceTensorOp_t, x: T, y: T) -> Result<(), String> {
+    fn reduction(
+        &mut self,
+        reduce: dnn::cudnnReduceTensorOp_t,
+        x: Tensor,
+        y: Tensor,
+    ) -> Result<(), String> {
         let r = Descriptor::new(Kind::CUDNN_BACKEND_REDUCTION_DESCRIPTOR)?;
         r.set(
             Attr::CUDNN_ATTR_REDUCTION_OPERATOR,
             Ty::CUDNN_TYPE_REDUCTION_OPERATOR_TYPE,
             &[reduce],
         )?;
-        r.set(
-            Attr::CUDNN_ATTR_REDUCTION_COMP_TYPE,
-            Ty::CUDNN_TYPE_DATA_TYPE,
-            &[F32],
-        )?;
-        let r = r.finalize()?;
-        let op = Descriptor::new(Kind::CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR)?;
-        op.set_descriptors(Attr::CUDNN_ATTR_OPERATION_REDUCTION_XDESC, &[self.t(x)])?;
-        op.set_descriptors(Attr::CUDNN_ATTR_OPERATION_REDUCTION_YDESC, &[self.t(y)])?;
-        op.set_descriptors(Attr::CUDNN_ATTR_OPERATION_REDUCTION_DESC, &[&r])?;
-        self.ops.push(op.finalize()?);
-        Ok(())
+        r.set_dtype(Attr::CUDNN_ATTR_REDUCTION_COMP_TYPE, F32)?;
+        self.operation(
+            Kind::CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR,
+            Some((Attr::CUDNN_ATTR_OPERATION_REDUCTION_DESC, r.finalize()?)),
+            &[
+                (Attr::CUDNN_ATTR_OPERATION_REDUCTION_XDESC, x),
+                (Attr::CUDNN_ATTR_OPERATION_REDUCTION_YDESC, y),
+            ],
+        )
     }
 }
 
 const F32: dnn::cudnnDataType_t = dnn::cudnnDataType_t::CUDNN_DATA_FLOAT;
 const BF16: dnn::cudnnDataType_t = dnn::cudnnDataType_t::CUDNN_DATA_BFLOAT16;
 
-/// The oldest cuDNN whose fused flash-attention engines take these graphs with grouped
-/// queries in both directions.
+/// The oldest cuDNN these graphs are built for: 9.0, whose backend API has
+/// `cudnnGetLastErrorString` (grouped queries came to the fused engines in 8.9.7).
 const MIN_VERSION: usize = 90000;
+/// cuDNN 9.10.0 and 9.10.1, whose BF16 attention engines cudnn-frontend refuses as wrong.
+const BROKEN_VERSIONS: std::ops::Range<usize> = 91000..91002;
 
 /// A cuDNN handle; attention plans are built on it and executed through it.
 pub struct Cudnn {
@@ -324,7 +359,14 @@ impl Cudnn {
         let version = unsafe { dnn::cudnnGetVersion() };
         if version < MIN_VERSION {
             return Err(format!(
-                "cuDNN {version} is older than {MIN_VERSION}, the first with these attention engines"
+                "cuDNN {version} is older than {MIN_VERSION}, the first these attention graphs \
+                 are built for"
+            ));
+        }
+        if BROKEN_VERSIONS.contains(&version) {
+            return Err(format!(
+                "cuDNN {version}: its BF16 attention engines are known to be wrong (9.10.0 and \
+                 9.10.1)"
             ));
         }
         let mut handle = std::ptr::null_mut();
@@ -370,42 +412,17 @@ impl Cudnn {
             &[dnn::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A],
         )?;
         let heuristics = heuristics.finalize()?;
-        let mut count = 0i64;
-        // SAFETY: asks for the number of results only (no array).
-        check(
-            unsafe {
-                dnn::cudnnBackendGetAttribute(
-                    heuristics.0,
-                    Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                    Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                    0,
-                    &mut count,
-                    std::ptr::null_mut(),
-                )
-            },
-            "counting the heuristics' engine configurations",
-        )?;
+        let results = Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS;
+        let descriptors = Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR;
+        let count =
+            heuristics.get::<dnn::cudnnBackendDescriptor_t>(results, descriptors, &mut [])?;
         let configs = (0..count)
             .map(|_| Descriptor::new(Kind::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
             .collect::<Result<Vec<_>, _>>()?;
         let mut raw: Vec<_> = configs.iter().map(|c| c.0).collect();
-        let mut got = 0i64;
-        // SAFETY: `raw` holds `count` created engine-configuration descriptors to fill.
-        check(
-            unsafe {
-                dnn::cudnnBackendGetAttribute(
-                    heuristics.0,
-                    Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                    Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                    count,
-                    &mut got,
-                    raw.as_mut_ptr() as *mut c_void,
-                )
-            },
-            "reading the heuristics' engine configurations",
-        )?;
+        let got = heuristics.get(results, descriptors, &mut raw)?.min(count);
         let mut why = format!("the heuristics offer {got} engine configurations");
-        for config in configs.iter().take(got as usize) {
+        for config in configs.iter().take(got) {
             let plan = Descriptor::new(Kind::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
             plan.set(
                 Attr::CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
@@ -415,21 +432,11 @@ impl Cudnn {
             plan.set_descriptors(Attr::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[config])?;
             match plan.finalize() {
                 Ok(plan) => {
-                    let mut workspace = 0i64;
-                    let mut n = 0i64;
-                    // SAFETY: reads one INT64 into `workspace`.
-                    check(
-                        unsafe {
-                            dnn::cudnnBackendGetAttribute(
-                                plan.0,
-                                Attr::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                Ty::CUDNN_TYPE_INT64,
-                                1,
-                                &mut n,
-                                &mut workspace as *mut i64 as *mut c_void,
-                            )
-                        },
-                        "reading the plan's workspace size",
+                    let mut workspace = [0i64];
+                    plan.get(
+                        Attr::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                        Ty::CUDNN_TYPE_INT64,
+                        &mut workspace,
                     )?;
                     let values = values
                         .into_iter()
@@ -438,7 +445,7 @@ impl Cudnn {
                     let own: u64 = buffers.iter().map(|(_, bytes)| bytes).sum();
                     return Ok(AttentionPlan {
                         plan,
-                        workspace_bytes: own + aligned(workspace as u64),
+                        workspace_bytes: own + aligned(workspace[0] as u64),
                         data,
                         buffers,
                         values,
@@ -557,25 +564,25 @@ mod uid {
 }
 
 impl AttentionShape {
-    /// A `[B, T, heads, D]` tensor seen as `[B, heads, T, D]`: dims and strides.
+    /// A `[B, Tensor, heads, D]` tensor seen as `[B, heads, Tensor, D]`: dims and strides.
     fn rows_of(&self, heads: u64) -> ([i64; 4], [i64; 4]) {
         let [b, t, h, d] = [self.batch, self.seq, heads, self.head_dim].map(|x| x as i64);
         ([b, h, t, d], [t * h * d, d, h * d, 1])
     }
 
-    /// The same tensor seen transposed, `[B, heads, D, T]`.
+    /// The same tensor seen transposed, `[B, heads, D, Tensor]`.
     fn columns_of(&self, heads: u64) -> ([i64; 4], [i64; 4]) {
         let ([b, h, t, d], [sb, sh, st, sd]) = self.rows_of(heads);
         ([b, h, d, t], [sb, sh, sd, st])
     }
 
-    /// The `[B, heads, T, T]` scores.
+    /// The `[B, heads, Tensor, Tensor]` scores.
     fn scores(&self) -> [i64; 4] {
         let [b, h, t] = [self.batch, self.heads, self.seq].map(|x| x as i64);
         [b, h, t, t]
     }
 
-    /// One FP32 value per query row, `[B, heads, T, 1]` (the statistics' layout).
+    /// One FP32 value per query row, `[B, heads, Tensor, 1]` (the statistics' layout).
     fn per_row(&self) -> ([i64; 4], [i64; 4]) {
         let [b, h, t] = [self.batch, self.heads, self.seq].map(|x| x as i64);
         ([b, h, t, 1], [h * t, t, 1, 1])
@@ -592,23 +599,23 @@ impl Graph {
         uid: i64,
         dtype: dnn::cudnnDataType_t,
         (dims, strides): ([i64; 4], [i64; 4]),
-    ) -> Result<T, String> {
+    ) -> Result<Tensor, String> {
         self.tensor(Some(uid), dtype, dims, strides, Role::Data)
     }
 
-    fn value(&mut self, uid: i64) -> Result<T, String> {
+    fn value(&mut self, uid: i64) -> Result<Tensor, String> {
         self.tensor(Some(uid), F32, SCALAR.0, SCALAR.1, Role::ByValue)
     }
 
     /// `y = mode(inputs)` into a new virtual FP32 tensor of `dims`.
-    fn apply(&mut self, mode: Pw, inputs: &[T], dims: [i64; 4]) -> Result<T, String> {
+    fn apply(&mut self, mode: Pw, inputs: &[Tensor], dims: [i64; 4]) -> Result<Tensor, String> {
         let y = self.scratch(dims)?;
         self.pointwise(mode, inputs, y)?;
         Ok(y)
     }
 
     /// `x` where the key is not after the query (row ≥ column), else the MASKED value.
-    fn causal(&mut self, x: T, dims: [i64; 4]) -> Result<T, String> {
+    fn causal(&mut self, x: Tensor, dims: [i64; 4]) -> Result<Tensor, String> {
         let int32 = dnn::cudnnDataType_t::CUDNN_DATA_INT32;
         let boolean = dnn::cudnnDataType_t::CUDNN_DATA_BOOLEAN;
         let row = self.scratch_of(int32, dims)?;
@@ -632,10 +639,10 @@ impl Graph {
     fn scaled_scores(
         &mut self,
         shape: &AttentionShape,
-        q: T,
-        k_t: T,
-        scale: T,
-    ) -> Result<T, String> {
+        q: Tensor,
+        k_t: Tensor,
+        scale: Tensor,
+    ) -> Result<Tensor, String> {
         let dims = shape.scores();
         let s = self.scratch(dims)?;
         self.matmul(q, k_t, s)?;
@@ -653,7 +660,7 @@ const MASKED_SCORE: f32 = f32::NEG_INFINITY;
 
 impl Cudnn {
     /// The forward: `o = softmax(q·kᵀ/√D, causal)·v` and the rows' log-sum-exp. Data tensors,
-    /// in order: q, k, v, o, stats (`[B, H, T]` FP32).
+    /// in order: q, k, v, o, stats (`[B, H, Tensor]` FP32).
     pub fn attention_forward(&self, shape: &AttentionShape) -> Result<AttentionPlan, String> {
         let mut g = Graph::new();
         let q = g.data(uid::Q, BF16, shape.rows_of(shape.heads))?;
@@ -780,13 +787,13 @@ fn aligned(bytes: u64) -> u64 {
 
 impl Graph {
     /// `y = a·b` where `y` has the key/value heads: computed per query head into a virtual
-    /// BF16 `[B, heads, T, D]` (dims `full`), then summed over each group of heads; straight
+    /// BF16 `[B, heads, Tensor, D]` (dims `full`), then summed over each group of heads; straight
     /// into `y` when every query head has its own key/value head.
     fn grouped_matmul(
         &mut self,
-        a: T,
-        b: T,
-        y: T,
+        a: Tensor,
+        b: Tensor,
+        y: Tensor,
         full: [i64; 4],
         same_heads: bool,
     ) -> Result<(), String> {
