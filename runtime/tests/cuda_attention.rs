@@ -1,8 +1,9 @@
 //! The tensor-core attention kernels (`kernels/cuda/attention_mma.cu`, BF16, head sizes 64 and
 //! 128) against the CPU reference (`kernels/src/ops/attention.rs`) on a GPU, at real shapes
 //! (Qwen2.5-0.5B's 14/2 heads of 64, 16/8 heads of 128, sequence 1024) and at odd ones (a
-//! sequence that is no multiple of the 64-row tile). Without a GPU (CI) each test prints why it
-//! skips and passes.
+//! sequence that is no multiple of the 64-row tile); `cudnn_matches_the_reference` does the same
+//! for cuDNN's fused attention (`runtime/src/backend/cuda/cudnn.rs`), grouped and not. Without a
+//! GPU (CI), or without cuDNN for that test, each test prints why it skips and passes.
 //!
 //! Inputs are fresh random values every run (the seed is printed; `LLMQ_TEST_SEED` repeats
 //! one), rounded to BF16 on the host so that both sides read the same numbers; `o` and `lse`
@@ -21,10 +22,10 @@
 //! 1.1× the c = 8 bound). Besides, every BF16 output's relative L2 error ‖gpu − cpu‖/‖cpu‖
 //! must be under u (measured: 1.4·10⁻³ to 2.5·10⁻³), which a wrong row or tile cannot meet.
 //!
-//! `timing` (ignored by default) times forward and backward (with its statistics kernel) at the
-//! shapes of Qwen2.5-0.5B and -1.5B, batch 16 × 1024, and -7B, batch 8 and 2, with CUDA events
-//! (3 warm-up runs, median of 20) and prints TFLOP/s with the op's own FLOP count (causal: half
-//! the score matrix). On the device:
+//! `timing` (ignored by default) times forward and backward (with its statistics kernel, and
+//! cuDNN's beside them where cuDNN loads) at the shapes of Qwen2.5-0.5B and -1.5B, batch
+//! 16 × 1024, and -7B, batch 8 and 2, with CUDA events (3 warm-up runs, median of 20) and
+//! prints TFLOP/s with the op's own FLOP count (causal: half the score matrix). On the device:
 //! `./cuda_attention --nocapture && ./cuda_attention --ignored timing --nocapture`.
 
 mod cuda_common;

@@ -891,18 +891,28 @@ impl AttentionPlans {
     /// the own kernels.
     pub fn summary(&self) -> String {
         let v = self.cudnn.version();
-        let mut s = format!(
-            "attention: cuDNN {}.{}.{} fused flash attention ({} plans, workspace {} MiB)",
-            v / 10000,
-            v / 100 % 100,
-            v % 100,
-            self.plans.len(),
-            self.workspace_bytes().div_ceil(1 << 20)
-        );
+        let (major, minor, patch) = (v / 10000, v / 100 % 100, v % 100);
+        let mut s = match self.plans.len() {
+            0 => format!(
+                "attention: own kernels (cuDNN {major}.{minor}.{patch} loads, but serves no \
+                 attention step of this plan)"
+            ),
+            n => format!(
+                "attention: cuDNN {major}.{minor}.{patch} fused flash attention ({n} plan{}, \
+                 workspace {} MiB)",
+                if n == 1 { "" } else { "s" },
+                self.workspace_bytes().div_ceil(1 << 20)
+            ),
+        };
         if let Some(why) = &self.fallback {
             s.push_str(&format!("; own kernels where cuDNN cannot serve ({why})"));
         }
         s
+    }
+
+    /// True when no step runs through cuDNN.
+    pub fn is_empty(&self) -> bool {
+        self.plans.is_empty()
     }
 
     /// Executes plan `index` on `tensors` (the order of [`Cudnn::attention_forward`] or
@@ -921,5 +931,50 @@ impl AttentionPlans {
         let pack = plan.bind(tensors, workspace)?;
         // SAFETY: as the caller vouches; the pack lives until cuDNN has enqueued the work.
         unsafe { self.cudnn.execute(plan, &pack, stream) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offset(strides: [i64; 4], index: [i64; 4]) -> i64 {
+        strides.iter().zip(index).map(|(s, i)| s * i).sum()
+    }
+
+    /// cuDNN's `[B, H, T, D]` views address the elements of the `[B, T, H, D]` tensors the
+    /// plans hold (ops/attention.rs: query head h of token t at ((b·T + t)·H + h)·D), the keys
+    /// transposed, and the statistics `[B, H, T]` as the own kernels write them.
+    #[test]
+    fn the_views_address_the_plans_layouts() {
+        let shape = AttentionShape {
+            batch: 3,
+            seq: 5,
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 4,
+        };
+        let [_, t_len, h_len, d_len] = [3, 5, 6, 4];
+        let bshd = |heads: i64, [b, h, t, d]: [i64; 4]| ((b * t_len + t) * heads + h) * d_len + d;
+        for (b, h, t, d) in [(0, 0, 0, 0), (2, 5, 4, 3), (1, 3, 2, 1)] {
+            let (dims, strides) = shape.rows_of(6);
+            assert_eq!(dims, [3, 6, 5, 4]);
+            assert_eq!(offset(strides, [b, h, t, d]), bshd(h_len, [b, h, t, d]));
+            let kh = h % 2;
+            let (dims, strides) = shape.columns_of(2);
+            assert_eq!(dims, [3, 2, 4, 5]);
+            assert_eq!(offset(strides, [b, kh, d, t]), bshd(2, [b, kh, t, d]));
+            let (dims, strides) = shape.per_row();
+            assert_eq!(dims, [3, 6, 5, 1]);
+            assert_eq!(offset(strides, [b, h, t, 0]), (b * h_len + h) * t_len + t);
+        }
+        assert_eq!(shape.scores(), [3, 6, 5, 5]);
+        assert_eq!(packed([3, 6, 5, 5]), [150, 25, 5, 1]);
+    }
+
+    /// Workspace buffers start 256-byte aligned.
+    #[test]
+    fn buffers_are_rounded_up_to_256_bytes() {
+        assert_eq!([0, 1, 256, 257].map(aligned), [0, 256, 256, 512]);
     }
 }

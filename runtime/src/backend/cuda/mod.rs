@@ -5,7 +5,9 @@
 //! not fit the card's free memory, makes the two arenas (one device allocation, one pinned host
 //! allocation mapped into the device's address space) and the plan's streams and events, loads
 //! every kernel (NVRTC, cached on disk: `modules.rs`), chooses a cuBLASLt algorithm per matmul
-//! shape and builds every step's launch (`launch.rs`). Nothing is allocated after that.
+//! shape, builds cuDNN's attention plans where cuDNN loads and serves a step's shape within
+//! the memory the plan leaves (`cudnn.rs`; the own kernels otherwise) and builds every step's
+//! launch (`launch.rs`). Nothing is allocated after that.
 //!
 //! Steps run on the plan's streams, waiting for and recording the plan's events. Every
 //! `run_steps` forks from stream 0 and joins back into it, so stream 0 orders the host's reads
@@ -257,13 +259,15 @@ impl CudaBackend {
             &address,
         )
         .map_err(|e| BackendError::Unsupported(format!("the CUDA backend cannot run {e}")))?;
+        if let Some(plans) = &attention_plans {
+            attention_summary = plans.summary();
+        }
         let attention = match attention_plans {
-            Some(plans) => {
-                attention_summary = plans.summary();
+            Some(plans) if !plans.is_empty() => {
                 let workspace = DeviceMemory::zeroed(&ctx, plans.workspace_bytes())?;
                 Some((plans, workspace))
             }
-            None => None,
+            _ => None,
         };
         let graphs = plan.graph_segments.iter().map(|_| None).collect();
         Ok(CudaBackend {
