@@ -6,8 +6,8 @@
 //! attention is a graph of primitive operations (two or more matmuls, pointwise operations, row
 //! reductions, an index-generated causal mask) that cuDNN's heuristics match to a fused
 //! flash-attention kernel when the graph has the shape that engine supports. The graphs below
-//! are that shape for BF16 `[B, Tensor, H, D]` tensors (the layout of `ops/attention.rs`); cuDNN sees
-//! them as `[B, H, Tensor, D]` through strides. Everything is decided once per attention shape at
+//! are that shape for BF16 `[B, T, H, D]` tensors (the layout of `ops/attention.rs`); cuDNN sees
+//! them as `[B, H, T, D]` through strides. Everything is decided once per attention shape at
 //! start-up: the graph, the engine (the heuristics' first configuration that builds) and its
 //! workspace. Each execution binds the step's addresses in a variant pack (a host-side
 //! descriptor; with CUDA graphs, only at capture).
@@ -564,25 +564,25 @@ mod uid {
 }
 
 impl AttentionShape {
-    /// A `[B, Tensor, heads, D]` tensor seen as `[B, heads, Tensor, D]`: dims and strides.
+    /// A `[B, T, heads, D]` tensor seen as `[B, heads, T, D]`: dims and strides.
     fn rows_of(&self, heads: u64) -> ([i64; 4], [i64; 4]) {
         let [b, t, h, d] = [self.batch, self.seq, heads, self.head_dim].map(|x| x as i64);
         ([b, h, t, d], [t * h * d, d, h * d, 1])
     }
 
-    /// The same tensor seen transposed, `[B, heads, D, Tensor]`.
+    /// The same tensor seen transposed, `[B, heads, D, T]`.
     fn columns_of(&self, heads: u64) -> ([i64; 4], [i64; 4]) {
         let ([b, h, t, d], [sb, sh, st, sd]) = self.rows_of(heads);
         ([b, h, d, t], [sb, sh, sd, st])
     }
 
-    /// The `[B, heads, Tensor, Tensor]` scores.
+    /// The `[B, heads, T, T]` scores.
     fn scores(&self) -> [i64; 4] {
         let [b, h, t] = [self.batch, self.heads, self.seq].map(|x| x as i64);
         [b, h, t, t]
     }
 
-    /// One FP32 value per query row, `[B, heads, Tensor, 1]` (the statistics' layout).
+    /// One FP32 value per query row, `[B, heads, T, 1]` (the statistics' layout).
     fn per_row(&self) -> ([i64; 4], [i64; 4]) {
         let [b, h, t] = [self.batch, self.heads, self.seq].map(|x| x as i64);
         ([b, h, t, 1], [h * t, t, 1, 1])
@@ -660,7 +660,7 @@ const MASKED_SCORE: f32 = f32::NEG_INFINITY;
 
 impl Cudnn {
     /// The forward: `o = softmax(q·kᵀ/√D, causal)·v` and the rows' log-sum-exp. Data tensors,
-    /// in order: q, k, v, o, stats (`[B, H, Tensor]` FP32).
+    /// in order: q, k, v, o, stats (`[B, H, T]` FP32).
     pub fn attention_forward(&self, shape: &AttentionShape) -> Result<AttentionPlan, String> {
         let mut g = Graph::new();
         let q = g.data(uid::Q, BF16, shape.rows_of(shape.heads))?;
@@ -718,7 +718,8 @@ impl Cudnn {
         let scale = g.value(uid::SCALE)?;
         let one = g.value(uid::ONE)?;
 
-        // delta = rowsum(do ∘ o)
+        // delta = rowsum(do ∘ o), times one: the place of the dropout scale in the pattern
+        // cudnn-frontend writes (and the fused engine matches)
         let products = g.apply(Pw::CUDNN_POINTWISE_MUL, &[d_o, o], full)?;
         let sums = g.scratch(rows)?;
         g.reduction(
@@ -787,7 +788,7 @@ fn aligned(bytes: u64) -> u64 {
 
 impl Graph {
     /// `y = a·b` where `y` has the key/value heads: computed per query head into a virtual
-    /// BF16 `[B, heads, Tensor, D]` (dims `full`), then summed over each group of heads; straight
+    /// BF16 `[B, heads, T, D]` (dims `full`), then summed over each group of heads; straight
     /// into `y` when every query head has its own key/value head.
     fn grouped_matmul(
         &mut self,
