@@ -42,6 +42,18 @@ fn cudnn_attention_rates(head_dim: u64) -> (f64, f64) {
 fn seq_of(q: &TensorType) -> u64 {
     q.shape[q.shape.len() - 2]
 }
+
+/// The cost model's rate of the forward or the backward on `q`: cuDNN's where it serves,
+/// else the own kernels'.
+fn attention_rate(q: &TensorType, head_dim: u64, backward: bool) -> f64 {
+    let cudnn = cudnn_attention_serves(q.dtype, seq_of(q), head_dim);
+    match (cudnn, backward) {
+        (true, false) => cudnn_attention_rates(head_dim).0,
+        (true, true) => cudnn_attention_rates(head_dim).1,
+        (false, false) => ATTENTION_FORWARD_RATE,
+        (false, true) => ATTENTION_BACKWARD_RATE,
+    }
+}
 /// Rows per block and per walked tile of the tensor-core kernels (MMA_ROWS in
 /// attention_mma.cu): the launcher's grid and the cost model's longest block count in them.
 pub const ATTENTION_MMA_ROWS: u64 = 64;
@@ -216,19 +228,13 @@ impl OpSpec for Attention {
     fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
         // Two matmuls (QKᵀ and PV) over the causal half of the T×T scores.
         let q = &inputs[0];
-        let seq = q.shape[q.shape.len() - 2] as f64;
-        2.0 * q.rows() as f64 * seq * q.last_dim() as f64
+        2.0 * q.rows() as f64 * seq_of(q) as f64 * q.last_dim() as f64
     }
     fn uses_matrix_units(&self) -> bool {
         true
     }
     fn matrix_rate(&self, inputs: &[TensorType]) -> f64 {
-        let q = &inputs[0];
-        if cudnn_attention_serves(q.dtype, seq_of(q), self.head_dim) {
-            cudnn_attention_rates(self.head_dim).0
-        } else {
-            ATTENTION_FORWARD_RATE
-        }
+        attention_rate(&inputs[0], self.head_dim, false)
     }
     fn backward(&self, _: &[TensorType]) -> Option<Vec<BackwardStep>> {
         use Ref::*;
@@ -332,19 +338,13 @@ impl OpSpec for AttentionBackward {
     fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
         // Five matmuls (QKᵀ again, dV, dP, dQ, dK) over the causal half.
         let q = &inputs[0];
-        let seq = q.shape[q.shape.len() - 2] as f64;
-        5.0 * q.rows() as f64 * seq * q.last_dim() as f64
+        5.0 * q.rows() as f64 * seq_of(q) as f64 * q.last_dim() as f64
     }
     fn uses_matrix_units(&self) -> bool {
         true
     }
     fn matrix_rate(&self, inputs: &[TensorType]) -> f64 {
-        let q = &inputs[0];
-        if cudnn_attention_serves(q.dtype, seq_of(q), self.head_dim) {
-            cudnn_attention_rates(self.head_dim).1
-        } else {
-            ATTENTION_BACKWARD_RATE
-        }
+        attention_rate(&inputs[0], self.head_dim, true)
     }
     fn longest_block(&self, inputs: &[TensorType], _: &[TensorType]) -> Option<LongestBlock> {
         // The own backward splits the dK/dV walk over as many blocks as the even share asks,

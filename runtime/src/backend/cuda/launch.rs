@@ -753,26 +753,13 @@ impl StepContext<'_> {
     /// workspace), and a plan that cuDNN builds within the workspace budget. `None`: the own
     /// kernels run it.
     fn cudnn_attention(&self, plans: &mut AttentionPlans, dtype: DType) -> Option<Launch> {
-        let (heads, kv_heads, head_dim, backward) = match &self.step.node.op {
-            Op::Attention(a) => (a.heads, a.kv_heads, a.head_dim, false),
-            Op::AttentionBackward(a) => (a.heads, a.kv_heads, a.head_dim, true),
-            _ => return None,
-        };
-        let x = self.in_ty(0);
-        let seq = x.shape[x.shape.len() - 2];
-        let served = cudnn_attention_serves(dtype, seq, head_dim)
+        let (shape, backward) = self.attention_shape();
+        let served = cudnn_attention_serves(dtype, shape.seq, shape.head_dim)
             && self.step.stream == 0
             && !self.step.node.accumulate.iter().any(|&a| a);
         if !served {
             return None;
         }
-        let shape = AttentionShape {
-            batch: x.numel() / (seq * x.last_dim()),
-            seq,
-            heads,
-            kv_heads,
-            head_dim,
-        };
         let plan = plans.prepare(shape, backward)?;
         let node = &self.step.node;
         let tensors = node.inputs.iter().chain(&node.outputs);
@@ -785,28 +772,46 @@ impl StepContext<'_> {
         })
     }
 
+    /// The attention step's shape (from its op and its first input, `q [B, T, H·D]`), and
+    /// whether it is the backward.
+    fn attention_shape(&self) -> (AttentionShape, bool) {
+        let (heads, kv_heads, head_dim, backward) = match &self.step.node.op {
+            Op::Attention(a) => (a.heads, a.kv_heads, a.head_dim, false),
+            Op::AttentionBackward(a) => (a.heads, a.kv_heads, a.head_dim, true),
+            _ => unreachable!("the callers matched attention"),
+        };
+        let x = self.in_ty(0);
+        let seq = x.shape[x.shape.len() - 2];
+        let shape = AttentionShape {
+            batch: x.numel() / (seq * x.last_dim()),
+            seq,
+            heads,
+            kv_heads,
+            head_dim,
+        };
+        (shape, backward)
+    }
+
     /// Attention forward or backward: the tensor-core kernels (attention_mma.cu) for BF16 heads
     /// of 64 and 128, else attention.cu's kernels. The tensor-core backward first writes the
     /// query rows' statistics into the kernel scratch, and, when it splits the dK/dV walks,
     /// zeroes their counters there.
     fn attention(&self, modules: &Modules, dtype: DType) -> Result<Launch, String> {
         use Arg::{I32, Ptr};
-        let op = &self.step.node.op;
-        let (heads, kv_heads, head_dim) = match op {
-            Op::Attention(a) => (a.heads, a.kv_heads, a.head_dim),
-            Op::AttentionBackward(a) => (a.heads, a.kv_heads, a.head_dim),
-            _ => unreachable!("the caller matched attention"),
-        };
+        let (shape, backward) = self.attention_shape();
+        let AttentionShape {
+            batch,
+            seq,
+            heads,
+            kv_heads,
+            head_dim,
+        } = shape;
         if head_dim > ATTENTION_MAX_HEAD_DIM {
             return Err(format!(
                 "attention takes head_dim ≤ {ATTENTION_MAX_HEAD_DIM}, got {head_dim}"
             ));
         }
-        let x = self.in_ty(0);
-        let seq = x.shape[x.shape.len() - 2];
-        let batch = x.numel() / (seq * x.last_dim());
         let dims = [batch, seq, heads, kv_heads, head_dim].map(|d| I32(d as i32));
-        let backward = matches!(op, Op::AttentionBackward(_));
         let (i, o) = (|k| self.input(k), |k| self.output(k));
         let tensor_cores = dtype == DType::BF16 && tensor_core_head(head_dim);
         let mut actions = Vec::new();
