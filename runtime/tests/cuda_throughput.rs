@@ -17,7 +17,9 @@
 //! uniform with the init's standard deviation (not `llmq-run`'s normal init:
 //! for a 7B model that takes minutes on one core), drawn on all cores. `LLMQ_BENCH_ATTENTION`
 //! picks the attention kernels: `cudnn` (the default: cuDNN's where they serve), `own`, or
-//! `both` (every plan twice, cuDNN first, side by side in one run).
+//! `both` (every plan twice, cuDNN first, side by side in one run). `LLMQ_BENCH_AUTOTUNE`
+//! likewise: `on` (the default: the matmuls' algorithms timed at start-up), `off` (the
+//! heuristics' first), or `both` (on first).
 
 mod cuda_common;
 
@@ -93,15 +95,12 @@ fn process_gpu_mib() -> Option<u64> {
     })
 }
 
-fn bench(path: &str, steps: usize, cudnn_attention: bool) {
+fn bench(path: &str, steps: usize, options: CudaOptions) {
     let plan = Plan::from_bytes(&std::fs::read(path).unwrap()).unwrap();
     let started = Instant::now();
-    let options = CudaOptions {
-        cudnn_attention,
-        ..CudaOptions::default()
-    };
     let mut gpu = CudaBackend::new(plan.clone(), options).unwrap_or_else(|e| panic!("{path}: {e}"));
     println!("BENCH {path}: {}", gpu.attention_summary());
+    println!("BENCH {path}: {}", gpu.matmul_summary());
     init_weights(&mut gpu, &plan);
     cuda_common::quantize_weights(&mut gpu);
     let setup = started.elapsed().as_secs_f64();
@@ -171,7 +170,7 @@ fn bench(path: &str, steps: usize, cudnn_attention: bool) {
     }
 }
 
-/// Times every step once, alone, and prints the twelve ops that take longest in all.
+/// Times every step once, alone, and prints the sixteen ops that take longest in all.
 fn profile(gpu: &mut CudaBackend, plan: &Plan) {
     let mut per_op: Vec<(&str, usize, f64, f64)> = Vec::new();
     for section in &plan.sections {
@@ -192,7 +191,7 @@ fn profile(gpu: &mut CudaBackend, plan: &Plan) {
         }
     }
     per_op.sort_by(|a, b| b.2.total_cmp(&a.2));
-    for (name, count, measured, estimated) in per_op.iter().take(12) {
+    for (name, count, measured, estimated) in per_op.iter().take(16) {
         println!(
             "PROFILE {}: {name} ({count}) {:.1} ms, estimate {:.1} ms",
             plan.model.name,
@@ -215,15 +214,29 @@ fn planned_models_train_at_this_many_tokens_per_second() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
     let attention = std::env::var("LLMQ_BENCH_ATTENTION").unwrap_or_else(|_| "cudnn".into());
-    let modes: &[bool] = match attention.as_str() {
+    let attention_modes: &[bool] = match attention.as_str() {
         "cudnn" => &[true],
         "own" => &[false],
         "both" => &[true, false],
         other => panic!("LLMQ_BENCH_ATTENTION: cudnn, own or both, not {other:?}"),
     };
+    let autotune = std::env::var("LLMQ_BENCH_AUTOTUNE").unwrap_or_else(|_| "on".into());
+    let autotune_modes: &[bool] = match autotune.as_str() {
+        "on" => &[true],
+        "off" => &[false],
+        "both" => &[true, false],
+        other => panic!("LLMQ_BENCH_AUTOTUNE: on, off or both, not {other:?}"),
+    };
     for path in plans.split_whitespace() {
-        for &cudnn in modes {
-            bench(path, steps, cudnn);
+        for &cudnn_attention in attention_modes {
+            for &autotune_matmuls in autotune_modes {
+                let options = CudaOptions {
+                    cudnn_attention,
+                    autotune_matmuls,
+                    ..CudaOptions::default()
+                };
+                bench(path, steps, options);
+            }
         }
     }
 }

@@ -115,6 +115,12 @@ struct Args {
     /// deterministic; cuDNN's sums dq with atomics, so its last bits can vary between runs.
     #[arg(long)]
     own_attention: bool,
+    /// CUDA: run the cuBLASLt heuristics' first algorithm for every matmul instead of timing
+    /// their candidates at start-up and running the fastest. The choice then is the same every
+    /// run (autotuning may choose differently between runs where candidates are close, and
+    /// different algorithms may round differently).
+    #[arg(long)]
+    no_autotune: bool,
     /// After training, time every step once (one extra optimizer step) and print the measured
     /// time per op and per section beside the planner's estimate.
     #[arg(long)]
@@ -219,6 +225,7 @@ fn make_backend(
     match CudaBackend::new(plan.clone(), options) {
         Ok(backend) => {
             eprintln!("{}", backend.attention_summary());
+            eprintln!("{}", backend.matmul_summary());
             Ok(Box::new(backend))
         }
         Err(BackendError::Unsupported(why)) if cpu_fallback => {
@@ -333,6 +340,7 @@ fn run(args: Args) -> Result<()> {
     let options = CudaOptions {
         graphs: !args.no_graphs,
         cudnn_attention: !args.own_attention,
+        autotune_matmuls: !args.no_autotune,
         ..CudaOptions::default()
     };
     let backend = make_backend(args.backend, plan, options, cpu_fallback)?;

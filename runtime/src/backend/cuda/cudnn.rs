@@ -825,14 +825,21 @@ impl AttentionShape {
     }
 }
 
+/// A plan's index and the sequences it takes at once, or `None` where the own kernels run.
+pub type Served = Option<(usize, u64)>;
+
 /// The attention plans of one training plan (one per distinct shape and direction, shared by
 /// its steps), built on one handle, and the budget of the one workspace they share (steps run
 /// one at a time on the compute stream).
 pub struct AttentionPlans {
     plans: Vec<(AttentionShape, bool, AttentionPlan)>,
+    /// What [`AttentionPlans::prepare`] answered for each step shape and direction asked.
+    answers: Vec<(AttentionShape, bool, Served)>,
     budget: u64,
     /// Why some steps run the own kernels instead (the first reason; `None` when none did).
     fallback: Option<String>,
+    /// The first step that runs in chunks of sequences, and how.
+    chunked: Option<String>,
     cudnn: Cudnn,
 }
 
@@ -841,39 +848,76 @@ impl AttentionPlans {
     pub fn new(budget: u64) -> Result<Self, String> {
         Ok(AttentionPlans {
             plans: Vec::new(),
+            answers: Vec::new(),
             budget,
             fallback: None,
+            chunked: None,
             cudnn: Cudnn::new()?,
         })
     }
 
-    /// The index of the plan for `shape` and direction, built on first use; `None`, with the
-    /// reason kept for [`AttentionPlans::summary`], when cuDNN cannot build it or its
-    /// workspace would outgrow the budget: the caller then launches the own kernels.
-    pub fn prepare(&mut self, shape: AttentionShape, backward: bool) -> Option<usize> {
-        let found = self
-            .plans
+    /// The plan for a step of `shape` and direction: its index and the sequences it takes at
+    /// once, `shape.batch` or a divisor of it (the caller executes it once per chunk of that
+    /// many sequences: every tensor has the batch outermost). cuDNN's workspace grows with the
+    /// batch, so where the whole batch's would outgrow the budget, the largest chunk whose
+    /// workspace fits is taken. `None`, with the reason kept for [`AttentionPlans::summary`],
+    /// when cuDNN cannot build a plan or not even one sequence's workspace fits: the caller
+    /// then launches the own kernels.
+    pub fn prepare(&mut self, shape: AttentionShape, backward: bool) -> Served {
+        if let Some(&(_, _, answer)) = self
+            .answers
             .iter()
-            .position(|(s, b, _)| *s == shape && *b == backward);
-        if found.is_some() {
-            return found;
+            .find(|(s, b, _)| *s == shape && *b == backward)
+        {
+            return answer;
         }
-        let built = if backward {
-            self.cudnn.attention_backward(&shape)
-        } else {
-            self.cudnn.attention_forward(&shape)
-        };
-        let refused = match built {
-            Ok(plan) if plan.workspace_bytes <= self.budget => {
-                self.plans.push((shape, backward, plan));
-                return Some(self.plans.len() - 1);
+        let answer = self.build_within_budget(shape, backward);
+        self.answers.push((shape, backward, answer));
+        answer
+    }
+
+    fn build_within_budget(&mut self, shape: AttentionShape, backward: bool) -> Served {
+        let mut chunk = shape.batch;
+        let refused = loop {
+            let part = AttentionShape {
+                batch: chunk,
+                ..shape
+            };
+            let built = if backward {
+                self.cudnn.attention_backward(&part)
+            } else {
+                self.cudnn.attention_forward(&part)
+            };
+            let plan = match built {
+                Ok(plan) => plan,
+                Err(e) => break e,
+            };
+            if plan.workspace_bytes <= self.budget {
+                if chunk < shape.batch {
+                    self.chunked.get_or_insert(format!(
+                        "the {} of {} sequences runs in chunks of {chunk} (workspace {} MiB \
+                         for all at once)",
+                        if backward { "backward" } else { "forward" },
+                        shape.batch,
+                        whole_batch_workspace(plan.workspace_bytes, chunk, shape.batch) >> 20
+                    ));
+                }
+                self.plans.push((part, backward, plan));
+                return Some((self.plans.len() - 1, chunk));
             }
-            Ok(plan) => format!(
-                "its workspace of {} MiB is more than the {} MiB the plan leaves free",
-                plan.workspace_bytes >> 20,
-                self.budget >> 20
-            ),
-            Err(e) => e,
+            let per_sequence = plan.workspace_bytes.div_ceil(chunk);
+            match smaller_chunk(shape.batch, chunk, per_sequence, self.budget) {
+                Some(d) => chunk = d,
+                None => {
+                    break format!(
+                        "its workspace of {} MiB is more than the {} MiB the plan leaves free, \
+                         {} MiB for even one sequence",
+                        whole_batch_workspace(plan.workspace_bytes, chunk, shape.batch) >> 20,
+                        self.budget >> 20,
+                        per_sequence >> 20
+                    );
+                }
+            }
         };
         self.fallback.get_or_insert(format!("{shape:?}: {refused}"));
         None
@@ -905,6 +949,9 @@ impl AttentionPlans {
                 self.workspace_bytes().div_ceil(1 << 20)
             ),
         };
+        if let Some(how) = &self.chunked {
+            s.push_str(&format!("; {how}"));
+        }
         if let Some(why) = &self.fallback {
             s.push_str(&format!("; own kernels where cuDNN cannot serve ({why})"));
         }
@@ -935,9 +982,46 @@ impl AttentionPlans {
     }
 }
 
+/// The next chunk of sequences to try after one of `chunk` whose workspace, `per_sequence`
+/// bytes a sequence, outgrew `budget`: the largest divisor of `batch` below `chunk` whose share
+/// fits (cuDNN's workspace is about proportional to the batch), `None` when not even one fits.
+fn smaller_chunk(batch: u64, chunk: u64, per_sequence: u64, budget: u64) -> Option<u64> {
+    let fits = (budget / per_sequence.max(1)).min(chunk - 1);
+    (1..=fits).rev().find(|&d| batch.is_multiple_of(d))
+}
+
+/// A workspace of `bytes` for `chunk` sequences scaled to `batch` of them.
+fn whole_batch_workspace(bytes: u64, chunk: u64, batch: u64) -> u64 {
+    bytes / chunk * batch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outgrown_workspace_tries_the_largest_dividing_chunk_that_fits() {
+        // 7B FP8 in 16 GiB: 32 sequences, about 28 MiB of workspace each, 557 MiB left.
+        let mib = 1u64 << 20;
+        assert_eq!(smaller_chunk(32, 32, 28 * mib, 557 * mib), Some(16));
+        assert_eq!(
+            smaller_chunk(32, 16, 40 * mib, 557 * mib),
+            Some(8),
+            "underestimated"
+        );
+        assert_eq!(
+            smaller_chunk(12, 12, 100 * mib, 500 * mib),
+            Some(4),
+            "5 does not divide"
+        );
+        assert_eq!(smaller_chunk(7, 7, 100 * mib, 500 * mib), Some(1));
+        assert_eq!(smaller_chunk(8, 8, 600 * mib, 500 * mib), None);
+        assert_eq!(
+            smaller_chunk(8, 1, 400 * mib, 500 * mib),
+            None,
+            "one already tried"
+        );
+    }
 
     fn offset(strides: [i64; 4], index: [i64; 4]) -> i64 {
         strides.iter().zip(index).map(|(s, i)| s * i).sum()

@@ -760,15 +760,28 @@ impl StepContext<'_> {
         if !served {
             return None;
         }
-        let plan = plans.prepare(shape, backward)?;
+        let (plan, chunk) = plans.prepare(shape, backward)?;
+        // Every tensor has the batch outermost: chunk c's part of a tensor starts c times its
+        // bytes per chunk in.
         let node = &self.step.node;
-        let tensors = node.inputs.iter().chain(&node.outputs);
+        let tensors: Vec<(u64, u64)> = node
+            .inputs
+            .iter()
+            .chain(&node.outputs)
+            .map(|&t| {
+                let bytes = self.plan.tensor(t).ty.bytes();
+                ((self.address)(t), bytes / shape.batch * chunk)
+            })
+            .collect();
+        let actions = (0..shape.batch / chunk)
+            .map(|c| Action::Attention {
+                plan,
+                tensors: tensors.iter().map(|&(at, step)| at + c * step).collect(),
+            })
+            .collect();
         Some(Launch {
             zero_first: Vec::new(),
-            actions: vec![Action::Attention {
-                plan,
-                tensors: tensors.map(|&t| (self.address)(t)).collect(),
-            }],
+            actions,
         })
     }
 

@@ -11,7 +11,8 @@
 //! | `linear_backward_weight` | `dW[M,K] = dy[r,M]ᵀ·x[r,K]`| `dWᵀ[K,M] = xᵀ[K,r] · op_T(dyᵀ)[r,M]` |
 //!
 //! Accumulation (`+=`, gradient accumulation) is `beta = 1` with C = D. Every distinct shape gets
-//! its descriptors and its algorithm (cuBLASLt's first heuristic choice) once, at start-up.
+//! its descriptors and up to [`CANDIDATES`] of cuBLASLt's heuristic algorithms once, at start-up;
+//! it runs the heuristics' first unless `autotune.rs` times them all and chooses another.
 //! In all three, cuBLASLt's A is the op's second operand and B its first.
 //!
 //! `fp8_matmul` (`c[r,n] = a[r,K]·b[n,K]ᵀ · a_descale · b_descale`) has `linear`'s mapping, which
@@ -29,6 +30,9 @@ use std::ffi::c_void;
 
 /// The workspace cuBLASLt may use (32 MiB, its recommendation for Hopper).
 pub const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// How many of the heuristics' algorithms each shape keeps, best first, for autotuning.
+pub const CANDIDATES: usize = 8;
 
 /// A shape of one of the three matmul ops, the key of its prepared descriptors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,12 +165,15 @@ fn err(
     }
 }
 
-/// The descriptors and the chosen algorithm of one shape.
+/// The descriptors, the heuristics' algorithms and the chosen one of one shape.
 struct Prepared {
     shape: GemmShape,
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3],
-    algo: sys::cublasLtMatmulAlgo_t,
+    /// The heuristics' algorithms, in their order (at least one).
+    candidates: Vec<sys::cublasLtMatmulAlgo_t>,
+    /// The index into `candidates` that [`Gemms::run`] uses.
+    chosen: usize,
 }
 
 /// The cuBLASLt handle, the workspace, and one prepared matmul per distinct shape.
@@ -187,8 +194,8 @@ impl Gemms {
         })
     }
 
-    /// The index of `shape`'s prepared matmul, preparing it (and choosing its algorithm) the
-    /// first time.
+    /// The index of `shape`'s prepared matmul, preparing it (and asking the heuristics for its
+    /// algorithms) the first time.
     pub fn prepare(&mut self, shape: GemmShape) -> Result<usize, GemmError> {
         if let Some(i) = self.prepared.iter().position(|p| p.shape == shape) {
             return Ok(i);
@@ -260,9 +267,18 @@ impl Gemms {
             )
         }
         .map_err(e("setting the workspace"))?;
-        // SAFETY: every descriptor was created above and is live.
+        let mut results = [sys::cublasLtMatmulHeuristicResult_t {
+            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+            workspaceSize: 0,
+            state: sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS,
+            wavesCount: 0.0,
+            reserved: [0; 4],
+        }; CANDIDATES];
+        let mut returned = 0i32;
+        // SAFETY: every descriptor was created above and is live; `results` has room for the
+        // CANDIDATES results requested, and `returned` receives how many were written.
         let heuristic = unsafe {
-            result::get_matmul_algo_heuristic(
+            sys::cublasLtMatmulAlgoGetHeuristic(
                 self.handle,
                 desc,
                 layouts[0],
@@ -270,25 +286,68 @@ impl Gemms {
                 layouts[2],
                 layouts[2],
                 pref,
+                CANDIDATES as i32,
+                results.as_mut_ptr(),
+                &mut returned,
             )
-        };
+        }
+        .result();
         // SAFETY: `pref` is live and destroyed once.
         unsafe { result::destroy_matmul_pref(pref) }.map_err(e("destroying the preference"))?;
-        let algo = heuristic.map_err(e("choosing an algorithm"))?.algo;
+        heuristic.map_err(e("choosing an algorithm"))?;
+        let candidates: Vec<_> = results[..returned.clamp(0, CANDIDATES as i32) as usize]
+            .iter()
+            .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+            .map(|r| r.algo)
+            .collect();
+        if candidates.is_empty() {
+            return Err(e("choosing an algorithm")(result::CublasError(
+                sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+            )));
+        }
         self.prepared.push(Prepared {
             shape,
             desc,
             layouts,
-            algo,
+            candidates,
+            chosen: 0,
         });
         Ok(self.prepared.len() - 1)
     }
 
-    /// Enqueues prepared matmul `index` on `stream`: `d = a·b` (or `d += a·b`); an FP8 matmul
-    /// multiplies by the FP32 values at the device addresses `scales` (A's, then B's).
+    /// How many algorithms prepared matmul `index` may choose from.
+    pub fn candidates(&self, index: usize) -> usize {
+        self.prepared[index].candidates.len()
+    }
+
+    /// Makes [`Gemms::run`] use candidate `candidate` (below [`Gemms::candidates`]) of `index`.
+    pub fn choose(&mut self, index: usize, candidate: usize) {
+        assert!(candidate < self.candidates(index), "no such candidate");
+        self.prepared[index].chosen = candidate;
+    }
+
+    /// Enqueues prepared matmul `index` on `stream` with its chosen algorithm: `d = a·b` (or
+    /// `d += a·b`); an FP8 matmul multiplies by the FP32 values at the device addresses
+    /// `scales` (A's, then B's).
     pub fn run(
         &self,
         index: usize,
+        a: u64,
+        b: u64,
+        d: u64,
+        scales: Option<[u64; 2]>,
+        stream: CUstream,
+    ) -> Result<(), GemmError> {
+        let chosen = self.prepared[index].chosen;
+        self.run_candidate(index, chosen, a, b, d, scales, stream)
+    }
+
+    /// [`Gemms::run`] with candidate `candidate` of `index` instead of the chosen one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_candidate(
+        &self,
+        index: usize,
+        candidate: usize,
         a: u64,
         b: u64,
         d: u64,
@@ -334,7 +393,7 @@ impl Gemms {
                 p.layouts[2],
                 d as *mut c_void,
                 p.layouts[2],
-                &p.algo,
+                &p.candidates[candidate],
                 self.workspace as *mut c_void,
                 WORKSPACE_BYTES,
                 stream as sys::cudaStream_t,

@@ -15,6 +15,7 @@
 //! plan's graph segments is captured as a CUDA graph the first time and replayed afterwards
 //! (the inputs live at fixed addresses; the learning rate and step are a device tensor).
 
+pub mod autotune;
 pub mod cudnn;
 pub mod launch;
 pub mod matmul;
@@ -43,6 +44,9 @@ pub struct CudaOptions {
     /// Run attention through cuDNN's fused flash-attention engines where they serve (false:
     /// always the own kernels, whose backward is deterministic; cuDNN's adds dq atomically).
     pub cudnn_attention: bool,
+    /// Time the heuristics' cuBLASLt algorithms of every matmul shape at start-up and run the
+    /// fastest (`autotune.rs`; false: the heuristics' first, the same choice every run).
+    pub autotune_matmuls: bool,
 }
 
 impl Default for CudaOptions {
@@ -51,6 +55,7 @@ impl Default for CudaOptions {
             device: 0,
             graphs: true,
             cudnn_attention: true,
+            autotune_matmuls: true,
         }
     }
 }
@@ -149,6 +154,8 @@ pub struct CudaBackend {
     attention: Option<(AttentionPlans, DeviceMemory)>,
     /// Which attention runs, for the user.
     attention_summary: String,
+    /// What autotuning the matmuls chose (nothing timed when it is off).
+    tuning: autotune::Tuning,
     host: PinnedHostSlice<u8>,
     ctx: Arc<CudaContext>,
 }
@@ -262,6 +269,17 @@ impl CudaBackend {
         if let Some(plans) = &attention_plans {
             attention_summary = plans.summary();
         }
+        let tuning = if options.autotune_matmuls {
+            autotune::autotune(
+                &mut gemms,
+                &launches,
+                (device.ptr, plan.device_arena_bytes),
+                &ctx,
+                &streams[0],
+            )?
+        } else {
+            autotune::Tuning::default()
+        };
         let attention = match attention_plans {
             Some(plans) if !plans.is_empty() => {
                 let workspace = DeviceMemory::zeroed(&ctx, plans.workspace_bytes())?;
@@ -284,6 +302,7 @@ impl CudaBackend {
             _scratch: scratch,
             attention,
             attention_summary,
+            tuning,
             host,
             ctx,
         })
@@ -293,6 +312,15 @@ impl CudaBackend {
     /// step runs the own kernels instead) or the own.
     pub fn attention_summary(&self) -> &str {
         &self.attention_summary
+    }
+
+    /// What autotuning the matmuls did, in a line for the user.
+    pub fn matmul_summary(&self) -> String {
+        if self.options.autotune_matmuls {
+            self.tuning.summary()
+        } else {
+            "matmuls: cuBLASLt, the heuristics' first algorithm (autotuning off)".into()
+        }
     }
 
     /// The GPU's name.
