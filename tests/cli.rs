@@ -139,10 +139,12 @@ fn fp8_is_the_default_and_its_passes_can_be_dumped() {
     };
     let fp8 = dump(&["--dump-after", "fp8_casts"]);
     assert!(fp8.contains("fp8_matmul{out=bf16}"), "{fp8}");
-    // The backward's second layouts are transposes of FP8 copies, not quantisations again.
+    // Weights' second layouts are transposes of their FP8 copies; activations and gradients
+    // are quantised into both layouts at once.
     assert!(fp8.contains("transpose_fp8"), "{fp8}");
+    assert!(fp8.contains("quantize_dual{to=e4m3}"), "{fp8}");
     let e5m2 = dump(&["--dump-after", "fp8_casts", "--grad-fp8", "e5m2"]);
-    assert!(e5m2.contains("quantize{to=e5m2}"), "{e5m2}");
+    assert!(e5m2.contains("quantize_dual{to=e5m2}"), "{e5m2}");
     let bf16 = dump(&["--precision", "bf16", "--dump-after", "autodiff"]);
     assert!(!bf16.contains("fp8_matmul"), "{bf16}");
     let (code, text) = llmqc(&["plan", "models/tiny.ron", "--grad-fp8", "bf16"]);

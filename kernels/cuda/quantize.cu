@@ -48,14 +48,31 @@ extern "C" __global__ void quantize_bf16_e5m2(const bf16* x, const float* amax, 
 //                                 long long rows, int cols)
 // `x` is [rows, cols] row-major, `q` is [cols, rows]: q[c][r] = fp8(x[r][c]·scale), the same
 // bytes as `quantize` writes at x's place. from: f32, bf16; to: e4m3, e5m2.
+// quantize_dual_{from}_{to}(const F* x, const float* amax, Q* q, Q* qt, float* descale,
+//                           long long rows, int cols)
+// Both: `q` as `quantize` writes it, `qt` as `quantize_transposed` does, from one read of x.
 // grid: ceil(rows/QT_TILE)·ceil(cols/QT_TILE), block: QT_THREADS.
-// A block transposes one 64×64 tile through shared memory: it reads x's rows coalesced and
-// writes q's rows four bytes (four consecutive rows of x) per thread.
+// A block moves one 64×64 tile through shared memory: it reads x's rows coalesced, writes q's
+// rows (dual only) and qt's rows four bytes (four consecutive elements) per thread.
 #define QT_TILE 64
 #define QT_THREADS 256
+
+// Four FP8 values packed into one 32-bit word, the first in the lowest byte.
+template <typename Q>
+__device__ __forceinline__ unsigned int pack4(float a, float b, float c, float d) {
+    const float v[4] = {a, b, c, d};
+    unsigned int word = 0;
+    for (int j = 0; j < 4; ++j) {
+        Q byte;
+        store(&byte, 0, v[j]);
+        word |= (unsigned int)byte.__x << (8 * j);
+    }
+    return word;
+}
+
 template <typename F, typename Q>
-__device__ void quantize_transposed(const F* x, const float* amax, Q* q, float* descale,
-                                    long long rows, int cols) {
+__device__ void quantize_tile(const F* x, const float* amax, Q* q, Q* qt, float* descale,
+                              long long rows, int cols) {
     __shared__ float tile[QT_TILE][QT_TILE + 1];
     const float scale = scale_from_amax<Q>(amax[0]);
     if (blockIdx.x == 0 && threadIdx.x == 0) descale[0] = 1.0f / scale;
@@ -69,36 +86,53 @@ __device__ void quantize_transposed(const F* x, const float* amax, Q* q, float* 
         tile[tr][tc] = (r < rows && c < cols) ? load(x, r * cols + c) * scale : 0.0f;
     }
     __syncthreads();
-    // Each thread writes four consecutive rows of x (bytes of q's row c) at a time: one 32-bit
-    // store when the four lie inside x and q's row start keeps them 4-byte aligned.
+    // q's row r, four consecutive columns at a time: one 32-bit store when the four lie inside
+    // x and the row start keeps them 4-byte aligned.
+    if (q) {
+        const bool aligned = cols % 4 == 0;
+        for (int k = threadIdx.x; k < QT_TILE * (QT_TILE / 4); k += QT_THREADS) {
+            const int tr = k / (QT_TILE / 4), tc = (k % (QT_TILE / 4)) * 4;
+            const long long r = r0 + tr;
+            const int c = c0 + tc;
+            if (r >= rows || c >= cols) continue;
+            Q* out = q + r * cols + c;
+            if (aligned && c + 4 <= cols) {
+                *reinterpret_cast<unsigned int*>(out) = pack4<Q>(
+                    tile[tr][tc], tile[tr][tc + 1], tile[tr][tc + 2], tile[tr][tc + 3]);
+            } else {
+                for (int j = 0; j < 4 && c + j < cols; ++j) store(out, j, tile[tr][tc + j]);
+            }
+        }
+    }
+    // qt's row c, four consecutive rows of x at a time, likewise.
     const bool aligned = rows % 4 == 0;
     for (int k = threadIdx.x; k < QT_TILE * (QT_TILE / 4); k += QT_THREADS) {
         const int tc = k / (QT_TILE / 4), tr = (k % (QT_TILE / 4)) * 4;
         const int c = c0 + tc;
         const long long r = r0 + tr;
         if (c >= cols || r >= rows) continue;
-        Q* out = q + (long long)c * rows + r;
+        Q* out = qt + (long long)c * rows + r;
         if (aligned && r + 4 <= rows) {
-            unsigned int word = 0;
-            for (int j = 0; j < 4; ++j) {
-                Q b;
-                store(&b, 0, tile[tr + j][tc]);
-                word |= (unsigned int)b.__x << (8 * j);
-            }
-            *reinterpret_cast<unsigned int*>(out) = word;
+            *reinterpret_cast<unsigned int*>(out) = pack4<Q>(
+                tile[tr][tc], tile[tr + 1][tc], tile[tr + 2][tc], tile[tr + 3][tc]);
         } else {
             for (int j = 0; j < 4 && r + j < rows; ++j) store(out, j, tile[tr + j][tc]);
         }
     }
 }
 
-#define QUANTIZE_TRANSPOSED_ENTRY(NAME, F, Q)                                                   \
-    extern "C" __global__ void NAME(const F* x, const float* amax, Q* q, float* descale,        \
-                                    long long rows, int cols) {                                 \
-        quantize_transposed(x, amax, q, descale, rows, cols);                                   \
+#define QUANTIZE_TILE_ENTRIES(F, Q, SUFFIX)                                                    \
+    extern "C" __global__ void quantize_transposed_##SUFFIX(                                    \
+        const F* x, const float* amax, Q* qt, float* descale, long long rows, int cols) {       \
+        quantize_tile<F, Q>(x, amax, nullptr, qt, descale, rows, cols);                         \
+    }                                                                                           \
+    extern "C" __global__ void quantize_dual_##SUFFIX(const F* x, const float* amax, Q* q,      \
+                                                      Q* qt, float* descale, long long rows,    \
+                                                      int cols) {                               \
+        quantize_tile<F, Q>(x, amax, q, qt, descale, rows, cols);                               \
     }
 
-QUANTIZE_TRANSPOSED_ENTRY(quantize_transposed_f32_e4m3, float, e4m3)
-QUANTIZE_TRANSPOSED_ENTRY(quantize_transposed_f32_e5m2, float, e5m2)
-QUANTIZE_TRANSPOSED_ENTRY(quantize_transposed_bf16_e4m3, bf16, e4m3)
-QUANTIZE_TRANSPOSED_ENTRY(quantize_transposed_bf16_e5m2, bf16, e5m2)
+QUANTIZE_TILE_ENTRIES(float, e4m3, f32_e4m3)
+QUANTIZE_TILE_ENTRIES(float, e5m2, f32_e5m2)
+QUANTIZE_TILE_ENTRIES(bf16, e4m3, bf16_e4m3)
+QUANTIZE_TILE_ENTRIES(bf16, e5m2, bf16_e5m2)

@@ -303,6 +303,8 @@ declare_ops! {
     Zero(Zero),
     /// `Quantize` into the transposed layout, for matmuls contracting over rows.
     QuantizeTransposed(QuantizeTransposed),
+    /// `Quantize` into both layouts at once, for tensors both matmuls of the recipe read.
+    QuantizeDual(QuantizeDual),
     /// `c = a · bᵀ` of two K-major FP8 operands, descaled, FP32 accumulation.
     Fp8Matmul(Fp8Matmul),
     /// Conversion to BF16 with stochastic rounding from the counter-based generator.

@@ -444,6 +444,7 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::AbsMax(_)
         | Op::Quantize(_)
         | Op::QuantizeTransposed(_)
+        | Op::QuantizeDual(_)
         | Op::Fp8Matmul(_)
         | Op::CastStochastic(_)
         | Op::Zero(_)

@@ -367,6 +367,39 @@ fn quantize_transposed_is_the_transpose_of_quantize() {
 }
 
 #[test]
+fn quantize_dual_writes_both_layouts_of_quantize() {
+    let s = seed();
+    let (rows, cols) = (7, 5);
+    let x = normals(s, 0, rows * cols, 0.3);
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for to in [DType::F8E4M3, DType::F8E5M2] {
+        let (_, q, d) = quantized(&x, cols as u64, to, false);
+        let (_, qt, _) = quantized(&x, cols as u64, to, true);
+        let amax = x.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        let ty = TensorType::new([rows as u64, cols as u64], DType::BF16);
+        let out = run(QuantizeDual { to }, &[(ty, x.clone()), f32s(vec![amax])]);
+        let stored = |v: &[f32]| v.iter().map(|&v| round_to(to, v)).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&stored(&out[0])),
+            bits(&q),
+            "{to}: q is not quantize's"
+        );
+        assert_eq!(
+            bits(&stored(&out[1])),
+            bits(&qt),
+            "{to}: qT is not quantize_transposed's"
+        );
+        assert_eq!(out[2][0].to_bits(), d.to_bits(), "{to}: descales differ");
+    }
+    let ty = TensorType::new([2, 3, 5], DType::BF16);
+    let out = Op::from(QuantizeDual { to: DType::F8E4M3 })
+        .infer(&[ty, TensorType::new([1], DType::F32)])
+        .unwrap();
+    assert_eq!(out[0], TensorType::new([2, 3, 5], DType::F8E4M3));
+    assert_eq!(out[1], TensorType::new([5, 6], DType::F8E4M3));
+}
+
+#[test]
 fn transposing_the_fp8_copy_equals_quantising_transposed() {
     // What the FP8 recipe relies on to derive one layout from the other.
     let s = seed();

@@ -14,10 +14,12 @@
 //! | `dx = dy·W`     | out (M)        | `dy` `[rows, M]`        | `Wᵀ` `[K, M]`, transposed |
 //! | `dW = dyᵀ·x`    | rows           | `dyᵀ` `[M, rows]`, transposed | `xᵀ` `[K, rows]`, transposed |
 //!
-//! Each tensor is quantised once: its second layout is the first one's bytes transposed
-//! (`transpose_fp8`, one byte read per element instead of two, the same descale), so the
-//! backward keeps `x`'s and `W`'s FP8 copies from the forward (saved, one byte per element)
-//! instead of re-reading their BF16 values, and `dy`'s second layout comes from its first.
+//! Each tensor is quantised once. Activations `x` and output gradients `dy` are read in both
+//! layouts, so one `quantize_dual` writes both from one read of the BF16 values: the forward
+//! keeps `xᵀ`'s FP8 copy for the weight gradient (saved, one byte per element, as `x`'s was
+//! before) and drops `x`'s after its matmul. A weight's second layout is its first one's bytes
+//! transposed (`transpose_fp8`, the same descale), so only the first lives across the
+//! micro-batch (and across micro-batches, where weight quants persist).
 //!
 //! Invariants kept: each tensor's abs-max is computed once and shared by all its quantisations
 //! (q/k/v share their input's, the two backward matmuls share `dy`'s); the backward's operands
@@ -30,9 +32,11 @@
 //! Needs: the training graph from autodiff. Runs before the memory planner, which then sees
 //! the quantised operands as ordinary tensors.
 
-use indexmap::IndexMap;
+use indexmap::{IndexMap, IndexSet};
 use llmq_compiler::ir::{Graph, Node, NodeId, Phase, Rewrite, Role, TensorId};
-use llmq_compiler::kernels::ops::{AbsMax, Fp8Matmul, Quantize, QuantizeTransposed, TransposeFp8};
+use llmq_compiler::kernels::ops::{
+    AbsMax, Fp8Matmul, Quantize, QuantizeDual, QuantizeTransposed, TransposeFp8,
+};
 use llmq_compiler::kernels::{DType, Op};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 
@@ -54,9 +58,11 @@ impl Pass for Fp8Casts {
             .into_iter()
             .filter(|&id| is_block_linear(graph.node(id)))
             .collect();
+        let dual = read_in_both_layouts(graph, &targets, ctx.grad_fp8);
         let made = graph.rewrite(|rw| {
             let mut q = Quantizer {
                 rw,
+                dual,
                 amax: IndexMap::new(),
                 quantized: IndexMap::new(),
             };
@@ -99,9 +105,44 @@ fn mark_saved(graph: &mut Graph, amaxes: impl Iterator<Item = TensorId>) {
     }
 }
 
+/// The operands of a block matmul's FP8 form: each source tensor, the format it is quantised
+/// to, and whether the matmul reads it transposed.
+fn operands(node: &Node, grad_fp8: DType) -> [(TensorId, DType, bool); 2] {
+    let (x, y) = (node.inputs[0], node.inputs[1]);
+    match node.op {
+        // y = x · Wᵀ
+        Op::Linear(_) => [(x, OPERAND_FP8, false), (y, OPERAND_FP8, false)],
+        // dx = dy · W: contracts over W's rows, so b = Wᵀ.
+        Op::LinearBackwardData(_) => [(x, grad_fp8, false), (y, OPERAND_FP8, true)],
+        // dW = dyᵀ · x: contracts over the rows of both.
+        Op::LinearBackwardWeight(_) => [(x, grad_fp8, true), (y, OPERAND_FP8, true)],
+        _ => unreachable!("only block matmuls are lowered"),
+    }
+}
+
+/// The tensors, other than weights, that the matmuls of `targets` read in both layouts: they
+/// are quantised into both at once (`quantize_dual`). A weight's second layout stays its first
+/// one's bytes transposed when needed, so that only its first (made once per optimizer step
+/// where the plan persists weight quants) lives across the micro-batch.
+fn read_in_both_layouts(graph: &Graph, targets: &[NodeId], grad_fp8: DType) -> IndexSet<TensorId> {
+    let mut layouts: IndexMap<TensorId, [bool; 2]> = IndexMap::new();
+    for &id in targets {
+        for (t, _, transposed) in operands(graph.node(id), grad_fp8) {
+            layouts.entry(t).or_default()[usize::from(transposed)] = true;
+        }
+    }
+    layouts
+        .into_iter()
+        .filter(|&(t, both)| both == [true, true] && graph.tensor(t).role != Role::Weight)
+        .map(|(t, _)| t)
+        .collect()
+}
+
 /// The rewrite in progress: abs-maxes and quantised copies made so far, so each is made once.
 struct Quantizer<'r, 'g> {
     rw: &'r mut Rewrite<'g>,
+    /// Tensors to quantise into both layouts at once.
+    dual: IndexSet<TensorId>,
     /// Per source tensor, its abs-max.
     amax: IndexMap<TensorId, TensorId>,
     /// Per (source tensor, transposed), its quantised values and descale.
@@ -112,25 +153,11 @@ impl Quantizer<'_, '_> {
     /// Replaces one block matmul by its FP8 form, quantising its operands before it.
     fn lower(&mut self, id: NodeId, grad_fp8: DType) -> Result<(), PassError> {
         let node = self.rw.graph().node(id).clone();
-        let (x, y) = (node.inputs[0], node.inputs[1]);
-        let (a, b) = match node.op {
-            // y = x · Wᵀ
-            Op::Linear(_) => (
-                self.quantize(id, x, OPERAND_FP8, false)?,
-                self.quantize(id, y, OPERAND_FP8, false)?,
-            ),
-            // dx = dy · W: contracts over W's rows, so b = Wᵀ.
-            Op::LinearBackwardData(_) => (
-                self.quantize(id, x, grad_fp8, false)?,
-                self.quantize(id, y, OPERAND_FP8, true)?,
-            ),
-            // dW = dyᵀ · x: contracts over the rows of both.
-            Op::LinearBackwardWeight(_) => (
-                self.quantize(id, x, grad_fp8, true)?,
-                self.quantize(id, y, OPERAND_FP8, true)?,
-            ),
-            _ => unreachable!("only block matmuls are lowered"),
-        };
+        let [(x, x_to, x_t), (y, y_to, y_t)] = operands(&node, grad_fp8);
+        let (a, b) = (
+            self.quantize(id, x, x_to, x_t)?,
+            self.quantize(id, y, y_to, y_t)?,
+        );
         let out = self.rw.graph().tensor(node.outputs[0]).ty.dtype;
         self.rw.replace(
             id,
@@ -167,6 +194,17 @@ impl Quantizer<'_, '_> {
         }
         let amax = self.amax(anchor, t)?;
         let name = self.rw.graph().tensor(t).name.clone();
+        if self.dual.contains(&t) {
+            let names = [
+                format!("{name}.q"),
+                format!("{name}.qT"),
+                format!("{name}.descale"),
+            ];
+            let out = self.make(anchor, QuantizeDual { to }.into(), &[t, amax], &names)?;
+            self.quantized.insert((t, false), (out[0], out[2]));
+            self.quantized.insert((t, true), (out[1], out[2]));
+            return Ok(self.quantized[&(t, transposed)]);
+        }
         let (op, names): (Op, _) = if transposed {
             (
                 QuantizeTransposed { to }.into(),

@@ -65,11 +65,27 @@ fn fp8_casts_on_the_tiny_model() {
         }
     }
     assert_eq!(count(&|op| matches!(op, Op::QuantizeTransposed(_))), 0);
-    // Per layer: x of the 4 matmuls and dy of the 4 transposed for dW, W for dx.
-    assert_eq!(
-        count(&|op| matches!(op, Op::TransposeFp8(_))),
-        2 * (4 + 4 + 4)
-    );
+    // Per layer, x of the 4 matmuls and their 4 dy are read in both layouts: quantised into
+    // both at once. The forward's x·Wᵀ reads x's first layout, the backward only its second.
+    assert_eq!(count(&|op| matches!(op, Op::QuantizeDual(_))), 2 * (4 + 4));
+    for (_, node) in graph
+        .nodes()
+        .filter(|(_, n)| matches!(n.op, Op::QuantizeDual(_)) && n.phase == Phase::Forward)
+    {
+        let [q, qt, descale] = [0, 1, 2].map(|i| node.outputs[i]);
+        assert!(!read_in_backward(q), "{}", graph.tensor(q).name);
+        for t in [qt, descale] {
+            assert!(read_in_backward(t), "{}", graph.tensor(t).name);
+            assert_eq!(
+                graph.tensor(t).role,
+                Role::Saved,
+                "{}",
+                graph.tensor(t).name
+            );
+        }
+    }
+    // Only the 4 weights' second layouts are their first ones transposed, for dx.
+    assert_eq!(count(&|op| matches!(op, Op::TransposeFp8(_))), 2 * 4);
 }
 
 #[test]
@@ -81,6 +97,7 @@ fn e5m2_gradients_quantise_only_the_output_gradients_to_e5m2() {
         let to = match &node.op {
             Op::Quantize(q) => q.to,
             Op::QuantizeTransposed(q) => q.to,
+            Op::QuantizeDual(q) => q.to,
             _ => continue,
         };
         let source = graph.tensor(node.inputs[0]);

@@ -118,6 +118,10 @@ const KERNELS: &[(&str, &[&str])] = &[
             "quantize_transposed_f32_e5m2",
             "quantize_transposed_bf16_e4m3",
             "quantize_transposed_bf16_e5m2",
+            "quantize_dual_f32_e4m3",
+            "quantize_dual_f32_e5m2",
+            "quantize_dual_bf16_e4m3",
+            "quantize_dual_bf16_e5m2",
         ],
     ),
     (

@@ -8,6 +8,11 @@
 //! finds its operand contiguous in the contraction dimension, as `Fp8Matmul` requires. Same
 //! scale and same values, only the layout differs: for one `amax`, its `q[c][r]` is bit for
 //! bit `Quantize`'s `q[r][c]`.
+//!
+//! `QuantizeDual` writes both layouts from one read of `x`, for tensors whose two matmuls need
+//! both (an activation: the forward's `x·Wᵀ` and the weight gradient; an output gradient: the
+//! data and the weight gradients). It costs a byte written per element more than `Quantize`,
+//! where `Quantize` and then `TransposeFp8` cost two (the transpose reads its input again).
 
 use crate::op::check;
 use crate::{DType, OpError, OpSpec, TensorType, View, ViewMut};
@@ -120,6 +125,60 @@ impl OpSpec for QuantizeTransposed {
             }
         }
         outputs[1].data[0] = 1.0 / scale;
+        Ok(())
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("to", self.to.to_string())]
+    }
+}
+
+/// `q = fp8(x · fmax/amax)`, `qT = qᵀ`, `descale = amax/fmax`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantizeDual {
+    /// The FP8 format of `q` and `qT`.
+    pub to: DType,
+}
+
+impl OpSpec for QuantizeDual {
+    fn name(&self) -> &'static str {
+        "quantize_dual"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["x", "amax"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["q", "qT", "descale"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        let x = &inputs[0];
+        check::float("quantize_dual", "x", x)?;
+        check::dtype("quantize_dual", "amax", &inputs[1], DType::F32)?;
+        check::shape("quantize_dual", self.to.is_fp8(), || {
+            format!("target {} is not an FP8 format", self.to)
+        })?;
+        Ok(vec![
+            x.with_dtype(self.to),
+            TensorType::new([x.last_dim(), x.rows()], self.to),
+            TensorType::new([1], DType::F32),
+        ])
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        inputs[0].numel() as f64
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let x = inputs[0];
+        let scale = scale_from_amax(inputs[1].data[0], self.to);
+        let cols = *x.shape.last().unwrap_or(&1) as usize;
+        let rows = x.data.len() / cols.max(1);
+        let (q, rest) = outputs.split_at_mut(1);
+        let (q, qt) = (&mut q[0].data, &mut rest[0].data);
+        for (r, row) in x.data.chunks_exact(cols).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                q[r * cols + c] = v * scale;
+                qt[c * rows + r] = v * scale;
+            }
+        }
+        rest[1].data[0] = 1.0 / scale;
         Ok(())
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
