@@ -150,10 +150,17 @@ pub const SCRATCH_BYTES: usize = 32 << 20;
 const QUANTIZE_TILE: u64 = 64;
 const QUANTIZE_TRANSPOSED_BLOCK: u32 = 256;
 
-/// Pairs per head and sequences per thread of rope and rope_backward (ROPE_WIDTH, ROPE_BATCH in
-/// rope.cu): a thread's angles serve every head of that many rows.
-const ROPE_WIDTH: u64 = 8;
-const ROPE_BATCH: u64 = 4;
+/// The largest head of rope and rope_backward: their blocks keep one position's head_dim/2
+/// angles in shared memory (2·ROPE_MAX_HALF in rope.cu).
+const ROPE_MAX_HEAD_DIM: u64 = 512;
+/// Threads per block of rope and rope_backward (ROPE_BLOCK in rope.cu, their launch bounds).
+const ROPE_BLOCK: u32 = 256;
+/// Blocks per SM the rope grid aims for: two waves of the ROPE_MIN_BLOCKS = 4 blocks per SM
+/// that rope.cu's launch bounds let reside at once. Each block computes one position's angles
+/// once and applies them to every head of a chunk of sequences at that position, so fewer,
+/// fuller blocks spend less on angles: the chunks are the largest that still give this many
+/// blocks (or one chunk, all sequences, when the positions alone give that many).
+const ROPE_BLOCKS_PER_SM: u64 = 8;
 
 /// Columns each thread of embedding_backward keeps (EMB_COLS_PER_THREAD in embedding.cu).
 const EMBEDDING_COLS_PER_THREAD: u64 = 16;
@@ -1085,14 +1092,19 @@ impl StepContext<'_> {
                 } else {
                     self.no_acc()?;
                 }
-                let half = head_dim / 2;
-                let width = if half % ROPE_WIDTH == 0 {
-                    ROPE_WIDTH
-                } else {
-                    1
-                };
-                let sequences = n / channels / seq;
-                call.grid = self.stride_grid(sequences.div_ceil(ROPE_BATCH) * seq * (half / width));
+                if head_dim > ROPE_MAX_HEAD_DIM {
+                    return Err(format!(
+                        "rope takes head_dim ≤ {ROPE_MAX_HEAD_DIM}, got {head_dim}"
+                    ));
+                }
+                // One block per (chunk of sequences, position), block chunk·seq + pos (rope.cu):
+                // chunks of `per` sequences, the largest that still give the blocks wanted; the
+                // kernel finds per again from the grid, ceil(sequences / chunks).
+                let sequences = n.checked_div(channels * seq).unwrap_or(0).max(1);
+                let chunks = (self.sm_count as u64 * ROPE_BLOCKS_PER_SM).div_ceil(seq.max(1));
+                let per = sequences.div_ceil(chunks.clamp(1, sequences));
+                call.grid = (seq * sequences.div_ceil(per)).max(1);
+                call.block = ROPE_BLOCK;
             }
             Op::Add(_) => {
                 self.no_acc()?;
