@@ -51,74 +51,59 @@ extern "C" __global__ void quantize_bf16_e5m2(const bf16* x, const float* amax, 
 // quantize_dual_{from}_{to}(const F* x, const float* amax, Q* q, Q* qt, float* descale,
 //                           long long rows, int cols)
 // Both: `q` as `quantize` writes it, `qt` as `quantize_transposed` does, from one read of x.
-// grid: ceil(rows/QT_TILE)·ceil(cols/QT_TILE), block: QT_THREADS.
-// A block moves one 64×64 tile through shared memory: it reads x's rows coalesced, writes q's
-// rows (dual only) and qt's rows four bytes (four consecutive elements) per thread.
-#define QT_TILE 64
-#define QT_THREADS 256
+// grid: ceil(rows/FT_TILE)·ceil(cols/FT_TILE), block: FT_THREADS.
+// A block quantises one 64×64 tile into shared memory (fp8_tile.cuh) and writes it transposed.
+// A whole aligned tile is read eight values of one x row per thread, whose eight bytes also
+// go to q's row in one 8-byte store (dual); other tiles go element by element.
+#include "fp8_tile.cuh"
 
-// Four FP8 values packed into one 32-bit word, the first in the lowest byte.
+// The FP8 byte of v.
 template <typename Q>
-__device__ __forceinline__ unsigned int pack4(float a, float b, float c, float d) {
-    const float v[4] = {a, b, c, d};
-    unsigned int word = 0;
-    for (int j = 0; j < 4; ++j) {
-        Q byte;
-        store(&byte, 0, v[j]);
-        word |= (unsigned int)byte.__x << (8 * j);
-    }
-    return word;
+__device__ __forceinline__ unsigned char fp8_byte(float v) {
+    Q b;
+    store(&b, 0, v);
+    return b.__x;
 }
 
 template <typename F, typename Q>
 __device__ void quantize_tile(const F* x, const float* amax, Q* q, Q* qt, float* descale,
                               long long rows, int cols) {
-    __shared__ float tile[QT_TILE][QT_TILE + 1];
+    __shared__ __align__(16) ByteTile tile;
     const float scale = scale_from_amax<Q>(amax[0]);
     if (blockIdx.x == 0 && threadIdx.x == 0) descale[0] = 1.0f / scale;
-    const int col_tiles = (cols + QT_TILE - 1) / QT_TILE;
-    const long long r0 = (long long)(blockIdx.x / col_tiles) * QT_TILE;
-    const int c0 = (int)(blockIdx.x % col_tiles) * QT_TILE;
-    for (int k = threadIdx.x; k < QT_TILE * QT_TILE; k += QT_THREADS) {
-        const int tr = k / QT_TILE, tc = k % QT_TILE;
-        const long long r = r0 + tr;
-        const int c = c0 + tc;
-        tile[tr][tc] = (r < rows && c < cols) ? load(x, r * cols + c) * scale : 0.0f;
-    }
-    __syncthreads();
-    // q's row r, four consecutive columns at a time: one 32-bit store when the four lie inside
-    // x and the row start keeps them 4-byte aligned.
-    if (q) {
-        const bool aligned = cols % 4 == 0;
-        for (int k = threadIdx.x; k < QT_TILE * (QT_TILE / 4); k += QT_THREADS) {
-            const int tr = k / (QT_TILE / 4), tc = (k % (QT_TILE / 4)) * 4;
+    long long r0;
+    int c0;
+    tile_origin(cols, &r0, &c0);
+    const bool vector = vector_tile(r0, c0, rows, cols, qt, q ? q : qt);
+    const long long n = rows * cols;
+    if (vector) {
+        const int per_row = FT_TILE / 8;  // eight-value pieces of a tile row
+        for (int k = threadIdx.x; k < FT_TILE * per_row; k += FT_THREADS) {
+            const int tr = k / per_row, tc = (k % per_row) * 8;
+            const long long at = (r0 + tr) * cols + c0 + tc;
+            float v[8];
+            load8(x, at, n, v);
+            union { uint2 vec; unsigned int w[2]; unsigned char b[8]; } u;
+            for (int j = 0; j < 8; ++j) u.b[j] = fp8_byte<Q>(v[j] * scale);
+            // Tile rows are 68 bytes: 4-byte aligned at every multiple of 8 columns.
+            unsigned int* dst = reinterpret_cast<unsigned int*>(&tile.b[tr][tc]);
+            dst[0] = u.w[0];
+            dst[1] = u.w[1];
+            if (q) *reinterpret_cast<uint2*>(q + at) = u.vec;
+        }
+    } else {
+        for (int k = threadIdx.x; k < FT_TILE * FT_TILE; k += FT_THREADS) {
+            const int tr = k / FT_TILE, tc = k % FT_TILE;
             const long long r = r0 + tr;
             const int c = c0 + tc;
-            if (r >= rows || c >= cols) continue;
-            Q* out = q + r * cols + c;
-            if (aligned && c + 4 <= cols) {
-                *reinterpret_cast<unsigned int*>(out) = pack4<Q>(
-                    tile[tr][tc], tile[tr][tc + 1], tile[tr][tc + 2], tile[tr][tc + 3]);
-            } else {
-                for (int j = 0; j < 4 && c + j < cols; ++j) store(out, j, tile[tr][tc + j]);
-            }
+            const bool inside = r < rows && c < cols;
+            const unsigned char b = inside ? fp8_byte<Q>(load(x, r * cols + c) * scale) : 0;
+            tile.b[tr][tc] = b;
+            if (q && inside) q[r * cols + c].__x = b;
         }
     }
-    // qt's row c, four consecutive rows of x at a time, likewise.
-    const bool aligned = rows % 4 == 0;
-    for (int k = threadIdx.x; k < QT_TILE * (QT_TILE / 4); k += QT_THREADS) {
-        const int tc = k / (QT_TILE / 4), tr = (k % (QT_TILE / 4)) * 4;
-        const int c = c0 + tc;
-        const long long r = r0 + tr;
-        if (c >= cols || r >= rows) continue;
-        Q* out = qt + (long long)c * rows + r;
-        if (aligned && r + 4 <= rows) {
-            *reinterpret_cast<unsigned int*>(out) = pack4<Q>(
-                tile[tr][tc], tile[tr + 1][tc], tile[tr + 2][tc], tile[tr + 3][tc]);
-        } else {
-            for (int j = 0; j < 4 && r + j < rows; ++j) store(out, j, tile[tr + j][tc]);
-        }
-    }
+    __syncthreads();
+    store_tile_transposed(tile, reinterpret_cast<unsigned char*>(qt), rows, cols, r0, c0, vector);
 }
 
 #define QUANTIZE_TILE_ENTRIES(F, Q, SUFFIX)                                                    \

@@ -146,7 +146,7 @@ const COLSUM_COUNTERS: u64 = 4096;
 pub const SCRATCH_BYTES: usize = 32 << 20;
 
 /// The tile side and threads per block of quantize_transposed, quantize_dual and transpose_fp8
-/// (QT_TILE, QT_THREADS in quantize.cu; TR_TILE, TR_THREADS in transpose.cu).
+/// (FT_TILE, FT_THREADS in fp8_tile.cuh).
 const QUANTIZE_TILE: u64 = 64;
 const QUANTIZE_TRANSPOSED_BLOCK: u32 = 256;
 

@@ -57,6 +57,7 @@ pub const SOURCES: &[Source] = &[
     source!("cross_entropy.cu"),
     source!("cross_entropy.cuh"),
     source!("embedding.cu"),
+    source!("fp8_tile.cuh"),
     source!("quantize.cu"),
     source!("rms_norm.cu"),
     source!("rope.cu"),
