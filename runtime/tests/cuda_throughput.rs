@@ -95,6 +95,21 @@ fn process_gpu_mib() -> Option<u64> {
     })
 }
 
+/// The settings an on/off variable asks for: `names[0]` (the default) is true, `names[1]`
+/// false, `both` both, true first.
+fn modes(variable: &str, names: [&str; 2]) -> Vec<bool> {
+    let value = std::env::var(variable).unwrap_or_else(|_| names[0].into());
+    match value.as_str() {
+        v if v == names[0] => vec![true],
+        v if v == names[1] => vec![false],
+        "both" => vec![true, false],
+        other => panic!(
+            "{variable}: {}, {} or both, not {other:?}",
+            names[0], names[1]
+        ),
+    }
+}
+
 fn bench(path: &str, steps: usize, options: CudaOptions) {
     let plan = Plan::from_bytes(&std::fs::read(path).unwrap()).unwrap();
     let started = Instant::now();
@@ -213,23 +228,11 @@ fn planned_models_train_at_this_many_tokens_per_second() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
-    let attention = std::env::var("LLMQ_BENCH_ATTENTION").unwrap_or_else(|_| "cudnn".into());
-    let attention_modes: &[bool] = match attention.as_str() {
-        "cudnn" => &[true],
-        "own" => &[false],
-        "both" => &[true, false],
-        other => panic!("LLMQ_BENCH_ATTENTION: cudnn, own or both, not {other:?}"),
-    };
-    let autotune = std::env::var("LLMQ_BENCH_AUTOTUNE").unwrap_or_else(|_| "on".into());
-    let autotune_modes: &[bool] = match autotune.as_str() {
-        "on" => &[true],
-        "off" => &[false],
-        "both" => &[true, false],
-        other => panic!("LLMQ_BENCH_AUTOTUNE: on, off or both, not {other:?}"),
-    };
+    let attention_modes = modes("LLMQ_BENCH_ATTENTION", ["cudnn", "own"]);
+    let autotune_modes = modes("LLMQ_BENCH_AUTOTUNE", ["on", "off"]);
     for path in plans.split_whitespace() {
-        for &cudnn_attention in attention_modes {
-            for &autotune_matmuls in autotune_modes {
+        for &cudnn_attention in &attention_modes {
+            for &autotune_matmuls in &autotune_modes {
                 let options = CudaOptions {
                     cudnn_attention,
                     autotune_matmuls,

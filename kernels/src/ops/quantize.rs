@@ -44,6 +44,34 @@ fn scale_from_amax(amax: f32, to: DType) -> f32 {
     }
 }
 
+/// What every quantisation checks: a float `x`, an FP32 `amax`, an FP8 target.
+fn check_operands(op: &'static str, inputs: &[TensorType], to: DType) -> Result<(), OpError> {
+    check::float(op, "x", &inputs[0])?;
+    check::dtype(op, "amax", &inputs[1], DType::F32)?;
+    check::shape(op, to.is_fp8(), || {
+        format!("target {to} is not an FP8 format")
+    })
+}
+
+/// Calls `put(r, c, rows, cols, v)` with every element of `x` (`[.., C]` viewed as
+/// `[rows, C]`) at row r, column c, times the scale of `amax`; returns the descale.
+fn quantize_rows(
+    x: &View,
+    amax: f32,
+    to: DType,
+    mut put: impl FnMut(usize, usize, usize, usize, f32),
+) -> f32 {
+    let scale = scale_from_amax(amax, to);
+    let cols = *x.shape.last().unwrap_or(&1) as usize;
+    let rows = x.data.len() / cols.max(1);
+    for (r, row) in x.data.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            put(r, c, rows, cols, v * scale);
+        }
+    }
+    1.0 / scale
+}
+
 impl OpSpec for Quantize {
     fn name(&self) -> &'static str {
         "quantize"
@@ -55,11 +83,7 @@ impl OpSpec for Quantize {
         &["q", "descale"]
     }
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
-        check::float("quantize", "x", &inputs[0])?;
-        check::dtype("quantize", "amax", &inputs[1], DType::F32)?;
-        check::shape("quantize", self.to.is_fp8(), || {
-            format!("target {} is not an FP8 format", self.to)
-        })?;
+        check_operands("quantize", inputs, self.to)?;
         Ok(vec![
             inputs[0].with_dtype(self.to),
             TensorType::new([1], DType::F32),
@@ -100,11 +124,7 @@ impl OpSpec for QuantizeTransposed {
     }
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
         let x = &inputs[0];
-        check::float("quantize_transposed", "x", x)?;
-        check::dtype("quantize_transposed", "amax", &inputs[1], DType::F32)?;
-        check::shape("quantize_transposed", self.to.is_fp8(), || {
-            format!("target {} is not an FP8 format", self.to)
-        })?;
+        check_operands("quantize_transposed", inputs, self.to)?;
         Ok(vec![
             TensorType::new([x.last_dim(), x.rows()], self.to),
             TensorType::new([1], DType::F32),
@@ -114,17 +134,13 @@ impl OpSpec for QuantizeTransposed {
         inputs[0].numel() as f64
     }
     fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
-        let x = inputs[0];
-        let scale = scale_from_amax(inputs[1].data[0], self.to);
-        let cols = *x.shape.last().unwrap_or(&1) as usize;
-        let rows = x.data.len() / cols.max(1);
-        let q = &mut outputs[0].data;
-        for (r, row) in x.data.chunks_exact(cols).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                q[c * rows + r] = v * scale;
-            }
-        }
-        outputs[1].data[0] = 1.0 / scale;
+        let (q, rest) = outputs.split_at_mut(1);
+        rest[0].data[0] = quantize_rows(
+            &inputs[0],
+            inputs[1].data[0],
+            self.to,
+            |r, c, rows, _, v| q[0].data[c * rows + r] = v,
+        );
         Ok(())
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
@@ -151,11 +167,7 @@ impl OpSpec for QuantizeDual {
     }
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
         let x = &inputs[0];
-        check::float("quantize_dual", "x", x)?;
-        check::dtype("quantize_dual", "amax", &inputs[1], DType::F32)?;
-        check::shape("quantize_dual", self.to.is_fp8(), || {
-            format!("target {} is not an FP8 format", self.to)
-        })?;
+        check_operands("quantize_dual", inputs, self.to)?;
         Ok(vec![
             x.with_dtype(self.to),
             TensorType::new([x.last_dim(), x.rows()], self.to),
@@ -166,19 +178,17 @@ impl OpSpec for QuantizeDual {
         inputs[0].numel() as f64
     }
     fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
-        let x = inputs[0];
-        let scale = scale_from_amax(inputs[1].data[0], self.to);
-        let cols = *x.shape.last().unwrap_or(&1) as usize;
-        let rows = x.data.len() / cols.max(1);
         let (q, rest) = outputs.split_at_mut(1);
-        let (q, qt) = (&mut q[0].data, &mut rest[0].data);
-        for (r, row) in x.data.chunks_exact(cols).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                q[r * cols + c] = v * scale;
-                qt[c * rows + r] = v * scale;
-            }
-        }
-        rest[1].data[0] = 1.0 / scale;
+        let (qt, descale) = rest.split_at_mut(1);
+        descale[0].data[0] = quantize_rows(
+            &inputs[0],
+            inputs[1].data[0],
+            self.to,
+            |r, c, rows, cols, v| {
+                q[0].data[r * cols + c] = v;
+                qt[0].data[c * rows + r] = v;
+            },
+        );
         Ok(())
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {

@@ -14,7 +14,7 @@
 
 use super::launch::{Action, Launch};
 use super::matmul::Gemms;
-use super::{BackendError, device_error};
+use super::{BackendError, Timer, device_error};
 use cudarc::driver::sys;
 use cudarc::driver::{CudaContext, CudaStream, result};
 use std::sync::Arc;
@@ -129,38 +129,21 @@ pub fn autotune(
     unsafe { sys::cuMemsetD32Async(base, PATTERN, (bytes / 4) as usize, cu_stream) }
         .result()
         .map_err(device_error("filling the arena for autotuning"))?;
-    let event = || {
-        ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(device_error("creating a timing event"))
-    };
-    let (before, after) = (event()?, event()?);
+    let timer = Timer::new(ctx)?;
     for (gemm, [a, b, d], scales, count) in timed {
         let mut times = Vec::with_capacity(gemms.candidates(gemm));
         for candidate in 0..gemms.candidates(gemm) {
-            let run = || gemms.run_candidate(gemm, candidate, a, b, d, scales, cu_stream);
-            let time = || -> Result<f64, BackendError> {
-                for _ in 0..WARM_UPS {
-                    run().map_err(|e| BackendError::Device(e.to_string()))?;
+            let run = |runs: usize| -> Result<(), BackendError> {
+                for _ in 0..runs {
+                    gemms
+                        .run_candidate(gemm, candidate, a, b, d, scales, cu_stream)
+                        .map_err(|e| BackendError::Device(e.to_string()))?;
                 }
-                before
-                    .record(stream)
-                    .map_err(device_error("recording a timing event"))?;
-                for _ in 0..TIMED_RUNS {
-                    run().map_err(|e| BackendError::Device(e.to_string()))?;
-                }
-                after
-                    .record(stream)
-                    .map_err(device_error("recording a timing event"))?;
-                after
-                    .synchronize()
-                    .map_err(device_error("waiting for autotuning"))?;
-                let ms = before
-                    .elapsed_ms(&after)
-                    .map_err(device_error("reading a timing event"))?;
-                Ok(ms as f64 / 1e3 / TIMED_RUNS as f64)
+                Ok(())
             };
+            let time = run(WARM_UPS).and_then(|()| timer.time(stream, || run(TIMED_RUNS)));
             // A candidate that cuBLASLt refuses to run is never chosen.
-            times.push(time().unwrap_or(f64::INFINITY));
+            times.push(time.map_or(f64::INFINITY, |t| t / TIMED_RUNS as f64));
         }
         let chosen = choose(&times);
         gemms.choose(gemm, chosen);

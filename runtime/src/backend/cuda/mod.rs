@@ -160,6 +160,48 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
 }
 
+/// Two events that time the work enqueued on one stream between them.
+struct Timer {
+    before: CudaEvent,
+    after: CudaEvent,
+}
+
+impl Timer {
+    fn new(ctx: &Arc<CudaContext>) -> Result<Self, BackendError> {
+        let event = || {
+            ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(device_error("creating a timing event"))
+        };
+        Ok(Timer {
+            before: event()?,
+            after: event()?,
+        })
+    }
+
+    /// The seconds that the work `enqueue` puts on `stream` takes there (waits for it).
+    fn time(
+        &self,
+        stream: &CudaStream,
+        enqueue: impl FnOnce() -> Result<(), BackendError>,
+    ) -> Result<f64, BackendError> {
+        self.before
+            .record(stream)
+            .map_err(device_error("recording a timing event"))?;
+        enqueue()?;
+        self.after
+            .record(stream)
+            .map_err(device_error("recording a timing event"))?;
+        self.after
+            .synchronize()
+            .map_err(device_error("waiting for timed work"))?;
+        let ms = self
+            .before
+            .elapsed_ms(&self.after)
+            .map_err(device_error("reading a timing event"))?;
+        Ok(ms as f64 / 1e3)
+    }
+}
+
 impl CudaBackend {
     /// Prepares `plan` on GPU `options.device`; see the module documentation for the checks.
     pub fn new(plan: Plan, options: CudaOptions) -> Result<Self, BackendError> {
@@ -498,30 +540,12 @@ impl Backend for CudaBackend {
     }
 
     fn step_times(&mut self, start: u32, end: u32) -> Result<Option<Vec<f64>>, BackendError> {
-        let timing = || {
-            self.ctx
-                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(device_error("creating a timing event"))
-        };
-        let (before, after) = (timing()?, timing()?);
+        let timer = Timer::new(&self.ctx)?;
         let mut times = Vec::with_capacity((end - start) as usize);
         for i in start..end {
             // Each step alone between a fork and a join, timed on stream 0, which the fork
             // and join order before and after it.
-            before
-                .record(&self.streams[0])
-                .map_err(device_error("recording a timing event"))?;
-            self.enqueue(i, i + 1)?;
-            after
-                .record(&self.streams[0])
-                .map_err(device_error("recording a timing event"))?;
-            after
-                .synchronize()
-                .map_err(device_error("waiting for a step"))?;
-            let ms = before
-                .elapsed_ms(&after)
-                .map_err(device_error("reading a timing event"))?;
-            times.push(ms as f64 / 1e3);
+            times.push(timer.time(&self.streams[0], || self.enqueue(i, i + 1))?);
         }
         Ok(Some(times))
     }
