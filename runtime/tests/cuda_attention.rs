@@ -2,8 +2,10 @@
 //! 128) against the CPU reference (`kernels/src/ops/attention.rs`) on a GPU, at real shapes
 //! (Qwen2.5-0.5B's 14/2 heads of 64, 16/8 heads of 128, sequence 1024) and at odd ones (a
 //! sequence that is no multiple of the 64-row tile); `cudnn_matches_the_reference` does the same
-//! for cuDNN's fused attention (`runtime/src/backend/cuda/cudnn.rs`), grouped and not. Without a
-//! GPU (CI), or without cuDNN for that test, each test prints why it skips and passes.
+//! for cuDNN's fused attention (`runtime/src/backend/cuda/cudnn.rs`), grouped and not, and
+//! `cudnn_in_chunks_matches_the_reference` for it in chunks of sequences, as the backend runs it
+//! where the whole batch's workspace does not fit. Without a GPU (CI), or without cuDNN for
+//! those tests, each test prints why it skips and passes.
 //!
 //! Inputs are fresh random values every run (the seed is printed; `LLMQ_TEST_SEED` repeats
 //! one), rounded to BF16 on the host so that both sides read the same numbers; `o` and `lse`
@@ -642,7 +644,6 @@ fn cudnn_matches_the_reference() {
         return;
     };
     let seed = cuda_common::seed();
-    let s = &gpu.stream;
     let mut failures = Vec::new();
     for shape in [
         Shape {
@@ -678,41 +679,144 @@ fn cudnn_matches_the_reference() {
             "{shape:?} cuDNN workspaces: forward {} B, backward {} B",
             attention.forward.workspace_bytes, attention.backward.workspace_bytes
         );
-        let case = Case::new(shape, seed);
-        let mut verdicts = Verdicts {
-            label: format!("cuDNN {shape:?}"),
-            failures: Vec::new(),
-        };
-        let [q, k, v, d_o, o_bf16] =
-            [&case.q, &case.k, &case.v, &case.d_o, &case.o_bf16].map(|x| gpu.upload_bf16(x));
-        let go = gpu.upload_bf16(&vec![f32::NAN; case.q.len()]);
-        let glse = s.clone_htod(&vec![f32::NAN; case.lse.len()]).unwrap();
-        let [pq, pk, pv] = [&q, &k, &v].map(|x| ptr(s, x));
-        attention.run(&gpu, &dnn, false, &[pq, pk, pv, ptr(s, &go), ptr(s, &glse)]);
-        verdicts.check("o", BF16_U, FORWARD_C, &case.o, &gpu.download_bf16(&go));
-        let lse = s.clone_dtoh(&glse).unwrap();
-        verdicts.check("lse", F32_U, FORWARD_C, &case.lse, &lse);
-        let glse = s.clone_htod(&case.lse).unwrap();
-        let grads: Vec<CudaSlice<u16>> = case
-            .grads
-            .iter()
-            .map(|g| gpu.upload_bf16(&vec![f32::NAN; g.len()]))
-            .collect();
-        let mut tensors = vec![pq, pk, pv, ptr(s, &o_bf16), ptr(s, &glse), ptr(s, &d_o)];
-        tensors.extend(grads.iter().map(|g| ptr(s, g)));
-        attention.run(&gpu, &dnn, true, &tensors);
-        for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
-            let got = gpu.download_bf16(&grads[i]);
-            let c = if i > 0 && shape.heads > shape.kv_heads {
-                CUDNN_GROUPED_C
-            } else {
-                BACKWARD_C
-            };
-            verdicts.check(name, BF16_U, c, &case.grads[i], &got);
-        }
-        failures.extend(verdicts.failures);
+        let label = format!("cuDNN {shape:?}");
+        let run = |backward: bool, tensors: &[u64]| attention.run(&gpu, &dnn, backward, tensors);
+        failures.extend(check_cudnn(&gpu, shape, seed, label, &run));
     }
     assert!(failures.is_empty(), "{test}:\n{}", failures.join("\n"));
+}
+
+/// cuDNN's attention in chunks of sequences, as the backend runs it where the whole batch's
+/// workspace outgrows what the plan leaves free (`AttentionPlans::prepare`): a budget of half
+/// the whole batch's backward workspace must make both directions run in chunks, one
+/// execution per chunk with every tensor offset by the chunk's share (as `launch.rs` does), and
+/// the results must match the CPU reference over the whole batch.
+#[test]
+fn cudnn_in_chunks_matches_the_reference() {
+    let test = "cudnn_in_chunks_matches_the_reference";
+    if !cuda_common::gpu_present(test) {
+        return;
+    }
+    let gpu = Gpu::new();
+    let Some(dnn) = cudnn_or_skip(test) else {
+        return;
+    };
+    let shape = Shape {
+        batch: 4,
+        seq: 1024,
+        heads: 14,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    let [batch, seq, heads, kv_heads, head_dim] = shape.dims();
+    let at = cudnn::AttentionShape {
+        batch,
+        seq,
+        heads,
+        kv_heads,
+        head_dim,
+    };
+    let whole = dnn.attention_backward(&at).unwrap().workspace_bytes;
+    let mut plans = cudnn::AttentionPlans::new(whole / 2).unwrap();
+    let served = [false, true].map(|backward| plans.prepare(at, backward));
+    println!("{}", plans.summary());
+    let [Some(forward_plan), Some(backward_plan)] = served else {
+        panic!("{test}: cuDNN serves no chunk of {shape:?} within {} B", whole / 2);
+    };
+    assert!(
+        backward_plan.1 < batch,
+        "{test}: the backward ran whole within half its workspace: {served:?}"
+    );
+    let workspace = gpu
+        .stream
+        .alloc_zeros::<u8>(plans.workspace_bytes().max(1) as usize)
+        .unwrap();
+    // Per tensor of the order the plans bind (q, k, v, o, lse, then do, dq, dk, dv), its
+    // elements per sequence and their size.
+    let per_sequence = |backward: bool| {
+        let [q, kv, lse] = [shape.q_shape(), shape.kv_shape(), shape.lse_shape()]
+            .map(|s| numel(&s) as u64 / batch);
+        let mut bytes = vec![q * 2, kv * 2, kv * 2, q * 2, lse * 4];
+        if backward {
+            bytes.extend([q * 2, q * 2, kv * 2, kv * 2]);
+        }
+        bytes
+    };
+    let run = |backward: bool, tensors: &[u64]| {
+        let (index, chunk) = if backward {
+            backward_plan
+        } else {
+            forward_plan
+        };
+        let step = per_sequence(backward);
+        for c in 0..batch / chunk {
+            let part: Vec<u64> = tensors
+                .iter()
+                .zip(&step)
+                .map(|(&at, &bytes)| at + c * chunk * bytes)
+                .collect();
+            // SAFETY: each chunk's tensors lie within the whole batch's live buffers, the
+            // workspace holds the plans' largest, and one stream orders everything.
+            unsafe {
+                plans.execute(
+                    index,
+                    &part,
+                    ptr(&gpu.stream, &workspace),
+                    gpu.stream.cu_stream(),
+                )
+            }
+            .unwrap();
+        }
+    };
+    let label = format!("cuDNN in chunks {served:?} {shape:?}");
+    let failures = check_cudnn(&gpu, shape, cuda_common::seed(), label, &run);
+    assert!(failures.is_empty(), "{test}:\n{}", failures.join("\n"));
+}
+
+/// Forward, then backward, through `run` (`tensors`: q, k, v, o, lse for the forward; q, k,
+/// v, o, lse, do, dq, dk, dv for the backward) at `shape` against the CPU reference; returns
+/// the failures (every verdict is printed).
+fn check_cudnn(
+    gpu: &Gpu,
+    shape: Shape,
+    seed: u64,
+    label: String,
+    run: &dyn Fn(bool, &[u64]),
+) -> Vec<String> {
+    let s = &gpu.stream;
+    let case = Case::new(shape, seed);
+    let mut verdicts = Verdicts {
+        label,
+        failures: Vec::new(),
+    };
+    let [q, k, v, d_o, o_bf16] =
+        [&case.q, &case.k, &case.v, &case.d_o, &case.o_bf16].map(|x| gpu.upload_bf16(x));
+    let go = gpu.upload_bf16(&vec![f32::NAN; case.q.len()]);
+    let glse = s.clone_htod(&vec![f32::NAN; case.lse.len()]).unwrap();
+    let [pq, pk, pv] = [&q, &k, &v].map(|x| ptr(s, x));
+    run(false, &[pq, pk, pv, ptr(s, &go), ptr(s, &glse)]);
+    verdicts.check("o", BF16_U, FORWARD_C, &case.o, &gpu.download_bf16(&go));
+    let lse = s.clone_dtoh(&glse).unwrap();
+    verdicts.check("lse", F32_U, FORWARD_C, &case.lse, &lse);
+    let glse = s.clone_htod(&case.lse).unwrap();
+    let grads: Vec<CudaSlice<u16>> = case
+        .grads
+        .iter()
+        .map(|g| gpu.upload_bf16(&vec![f32::NAN; g.len()]))
+        .collect();
+    let mut tensors = vec![pq, pk, pv, ptr(s, &o_bf16), ptr(s, &glse), ptr(s, &d_o)];
+    tensors.extend(grads.iter().map(|g| ptr(s, g)));
+    run(true, &tensors);
+    for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+        let got = gpu.download_bf16(&grads[i]);
+        let c = if i > 0 && shape.heads > shape.kv_heads {
+            CUDNN_GROUPED_C
+        } else {
+            BACKWARD_C
+        };
+        verdicts.check(name, BF16_U, c, &case.grads[i], &got);
+    }
+    verdicts.failures
 }
 
 /// Median milliseconds of `runs` runs of `work` after 3 warm-up runs, by CUDA events.
