@@ -51,7 +51,7 @@ fn weight_copies_are_made_only_in_their_section() {
     let quantises_weight = |s: &llmq_compiler::plan::Step| {
         let source = plan.tensor(s.node.inputs[0]).role;
         match s.node.op {
-            Op::AbsMax(_) | Op::Quantize(_) | Op::QuantizeTransposed(_) => source == Role::Weight,
+            Op::AbsMax(_) | Op::Quantize(_) => source == Role::Weight,
             Op::TransposeFp8(_) => source == Role::QuantizedWeight,
             _ => false,
         }

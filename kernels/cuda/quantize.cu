@@ -44,17 +44,14 @@ extern "C" __global__ void quantize_bf16_e5m2(const bf16* x, const float* amax, 
     quantize(x, amax, q, descale, n);
 }
 
-// quantize_transposed_{from}_{to}(const F* x, const float* amax, Q* q, float* descale,
-//                                 long long rows, int cols)
-// `x` is [rows, cols] row-major, `q` is [cols, rows]: q[c][r] = fp8(x[r][c]·scale), the same
-// bytes as `quantize` writes at x's place. from: f32, bf16; to: e4m3, e5m2.
 // quantize_dual_{from}_{to}(const F* x, const float* amax, Q* q, Q* qt, float* descale,
 //                           long long rows, int cols)
-// Both: `q` as `quantize` writes it, `qt` as `quantize_transposed` does, from one read of x.
+// `x` is [rows, cols] row-major: `q` as `quantize` writes it, and `qt` [cols, rows] with
+// qt[c][r] = q[r][c], from one read of x. from: f32, bf16; to: e4m3, e5m2.
 // grid: ceil(rows/FT_TILE)·ceil(cols/FT_TILE), block: FT_THREADS.
 // A block quantises one 64×64 tile into shared memory (fp8_tile.cuh) and writes it transposed.
 // A whole aligned tile is read eight values of one x row per thread, whose eight bytes also
-// go to q's row in one 8-byte store (dual); other tiles go element by element.
+// go to q's row in one 8-byte store; other tiles go element by element.
 #include "fp8_tile.cuh"
 
 // The FP8 byte of v.
@@ -74,7 +71,7 @@ __device__ void quantize_tile(const F* x, const float* amax, Q* q, Q* qt, float*
     long long r0;
     int c0;
     tile_origin(cols, &r0, &c0);
-    const bool vector = vector_tile(r0, c0, rows, cols, qt, q ? q : qt);
+    const bool vector = vector_tile(r0, c0, rows, cols, qt, q);
     const long long n = rows * cols;
     if (vector) {
         const int per_row = FT_TILE / 8;  // eight-value pieces of a tile row
@@ -89,7 +86,7 @@ __device__ void quantize_tile(const F* x, const float* amax, Q* q, Q* qt, float*
             unsigned int* dst = reinterpret_cast<unsigned int*>(&tile.b[tr][tc]);
             dst[0] = u.w[0];
             dst[1] = u.w[1];
-            if (q) *reinterpret_cast<uint2*>(q + at) = u.vec;
+            *reinterpret_cast<uint2*>(q + at) = u.vec;
         }
     } else {
         for (int k = threadIdx.x; k < FT_TILE * FT_TILE; k += FT_THREADS) {
@@ -99,7 +96,7 @@ __device__ void quantize_tile(const F* x, const float* amax, Q* q, Q* qt, float*
             const bool inside = r < rows && c < cols;
             const unsigned char b = inside ? fp8_byte<Q>(load(x, r * cols + c) * scale) : 0;
             tile.b[tr][tc] = b;
-            if (q && inside) q[r * cols + c].__x = b;
+            if (inside) q[r * cols + c].__x = b;
         }
     }
     __syncthreads();
@@ -107,10 +104,6 @@ __device__ void quantize_tile(const F* x, const float* amax, Q* q, Q* qt, float*
 }
 
 #define QUANTIZE_TILE_ENTRIES(F, Q, SUFFIX)                                                    \
-    extern "C" __global__ void quantize_transposed_##SUFFIX(                                    \
-        const F* x, const float* amax, Q* qt, float* descale, long long rows, int cols) {       \
-        quantize_tile<F, Q>(x, amax, nullptr, qt, descale, rows, cols);                         \
-    }                                                                                           \
     extern "C" __global__ void quantize_dual_##SUFFIX(const F* x, const float* amax, Q* q,      \
                                                       Q* qt, float* descale, long long rows,    \
                                                       int cols) {                               \

@@ -301,8 +301,6 @@ declare_ops! {
     Quantize(Quantize),
     /// Sets every element to zero.
     Zero(Zero),
-    /// `Quantize` into the transposed layout, for matmuls contracting over rows.
-    QuantizeTransposed(QuantizeTransposed),
     /// `Quantize` into both layouts at once, for tensors both matmuls of the recipe read.
     QuantizeDual(QuantizeDual),
     /// `c = a · bᵀ` of two K-major FP8 operands, descaled, FP32 accumulation.

@@ -443,7 +443,6 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::Cast(_)
         | Op::AbsMax(_)
         | Op::Quantize(_)
-        | Op::QuantizeTransposed(_)
         | Op::QuantizeDual(_)
         | Op::Fp8Matmul(_)
         | Op::CastStochastic(_)

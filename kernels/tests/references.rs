@@ -2,7 +2,7 @@
 //! computations: sum_squares, clip_scale, adamw (PyTorch's AdamW re-done in f64), abs_max,
 //! quantize, cast and zero; the fused ops (chunked LM head + loss, residual add + RMSNorm, the
 //! abs-max variants of swiglu, its backward and the norms) against the unfused ones; and those
-//! of LLMQ's FP8 recipe: quantize_transposed, fp8_matmul (against the BF16 path's matmuls),
+//! of LLMQ's FP8 recipe: quantize_dual, fp8_matmul (against the BF16 path's matmuls),
 //! cast_stochastic and adamw's stochastic moments.
 
 use llmq_kernels::numerics::{decode_fp8, encode_fp8, round_to};
@@ -320,50 +320,22 @@ fn zero() {
 
 /// Quantises `x` (`[rows, cols]`) with its own abs-max as the plan does, `q` stored in `to`:
 /// returns the stored values and the descale.
-fn quantized(x: &[f32], cols: u64, to: DType, transposed: bool) -> (TensorType, Vec<f32>, f32) {
+fn quantized(x: &[f32], cols: u64, to: DType) -> (TensorType, Vec<f32>, f32) {
     let amax = x.iter().map(|v| v.abs()).fold(0f32, f32::max);
     let ty = TensorType::new([x.len() as u64 / cols, cols], DType::BF16);
-    let input = [(ty.clone(), x.to_vec()), f32s(vec![amax])];
-    let out = if transposed {
-        run(QuantizeTransposed { to }, &input)
-    } else {
-        run(Quantize { to }, &input)
-    };
-    let q_ty = if transposed {
-        TensorType::new([cols, ty.rows()], to)
-    } else {
-        ty.with_dtype(to)
-    };
+    let out = run(
+        Quantize { to },
+        &[(ty.clone(), x.to_vec()), f32s(vec![amax])],
+    );
     let q = out[0].iter().map(|&v| round_to(to, v)).collect();
-    (q_ty, q, out[1][0])
+    (ty.with_dtype(to), q, out[1][0])
 }
 
-#[test]
-fn quantize_transposed_is_the_transpose_of_quantize() {
-    let s = seed();
-    let (rows, cols) = (6, 5);
-    let x = normals(s, 0, rows * cols, 0.3);
-    for to in [DType::F8E4M3, DType::F8E5M2] {
-        let (_, q, d) = quantized(&x, cols as u64, to, false);
-        let (ty, qt, dt) = quantized(&x, cols as u64, to, true);
-        assert_eq!(ty.shape, [cols as u64, rows as u64]);
-        assert_eq!(d.to_bits(), dt.to_bits(), "{to}: descales differ");
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(
-                    qt[c * rows + r].to_bits(),
-                    q[r * cols + c].to_bits(),
-                    "{to}: qT[{c}][{r}] is not q[{r}][{c}]"
-                );
-            }
-        }
-    }
-    // A 3-D activation is viewed as [rows, last dimension].
-    let ty = TensorType::new([2, 3, 5], DType::BF16);
-    let out = Op::from(QuantizeTransposed { to: DType::F8E4M3 })
-        .infer(&[ty, TensorType::new([1], DType::F32)])
-        .unwrap();
-    assert_eq!(out[0], TensorType::new([5, 6], DType::F8E4M3));
+/// `[rows, cols]` row-major values transposed, element by element.
+fn transposed(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols * rows)
+        .map(|k| v[(k % rows) * cols + k / rows])
+        .collect()
 }
 
 #[test]
@@ -373,8 +345,8 @@ fn quantize_dual_writes_both_layouts_of_quantize() {
     let x = normals(s, 0, rows * cols, 0.3);
     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     for to in [DType::F8E4M3, DType::F8E5M2] {
-        let (_, q, d) = quantized(&x, cols as u64, to, false);
-        let (_, qt, _) = quantized(&x, cols as u64, to, true);
+        let (_, q, d) = quantized(&x, cols as u64, to);
+        let qt = transposed(&q, rows, cols);
         let amax = x.iter().map(|v| v.abs()).fold(0f32, f32::max);
         let ty = TensorType::new([rows as u64, cols as u64], DType::BF16);
         let out = run(QuantizeDual { to }, &[(ty, x.clone()), f32s(vec![amax])]);
@@ -387,7 +359,7 @@ fn quantize_dual_writes_both_layouts_of_quantize() {
         assert_eq!(
             bits(&stored(&out[1])),
             bits(&qt),
-            "{to}: qT is not quantize_transposed's"
+            "{to}: qT is not quantize's q transposed"
         );
         assert_eq!(out[2][0].to_bits(), d.to_bits(), "{to}: descales differ");
     }
@@ -400,20 +372,20 @@ fn quantize_dual_writes_both_layouts_of_quantize() {
 }
 
 #[test]
-fn transposing_the_fp8_copy_equals_quantising_transposed() {
+fn transposing_the_fp8_copy_is_the_transpose() {
     // What the FP8 recipe relies on to derive one layout from the other.
     let s = seed();
     let (rows, cols) = (7, 5);
     let x = normals(s, 0, rows * cols, 0.3);
     for to in [DType::F8E4M3, DType::F8E5M2] {
-        let (q_ty, q, _) = quantized(&x, cols as u64, to, false);
-        let (_, qt, _) = quantized(&x, cols as u64, to, true);
+        let (q_ty, q, _) = quantized(&x, cols as u64, to);
+        let qt = transposed(&q, rows, cols);
         let t = &run(TransposeFp8, &[(q_ty.clone(), q.clone())])[0];
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(
             bits(t),
             bits(&qt),
-            "{to}: transpose(quantize) != quantize_transposed"
+            "{to}: transpose_fp8(quantize) is not quantize's q transposed"
         );
         let back = &run(
             TransposeFp8,
@@ -486,8 +458,18 @@ fn fp8_matmul_matches_the_bf16_matmuls_on_its_operands() {
         ),
     ];
     for (what, (a, a_cols, a_to, a_t), (b, b_cols, b_to, b_t), bf16_op) in cases {
-        let (aq_ty, aq, ad) = quantized(a, a_cols as u64, a_to, a_t);
-        let (bq_ty, bq, bd) = quantized(b, b_cols as u64, b_to, b_t);
+        // An operand quantised, in the layout its matmul reads (transposed: [cols, rows]).
+        let operand = |x: &[f32], cols: usize, to: DType, t: bool| {
+            let (ty, q, d) = quantized(x, cols as u64, to);
+            if !t {
+                return (ty, q, d);
+            }
+            let rows = x.len() / cols;
+            let ty = TensorType::new([cols as u64, rows as u64], to);
+            (ty, transposed(&q, rows, cols), d)
+        };
+        let (aq_ty, aq, ad) = operand(a, a_cols, a_to, a_t);
+        let (bq_ty, bq, bd) = operand(b, b_cols, b_to, b_t);
         let got = &run(
             Fp8Matmul { out: DType::F32 },
             &[
@@ -500,17 +482,11 @@ fn fp8_matmul_matches_the_bf16_matmuls_on_its_operands() {
         // The BF16 path's op on the dequantised operands, in their original layouts.
         let deq = |q: &[f32], d: f32, t: bool, cols: usize| -> Vec<f32> {
             let v: Vec<f32> = q.iter().map(|&e| e * d).collect();
-            if !t {
-                return v;
+            if t {
+                transposed(&v, cols, q.len() / cols)
+            } else {
+                v
             }
-            let rows = q.len() / cols;
-            let mut back = vec![0f32; v.len()];
-            for c in 0..cols {
-                for r in 0..rows {
-                    back[r * cols + c] = v[c * rows + r];
-                }
-            }
-            back
         };
         let (a_deq, b_deq) = (deq(&aq, ad, a_t, a_cols), deq(&bq, bd, b_t, b_cols));
         let (a_shape, b_shape) = ([a.len() / a_cols, a_cols], [b.len() / b_cols, b_cols]);

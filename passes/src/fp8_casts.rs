@@ -3,7 +3,7 @@
 //!
 //! Every block `linear`, `linear_backward_data` and `linear_backward_weight` becomes an
 //! `fp8_matmul` whose operands are quantised with a per-tensor scale from the current abs-max
-//! (`abs_max`, then `quantize`/`quantize_transposed`): activations and weights to e4m3,
+//! (`abs_max`, then `quantize` or `quantize_dual`): activations and weights to e4m3,
 //! gradients to the context's `grad_fp8` (e4m3 or e5m2). FP32 accumulation, results in the
 //! dtype the BF16 op had. `fp8_matmul` wants both operands contiguous in the contraction
 //! dimension (cuBLASLt's TN form), so:
@@ -34,9 +34,7 @@
 
 use indexmap::{IndexMap, IndexSet};
 use llmq_compiler::ir::{Graph, Node, NodeId, Phase, Rewrite, Role, TensorId};
-use llmq_compiler::kernels::ops::{
-    AbsMax, Fp8Matmul, Quantize, QuantizeDual, QuantizeTransposed, TransposeFp8,
-};
+use llmq_compiler::kernels::ops::{AbsMax, Fp8Matmul, Quantize, QuantizeDual, TransposeFp8};
 use llmq_compiler::kernels::{DType, Op};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 
@@ -205,18 +203,13 @@ impl Quantizer<'_, '_> {
             self.quantized.insert((t, true), (out[1], out[2]));
             return Ok(self.quantized[&(t, transposed)]);
         }
-        let (op, names): (Op, _) = if transposed {
-            (
-                QuantizeTransposed { to }.into(),
-                [format!("{name}.qT"), format!("{name}.descaleT")],
-            )
-        } else {
-            (
-                Quantize { to }.into(),
-                [format!("{name}.q"), format!("{name}.descale")],
-            )
-        };
-        let out = self.make(anchor, op, &[t, amax], &names)?;
+        if transposed {
+            // Read in one layout only so far: its row-major copy, then those bytes transposed.
+            self.quantize(anchor, t, to, false)?;
+            return self.quantize(anchor, t, to, true);
+        }
+        let names = [format!("{name}.q"), format!("{name}.descale")];
+        let out = self.make(anchor, Quantize { to }.into(), &[t, amax], &names)?;
         self.quantized.insert((t, transposed), (out[0], out[1]));
         Ok((out[0], out[1]))
     }

@@ -153,7 +153,6 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
     let to = match &node.op {
         Op::Cast(c) => Some(c.to),
         Op::Quantize(q) => Some(q.to),
-        Op::QuantizeTransposed(q) => Some(q.to),
         Op::Add(_)
         | Op::RmsNorm(_)
         | Op::SwiGlu(_)
@@ -190,7 +189,6 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
         (Op::SwiGluBackwardAbsMax(_), &[gu, d]) => Term::SwiGluBackwardPackedAbsMax([gu, d]),
         (Op::Cast(_), &[to, x]) => Term::Cast([to, x]),
         (Op::Quantize(_), &[to, x, m]) => Term::Quantize([to, x, m]),
-        (Op::QuantizeTransposed(_), &[to, x, m]) => Term::QuantizeTransposed([to, x, m]),
         _ => unreachable!("the modelled ops have these operands"),
     })
 }
@@ -200,7 +198,7 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
 /// block, which would more than double the e-graph and egg's time for nothing).
 fn may_match(graph: &Graph, node: &Node) -> bool {
     match node.op {
-        Op::Quantize(_) | Op::QuantizeTransposed(_) => graph
+        Op::Quantize(_) => graph
             .producer(node.inputs[0])
             .is_some_and(|p| matches!(graph.node(p).op, Op::Cast(_))),
         _ => true,

@@ -4,9 +4,9 @@
 //! `fp8_casts` quantises every operand where it is used: a weight's abs-max and its K-major
 //! copy in the forward, its transposed copy in the backward, in every micro-batch. A weight
 //! changes only in the optimizer, so with several micro-batches per step those are the same
-//! values made again. This pass moves them (`abs_max`, `quantize`, `quantize_transposed` of a
-//! weight, and `transpose_fp8` of such a copy) into the `WeightQuant` phase after the optimizer, whose section the trainer also runs
-//! once after the weights are set or restored; their outputs become persistent
+//! values made again. This pass moves them (`abs_max` and `quantize` of a weight, and
+//! `transpose_fp8` of such a copy) into the `WeightQuant` phase after the optimizer, whose
+//! section the trainer also runs once after the weights are set or restored; their outputs become persistent
 //! (`QuantizedWeight`). It trades memory (about two bytes per block weight element, both copies
 //! kept for the whole step) for time (the quantisations of `grad_accum − 1` micro-batches): the
 //! memory planner takes it or not.
@@ -73,9 +73,7 @@ fn weight_quantisations(graph: &Graph, program: &[Node]) -> Vec<usize> {
     for (i, node) in program.iter().enumerate() {
         let source = node.inputs.first().copied();
         let of_weight = source.is_some_and(|t| match node.op {
-            Op::AbsMax(_) | Op::Quantize(_) | Op::QuantizeTransposed(_) => {
-                graph.tensor(t).role == Role::Weight
-            }
+            Op::AbsMax(_) | Op::Quantize(_) => graph.tensor(t).role == Role::Weight,
             Op::TransposeFp8(_) => copies.contains(&t),
             _ => false,
         });

@@ -64,7 +64,6 @@ fn fp8_casts_on_the_tiny_model() {
             );
         }
     }
-    assert_eq!(count(&|op| matches!(op, Op::QuantizeTransposed(_))), 0);
     // Per layer, x of the 4 matmuls and their 4 dy are read in both layouts: quantised into
     // both at once. The forward's x·Wᵀ reads x's first layout, the backward only its second.
     assert_eq!(count(&|op| matches!(op, Op::QuantizeDual(_))), 2 * (4 + 4));
@@ -96,7 +95,6 @@ fn e5m2_gradients_quantise_only_the_output_gradients_to_e5m2() {
     for (_, node) in graph.nodes() {
         let to = match &node.op {
             Op::Quantize(q) => q.to,
-            Op::QuantizeTransposed(q) => q.to,
             Op::QuantizeDual(q) => q.to,
             _ => continue,
         };

@@ -721,7 +721,10 @@ fn cudnn_in_chunks_matches_the_reference() {
     let served = [false, true].map(|backward| plans.prepare(at, backward));
     println!("{}", plans.summary());
     let [Some(forward_plan), Some(backward_plan)] = served else {
-        panic!("{test}: cuDNN serves no chunk of {shape:?} within {} B", whole / 2);
+        panic!(
+            "{test}: cuDNN serves no chunk of {shape:?} within {} B",
+            whole / 2
+        );
     };
     assert!(
         backward_plan.1 < batch,

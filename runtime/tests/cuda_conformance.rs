@@ -19,7 +19,7 @@
 //! with the size of the terms rather than the result.
 //!
 //! FP8 outputs must be bit-identical: each is one product `x·scale` rounded once (`quantize`,
-//! `quantize_transposed`, `cast`), with the scale from the same abs-max by the same IEEE
+//! `quantize_dual`, `cast`), with the scale from the same abs-max by the same IEEE
 //! division, so nothing depends on summation order. Outputs rounded stochastically to BF16
 //! (`cast_stochastic`, AdamW's moments) use the same random bits on both backends: the cast is
 //! exact, the moments may differ by one BF16 ulp where the device's fused multiply-adds change
@@ -192,7 +192,7 @@ fn random_input(plan: &Plan, op: &Op, index: usize, n: usize, seed: u64, stream:
             vec![1e-3, (1.0 + (u(0) * 5.0).floor()) as f32]
         }
         // Abs-maxes below the values' largest: quantisation saturates some.
-        (Op::Quantize(_) | Op::QuantizeTransposed(_) | Op::QuantizeDual(_), 1) => range(0.5, 2.0),
+        (Op::Quantize(_) | Op::QuantizeDual(_), 1) => range(0.5, 2.0),
         // Descales as quantisation makes them (amax / 448 for amax near 1).
         (Op::Fp8Matmul(_), 1 | 3) => range(1e-3, 4e-3),
         _ => range(-1.0, 1.0),

@@ -9,7 +9,7 @@
 //! `ldc = n`. `b_descale` and `a_descale` are single FP32 values in device memory: they go to
 //! `CUBLASLT_MATMUL_DESC_A_SCALE_POINTER` and `..._B_SCALE_POINTER` respectively. A matmul that
 //! contracts over another dimension gets its operands transposed: from `QuantizeDual`'s second
-//! output, `QuantizeTransposed`, or `TransposeFp8` of the first layout.
+//! output, or `TransposeFp8` of the first layout.
 
 use crate::op::check;
 use crate::ops::linear::gemm;

@@ -42,7 +42,7 @@ pub use cross_entropy::{CrossEntropy, CrossEntropyBackward};
 pub use embedding::{Embedding, EmbeddingBackward};
 pub use fp8_matmul::Fp8Matmul;
 pub use linear::{Linear, LinearBackwardData, LinearBackwardWeight};
-pub use quantize::{Quantize, QuantizeDual, QuantizeTransposed};
+pub use quantize::{Quantize, QuantizeDual};
 pub use rms_norm::{RmsNorm, RmsNormAbsMax, RmsNormBackward};
 pub use rope::{Rope, RopeBackward};
 pub use split::{Concat, MAX_PARTS, Split};

@@ -2,17 +2,15 @@
 //! LLMQ: `scale = fmax / amax` (448 for e4m3, 57344 for e5m2), `q = round(x · scale)`, and the
 //! inverse `descale = amax / fmax` kept for the matmul (cuBLASLt's scale pointers take it).
 //!
-//! `QuantizeTransposed` is the same conversion writing the transpose. `x` is `[.., C]` viewed
-//! as `[rows, C]`; `q` is `[C, rows]` row-major, so a matmul that contracts over `x`'s rows
+//! `QuantizeDual` writes the same values in both layouts from one read of `x`, for tensors whose
+//! two matmuls need both (an activation: the forward's `x·Wᵀ` and the weight gradient; an
+//! output gradient: the data and the weight gradients). `x` is `[.., C]` viewed as `[rows, C]`;
+//! its second output `qT` is `[C, rows]` row-major, so a matmul that contracts over `x`'s rows
 //! (the tokens of a weight gradient) or over a weight's output dimension (the data gradient)
-//! finds its operand contiguous in the contraction dimension, as `Fp8Matmul` requires. Same
-//! scale and same values, only the layout differs: for one `amax`, its `q[c][r]` is bit for
-//! bit `Quantize`'s `q[r][c]`.
-//!
-//! `QuantizeDual` writes both layouts from one read of `x`, for tensors whose two matmuls need
-//! both (an activation: the forward's `x·Wᵀ` and the weight gradient; an output gradient: the
-//! data and the weight gradients). It costs a byte written per element more than `Quantize`,
-//! where `Quantize` and then `TransposeFp8` cost two (the transpose reads its input again).
+//! finds its operand contiguous in the contraction dimension, as `Fp8Matmul` requires: for one
+//! `amax`, `qT[c][r]` is bit for bit `q[r][c]`. It costs a byte written per element more than
+//! `Quantize`, where `Quantize` and then `TransposeFp8` cost two (the transpose reads its input
+//! again).
 
 use crate::op::check;
 use crate::{DType, OpError, OpSpec, TensorType, View, ViewMut};
@@ -98,49 +96,6 @@ impl OpSpec for Quantize {
             *q = x * scale;
         }
         outputs[1].data[0] = 1.0 / scale;
-        Ok(())
-    }
-    fn attrs(&self) -> Vec<(&'static str, String)> {
-        vec![("to", self.to.to_string())]
-    }
-}
-
-/// `q = fp8(xᵀ · fmax/amax)`, `descale = amax/fmax`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct QuantizeTransposed {
-    /// The FP8 format of `q`.
-    pub to: DType,
-}
-
-impl OpSpec for QuantizeTransposed {
-    fn name(&self) -> &'static str {
-        "quantize_transposed"
-    }
-    fn input_names(&self) -> &'static [&'static str] {
-        &["x", "amax"]
-    }
-    fn output_names(&self) -> &'static [&'static str] {
-        &["q", "descale"]
-    }
-    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
-        let x = &inputs[0];
-        check_operands("quantize_transposed", inputs, self.to)?;
-        Ok(vec![
-            TensorType::new([x.last_dim(), x.rows()], self.to),
-            TensorType::new([1], DType::F32),
-        ])
-    }
-    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
-        inputs[0].numel() as f64
-    }
-    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
-        let (q, rest) = outputs.split_at_mut(1);
-        rest[0].data[0] = quantize_rows(
-            &inputs[0],
-            inputs[1].data[0],
-            self.to,
-            |r, c, rows, _, v| q[0].data[c * rows + r] = v,
-        );
         Ok(())
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {

@@ -25,7 +25,6 @@ define_language! {
         "cast" = Cast([Id; 2]),
         // (quantize to x amax)
         "quantize" = Quantize([Id; 3]),
-        "quantize_transposed" = QuantizeTransposed([Id; 3]),
         "add_rms_norm" = AddRmsNorm([Id; 3]),
         "rms_norm_abs_max" = RmsNormAbsMax([Id; 2]),
         "add_rms_norm_abs_max" = AddRmsNormAbsMax([Id; 3]),
@@ -189,11 +188,6 @@ fn cast_rules() -> Vec<Rewrite<Term, Dtypes>> {
             "(quantize ?to (cast ?a ?x) ?amax)" => "(quantize ?to ?x ?amax)"
                 if exact_cast("?x", "?a")
         ),
-        rewrite!(
-            "quantize-transposed-of-exact-cast";
-            "(quantize_transposed ?to (cast ?a ?x) ?amax)" => "(quantize_transposed ?to ?x ?amax)"
-                if exact_cast("?x", "?a")
-        ),
     ]
 }
 
@@ -352,8 +346,8 @@ mod tests {
         ));
         assert!(proves(
             x16,
-            "(quantize_transposed e5m2 (cast f32 x) m)",
-            "(quantize_transposed e5m2 x m)"
+            "(quantize e5m2 (cast f32 x) m)",
+            "(quantize e5m2 x m)"
         ));
         let q = &[("q", F8E4M3)];
         assert!(proves(q, "(cast e4m3 (cast bf16 q))", "q"));

@@ -145,10 +145,10 @@ const COLSUM_COUNTERS: u64 = 4096;
 /// embedding backward's buckets, the attention backward's row statistics and split partials.
 pub const SCRATCH_BYTES: usize = 32 << 20;
 
-/// The tile side and threads per block of quantize_transposed, quantize_dual and transpose_fp8
-/// (FT_TILE, FT_THREADS in fp8_tile.cuh).
-const QUANTIZE_TILE: u64 = 64;
-const QUANTIZE_TRANSPOSED_BLOCK: u32 = 256;
+/// The tile side and threads per block of quantize_dual and transpose_fp8 (FT_TILE, FT_THREADS
+/// in fp8_tile.cuh).
+const FP8_TILE: u64 = 64;
+const FP8_TILE_BLOCK: u32 = 256;
 
 /// The largest head of rope and rope_backward: their blocks keep one position's head_dim/2
 /// angles in shared memory (2·ROPE_MAX_HALF in rope.cu).
@@ -1028,22 +1028,20 @@ impl StepContext<'_> {
                 ];
                 call.grid = (n / group).div_ceil(BLOCK as u64 / 32);
             }
-            Op::QuantizeTransposed(_) | Op::QuantizeDual(_) | Op::TransposeFp8(_) => {
-                // All move 64×64 tiles of x = [rows, cols] into the [cols, rows] layout.
+            Op::QuantizeDual(_) | Op::TransposeFp8(_) => {
+                // Both move 64×64 tiles of x = [rows, cols] into the [cols, rows] layout.
                 self.no_acc()?;
                 let cols = x.last_dim();
                 let rows = n / cols;
-                call.args = match op {
-                    Op::QuantizeTransposed(_) => vec![i(0), i(1), o(0), o(1)],
-                    Op::QuantizeDual(_) => vec![i(0), i(1), o(0), o(1), o(2)],
-                    _ => vec![i(0), o(0)],
-                };
-                if !matches!(op, Op::TransposeFp8(_)) {
+                call.args = if matches!(op, Op::QuantizeDual(_)) {
                     call.name = format!("{base}_{}_{}", x.dtype, self.out_ty(0).dtype);
-                }
+                    vec![i(0), i(1), o(0), o(1), o(2)]
+                } else {
+                    vec![i(0), o(0)]
+                };
                 call.args.extend([I64(rows as i64), I32(cols as i32)]);
-                call.grid = rows.div_ceil(QUANTIZE_TILE) * cols.div_ceil(QUANTIZE_TILE);
-                call.block = QUANTIZE_TRANSPOSED_BLOCK;
+                call.grid = rows.div_ceil(FP8_TILE) * cols.div_ceil(FP8_TILE);
+                call.block = FP8_TILE_BLOCK;
             }
             Op::CastStochastic(c) => {
                 self.no_acc()?;
