@@ -8,7 +8,7 @@ use llmq_compiler::autodiff::{
 };
 use llmq_compiler::ir::{Graph, Node, write_graph};
 use llmq_compiler::kernels::DType;
-use llmq_compiler::lower::{LowerInput, lower, lower_program};
+use llmq_compiler::lower::{LowerInput, Release, lower, lower_program};
 use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{ModelInfo, Plan, PlanOptions, fits};
 use llmq_compiler::spec::{self, ForwardModel, SpecError, SpecOptions};
@@ -220,7 +220,14 @@ pub fn compile_with_choice(
     if report.dump.is_some() {
         train.report.dump = report.dump;
     }
-    let plan = lower_for(&train, opts, opts.vram_bytes, &train.graph, None);
+    let plan = lower_for(
+        &train,
+        opts,
+        opts.vram_bytes,
+        &train.graph,
+        None,
+        choice.release(),
+    );
     Ok(Compiled {
         plan,
         report: train.report,
@@ -241,7 +248,14 @@ pub fn plan_choices(
         .map(|choice| {
             let mut graph = train.graph.clone();
             choice.apply(&mut graph, &train.ctx, &opts.device, None)?;
-            Ok(lower_for(&train, opts, opts.vram_bytes, &graph, None))
+            Ok(lower_for(
+                &train,
+                opts,
+                opts.vram_bytes,
+                &graph,
+                None,
+                choice.release(),
+            ))
         })
         .collect()
 }
@@ -387,13 +401,14 @@ fn optimised(path: &Path, opts: &CompileOptions) -> Result<Optimised, CompileErr
 }
 
 /// Lowers `graph` (the training graph after memory passes), or `program` over its tensors,
-/// for the flags and budget.
+/// for the flags and budget, releasing copies' sources by `release`.
 fn lower_for(
     train: &Optimised,
     opts: &CompileOptions,
     vram_bytes: u64,
     graph: &Graph,
     program: Option<Vec<Node>>,
+    release: Release,
 ) -> Plan {
     let input = LowerInput {
         graph,
@@ -401,6 +416,7 @@ fn lower_for(
         model: train.model.clone(),
         options: plan_options(opts, vram_bytes),
         device: opts.device.clone(),
+        release,
     };
     match program {
         Some(program) => lower_program(input, program),
@@ -438,8 +454,8 @@ fn plan_within(
     vram_bytes: u64,
     price: bool,
 ) -> Result<(Compiled, MemoryChoice), CompileError> {
-    let lower_graph = |graph: &Graph, program: Option<Vec<Node>>| {
-        lower_for(train, opts, vram_bytes, graph, program)
+    let lower_graph = |graph: &Graph, program: Option<Vec<Node>>, release: Release| {
+        lower_for(train, opts, vram_bytes, graph, program, release)
     };
     let ctx = PassContext {
         vram_bytes,

@@ -20,8 +20,12 @@
 //! `offload-activations`, `stream-state`) edits of the schedule, estimated as lowering would
 //! (`lower::estimate_program`): the peak and the step time are its plan's own. The fastest
 //! candidate that fits wins; the search stops at the first state level that fits with no
-//! activation measure, since moving more state only adds transfers. The decisions are then
-//! priced one by one (the plan without each) for `llmqc show`.
+//! activation measure, since moving more state only adds transfers. Device → host copies'
+//! sources are released once the copies queued before them have finished
+//! (`Release::AfterQueue`); only when nothing fits that way does the search run again with
+//! each released by its own time (`Release::Eager`: less memory held, stalls of the compute
+//! stream behind long queues). The decisions are then priced one by one (the plan without
+//! each) for `llmqc show`.
 
 use crate::chunk_lm_head::ChunkLmHead;
 use crate::memory_edit::{edit_program, program};
@@ -31,7 +35,7 @@ use crate::recompute::Recompute;
 use crate::stream_state::StreamState;
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Node, Role};
-use llmq_compiler::lower::estimate_program;
+use llmq_compiler::lower::{Release, estimate_program};
 use llmq_compiler::pass::{Pass, PassContext, PassError, PassReport, run_passes};
 use llmq_compiler::plan::{MemoryDecision, Plan, PlanOptions};
 use llmq_compiler::target::{DeviceProfile, RESERVE_BYTES};
@@ -52,6 +56,10 @@ pub const FRAGMENTATION_MARGIN: u64 = 50;
 
 /// Estimates a candidate (memoised, callable from several threads).
 type Evaluate<'a> = dyn Fn(&MemoryChoice) -> Result<Candidate, PassError> + Sync + 'a;
+
+/// Lowers the chosen graph, or a program over its tensors, releasing copies' sources as the
+/// choice says.
+type Lower<'a> = dyn Fn(&Graph, Option<Vec<Node>>, Release) -> Plan + 'a;
 
 /// What the search needs of a candidate's plan.
 #[derive(Clone, Copy, Debug)]
@@ -109,6 +117,7 @@ fn levels(evaluate: &Evaluate<'_>, shape: &Shape) -> Result<Vec<Level>, PassErro
         offload: Vec::new(),
         lm_head_chunk: Some(shape.chunk_rows),
         persist_weight_quants: false,
+        eager_release: false,
     };
     let results: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
         let runs: Vec<_> = std::iter::once(Vec::new())
@@ -164,6 +173,9 @@ pub struct MemoryChoice {
     /// Make the weights' FP8 copies once per optimizer step and keep them across the step's
     /// micro-batches (`persist-weight-quants`), instead of once per micro-batch.
     pub persist_weight_quants: bool,
+    /// Release each device → host copy's source by the copy's own time, not after the copies
+    /// queued before it (`Release::Eager`): for plans that fit no other way.
+    pub eager_release: bool,
 }
 
 impl MemoryChoice {
@@ -181,6 +193,16 @@ impl MemoryChoice {
             offload,
             lm_head_chunk: Some(shape.chunk_rows),
             persist_weight_quants: false,
+            eager_release: false,
+        }
+    }
+
+    /// How lowering releases copies' sources for this choice.
+    pub fn release(&self) -> Release {
+        if self.eager_release {
+            Release::Eager
+        } else {
+            Release::AfterQueue
         }
     }
 
@@ -200,6 +222,9 @@ impl MemoryChoice {
         }
         if !self.offload.is_empty() {
             parts.push(format!("offload {}", block_range(&self.offload)));
+        }
+        if self.eager_release {
+            parts.push("copies' sources released early".to_string());
         }
         if parts.is_empty() {
             "everything on the device".into()
@@ -359,7 +384,13 @@ impl<'g> Candidates<'g> {
         }
         let mut graph = self.graph.tensors_only();
         let edited = choice.edit(&mut graph, self.program.clone(), &self.device)?;
-        let estimates = estimate_program(&graph, edited, &self.device, &self.options);
+        let estimates = estimate_program(
+            &graph,
+            edited,
+            &self.device,
+            &self.options,
+            choice.release(),
+        );
         let c = Candidate {
             arena_bytes: estimates.peak_live_bytes,
             step_seconds: estimates.step_seconds,
@@ -380,7 +411,7 @@ pub fn plan_memory(
     candidates: &Candidates<'_>,
     ctx: &PassContext,
     dump_after: Option<&str>,
-    lower: &dyn Fn(&Graph, Option<Vec<Node>>) -> Plan,
+    lower: &Lower<'_>,
     price: bool,
 ) -> Result<MemoryPlan, PassError> {
     let (graph, device, shape) = (candidates.graph, &candidates.device, &candidates.shape);
@@ -392,15 +423,19 @@ pub fn plan_memory(
     let mut search_limit = limit - limit / FRAGMENTATION_MARGIN;
     let mut attempts = 0;
     loop {
-        let choice = search(graph, shape, search_limit, &evaluate)?;
+        let choice = search_both_releases(graph, shape, search_limit, &evaluate)?;
+        let release = choice.release();
         let (mut plan, report) = if price {
             let mut planned = graph.clone();
             let report = choice.apply(&mut planned, ctx, device, dump_after)?;
-            (lower(&planned, None), report)
+            (lower(&planned, None, release), report)
         } else {
             let mut planned = graph.tensors_only();
             let program = choice.edit(&mut planned, candidates.program.clone(), device)?;
-            (lower(&planned, Some(program)), PassReport::default())
+            (
+                lower(&planned, Some(program), release),
+                PassReport::default(),
+            )
         };
         attempts += 1;
         let fragmentation = plan.device_arena_bytes - plan.estimates.peak_live_bytes;
@@ -418,6 +453,32 @@ pub fn plan_memory(
             });
         }
         search_limit = next_limit;
+    }
+}
+
+/// [`search`] with copies' sources released after their queue; when nothing fits that way,
+/// the search again with eager releases, and of the two the one that fits, or else the one
+/// needing less memory.
+fn search_both_releases(
+    graph: &Graph,
+    shape: &Shape,
+    limit: u64,
+    evaluate: &Evaluate<'_>,
+) -> Result<MemoryChoice, PassError> {
+    let after_queue = search(graph, shape, limit, evaluate)?;
+    let queued_bytes = evaluate(&after_queue)?.arena_bytes;
+    if queued_bytes <= limit {
+        return Ok(after_queue);
+    }
+    let eager = |c: &MemoryChoice| MemoryChoice {
+        eager_release: true,
+        ..c.clone()
+    };
+    let found = eager(&search(graph, shape, limit, &|c| evaluate(&eager(c)))?);
+    if evaluate(&found)?.arena_bytes < queued_bytes {
+        Ok(found)
+    } else {
+        Ok(after_queue)
     }
 }
 
@@ -677,6 +738,14 @@ fn price_decisions(
             "on host, streamed through"
         };
         asked.push((role.category().name(), "all".into(), action.into(), without));
+    }
+    if choice.eager_release {
+        let without = MemoryChoice {
+            eager_release: false,
+            ..choice.clone()
+        };
+        let action = "device → host copies' sources released by their own time";
+        asked.push(("copies", "-".into(), action.into(), without));
     }
     if !choice.recompute.is_empty() {
         let without = MemoryChoice {

@@ -23,7 +23,7 @@ mod timeline;
 pub use allocate::allocate;
 pub use cost::NodeEstimator;
 pub use liveness::{Interval, liveness};
-pub use streams::{COMPUTE, DEVICE_TO_HOST, HOST_TO_DEVICE};
+pub use streams::{COMPUTE, DEVICE_TO_HOST, HOST_TO_DEVICE, Release};
 
 use crate::autodiff::TrainIo;
 use crate::ir::{BufferId, Category, Graph, Node, Phase, TensorId};
@@ -46,6 +46,8 @@ pub struct LowerInput<'a> {
     pub options: PlanOptions,
     /// The device profile for the estimates.
     pub device: DeviceProfile,
+    /// When device → host copies' sources are released (the memory planner's choice).
+    pub release: Release,
 }
 
 /// Lowers a training graph to a plan.
@@ -70,7 +72,7 @@ pub fn lower_program(input: LowerInput, program: Vec<Node>) -> Plan {
         events,
         mut buffers,
         categories,
-    } = schedule(graph, program, &input.device);
+    } = schedule(graph, program, &input.device, input.release);
     let sizes: Vec<u64> = buffers.iter().map(|b| b.size).collect();
     let intervals: Vec<Interval> = buffers
         .iter()
@@ -139,14 +141,15 @@ pub fn lower_program(input: LowerInput, program: Vec<Node>) -> Plan {
 /// forward, backward, optimizer; over the tensors of `graph`, whose own nodes are not looked
 /// at) lowers to, with the device arena taken to be the live-bytes peak, which the allocator
 /// reaches or comes close to. For the memory planner's candidates: nothing is laid out and no
-/// graph is built of each.
+/// graph is built of each. Copies' sources are released by `release`.
 pub fn estimate_program(
     graph: &Graph,
     program: Vec<Node>,
     device: &DeviceProfile,
     options: &PlanOptions,
+    release: Release,
 ) -> Estimates {
-    let s = schedule(graph, program, device);
+    let s = schedule(graph, program, device, release);
     estimates(&s.steps, &s.sections, &s.buffers, &s.categories, options)
 }
 
@@ -163,7 +166,12 @@ struct Scheduled {
 
 /// Steps 1 to 3 of lowering for `order` (the schedule, partitioned by phase: `Phase::ALL`),
 /// whose nodes become the steps, one section per phase.
-fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Scheduled {
+fn schedule(
+    graph: &Graph,
+    order: Vec<Node>,
+    device: &DeviceProfile,
+    release: Release,
+) -> Scheduled {
     debug_assert!(
         order.is_sorted_by_key(|n| n.phase),
         "a schedule runs the forward, the eval, the backward, then the optimizer"
@@ -206,7 +214,8 @@ fn schedule(graph: &Graph, order: Vec<Node>, device: &DeviceProfile) -> Schedule
             }
         })
         .collect();
-    let (events, releases) = streams::place_events(&mut steps, &sections, graph.tensor_count());
+    let (events, releases) =
+        streams::place_events(&mut steps, &sections, graph.tensor_count(), release);
 
     let mut intervals = liveness(graph, &steps);
     for (copy, release) in releases {

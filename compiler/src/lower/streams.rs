@@ -10,6 +10,12 @@
 //! - the source of a device → host copy stays allocated until a *release* step: the first
 //!   compute step after the copy by which, by the estimates, the copy has finished (or a few
 //!   steps later at most); that step waits for the copy, so the bytes are reused only after.
+//!   With [`Release::AfterQueue`] the copy is taken to finish after the copies queued before
+//!   it on its stream: where a small copy follows a large one (a norm weight's moments after
+//!   a matrix's), releasing it at the next compute step would stall the compute stream, and
+//!   with it every later host → device copy, until the large one is done. That holds sources
+//!   longer, so the memory planner falls back to [`Release::Eager`] (each copy's own time)
+//!   where a plan fits no other way.
 //!
 //! Sections are CUDA-graph segments, and a captured segment joins all its streams at its
 //! end, so nothing crosses a section boundary.
@@ -30,6 +36,17 @@ pub const DEVICE_TO_HOST: StreamId = 2;
 /// stream waits instead, which the timeline counts.
 const MAX_RELEASE_DELAY: usize = 8;
 
+/// When the source of a device → host copy may be reused (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Release {
+    /// Once the copies queued before it on its stream have finished too: no stall of the
+    /// compute stream behind a long queue.
+    AfterQueue,
+    /// Once the copy alone would have finished: sources are held for less, at the cost of such
+    /// stalls.
+    Eager,
+}
+
 /// The streams of a plan with host copies, indexed by the constants above.
 pub const STREAMS: [StreamKind; 3] = [
     StreamKind::Compute,
@@ -49,12 +66,14 @@ pub fn stream_of(graph: &Graph, inputs: &[TensorId], outputs: &[TensorId]) -> St
     }
 }
 
-/// Fills `waits` and `records` of every step (over tensors `0..tensors`). Returns the number
-/// of events and, per device → host copy, the step until which its source must stay allocated.
+/// Fills `waits` and `records` of every step (over tensors `0..tensors`), releasing copies'
+/// sources by `release`. Returns the number of events and, per device → host copy, the step
+/// until which its source must stay allocated.
 pub fn place_events(
     steps: &mut [Step],
     sections: &[Section],
     tensors: usize,
+    release: Release,
 ) -> (u32, Vec<(u32, u32)>) {
     let mut waits: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
     let mut releases = Vec::new();
@@ -62,6 +81,9 @@ pub fn place_events(
         let (start, end) = (section.start as usize, section.end as usize);
         let mut last_writer: Vec<Option<usize>> = vec![None; tensors];
         let mut last_compute: Option<usize> = None;
+        // Estimated seconds of device → host copies still queued when the compute stream
+        // reaches the current step (it drains as compute runs).
+        let mut d2h_backlog = 0.0f64;
         for s in start..end {
             let step = &steps[s];
             if step.stream != COMPUTE
@@ -81,9 +103,15 @@ pub fn place_events(
             }
             if step.stream == COMPUTE {
                 last_compute = Some(s);
+                d2h_backlog = (d2h_backlog - step.estimate.seconds).max(0.0);
             }
             if step.stream == DEVICE_TO_HOST {
-                let release = release_step(steps, s, end);
+                d2h_backlog += step.estimate.seconds;
+                let needed = match release {
+                    Release::AfterQueue => d2h_backlog,
+                    Release::Eager => step.estimate.seconds,
+                };
+                let release = release_step(steps, s, end, needed);
                 if let Some(r) = release {
                     waits[r].push(s);
                 }
@@ -113,10 +141,10 @@ pub fn place_events(
 }
 
 /// The first compute step after `copy` (before `end`) by whose start the copy has finished by
-/// the estimates, but at most `MAX_RELEASE_DELAY` compute steps after it, or else the
-/// section's last compute step after it.
-fn release_step(steps: &[Step], copy: usize, end: usize) -> Option<usize> {
-    let needed = steps[copy].estimate.seconds;
+/// the estimates (`needed` seconds of compute after the compute stream reached it), but at
+/// most `MAX_RELEASE_DELAY` compute steps after it, or else the section's last compute step
+/// after it.
+fn release_step(steps: &[Step], copy: usize, end: usize, needed: f64) -> Option<usize> {
     let mut elapsed = 0.0;
     let mut last = None;
     let compute = (copy + 1..end).filter(|&s| steps[s].stream == COMPUTE);
