@@ -92,7 +92,7 @@ fn every_mechanism_trains_bit_identically(precision: Precision) {
         offload: vec![1],
         lm_head_chunk: Some(8),
         persist_weight_quants: precision == Precision::Fp8,
-        eager_release: false,
+        release: Default::default(),
     };
     let recompute_and_offload = MemoryChoice {
         streamed: every_state_role(),
@@ -100,7 +100,7 @@ fn every_mechanism_trains_bit_identically(precision: Precision) {
         offload: vec![0, 1],
         lm_head_chunk: None,
         persist_weight_quants: precision == Precision::Fp8,
-        eager_release: false,
+        release: Default::default(),
     };
     for choice in [mixed, recompute_and_offload] {
         let plan = compile_with_choice(&model(), &opts, &choice).unwrap().plan;

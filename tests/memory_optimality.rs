@@ -40,7 +40,7 @@ fn every_choice() -> Vec<MemoryChoice> {
                     lm_head_chunk: chunk,
                     // BF16 plans quantise no weight: nothing to persist.
                     persist_weight_quants: false,
-                    eager_release: false,
+                    release: Default::default(),
                 });
             }
         }

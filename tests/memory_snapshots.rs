@@ -19,7 +19,7 @@ fn graph_after(pass: &str) -> Vec<String> {
         offload: vec![1],
         lm_head_chunk: Some(8),
         persist_weight_quants: true,
-        eager_release: false,
+        release: Default::default(),
     };
     let mut opts = common::options(1, 8, 1, Precision::Fp8, 1 << 30);
     opts.dump_after = Some(pass.into());

@@ -226,7 +226,7 @@ pub fn compile_with_choice(
         opts.vram_bytes,
         &train.graph,
         None,
-        choice.release(),
+        choice.release,
     );
     Ok(Compiled {
         plan,
@@ -254,7 +254,7 @@ pub fn plan_choices(
                 opts.vram_bytes,
                 &graph,
                 None,
-                choice.release(),
+                choice.release,
             ))
         })
         .collect()

@@ -20,12 +20,11 @@
 //! `offload-activations`, `stream-state`) edits of the schedule, estimated as lowering would
 //! (`lower::estimate_program`): the peak and the step time are its plan's own. The fastest
 //! candidate that fits wins; the search stops at the first state level that fits with no
-//! activation measure, since moving more state only adds transfers. Device → host copies'
-//! sources are released once the copies queued before them have finished
-//! (`Release::AfterQueue`); only when nothing fits that way does the search run again with
-//! each released by its own time (`Release::Eager`: less memory held, stalls of the compute
-//! stream behind long queues). The decisions are then priced one by one (the plan without
-//! each) for `llmqc show`.
+//! activation measure, since moving more state only adds transfers. The search runs once per
+//! release of device → host copies' sources (`Release::CHOICES`, on threads: the longer a
+//! source may be held, the fewer stalls of the compute stream behind the copies' queue, and
+//! the more memory), and the fastest of their choices that fits wins. The decisions are then
+//! priced one by one (the plan without each) for `llmqc show`.
 
 use crate::chunk_lm_head::ChunkLmHead;
 use crate::memory_edit::{edit_program, program};
@@ -117,7 +116,7 @@ fn levels(evaluate: &Evaluate<'_>, shape: &Shape) -> Result<Vec<Level>, PassErro
         offload: Vec::new(),
         lm_head_chunk: Some(shape.chunk_rows),
         persist_weight_quants: false,
-        eager_release: false,
+        release: Release::default(),
     };
     let results: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
         let runs: Vec<_> = std::iter::once(Vec::new())
@@ -173,9 +172,8 @@ pub struct MemoryChoice {
     /// Make the weights' FP8 copies once per optimizer step and keep them across the step's
     /// micro-batches (`persist-weight-quants`), instead of once per micro-batch.
     pub persist_weight_quants: bool,
-    /// Release each device → host copy's source by the copy's own time, not after the copies
-    /// queued before it (`Release::Eager`): for plans that fit no other way.
-    pub eager_release: bool,
+    /// When device → host copies' sources are released (held longer, less waiting).
+    pub release: Release,
 }
 
 impl MemoryChoice {
@@ -193,16 +191,7 @@ impl MemoryChoice {
             offload,
             lm_head_chunk: Some(shape.chunk_rows),
             persist_weight_quants: false,
-            eager_release: false,
-        }
-    }
-
-    /// How lowering releases copies' sources for this choice.
-    pub fn release(&self) -> Release {
-        if self.eager_release {
-            Release::Eager
-        } else {
-            Release::AfterQueue
+            release: Release::default(),
         }
     }
 
@@ -223,8 +212,8 @@ impl MemoryChoice {
         if !self.offload.is_empty() {
             parts.push(format!("offload {}", block_range(&self.offload)));
         }
-        if self.eager_release {
-            parts.push("copies' sources released early".to_string());
+        if self.release != Release::default() {
+            parts.push(format!("copies' sources {}", self.release.describe()));
         }
         if parts.is_empty() {
             "everything on the device".into()
@@ -384,13 +373,8 @@ impl<'g> Candidates<'g> {
         }
         let mut graph = self.graph.tensors_only();
         let edited = choice.edit(&mut graph, self.program.clone(), &self.device)?;
-        let estimates = estimate_program(
-            &graph,
-            edited,
-            &self.device,
-            &self.options,
-            choice.release(),
-        );
+        let estimates =
+            estimate_program(&graph, edited, &self.device, &self.options, choice.release);
         let c = Candidate {
             arena_bytes: estimates.peak_live_bytes,
             step_seconds: estimates.step_seconds,
@@ -423,8 +407,8 @@ pub fn plan_memory(
     let mut search_limit = limit - limit / FRAGMENTATION_MARGIN;
     let mut attempts = 0;
     loop {
-        let choice = search_both_releases(graph, shape, search_limit, &evaluate)?;
-        let release = choice.release();
+        let choice = search_releases(graph, shape, search_limit, &evaluate)?;
+        let release = choice.release;
         let (mut plan, report) = if price {
             let mut planned = graph.clone();
             let report = choice.apply(&mut planned, ctx, device, dump_after)?;
@@ -456,30 +440,41 @@ pub fn plan_memory(
     }
 }
 
-/// [`search`] with copies' sources released after their queue; when nothing fits that way,
-/// the search again with eager releases, and of the two the one that fits, or else the one
-/// needing less memory.
-fn search_both_releases(
+/// [`search`] once per release of copies' sources (`Release::CHOICES`), on threads: the
+/// fastest of the choices that fit, or else the one needing the least memory.
+fn search_releases(
     graph: &Graph,
     shape: &Shape,
     limit: u64,
     evaluate: &Evaluate<'_>,
 ) -> Result<MemoryChoice, PassError> {
-    let after_queue = search(graph, shape, limit, evaluate)?;
-    let queued_bytes = evaluate(&after_queue)?.arena_bytes;
-    if queued_bytes <= limit {
-        return Ok(after_queue);
-    }
-    let eager = |c: &MemoryChoice| MemoryChoice {
-        eager_release: true,
-        ..c.clone()
-    };
-    let found = eager(&search(graph, shape, limit, &|c| evaluate(&eager(c)))?);
-    if evaluate(&found)?.arena_bytes < queued_bytes {
-        Ok(found)
-    } else {
-        Ok(after_queue)
-    }
+    let found: Vec<Result<(MemoryChoice, Candidate), PassError>> = thread::scope(|scope| {
+        let searches: Vec<_> = Release::CHOICES
+            .iter()
+            .map(|&release| {
+                scope.spawn(move || {
+                    let with = |c: &MemoryChoice| MemoryChoice {
+                        release,
+                        ..c.clone()
+                    };
+                    let choice = with(&search(graph, shape, limit, &|c| evaluate(&with(c)))?);
+                    let candidate = evaluate(&choice)?;
+                    Ok((choice, candidate))
+                })
+            })
+            .collect();
+        searches
+            .into_iter()
+            .map(|s| s.join().expect("a release's search does not panic"))
+            .collect()
+    });
+    let found = found.into_iter().collect::<Result<Vec<_>, _>>()?;
+    // In `CHOICES` order, so that a tie goes to the release with the fewest stalls.
+    let fitting = found.iter().filter(|(_, c)| c.arena_bytes <= limit);
+    let fastest = fitting.min_by(|a, b| a.1.step_seconds.total_cmp(&b.1.step_seconds));
+    let least = || found.iter().min_by_key(|(_, c)| c.arena_bytes);
+    let (choice, _) = fastest.or_else(least).expect("CHOICES is not empty");
+    Ok(choice.clone())
 }
 
 /// The fastest choice whose estimated arena is at most `limit`, or the one needing the least
@@ -739,13 +734,13 @@ fn price_decisions(
         };
         asked.push((role.category().name(), "all".into(), action.into(), without));
     }
-    if choice.eager_release {
+    if choice.release != Release::default() {
         let without = MemoryChoice {
-            eager_release: false,
+            release: Release::default(),
             ..choice.clone()
         };
-        let action = "device → host copies' sources released by their own time";
-        asked.push(("copies", "-".into(), action.into(), without));
+        let action = format!("sources {}", choice.release.describe());
+        asked.push(("copies", "-".into(), action, without));
     }
     if !choice.recompute.is_empty() {
         let without = MemoryChoice {

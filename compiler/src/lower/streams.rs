@@ -13,9 +13,9 @@
 //!   With [`Release::AfterQueue`] the copy is taken to finish after the copies queued before
 //!   it on its stream: where a small copy follows a large one (a norm weight's moments after
 //!   a matrix's), releasing it at the next compute step would stall the compute stream, and
-//!   with it every later host → device copy, until the large one is done. That holds sources
-//!   longer, so the memory planner falls back to [`Release::Eager`] (each copy's own time)
-//!   where a plan fits no other way.
+//!   with it every later host → device copy, until the large one is done. Holding sources
+//!   longer costs memory, so the release is the memory planner's choice among
+//!   [`Release::CHOICES`]: the fastest that fits.
 //!
 //! Sections are CUDA-graph segments, and a captured segment joins all its streams at its
 //! end, so nothing crosses a section boundary.
@@ -31,20 +31,62 @@ pub const HOST_TO_DEVICE: StreamId = 1;
 pub const DEVICE_TO_HOST: StreamId = 2;
 
 /// How many compute steps may run before the source of a device → host copy is released
-/// (then waited for). Where compute is short against the link (the optimizer), holding every
-/// source until its copy is hidden would keep many streamed buffers at once; the compute
-/// stream waits instead, which the timeline counts.
-const MAX_RELEASE_DELAY: usize = 8;
+/// (then waited for) by [`Release::Eager`]. Where compute is short against the link (the
+/// optimizer), holding every source until its copy is hidden would keep many streamed buffers
+/// at once; the compute stream waits instead, which the timeline counts.
+const EAGER_MAX_DELAY: u32 = 8;
 
 /// When the source of a device → host copy may be reused (see the module comment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Release {
-    /// Once the copies queued before it on its stream have finished too: no stall of the
-    /// compute stream behind a long queue.
-    AfterQueue,
-    /// Once the copy alone would have finished: sources are held for less, at the cost of such
-    /// stalls.
+    /// Once the copies queued before it on its stream have finished too, by the estimates,
+    /// but at most `max_delay` compute steps after it: no stall of the compute stream behind
+    /// a long queue.
+    AfterQueue {
+        /// The most compute steps between the copy and its release.
+        max_delay: u32,
+    },
+    /// Once the copy alone would have finished, at most `EAGER_MAX_DELAY` compute steps after
+    /// it: sources are held for least, at the cost of such stalls.
     Eager,
+}
+
+impl Release {
+    /// The memory planner's candidates, from the most held (the fewest stalls) to the least.
+    /// On the 7B within 16 GiB (estimates): at most 24 compute steps held, 38.99 s per step in
+    /// FP8, 54.70 s in BF16; at most 32, the BF16 plan no longer fits without more offloading;
+    /// at most 8, 40.64 and 55.87 s; eager, 42.66 and 58.47 s.
+    pub const CHOICES: [Release; 3] = [
+        Release::AfterQueue { max_delay: 24 },
+        Release::AfterQueue { max_delay: 8 },
+        Release::Eager,
+    ];
+
+    /// The most compute steps between a copy and its release.
+    fn max_delay(self) -> u32 {
+        match self {
+            Release::AfterQueue { max_delay } => max_delay,
+            Release::Eager => EAGER_MAX_DELAY,
+        }
+    }
+
+    /// In words, for the plan's summary.
+    pub fn describe(self) -> String {
+        match self {
+            Release::AfterQueue { max_delay } => {
+                format!("held until done, after their queue, {max_delay} compute steps at most")
+            }
+            Release::Eager => {
+                format!("held for their own time only, {EAGER_MAX_DELAY} compute steps at most")
+            }
+        }
+    }
+}
+
+impl Default for Release {
+    fn default() -> Self {
+        Release::CHOICES[0]
+    }
 }
 
 /// The streams of a plan with host copies, indexed by the constants above.
@@ -108,10 +150,10 @@ pub fn place_events(
             if step.stream == DEVICE_TO_HOST {
                 d2h_backlog += step.estimate.seconds;
                 let needed = match release {
-                    Release::AfterQueue => d2h_backlog,
+                    Release::AfterQueue { .. } => d2h_backlog,
                     Release::Eager => step.estimate.seconds,
                 };
-                let release = release_step(steps, s, end, needed);
+                let release = release_step(steps, s, end, needed, release.max_delay());
                 if let Some(r) = release {
                     waits[r].push(s);
                 }
@@ -142,14 +184,19 @@ pub fn place_events(
 
 /// The first compute step after `copy` (before `end`) by whose start the copy has finished by
 /// the estimates (`needed` seconds of compute after the compute stream reached it), but at
-/// most `MAX_RELEASE_DELAY` compute steps after it, or else the section's last compute step
-/// after it.
-fn release_step(steps: &[Step], copy: usize, end: usize, needed: f64) -> Option<usize> {
+/// most `max_delay` compute steps after it, or else the section's last compute step after it.
+fn release_step(
+    steps: &[Step],
+    copy: usize,
+    end: usize,
+    needed: f64,
+    max_delay: u32,
+) -> Option<usize> {
     let mut elapsed = 0.0;
     let mut last = None;
     let compute = (copy + 1..end).filter(|&s| steps[s].stream == COMPUTE);
     for (n, s) in compute.enumerate() {
-        if elapsed >= needed || n == MAX_RELEASE_DELAY {
+        if elapsed >= needed || n == max_delay as usize {
             return Some(s);
         }
         elapsed += steps[s].estimate.seconds;
