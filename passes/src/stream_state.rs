@@ -4,7 +4,10 @@
 //! For every node that touches such a tensor `S`:
 //! - reading `S`: it reads a device copy, brought by a host → device copy placed early enough
 //!   to hide the transfer behind compute, at most one block ahead (double buffering); a node
-//!   right after another that had `S` on the device reuses that copy;
+//!   right after another that had `S` on the device reuses that copy. The copies run one at a
+//!   time on one stream, in program order, so they are placed together, scheduled back from
+//!   the last (`schedule_prefetches`): a large one for a later node must not hold up a small
+//!   one due sooner;
 //! - writing `S`: it writes a fresh device tensor, or, when it also reads `S` (AdamW, zero)
 //!   or accumulates into it (gradients), updates the device copy in place; either is copied
 //!   back to `S` right after.
@@ -77,6 +80,7 @@ impl StreamState {
         let seconds = node_seconds(graph, &original, &self.device);
         let units = buffering_units(&original);
         let mut on_device: IndexMap<TensorId, DeviceCopy> = IndexMap::new();
+        let mut prefetches: Vec<Prefetch> = Vec::new();
         for (i, node) in original.iter().enumerate() {
             // Device copies of what the node reads, and of what it accumulates into.
             let accumulated = node
@@ -97,11 +101,16 @@ impl StreamState {
                     Some(c) => c.tensor,
                     None => {
                         let d = tensor_like(graph, s, "stage", Role::Workspace);
-                        let transfer = transfer_seconds(graph.tensor(s).ty.bytes(), &self.device);
                         let writes_s = |n: &Node| n.outputs.contains(&s);
-                        let at =
-                            prefetch_position(&original, &units, &seconds, i, transfer, writes_s);
-                        edit.insert_before(at, copy_node(s, d, node.phase, node.layer));
+                        let unbounded = f64::INFINITY;
+                        prefetches.push(Prefetch {
+                            consumer: i,
+                            earliest: prefetch_position(
+                                &original, &units, &seconds, i, unbounded, writes_s,
+                            ),
+                            transfer: transfer_seconds(graph.tensor(s).ty.bytes(), &self.device),
+                            copy: copy_node(s, d, node.phase, node.layer),
+                        });
                         d
                     }
                 };
@@ -143,12 +152,56 @@ impl StreamState {
             }
             rewired_nodes.push((i, rewired));
         }
+        for (at, copy) in schedule_prefetches(&seconds, prefetches) {
+            edit.insert_before(at, copy);
+        }
         edit.program = original;
         for (i, node) in rewired_nodes {
             edit.program[i] = node;
         }
         Ok(())
     }
+}
+
+/// A host → device copy to place before node `consumer` of the program, not before node
+/// `earliest` (the source's last writer, the phase's start or the previous unit).
+struct Prefetch {
+    consumer: usize,
+    earliest: usize,
+    transfer: f64,
+    copy: Node,
+}
+
+/// Where each of `prefetches` (in the order of their consumers) goes, by the estimated
+/// `seconds` of the program's nodes: the copies run one at a time in program order, so,
+/// scheduled back from the last, each starts as late as lets it finish before its consumer
+/// and before the next copy starts, placed at the latest node the compute reaches by then
+/// (never before its earliest). Positions never decrease along the consumers, so the stream
+/// runs them in the order they are due; where even the earliest position is too late, the copy
+/// starts there and the ones before it are scheduled to be done by then.
+fn schedule_prefetches(seconds: &[f64], prefetches: Vec<Prefetch>) -> Vec<(usize, Node)> {
+    // When the compute reaches each node.
+    let mut reached = Vec::with_capacity(seconds.len() + 1);
+    let mut t = 0.0;
+    for s in seconds {
+        reached.push(t);
+        t += s;
+    }
+    reached.push(t);
+    let mut placed = Vec::with_capacity(prefetches.len());
+    let (mut next_start, mut next_at) = (f64::INFINITY, usize::MAX);
+    for p in prefetches.into_iter().rev() {
+        let latest_start = reached[p.consumer].min(next_start) - p.transfer;
+        let mut at = p.consumer.min(next_at).max(p.earliest);
+        while at > p.earliest && reached[at] > latest_start {
+            at -= 1;
+        }
+        next_start = latest_start.max(reached[at]);
+        next_at = at;
+        placed.push((at, p.copy));
+    }
+    placed.reverse();
+    placed
 }
 
 /// The device copy of a streamed tensor that nearby nodes may share.
@@ -164,4 +217,85 @@ fn is_state(role: Role) -> bool {
         role,
         Role::Weight | Role::MasterWeight | Role::Gradient | Role::AdamM | Role::AdamV
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmq_compiler::ir::Tensor;
+    use llmq_compiler::kernels::{DType, TensorType};
+
+    /// Prefetches of one tensor, told apart by their `layer`, for `schedule_prefetches`.
+    fn prefetch(graph: &mut Graph, id: u32, consumer: usize, transfer: f64) -> Prefetch {
+        let t = graph.add_tensor(Tensor {
+            name: format!("t{id}"),
+            ty: TensorType::new([1], DType::F32),
+            role: Role::Workspace,
+            layer: None,
+            hf_name: None,
+            init: None,
+            parts: Vec::new(),
+        });
+        Prefetch {
+            consumer,
+            earliest: 0,
+            transfer,
+            copy: copy_node(t, t, Phase::Backward, Some(id)),
+        }
+    }
+
+    /// Each copy's start and finish on the one stream that runs them in program order, each
+    /// once the compute (1 s per node) has reached its place.
+    fn run_in_order(placed: &[(usize, Node)], transfers: &[f64]) -> Vec<(f64, f64)> {
+        let mut free = 0.0f64;
+        placed
+            .iter()
+            .map(|(at, copy)| {
+                let start = free.max(*at as f64);
+                free = start + transfers[copy.layer.unwrap() as usize];
+                (start, free)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_large_prefetch_for_a_later_node_does_not_hold_up_a_small_one_due_sooner() {
+        let mut graph = Graph::new();
+        let seconds = vec![1.0; 10];
+        // Copy 0 (1 s) is due at node 5, copy 1 (5 s) at node 8: placed alone each as late as
+        // hides it (nodes 4 and 3), copy 1 would run first and copy 0 be 4 s late.
+        let transfers = [1.0, 5.0];
+        let prefetches = vec![
+            prefetch(&mut graph, 0, 5, transfers[0]),
+            prefetch(&mut graph, 1, 8, transfers[1]),
+        ];
+        let placed = schedule_prefetches(&seconds, prefetches);
+        let order: Vec<(usize, Option<u32>)> =
+            placed.iter().map(|(at, c)| (*at, c.layer)).collect();
+        assert_eq!(order, [(2, Some(0)), (3, Some(1))]);
+        let due = [5.0, 8.0];
+        for (i, (_, finish)) in run_in_order(&placed, &transfers).iter().enumerate() {
+            assert!(
+                *finish <= due[i],
+                "copy {i} done at {finish}, due at {}",
+                due[i]
+            );
+        }
+    }
+
+    #[test]
+    fn prefetches_that_cannot_all_be_hidden_start_at_their_earliest() {
+        let mut graph = Graph::new();
+        let seconds = vec![1.0; 6];
+        // 4 s of copies due by node 3: both as early as allowed, in the order they are due.
+        let mut prefetches = vec![
+            prefetch(&mut graph, 0, 2, 2.0),
+            prefetch(&mut graph, 1, 3, 2.0),
+        ];
+        prefetches[1].earliest = 1;
+        let placed = schedule_prefetches(&seconds, prefetches);
+        let order: Vec<(usize, Option<u32>)> =
+            placed.iter().map(|(at, c)| (*at, c.layer)).collect();
+        assert_eq!(order, [(0, Some(0)), (1, Some(1))]);
+    }
 }
