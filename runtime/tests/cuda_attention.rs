@@ -196,6 +196,17 @@ impl Shape {
             self.head_dim,
         ]
     }
+    /// The same shape in cuDNN's terms.
+    fn cudnn(&self) -> cudnn::AttentionShape {
+        let [batch, seq, heads, kv_heads, head_dim] = self.dims();
+        cudnn::AttentionShape {
+            batch,
+            seq,
+            heads,
+            kv_heads,
+            head_dim,
+        }
+    }
     fn launch(&self, backward: bool, splits: u64) -> launch::AttentionLaunch {
         let [b, t, h, kv, d] = self.dims();
         launch::attention_mma_launch(backward, b, t, h, kv, d, splits)
@@ -580,14 +591,7 @@ struct CudnnAttention {
 impl CudnnAttention {
     /// Both plans at `shape`, or why cuDNN cannot build them.
     fn new(gpu: &Gpu, dnn: &Cudnn, shape: &Shape) -> Result<CudnnAttention, String> {
-        let [batch, seq, heads, kv_heads, head_dim] = shape.dims();
-        let at = cudnn::AttentionShape {
-            batch,
-            seq,
-            heads,
-            kv_heads,
-            head_dim,
-        };
+        let at = shape.cudnn();
         let forward = dnn.attention_forward(&at)?;
         let backward = dnn.attention_backward(&at)?;
         let bytes = forward.workspace_bytes.max(backward.workspace_bytes).max(1);
@@ -616,6 +620,15 @@ impl CudnnAttention {
     }
 }
 
+/// The GPU and cuDNN, when both are there, or None (the test says why it skips).
+fn gpu_with_cudnn(test: &str) -> Option<(Gpu, Cudnn)> {
+    if !cuda_common::gpu_present(test) {
+        return None;
+    }
+    let gpu = Gpu::new();
+    cudnn_or_skip(test).map(|dnn| (gpu, dnn))
+}
+
 /// cuDNN, when it loads, or None (the test says why it skips).
 fn cudnn_or_skip(test: &str) -> Option<Cudnn> {
     match Cudnn::new() {
@@ -636,11 +649,7 @@ fn cudnn_or_skip(test: &str) -> Option<Cudnn> {
 #[test]
 fn cudnn_matches_the_reference() {
     let test = "cudnn_matches_the_reference";
-    if !cuda_common::gpu_present(test) {
-        return;
-    }
-    let gpu = Gpu::new();
-    let Some(dnn) = cudnn_or_skip(test) else {
+    let Some((gpu, dnn)) = gpu_with_cudnn(test) else {
         return;
     };
     let seed = cuda_common::seed();
@@ -694,11 +703,7 @@ fn cudnn_matches_the_reference() {
 #[test]
 fn cudnn_in_chunks_matches_the_reference() {
     let test = "cudnn_in_chunks_matches_the_reference";
-    if !cuda_common::gpu_present(test) {
-        return;
-    }
-    let gpu = Gpu::new();
-    let Some(dnn) = cudnn_or_skip(test) else {
+    let Some((gpu, dnn)) = gpu_with_cudnn(test) else {
         return;
     };
     let shape = Shape {
@@ -708,14 +713,8 @@ fn cudnn_in_chunks_matches_the_reference() {
         kv_heads: 2,
         head_dim: 64,
     };
-    let [batch, seq, heads, kv_heads, head_dim] = shape.dims();
-    let at = cudnn::AttentionShape {
-        batch,
-        seq,
-        heads,
-        kv_heads,
-        head_dim,
-    };
+    let at = shape.cudnn();
+    let batch = shape.batch;
     let whole = dnn.attention_backward(&at).unwrap().workspace_bytes;
     let mut plans = cudnn::AttentionPlans::new(whole / 2).unwrap();
     let served = [false, true].map(|backward| plans.prepare(at, backward));
