@@ -53,9 +53,9 @@ pub enum Release {
 
 impl Release {
     /// The memory planner's candidates, from the most held (the fewest stalls) to the least.
-    /// On the 7B within 16 GiB (estimates): at most 24 compute steps held, 38.99 s per step in
-    /// FP8, 54.70 s in BF16; at most 32, the BF16 plan no longer fits without more offloading;
-    /// at most 8, 40.64 and 55.87 s; eager, 42.66 and 58.47 s.
+    /// Each alone on the 7B within 16 GiB (estimates, FP8 and BF16 with `--batch auto`): at
+    /// most 24 compute steps held, 35.97 and 53.05 s per step; 32, 35.98 s, and the BF16 plan
+    /// fits no batch; 16, 37.07 and 53.08 s; 8, 38.03 and 54.22 s; eager, 39.98 and 56.90 s.
     pub const CHOICES: [Release; 3] = [
         Release::AfterQueue { max_delay: 24 },
         Release::AfterQueue { max_delay: 8 },
