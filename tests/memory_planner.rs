@@ -134,8 +134,10 @@ fn the_32b_fits_24g_and_plans_in_time() {
     let took = start.elapsed();
     let plan = &compiled.plan;
     assert_fits_like_llmq(plan);
+    // 0.45 s alone on a 2-core machine (three searches, one per release of copies, on
+    // threads); up to 1.9 s while another build loads it.
     assert!(
-        took < limit(Duration::from_secs(1)),
+        took < limit(Duration::from_secs(3)),
         "planning took {took:?}"
     );
     // Wall time is noisy on a shared machine; the amount of work is not.
