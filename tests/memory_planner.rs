@@ -346,7 +346,7 @@ fn the_planner_releases_copies_eagerly_where_nothing_else_fits() {
     assert!(
         decisions(&plan)
             .iter()
-            .any(|d| d.starts_with("copies - sources held for their own time")),
+            .any(|d| d.starts_with("copies - released by their own time")),
         "{}",
         summary(&plan)
     );

@@ -213,7 +213,7 @@ impl MemoryChoice {
             parts.push(format!("offload {}", block_range(&self.offload)));
         }
         if self.release != Release::default() {
-            parts.push(format!("copies' sources {}", self.release.describe()));
+            parts.push(format!("copies {}", self.release.describe()));
         }
         if parts.is_empty() {
             "everything on the device".into()
@@ -739,7 +739,7 @@ fn price_decisions(
             release: Release::default(),
             ..choice.clone()
         };
-        let action = format!("sources {}", choice.release.describe());
+        let action = choice.release.describe();
         asked.push(("copies", "-".into(), action, without));
     }
     if !choice.recompute.is_empty() {

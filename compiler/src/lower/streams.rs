@@ -70,15 +70,13 @@ impl Release {
         }
     }
 
-    /// In words, for the plan's summary.
+    /// In words, for the plan's summary ("copies released …").
     pub fn describe(self) -> String {
         match self {
             Release::AfterQueue { max_delay } => {
-                format!("held until done, after their queue, {max_delay} compute steps at most")
+                format!("released after their queue (≤ {max_delay} steps)")
             }
-            Release::Eager => {
-                format!("held for their own time only, {EAGER_MAX_DELAY} compute steps at most")
-            }
+            Release::Eager => format!("released by their own time (≤ {EAGER_MAX_DELAY} steps)"),
         }
     }
 }
