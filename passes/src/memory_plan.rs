@@ -118,18 +118,8 @@ fn levels(evaluate: &Evaluate<'_>, shape: &Shape) -> Result<Vec<Level>, PassErro
         persist_weight_quants: false,
         release: Release::default(),
     };
-    let results: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
-        let runs: Vec<_> = std::iter::once(Vec::new())
-            .chain(STATE.iter().map(|&r| vec![r]))
-            .map(|streamed| {
-                let choice = alone(streamed);
-                scope.spawn(move || evaluate(&choice))
-            })
-            .collect();
-        runs.into_iter()
-            .map(|r| r.join().expect("an evaluation does not panic"))
-            .collect()
-    });
+    let alone_or_none = std::iter::once(Vec::new()).chain(STATE.iter().map(|&r| vec![r]));
+    let results = on_threads(alone_or_none, |streamed| evaluate(&alone(streamed)));
     let mut results = results.into_iter();
     let base = results.next().expect("the base was evaluated")?;
     let mut price: Vec<(f64, Role)> = Vec::with_capacity(STATE.len());
@@ -448,27 +438,16 @@ fn search_releases(
     limit: u64,
     evaluate: &Evaluate<'_>,
 ) -> Result<MemoryChoice, PassError> {
-    let found: Vec<Result<(MemoryChoice, Candidate), PassError>> = thread::scope(|scope| {
-        let searches: Vec<_> = Release::CHOICES
-            .iter()
-            .map(|&release| {
-                scope.spawn(move || {
-                    let with = |c: &MemoryChoice| MemoryChoice {
-                        release,
-                        ..c.clone()
-                    };
-                    let choice = with(&search(graph, shape, limit, &|c| evaluate(&with(c)))?);
-                    let candidate = evaluate(&choice)?;
-                    Ok((choice, candidate))
-                })
-            })
-            .collect();
-        searches
-            .into_iter()
-            .map(|s| s.join().expect("a release's search does not panic"))
-            .collect()
+    let found = on_threads(Release::CHOICES, |release| {
+        let with = |c: &MemoryChoice| MemoryChoice {
+            release,
+            ..c.clone()
+        };
+        let choice = with(&search(graph, shape, limit, &|c| evaluate(&with(c)))?);
+        let candidate = evaluate(&choice)?;
+        Ok((choice, candidate))
     });
-    let found = found.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let found = found.into_iter().collect::<Result<Vec<_>, PassError>>()?;
     // In `CHOICES` order, so that a tie goes to the release with the fewest stalls.
     let fitting = found.iter().filter(|(_, c)| c.arena_bytes <= limit);
     let fastest = fitting.min_by(|a, b| a.1.step_seconds.total_cmp(&b.1.step_seconds));
@@ -521,20 +500,8 @@ fn search(
             Ladder::RecomputeAndOffload,
         ];
         let at = |ladder, k| MemoryChoice::new(level, ladder, k, shape);
-        let found: Vec<Result<Option<(u32, Candidate)>, PassError>> = thread::scope(|scope| {
-            let searches: Vec<_> = ladders
-                .iter()
-                .map(|&ladder| {
-                    let at = &at;
-                    scope.spawn(move || {
-                        smallest_fitting(blocks, limit, &|k| evaluate(&at(ladder, k)))
-                    })
-                })
-                .collect();
-            searches
-                .into_iter()
-                .map(|s| s.join().expect("a ladder search does not panic"))
-                .collect()
+        let found = on_threads(ladders, |ladder| {
+            smallest_fitting(blocks, limit, &|k| evaluate(&at(ladder, k)))
         });
         let mut recompute_alone_fits = false;
         for (&ladder, result) in ladders.iter().zip(found) {
@@ -592,15 +559,7 @@ fn swap_state(
                 swaps.push(swapped);
             }
         }
-        let results: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
-            let runs: Vec<_> = swaps
-                .iter()
-                .map(|c| scope.spawn(move || evaluate(c)))
-                .collect();
-            runs.into_iter()
-                .map(|r| r.join().expect("an evaluation does not panic"))
-                .collect()
-        });
+        let results = on_threads(&swaps, evaluate);
         let mut improved = false;
         for (swapped, result) in swaps.into_iter().zip(results) {
             let c = result?;
@@ -772,15 +731,7 @@ fn price_decisions(
             without,
         ));
     }
-    let others: Vec<Result<Candidate, PassError>> = thread::scope(|scope| {
-        let runs: Vec<_> = asked
-            .iter()
-            .map(|(_, _, _, without)| scope.spawn(move || evaluate(without)))
-            .collect();
-        runs.into_iter()
-            .map(|r| r.join().expect("an evaluation does not panic"))
-            .collect()
-    });
+    let others = on_threads(&asked, |(_, _, _, without)| evaluate(without));
     let mut decisions = Vec::with_capacity(asked.len());
     for ((class, blocks, action, _), other) in asked.into_iter().zip(others) {
         let other = other?;
@@ -793,6 +744,23 @@ fn price_decisions(
         });
     }
     Ok(decisions)
+}
+
+/// `work` on each of `items`, each on a thread of its own; the results in the items' order.
+fn on_threads<T: Send, R: Send>(
+    items: impl IntoIterator<Item = T>,
+    work: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    thread::scope(|scope| {
+        let work = &work;
+        let runs: Vec<_> = items
+            .into_iter()
+            .map(|item| scope.spawn(move || work(item)))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("a planner thread does not panic"))
+            .collect()
+    })
 }
 
 /// `L0-L13` for the blocks `0..=13` (the ladders always choose a prefix).
