@@ -10,6 +10,7 @@ use llmq_compiler::ir::Role;
 use llmq_compiler::plan::{Arena, Plan, QUANTIZE_WEIGHTS_SECTION};
 use llmq_compiler::target::Precision;
 use llmq_passes::memory_plan::MemoryChoice;
+use llmq_passes::stream_state::KeptBlocks;
 use llmq_passes::{compile, compile_with_choice};
 use std::path::{Path, PathBuf};
 
@@ -64,6 +65,24 @@ fn assert_uses_every_mechanism(plan: &Plan, recomputes: bool, chunks_lm_head: bo
     );
 }
 
+/// Asserts that the kept role's tensors of the kept blocks are on the device and the rest of
+/// its tensors on the host.
+fn assert_keeps_blocks(plan: &Plan, kept: KeptBlocks) {
+    let of_role = plan.tensors.iter().filter(|t| t.role == kept.role);
+    let (mut on_device, mut on_host) = (0, 0);
+    for t in of_role {
+        let device = plan.buffers[t.buffer.index()].arena == Arena::Device;
+        let in_kept_block = t.layer.is_some_and(|l| l < kept.blocks);
+        assert_eq!(device, in_kept_block, "{} is in the wrong arena", t.name);
+        if device {
+            on_device += 1;
+        } else {
+            on_host += 1;
+        }
+    }
+    assert!(on_device > 0 && on_host > 0);
+}
+
 #[test]
 fn every_mechanism_trains_bit_identically_to_the_plain_plan() {
     every_mechanism_trains_bit_identically(Precision::Bf16);
@@ -88,14 +107,20 @@ fn every_mechanism_trains_bit_identically(precision: Precision) {
 
     let mixed = MemoryChoice {
         streamed: every_state_role(),
+        kept: None,
         recompute: vec![0],
         offload: vec![1],
         lm_head_chunk: Some(8),
         persist_weight_quants: precision == Precision::Fp8,
         release: Default::default(),
     };
+    // The first block's second moments stay on the device, the rest stream.
     let recompute_and_offload = MemoryChoice {
         streamed: every_state_role(),
+        kept: Some(KeptBlocks {
+            role: Role::AdamV,
+            blocks: 1,
+        }),
         recompute: vec![0, 1],
         offload: vec![0, 1],
         lm_head_chunk: None,
@@ -105,6 +130,9 @@ fn every_mechanism_trains_bit_identically(precision: Precision) {
     for choice in [mixed, recompute_and_offload] {
         let plan = compile_with_choice(&model(), &opts, &choice).unwrap().plan;
         assert_uses_every_mechanism(&plan, true, choice.lm_head_chunk.is_some());
+        if let Some(kept) = choice.kept {
+            assert_keeps_blocks(&plan, kept);
+        }
         let quantizes_once = plan.section(QUANTIZE_WEIGHTS_SECTION).is_some();
         assert_eq!(quantizes_once, choice.persist_weight_quants);
         let (losses, state) = train(plan, &data);

@@ -35,6 +35,7 @@ fn every_choice() -> Vec<MemoryChoice> {
                 let pick = |bit: u32| (0..2u32).filter(|b| blocks >> (2 * b) & bit != 0).collect();
                 all.push(MemoryChoice {
                     streamed: streamed.clone(),
+                    kept: None,
                     recompute: pick(1),
                     offload: pick(2),
                     lm_head_chunk: chunk,

@@ -121,7 +121,9 @@ fn limit(release: Duration) -> Duration {
 
 /// Candidates the planner may estimate for one plan of the 32B: at most 32 per release of
 /// copies' sources searched (26 when this was written: six to order the state classes, the
-/// ladders' probes, one price per decision; 59 for the three releases). The work must not
+/// ladders' probes, one price per decision; 59 for the three releases; 79 with the search
+/// for blocks of state to keep on the device: one probe per streamed class, two searches over
+/// a count of blocks). The work must not
 /// grow with the 64 blocks: a search block by block would estimate hundreds.
 const MAX_CANDIDATES_32B: usize = 32 * Release::CHOICES.len();
 
@@ -349,5 +351,95 @@ fn the_planner_releases_copies_eagerly_where_nothing_else_fits() {
             .any(|d| d.starts_with("copies - released by their own time")),
         "{}",
         summary(&plan)
+    );
+}
+
+/// `L3-L27` → 3..=27.
+fn blocks_of(range: &str) -> std::ops::RangeInclusive<u32> {
+    let mut ends = range
+        .split('-')
+        .map(|l| l.trim_start_matches('L').parse::<u32>().unwrap());
+    let first = ends.next().unwrap();
+    first..=ends.next().unwrap_or(first)
+}
+
+/// Where a whole class of state does not fit beside the activations, the planner keeps its
+/// first blocks on the device (recomputing more blocks to make room, since a block of
+/// optimizer state streamed costs more than a block recomputed), and streams the rest.
+#[test]
+fn the_planner_keeps_the_first_blocks_of_a_class_that_does_not_fit_whole() {
+    let opts = options("h100", "16G");
+    let plan = common::plan("qwen2.5-1.5b.ron", &opts);
+    assert!(fits(&plan), "{}", summary(&plan));
+    let d = decisions(&plan);
+    let kept = plan
+        .memory
+        .iter()
+        .find(|d| d.action.ends_with(" kept"))
+        .unwrap_or_else(|| panic!("no class kept in part: {d:?}"));
+    let streamed_blocks = blocks_of(&kept.blocks);
+    let first_streamed = *streamed_blocks.start();
+    assert!(first_streamed > 0, "{d:?}");
+    let role = plan
+        .tensors
+        .iter()
+        .find(|t| t.role.category().name() == kept.class)
+        .unwrap()
+        .role;
+    for t in plan.tensors.iter().filter(|t| t.role == role) {
+        let on_device = plan.buffers[t.buffer.index()].arena == Arena::Device;
+        let kept_block = t.layer.is_some_and(|l| l < first_streamed);
+        assert_eq!(on_device, kept_block, "{} in the wrong arena", t.name);
+    }
+    // The same plan with those blocks streamed too is slower.
+    let recompute = plan
+        .memory
+        .iter()
+        .find(|d| d.class == "activations" && d.action == "recompute in backward")
+        .map_or(Vec::new(), |d| blocks_of(&d.blocks).collect());
+    let streamed = plan
+        .memory
+        .iter()
+        .filter(|d| d.action.starts_with("on host, streamed"))
+        .map(|d| {
+            let t = plan
+                .tensors
+                .iter()
+                .find(|t| t.role.category().name() == d.class);
+            t.unwrap().role
+        })
+        .collect();
+    // The head's chunk as the plan has it: `fused with loss, 1024-token chunks`, or no
+    // decision where it runs the micro-batch's 4096 tokens at once.
+    let lm_head_chunk = plan
+        .memory
+        .iter()
+        .find(|d| d.class == "lm head")
+        .map_or(4096, |d| {
+            let words = d.action.split(' ');
+            let chunk = words
+                .filter_map(|w| w.strip_suffix("-token"))
+                .next()
+                .unwrap();
+            chunk.parse().unwrap()
+        });
+    let whole = MemoryChoice {
+        streamed,
+        recompute,
+        lm_head_chunk: Some(lm_head_chunk),
+        ..MemoryChoice::default()
+    };
+    let whole = compile_with_choice(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/qwen2.5-1.5b.ron"),
+        &opts,
+        &whole,
+    )
+    .unwrap()
+    .plan;
+    assert!(
+        plan.estimates.step_seconds < whole.estimates.step_seconds,
+        "{:.1} ms kept, {:.1} ms all streamed",
+        plan.estimates.step_seconds * 1e3,
+        whole.estimates.step_seconds * 1e3
     );
 }

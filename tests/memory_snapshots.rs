@@ -15,6 +15,7 @@ use std::path::Path;
 fn graph_after(pass: &str) -> Vec<String> {
     let choice = MemoryChoice {
         streamed: vec![Role::Weight, Role::MasterWeight, Role::Gradient],
+        kept: None,
         recompute: vec![0],
         offload: vec![1],
         lm_head_chunk: Some(8),

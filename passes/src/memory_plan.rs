@@ -23,15 +23,18 @@
 //! activation measure, since moving more state only adds transfers. The search runs once per
 //! release of device → host copies' sources (`Release::CHOICES`, on threads: the longer a
 //! source may be held, the fewer stalls of the compute stream behind the copies' queue, and
-//! the more memory), and the fastest of their choices that fits wins. The decisions are then
-//! priced one by one (the plan without each) for `llmqc show`.
+//! the more memory), and the fastest of their choices that fits wins. What memory it leaves
+//! goes to the first blocks of one streamed class, kept on the device (with more activations
+//! relieved where that makes room: a block of optimizer state streamed costs more than a block
+//! recomputed). The decisions are then priced one by one (the plan without each) for
+//! `llmqc show`.
 
 use crate::chunk_lm_head::ChunkLmHead;
 use crate::memory_edit::{edit_program, program};
 use crate::offload_activations::OffloadActivations;
 use crate::persist_weight_quants::{PersistWeightQuants, quantises_weights};
 use crate::recompute::Recompute;
-use crate::stream_state::StreamState;
+use crate::stream_state::{KeptBlocks, StreamState};
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Node, Role};
 use llmq_compiler::lower::{Release, estimate_program};
@@ -112,6 +115,7 @@ const STATE: [Role; 5] = [
 fn levels(evaluate: &Evaluate<'_>, shape: &Shape) -> Result<Vec<Level>, PassError> {
     let alone = |streamed: Vec<Role>| MemoryChoice {
         streamed,
+        kept: None,
         recompute: Vec::new(),
         offload: Vec::new(),
         lm_head_chunk: Some(shape.chunk_rows),
@@ -152,6 +156,9 @@ enum Ladder {
 pub struct MemoryChoice {
     /// State roles living on the host.
     pub streamed: Vec<Role>,
+    /// Of one streamed role, the first blocks' tensors left on the device: the memory that no
+    /// whole class fits in, used.
+    pub kept: Option<KeptBlocks>,
     /// Blocks recomputed in backward.
     pub recompute: Vec<u32>,
     /// Blocks whose saved tensors are offloaded.
@@ -168,7 +175,16 @@ pub struct MemoryChoice {
 
 impl MemoryChoice {
     fn new(level: &Level, ladder: Ladder, k: u32, shape: &Shape) -> Self {
-        let blocks = shape.blocks;
+        MemoryChoice {
+            streamed: level.streamed.clone(),
+            lm_head_chunk: Some(shape.chunk_rows),
+            ..MemoryChoice::default()
+        }
+        .on_rung(ladder, k, shape.blocks)
+    }
+
+    /// The choice with its activations relieved as rung `k` of `ladder` says.
+    fn on_rung(&self, ladder: Ladder, k: u32, blocks: u32) -> Self {
         let first = |n: u32| (0..n.min(blocks)).collect::<Vec<u32>>();
         let (recompute, offload) = match ladder {
             Ladder::Offload => (Vec::new(), first(k)),
@@ -176,12 +192,19 @@ impl MemoryChoice {
             Ladder::RecomputeAndOffload => (first(blocks), first(k)),
         };
         MemoryChoice {
-            streamed: level.streamed.clone(),
             recompute,
             offload,
-            lm_head_chunk: Some(shape.chunk_rows),
-            persist_weight_quants: false,
-            release: Release::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The ladder whose rung the choice is on, if it relieves activations at all.
+    fn ladder(&self, blocks: u32) -> Option<Ladder> {
+        match (self.recompute.len() as u32, self.offload.is_empty()) {
+            (0, true) => None,
+            (r, false) if r == blocks => Some(Ladder::RecomputeAndOffload),
+            (_, false) => Some(Ladder::Offload),
+            (_, true) => Some(Ladder::Recompute),
         }
     }
 
@@ -193,7 +216,14 @@ impl MemoryChoice {
             parts.push("FP8 weights made once per step".to_string());
         }
         if !self.streamed.is_empty() {
-            let classes: Vec<&str> = self.streamed.iter().map(|r| r.category().name()).collect();
+            let classes: Vec<String> = self
+                .streamed
+                .iter()
+                .map(|&role| match self.kept.filter(|k| k.role == role) {
+                    Some(k) => format!("{} (L0-L{} kept)", role.category().name(), k.blocks - 1),
+                    None => role.category().name().to_string(),
+                })
+                .collect();
             parts.push(format!("on host: {}", classes.join(", ")));
         }
         if !self.recompute.is_empty() {
@@ -287,6 +317,7 @@ impl MemoryChoice {
             },
             StreamState {
                 roles: self.streamed.clone(),
+                kept: self.kept,
                 device: device.clone(),
             },
         )
@@ -431,7 +462,8 @@ pub fn plan_memory(
 }
 
 /// [`search`] once per release of copies' sources (`Release::CHOICES`), on threads: the
-/// fastest of the choices that fit, or else the one needing the least memory.
+/// fastest of the choices that fit, with the memory it leaves used for blocks of state
+/// (`keep_blocks_if_faster`), or else the one needing the least memory.
 fn search_releases(
     graph: &Graph,
     shape: &Shape,
@@ -452,8 +484,11 @@ fn search_releases(
     let fitting = found.iter().filter(|(_, c)| c.arena_bytes <= limit);
     let fastest = fitting.min_by(|a, b| a.1.step_seconds.total_cmp(&b.1.step_seconds));
     let least = || found.iter().min_by_key(|(_, c)| c.arena_bytes);
-    let (choice, _) = fastest.or_else(least).expect("CHOICES is not empty");
-    Ok(choice.clone())
+    let (choice, candidate) = fastest.or_else(least).expect("CHOICES is not empty");
+    if candidate.arena_bytes > limit {
+        return Ok(choice.clone());
+    }
+    keep_blocks_if_faster(choice.clone(), graph, shape, limit, evaluate)
 }
 
 /// The fastest choice whose estimated arena is at most `limit`, or the one needing the least
@@ -573,6 +608,70 @@ fn swap_state(
     }
 }
 
+/// Leaves the first blocks' tensors of one streamed class on the device, as many as fit, when
+/// that is faster: the levels move whole classes, and the memory a whole class does not fit in
+/// would stay unused. Keeping a block of optimizer state saves more time than relieving a
+/// block's activations costs, so the blocks are kept with the activations at their ladder's
+/// most relieved rung, which is then lowered as far as still fits. The class is the one whose
+/// first block, kept, saves the most time per byte; the blocks' tensors are alike, so their
+/// count is all that matters, and the arena grows with it.
+fn keep_blocks_if_faster(
+    choice: MemoryChoice,
+    graph: &Graph,
+    shape: &Shape,
+    limit: u64,
+    evaluate: &Evaluate<'_>,
+) -> Result<MemoryChoice, PassError> {
+    let blocks = shape.blocks;
+    let ladder = choice.ladder(blocks);
+    let relieved = ladder.map_or_else(|| choice.clone(), |l| choice.on_rung(l, blocks, blocks));
+    let free = limit.saturating_sub(evaluate(&relieved)?.arena_bytes);
+    let block_bytes = |role: Role| -> u64 {
+        let tensors = graph.tensors().map(|(_, t)| t);
+        let of_block_0 = tensors.filter(|t| t.role == role && t.layer == Some(0));
+        of_block_0.map(|t| t.ty.bytes()).sum()
+    };
+    let roles: Vec<Role> = (choice.streamed.iter().copied())
+        .filter(|&role| (1..=free).contains(&block_bytes(role)))
+        .collect();
+    let keeping = |base: &MemoryChoice, role: Role, kept: u32| MemoryChoice {
+        kept: (kept > 0).then_some(KeptBlocks { role, blocks: kept }),
+        ..base.clone()
+    };
+    // The class whose first block saves the most time per byte kept, searched alone.
+    let relieved_seconds = evaluate(&relieved)?.step_seconds;
+    let one_block = on_threads(&roles, |&role| evaluate(&keeping(&relieved, role, 1)));
+    let mut role = None;
+    let mut best_gain = 0.0;
+    for (&r, one) in roles.iter().zip(one_block) {
+        let gain = (relieved_seconds - one?.step_seconds) / block_bytes(r) as f64;
+        if gain > best_gain {
+            (role, best_gain) = (Some(r), gain);
+        }
+    }
+    let Some(role) = role else {
+        return Ok(choice);
+    };
+    // Streaming the last `k` blocks: the smallest `k` that fits keeps the most.
+    let most = |k| evaluate(&keeping(&relieved, role, blocks - k));
+    let Some((k, at_most)) = smallest_fitting(blocks, limit, &most)? else {
+        return Ok(choice);
+    };
+    let kept = keeping(&relieved, role, blocks - k);
+    let found = match ladder {
+        None => Some((kept, at_most)),
+        Some(ladder) => {
+            let rung = |j| evaluate(&kept.on_rung(ladder, j, blocks));
+            let lowest = smallest_fitting(blocks, limit, &rung)?;
+            lowest.map(|(j, c)| (kept.on_rung(ladder, j, blocks), c))
+        }
+    };
+    Ok(match found {
+        Some((kept, c)) if c.step_seconds < evaluate(&choice)?.step_seconds => kept,
+        _ => choice,
+    })
+}
+
 /// Takes the weights' FP8 copies out of the micro-batch loop when the copies fit and the
 /// estimate is faster; the rest of the choice stays.
 fn persist_weight_quants_if_faster(
@@ -686,12 +785,24 @@ fn price_decisions(
     for &role in &choice.streamed {
         let mut without = choice.clone();
         without.streamed.retain(|&r| r != role);
-        let action = if role == Role::Weight {
-            "stream from host, per block"
+        let kept = choice.kept.filter(|k| k.role == role);
+        if kept.is_some() {
+            without.kept = None;
+        }
+        let (whole, part) = if role == Role::Weight {
+            ("stream from host, per block", "streamed per block")
         } else {
-            "on host, streamed through"
+            ("on host, streamed through", "on host, streamed")
         };
-        asked.push((role.category().name(), "all".into(), action.into(), without));
+        // A class kept in part: the blocks it streams (and its tensors outside the blocks).
+        let (blocks, action) = match kept {
+            Some(k) => (
+                block_range(&(k.blocks..shape.blocks).collect::<Vec<_>>()),
+                format!("{part}; L0-L{} kept", k.blocks - 1),
+            ),
+            None => ("all".into(), whole.into()),
+        };
+        asked.push((role.category().name(), blocks, action, without));
     }
     if choice.release != Release::default() {
         let without = MemoryChoice {

@@ -23,7 +23,7 @@ use crate::memory_edit::{
     tensor_like, transfer_seconds,
 };
 use indexmap::IndexMap;
-use llmq_compiler::ir::{Graph, Node, Phase, Role, TensorId};
+use llmq_compiler::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 use llmq_compiler::target::DeviceProfile;
 
@@ -36,8 +36,21 @@ pub struct StreamState {
     /// The roles whose tensors live on the host: any of `Weight`, `MasterWeight`,
     /// `Gradient`, `AdamM`, `AdamV`.
     pub roles: Vec<Role>,
+    /// Of one of `roles`, the blocks whose tensors stay on the device all the same (the
+    /// planner's use of memory that a whole class would not fit in).
+    pub kept: Option<KeptBlocks>,
     /// The device, to time transfers and the compute that hides them.
     pub device: DeviceProfile,
+}
+
+/// A streamed role's tensors of the first `blocks` blocks, left on the device; its tensors of
+/// the later blocks and outside the blocks (embedding, head, final norm) still stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeptBlocks {
+    /// The streamed role.
+    pub role: Role,
+    /// How many blocks, from the first.
+    pub blocks: u32,
 }
 
 impl Pass for StreamState {
@@ -63,9 +76,13 @@ impl StreamState {
                 message: format!("{} tensors are not training state", role.name()),
             });
         }
+        let kept = |t: &Tensor| {
+            self.kept
+                .is_some_and(|k| t.role == k.role && t.layer.is_some_and(|layer| layer < k.blocks))
+        };
         let streamed: Vec<TensorId> = graph
             .tensors()
-            .filter(|(_, t)| self.roles.contains(&t.role))
+            .filter(|(_, t)| self.roles.contains(&t.role) && !kept(t))
             .map(|(id, _)| id)
             .collect();
         if streamed.is_empty() {
@@ -222,7 +239,6 @@ fn is_state(role: Role) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llmq_compiler::ir::Tensor;
     use llmq_compiler::kernels::{DType, TensorType};
 
     /// Prefetches of one tensor, told apart by their `layer`, for `schedule_prefetches`.
