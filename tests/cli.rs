@@ -30,6 +30,11 @@ fn a_small_model_fits_and_a_budget_below_the_reserve_is_refused_with_the_shortfa
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("494,032,768 parameters"), "{text}");
     assert!(text.contains("fits:"), "{text}");
+    // An "80 GB" H100 holds 79.6 GiB: the budget above it is planned, with a warning.
+    assert!(
+        text.contains("--vram 80.00 GiB is more than the h100 has (79.60 GiB)"),
+        "{text}"
+    );
     for category in [
         "weights",
         "master",

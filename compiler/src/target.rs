@@ -26,7 +26,7 @@ pub struct DeviceProfile {
     pub host_gbps: f64,
     /// GPU↔GPU bandwidth per direction, GB/s (through the host where there is no P2P).
     pub peer_gbps: f64,
-    /// Device memory, GiB.
+    /// Device memory, GiB, as the driver reports it (an "80 GB" H100: 81,559 MiB).
     pub memory_gib: f64,
     /// Streaming multiprocessors: how many thread blocks' worth of work runs side by side.
     pub sms: u32,
@@ -69,7 +69,7 @@ macro_rules! profile {
 pub fn known_devices() -> Vec<DeviceProfile> {
     vec![
         //        name            bf16    fp8     fp32  mem GB/s host peer  GiB    SMs
-        profile!("h100",          989.0, 1979.0,  67.0, 3350.0, 50.0, 450.0,  80.0, 132),
+        profile!("h100",          989.0, 1979.0,  67.0, 3350.0, 50.0, 450.0,  79.6, 132),
         profile!("h200",          989.0, 1979.0,  67.0, 4800.0, 50.0, 450.0, 141.0, 132),
         profile!("a100",          312.0,  312.0,  19.5, 2039.0, 25.0, 300.0,  80.0, 108),
         profile!("l40s",          362.0,  733.0,  91.6,  864.0, 25.0,  25.0,  48.0, 142),

@@ -19,7 +19,7 @@ use recipe_args::RecipeArgs;
 /// The LLMQ-rs compiler: decides, before anything runs, how a model trains on a GPU.
 ///
 /// Examples:
-///   llmqc plan models/qwen2.5-0.5b.ron --vram 80G --batch 8 -o plan.bin
+///   llmqc plan models/qwen2.5-0.5b.ron --vram 40G --batch 8 -o plan.bin
 ///   llmqc plan models/qwen2.5-7b.ron --vram 16G --device rtx4060ti-16g --batch auto --explain
 ///   llmqc show plan.bin --detail 2 --layer 3
 ///   llmqc diff a.bin b.bin
@@ -163,9 +163,17 @@ fn read_plan(path: &Path) -> Result<Plan> {
 
 fn plan(args: PlanArgs) -> Result<ExitCode> {
     let device = load_device(&args)?;
-    let vram_bytes = args
-        .vram
-        .unwrap_or((device.memory_gib * (1u64 << 30) as f64) as u64);
+    let card_bytes = (device.memory_gib * (1u64 << 30) as f64) as u64;
+    let vram_bytes = args.vram.unwrap_or(card_bytes);
+    if vram_bytes > card_bytes {
+        eprintln!(
+            "warning: --vram {} is more than the {} has ({}): the plan may not fit the card, \
+             and the CUDA backend refuses at start a plan that does not",
+            format_bytes(vram_bytes),
+            device.name,
+            format_bytes(card_bytes)
+        );
+    }
     let batch = match args.batch {
         Batch::Fixed(n) => n,
         Batch::Auto => 1,
