@@ -220,7 +220,10 @@ impl MemoryChoice {
                 .streamed
                 .iter()
                 .map(|&role| match self.kept.filter(|k| k.role == role) {
-                    Some(k) => format!("{} (L0-L{} kept)", role.category().name(), k.blocks - 1),
+                    Some(k) => {
+                        let kept: Vec<u32> = (0..k.blocks).collect();
+                        format!("{} ({} kept)", role.category().name(), block_range(&kept))
+                    }
                     None => role.category().name().to_string(),
                 })
                 .collect();
@@ -796,10 +799,16 @@ fn price_decisions(
         };
         // A class kept in part: the blocks it streams (and its tensors outside the blocks).
         let (blocks, action) = match kept {
-            Some(k) => (
-                block_range(&(k.blocks..shape.blocks).collect::<Vec<_>>()),
-                format!("{part}; L0-L{} kept", k.blocks - 1),
-            ),
+            Some(k) => {
+                let streamed: Vec<u32> = (k.blocks..shape.blocks).collect();
+                let kept: Vec<u32> = (0..k.blocks).collect();
+                let streamed = if streamed.is_empty() {
+                    "outside".into()
+                } else {
+                    block_range(&streamed)
+                };
+                (streamed, format!("{part}; {} kept", block_range(&kept)))
+            }
             None => ("all".into(), whole.into()),
         };
         asked.push((role.category().name(), blocks, action, without));
