@@ -1,5 +1,6 @@
 //! `StreamState`: the chosen classes of training state (weights, master weights, gradients,
-//! Adam moments) live in the pinned host arena and stream through device buffers.
+//! Adam moments) live in the pinned host arena and stream through device buffers; of one
+//! class, the first blocks' tensors may stay on the device (`KeptBlocks`).
 //!
 //! For every node that touches such a tensor `S`:
 //! - reading `S`: it reads a device copy, brought by a host → device copy placed early enough
