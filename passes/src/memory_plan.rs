@@ -220,10 +220,7 @@ impl MemoryChoice {
                 .streamed
                 .iter()
                 .map(|&role| match self.kept.filter(|k| k.role == role) {
-                    Some(k) => {
-                        let kept: Vec<u32> = (0..k.blocks).collect();
-                        format!("{} ({} kept)", role.category().name(), block_range(&kept))
-                    }
+                    Some(k) => format!("{} ({} kept)", role.category().name(), first_blocks(k)),
                     None => role.category().name().to_string(),
                 })
                 .collect();
@@ -628,26 +625,32 @@ fn keep_blocks_if_faster(
     let blocks = shape.blocks;
     let ladder = choice.ladder(blocks);
     let relieved = ladder.map_or_else(|| choice.clone(), |l| choice.on_rung(l, blocks, blocks));
-    let free = limit.saturating_sub(evaluate(&relieved)?.arena_bytes);
-    let block_bytes = |role: Role| -> u64 {
-        let tensors = graph.tensors().map(|(_, t)| t);
-        let of_block_0 = tensors.filter(|t| t.role == role && t.layer == Some(0));
-        of_block_0.map(|t| t.ty.bytes()).sum()
-    };
-    let roles: Vec<Role> = (choice.streamed.iter().copied())
-        .filter(|&role| (1..=free).contains(&block_bytes(role)))
+    let at_relieved = evaluate(&relieved)?;
+    let free = limit.saturating_sub(at_relieved.arena_bytes);
+    // Each streamed class with the bytes of its first block, where that block fits.
+    let first_block = |role: Role| KeptBlocks { role, blocks: 1 };
+    let classes: Vec<(Role, u64)> = (choice.streamed.iter().copied())
+        .map(|role| {
+            let tensors = graph.tensors().map(|(_, t)| t);
+            let bytes = tensors
+                .filter(|t| first_block(role).keeps(t))
+                .map(|t| t.ty.bytes());
+            (role, bytes.sum())
+        })
+        .filter(|&(_, bytes)| (1..=free).contains(&bytes))
         .collect();
     let keeping = |base: &MemoryChoice, role: Role, kept: u32| MemoryChoice {
         kept: (kept > 0).then_some(KeptBlocks { role, blocks: kept }),
         ..base.clone()
     };
     // The class whose first block saves the most time per byte kept, searched alone.
-    let relieved_seconds = evaluate(&relieved)?.step_seconds;
-    let one_block = on_threads(&roles, |&role| evaluate(&keeping(&relieved, role, 1)));
+    let one_block = on_threads(&classes, |&(role, _)| {
+        evaluate(&keeping(&relieved, role, 1))
+    });
     let mut role = None;
     let mut best_gain = 0.0;
-    for (&r, one) in roles.iter().zip(one_block) {
-        let gain = (relieved_seconds - one?.step_seconds) / block_bytes(r) as f64;
+    for (&(r, bytes), one) in classes.iter().zip(one_block) {
+        let gain = (at_relieved.step_seconds - one?.step_seconds) / bytes as f64;
         if gain > best_gain {
             (role, best_gain) = (Some(r), gain);
         }
@@ -801,13 +804,12 @@ fn price_decisions(
         let (blocks, action) = match kept {
             Some(k) => {
                 let streamed: Vec<u32> = (k.blocks..shape.blocks).collect();
-                let kept: Vec<u32> = (0..k.blocks).collect();
                 let streamed = if streamed.is_empty() {
                     "outside".into()
                 } else {
                     block_range(&streamed)
                 };
-                (streamed, format!("{part}; {} kept", block_range(&kept)))
+                (streamed, format!("{part}; {} kept", first_blocks(k)))
             }
             None => ("all".into(), whole.into()),
         };
@@ -881,6 +883,11 @@ fn on_threads<T: Send, R: Send>(
             .map(|r| r.join().expect("a planner thread does not panic"))
             .collect()
     })
+}
+
+/// The blocks `kept` keeps, as [`block_range`] names them.
+fn first_blocks(kept: KeptBlocks) -> String {
+    block_range(&(0..kept.blocks).collect::<Vec<_>>())
 }
 
 /// `L0-L13` for the blocks `0..=13` (the ladders always choose a prefix).

@@ -54,6 +54,13 @@ pub struct KeptBlocks {
     pub blocks: u32,
 }
 
+impl KeptBlocks {
+    /// True when `tensor` is one of the kept ones.
+    pub fn keeps(&self, tensor: &Tensor) -> bool {
+        tensor.role == self.role && tensor.layer.is_some_and(|layer| layer < self.blocks)
+    }
+}
+
 impl Pass for StreamState {
     fn name(&self) -> &'static str {
         "stream-state"
@@ -77,10 +84,7 @@ impl StreamState {
                 message: format!("{} tensors are not training state", role.name()),
             });
         }
-        let kept = |t: &Tensor| {
-            self.kept
-                .is_some_and(|k| t.role == k.role && t.layer.is_some_and(|layer| layer < k.blocks))
-        };
+        let kept = |t: &Tensor| self.kept.is_some_and(|k| k.keeps(t));
         let streamed: Vec<TensorId> = graph
             .tensors()
             .filter(|(_, t)| self.roles.contains(&t.role) && !kept(t))
