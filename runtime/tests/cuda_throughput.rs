@@ -185,15 +185,29 @@ fn bench(path: &str, steps: usize, options: CudaOptions) {
     }
 }
 
-/// Times every step once, alone, and prints the sixteen ops that take longest in all.
+/// Times every step once, alone, and prints each section's sum, then the ops that take longest
+/// in all (`LLMQ_BENCH_PROFILE_OPS` of them, 24 unless set).
 fn profile(gpu: &mut CudaBackend, plan: &Plan) {
+    let shown = std::env::var("LLMQ_BENCH_PROFILE_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
     let mut per_op: Vec<(&str, usize, f64, f64)> = Vec::new();
     for section in &plan.sections {
         let times = gpu
             .step_times(section.start, section.end)
             .unwrap()
             .expect("the CUDA backend times steps");
-        for (step, t) in plan.steps[section.start as usize..].iter().zip(times) {
+        let steps = &plan.steps[section.start as usize..section.end as usize];
+        println!(
+            "PROFILE {}: section {} ({} steps) {:.1} ms, estimate {:.1} ms",
+            plan.model.name,
+            section.name,
+            steps.len(),
+            times.iter().sum::<f64>() * 1e3,
+            steps.iter().map(|s| s.estimate.seconds).sum::<f64>() * 1e3
+        );
+        for (step, t) in steps.iter().zip(times) {
             let name = step.node.op.spec().name();
             match per_op.iter_mut().find(|e| e.0 == name) {
                 Some(e) => {
@@ -206,7 +220,7 @@ fn profile(gpu: &mut CudaBackend, plan: &Plan) {
         }
     }
     per_op.sort_by(|a, b| b.2.total_cmp(&a.2));
-    for (name, count, measured, estimated) in per_op.iter().take(16) {
+    for (name, count, measured, estimated) in per_op.iter().take(shown) {
         println!(
             "PROFILE {}: {name} ({count}) {:.1} ms, estimate {:.1} ms",
             plan.model.name,
