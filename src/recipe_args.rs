@@ -2,7 +2,7 @@
 //! is given a spec): one declaration, so their names, defaults and help never drift apart.
 //! Included by each binary with `#[path]`; the package has no library target.
 
-use llmq_compiler::autodiff::OptimizerOptions;
+use llmq_compiler::autodiff::{MasterWeights, OptimizerOptions};
 use llmq_compiler::kernels::DType;
 use llmq_compiler::target::{Precision, parse_grad_fp8};
 use std::str::FromStr;
@@ -32,6 +32,24 @@ pub struct RecipeArgs {
     /// Global gradient-norm clipping threshold, 0 to disable.
     #[arg(long, default_value_t = OptimizerOptions::default().max_grad_norm)]
     pub grad_clip: f32,
+    /// Master weights: fp32 (the default: AdamW updates FP32 copies, rounded into the BF16
+    /// weights), or none (AdamW updates the BF16 weights in place with stochastic rounding, as
+    /// LLMQ's `--model-dtype=bf16` and its published runs do: 4 bytes less per parameter).
+    #[arg(long, value_parser = MasterWeights::from_str)]
+    pub master: Option<MasterWeights>,
+    /// Adam moments' dtype: bf16 (the fp8 default, LLMQ's, stochastically rounded) or fp32
+    /// (the bf16 default). LLMQ's published runs: `--master none --moments bf16`.
+    #[arg(long, value_parser = parse_moments)]
+    pub moments: Option<DType>,
+}
+
+/// Parses `--moments`: `bf16` or `fp32`.
+fn parse_moments(s: &str) -> Result<DType, String> {
+    match s {
+        "bf16" => Ok(DType::BF16),
+        "fp32" => Ok(DType::F32),
+        _ => Err(format!("unknown moments dtype `{s}`: use bf16 or fp32")),
+    }
 }
 
 impl RecipeArgs {
@@ -59,6 +77,8 @@ impl RecipeArgs {
         OptimizerOptions {
             weight_decay: self.weight_decay,
             max_grad_norm: self.grad_clip,
+            master: self.master,
+            moments: self.moments,
             ..Default::default()
         }
     }

@@ -4,7 +4,9 @@
 
 mod common;
 
+use llmq_compiler::autodiff::MasterWeights;
 use llmq_compiler::ir::{Graph, Role, TensorId};
+use llmq_compiler::kernels::Op;
 use llmq_compiler::kernels::interpret::{Value, run_backward_rule, run_op};
 use llmq_compiler::kernels::{DType, TensorType, rng};
 use llmq_compiler::plan::EVAL_SECTION;
@@ -35,6 +37,34 @@ fn the_tiny_model_learns_the_bundled_corpus() {
         "mean loss over steps 191-200 is {last} (step 1: {first})"
     );
     assert!(records.iter().all(|r| r.applied && r.grad_norm.is_finite()));
+}
+
+/// LLMQ's published setting: no FP32 master copies, AdamW updates the BF16 weights in place
+/// with stochastic rounding, BF16 moments. The plan has no master tensor, the tiny model learns
+/// as with masters, and a resumed run is bit-exact (the rounding's bits depend only on step,
+/// tensor and element).
+#[test]
+fn without_master_weights_the_tiny_model_learns_and_resumes_exactly() {
+    let mut opts = common::options(8, 64, 1, Precision::Bf16, 1 << 30);
+    opts.optimizer.master = Some(MasterWeights::None);
+    opts.optimizer.moments = Some(DType::BF16);
+    let plan = common::plan("tiny.ron", &opts);
+    assert!(plan.io.params.iter().all(|p| p.master.is_none()));
+    assert!(plan.steps.iter().any(|s| match &s.node.op {
+        Op::AdamW(a) => a.param_stream.is_some() && a.stochastic.is_some(),
+        _ => false,
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::corpus(dir.path());
+    let mut t = common::trainer(plan.clone(), &data, 200, None);
+    t.init_weights().unwrap();
+    let records = t.run(|_| {}).unwrap();
+    let last: f32 = records[190..].iter().map(|r| r.loss).sum::<f32>() / 10.0;
+    assert!(last < 3.0, "mean loss over steps 191-200 is {last}");
+    opts.batch = 2;
+    opts.seq = 32;
+    opts.grad_accum = 2;
+    common::assert_resume_of_plan_is_bit_exact(common::plan("tiny-qwen2.ron", &opts));
 }
 
 #[test]

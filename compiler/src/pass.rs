@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 pub struct PassContext {
     /// The numeric recipe.
     pub precision: Precision,
+    /// The master weights' dtype, or `None` where AdamW updates the weights themselves.
+    pub master_dtype: Option<DType>,
+    /// The Adam moments' dtype.
+    pub moment_dtype: DType,
     /// The FP8 format of gradients in FP8 matmuls (e4m3 or e5m2), under `Precision::Fp8`.
     pub grad_fp8: DType,
     /// Device memory budget in bytes.

@@ -642,6 +642,7 @@ fn backward_types_match_inputs() {
                 eps: 1e-8,
                 weight_decay: 0.1,
                 stochastic: None,
+                param_stream: None,
             }
             .into(),
             vec![bf(&[c]); 6],

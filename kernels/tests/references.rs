@@ -154,6 +154,7 @@ fn adamw_matches_pytorch() {
             eps: 1e-4,
             weight_decay,
             stochastic: None,
+            param_stream: None,
         };
         let hyper = (
             op.beta1 as f64,
@@ -678,6 +679,7 @@ fn adamw_stochastic_moments_round_the_nearest_free_update() {
         eps: 1e-8,
         weight_decay: 0.1,
         stochastic: None,
+        param_stream: None,
     };
     let sr = AdamW {
         stochastic: Some(StochasticMoments {
@@ -695,6 +697,56 @@ fn adamw_stochastic_moments_round_the_nearest_free_update() {
             assert!(gi == down || gi == up, "{which}: {wi} rounded to {gi}");
         }
     }
+    assert_eq!(run(sr, &inputs), got, "not reproducible");
+}
+
+/// A BF16 parameter with no master copy, updated in place with stochastic rounding, lands on
+/// one of the two BF16 neighbours of the update nearest rounding would round, on both sides
+/// across the tensor, reproducibly; the moments are untouched by it.
+#[test]
+fn adamw_stochastic_param_rounds_the_in_place_update() {
+    let s = seed();
+    let n = 500;
+    let bf = |d: Vec<f32>| -> (TensorType, Vec<f32>) {
+        let d = d.iter().map(|&v| round_to(DType::BF16, v)).collect();
+        (TensorType::new([n as u64], DType::BF16), d)
+    };
+    let inputs = [
+        bf(normals(s, 0, n, 1.0)),
+        bf(normals(s, 1, n, 0.1)),
+        bf(normals(s, 2, n, 0.01)),
+        bf(normals(s, 3, n, 0.001).iter().map(|v| v.abs()).collect()),
+        f32s(vec![0.5]),
+        f32s(vec![1e-3, 4.0]),
+    ];
+    let plain = AdamW {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        stochastic: None,
+        param_stream: None,
+    };
+    let sr = AdamW {
+        param_stream: Some(3),
+        ..plain.clone()
+    };
+    let want = run(plain, &inputs);
+    let got = run(sr.clone(), &inputs);
+    assert_eq!(got[1..], want[1..], "the moments changed");
+    let (mut below, mut above) = (0, 0);
+    for (&gi, &wi) in got[0].iter().zip(&want[0]) {
+        let (down, up) = bf16_neighbours(wi);
+        assert!(gi == down || gi == up, "param: {wi} rounded to {gi}");
+        if down != up {
+            below += usize::from(gi == down);
+            above += usize::from(gi == up);
+        }
+    }
+    assert!(
+        below > 0 && above > 0,
+        "rounded one way only: {below} down, {above} up"
+    );
     assert_eq!(run(sr, &inputs), got, "not reproducible");
 }
 

@@ -4,7 +4,7 @@
 use crate::memory_plan::{Candidates, MemoryChoice, plan_memory};
 use crate::pipeline::{forward_pipeline, pass_names, pipeline};
 use llmq_compiler::autodiff::{
-    AutodiffError, OptimizerOptions, TrainIo, TrainOptions, differentiate,
+    AutodiffError, MasterWeights, OptimizerOptions, TrainIo, TrainOptions, differentiate,
 };
 use llmq_compiler::ir::{Graph, Node, write_graph};
 use llmq_compiler::kernels::DType;
@@ -72,13 +72,36 @@ pub enum CompileError {
     Unsupported(String),
 }
 
-/// Dtypes of the training state for a precision. FP8 keeps LLMQ's BF16 Adam moments (written
-/// with stochastic rounding by the `stochastic_rounding` pass).
+/// Refuses state dtypes the recipe does not have: FP32 plans are the numerical reference
+/// (FP32 weights, moments and no master), and moments are BF16 or FP32.
+fn check_state(precision: Precision, optimizer: &OptimizerOptions) -> Result<(), CompileError> {
+    let refuse = |what: String| Err(CompileError::Unsupported(what));
+    if let Some(moments) = optimizer.moments
+        && moments != DType::BF16
+        && moments != DType::F32
+    {
+        return refuse(format!(
+            "--moments {moments}: Adam moments are bf16 or fp32"
+        ));
+    }
+    if precision == Precision::Fp32 {
+        if optimizer.master == Some(MasterWeights::Fp32) {
+            return refuse("--master fp32: fp32 plans update their FP32 weights directly".into());
+        }
+        if optimizer.moments == Some(DType::BF16) {
+            return refuse("--moments bf16: fp32 plans keep FP32 moments".into());
+        }
+    }
+    Ok(())
+}
+
+/// Dtypes of the training state: gradients in the weights' dtype, master weights and moments
+/// as [`OptimizerOptions::state_dtypes`] says.
 fn train_options(precision: Precision, optimizer: OptimizerOptions) -> TrainOptions {
-    let (grad_dtype, master_dtype, moment_dtype) = match precision {
-        Precision::Fp32 => (DType::F32, None, DType::F32),
-        Precision::Bf16 => (DType::BF16, Some(DType::F32), DType::F32),
-        Precision::Fp8 => (DType::BF16, Some(DType::F32), DType::BF16),
+    let (master_dtype, moment_dtype) = optimizer.state_dtypes(precision);
+    let grad_dtype = match precision {
+        Precision::Fp32 => DType::F32,
+        Precision::Bf16 | Precision::Fp8 => DType::BF16,
     };
     TrainOptions {
         grad_dtype,
@@ -122,6 +145,7 @@ pub fn forward_graph(path: &Path, opts: &CompileOptions) -> Result<ForwardModel,
 /// Builds the training graph of the spec at `path`: the forward passes not skipped run on
 /// the forward graph, then autodiff.
 pub fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, CompileError> {
+    check_state(opts.precision, &opts.optimizer)?;
     let model = forward_graph(path, opts)?;
     let param_count = model.param_count();
     let mut graph = model.graph;
@@ -145,8 +169,11 @@ pub fn train_graph(path: &Path, opts: &CompileOptions) -> Result<TrainGraph, Com
 
 /// What passes see of the options.
 pub fn pass_context(opts: &CompileOptions) -> PassContext {
+    let (master_dtype, moment_dtype) = opts.optimizer.state_dtypes(opts.precision);
     PassContext {
         precision: opts.precision,
+        master_dtype,
+        moment_dtype,
         grad_fp8: opts.grad_fp8,
         vram_bytes: opts.vram_bytes,
         gpus: opts.gpus,

@@ -92,6 +92,9 @@ struct Shape {
     /// FP8 weight copies made in each of several micro-batches: making them once per step
     /// may pay.
     repeated_weight_quants: bool,
+    /// The classes of [`STATE`] the graph has (no master weights where AdamW updates the
+    /// weights in place), in [`STATE`]'s order.
+    state: Vec<Role>,
 }
 
 /// One level of the search: the state classes moved to the host.
@@ -122,12 +125,12 @@ fn levels(evaluate: &Evaluate<'_>, shape: &Shape) -> Result<Vec<Level>, PassErro
         persist_weight_quants: false,
         release: Release::default(),
     };
-    let alone_or_none = std::iter::once(Vec::new()).chain(STATE.iter().map(|&r| vec![r]));
+    let alone_or_none = std::iter::once(Vec::new()).chain(shape.state.iter().map(|&r| vec![r]));
     let results = on_threads(alone_or_none, |streamed| evaluate(&alone(streamed)));
     let mut results = results.into_iter();
     let base = results.next().expect("the base was evaluated")?;
-    let mut price: Vec<(f64, Role)> = Vec::with_capacity(STATE.len());
-    for (&role, moved) in STATE.iter().zip(results) {
+    let mut price: Vec<(f64, Role)> = Vec::with_capacity(shape.state.len());
+    for (&role, moved) in shape.state.iter().zip(results) {
         let moved = moved?;
         let saved = base.arena_bytes.saturating_sub(moved.arena_bytes).max(1) as f64;
         price.push(((moved.step_seconds - base.step_seconds) / saved, role));
@@ -368,6 +371,10 @@ impl<'g> Candidates<'g> {
                 chunk_rows: (tokens / LM_HEAD_CHUNKS).clamp(1, MAX_LM_HEAD_CHUNK_ROWS),
                 repeated_weight_quants: options.grad_accum > 1
                     && quantises_weights(graph, &program),
+                state: STATE
+                    .into_iter()
+                    .filter(|&role| graph.tensors().any(|(_, t)| t.role == role))
+                    .collect(),
             },
             program,
             device: device.clone(),
@@ -561,7 +568,7 @@ fn search(
         }
     }
     if let Some(found) = best {
-        let mut found = swap_state(found, limit, evaluate)?;
+        let mut found = swap_state(found, &shape.state, limit, evaluate)?;
         if shape.repeated_weight_quants {
             found = persist_weight_quants_if_faster(found, limit, evaluate)?;
         }
@@ -580,6 +587,7 @@ fn search(
 /// order, and the best set for a budget is not always a prefix of it.
 fn swap_state(
     found: (MemoryChoice, Candidate),
+    state: &[Role],
     limit: u64,
     evaluate: &Evaluate<'_>,
 ) -> Result<MemoryChoice, PassError> {
@@ -587,7 +595,7 @@ fn swap_state(
     loop {
         let mut swaps = Vec::new();
         for &out in &choice.streamed {
-            for &into in STATE.iter().filter(|r| !choice.streamed.contains(r)) {
+            for &into in state.iter().filter(|r| !choice.streamed.contains(r)) {
                 let mut swapped = choice.clone();
                 swapped.streamed.retain(|&r| r != out);
                 swapped.streamed.push(into);

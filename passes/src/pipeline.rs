@@ -27,8 +27,15 @@ pub fn forward_pipeline(_: &PassContext) -> Vec<&'static dyn Pass> {
 /// The passes run on the training graph for this target, in run order.
 pub fn pipeline(ctx: &PassContext) -> Vec<&'static dyn Pass> {
     let mut passes = Vec::new();
-    if ctx.precision == Precision::Fp8 {
-        passes.extend_from_slice(FP8_RECIPE);
+    match ctx.precision {
+        Precision::Fp8 => passes.extend_from_slice(FP8_RECIPE),
+        // BF16 state beyond the weights (`--moments bf16`, `--master none`) is LLMQ's, and
+        // rounds stochastically as under fp8; the default BF16 state (FP32 masters and
+        // moments) has nothing to round.
+        Precision::Bf16 if ctx.moment_dtype == DType::BF16 || ctx.master_dtype.is_none() => {
+            passes.push(&StochasticRounding)
+        }
+        Precision::Bf16 | Precision::Fp32 => {}
     }
     passes.push(&Fusion);
     passes
@@ -39,6 +46,8 @@ pub fn pipeline(ctx: &PassContext) -> Vec<&'static dyn Pass> {
 pub fn pass_names() -> Vec<&'static str> {
     let all = PassContext {
         precision: Precision::Fp8,
+        master_dtype: Some(DType::F32),
+        moment_dtype: DType::BF16,
         grad_fp8: DType::F8E4M3,
         vram_bytes: u64::MAX,
         gpus: 1,

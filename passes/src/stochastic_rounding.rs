@@ -1,7 +1,8 @@
 //! `StochasticRounding`: BF16 optimizer state is written with stochastic rounding, as in LLMQ.
 //!
-//! The `cast` of each FP32 master weight into its BF16 weight becomes `cast_stochastic`, and
-//! every `adamw` whose moments are BF16 rounds them stochastically. The random bits are a pure
+//! The `cast` of each FP32 master weight into its BF16 weight becomes `cast_stochastic`, every
+//! `adamw` whose moments are BF16 rounds them stochastically, and one updating a BF16 weight in
+//! place (no master copy, `--master none`) rounds that weight stochastically too. The random bits are a pure
 //! function of (optimizer step, tensor, element): the step comes from the `hyper` tensor the
 //! optimizer already reads, the stream is the written tensor's ID, so runs are bit-reproducible
 //! on the CPU backend and a resumed run rounds exactly as the uninterrupted one.
@@ -13,7 +14,8 @@ use llmq_compiler::kernels::ops::{CastStochastic, StochasticMoments};
 use llmq_compiler::kernels::{DType, Op};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 
-/// Stochastic rounding for BF16 weights (from their masters) and BF16 Adam moments.
+/// Stochastic rounding for BF16 weights (from their masters, or updated in place) and BF16 Adam
+/// moments.
 pub struct StochasticRounding;
 
 const NAME: &str = "stochastic_rounding";
@@ -54,15 +56,21 @@ impl Pass for StochasticRounding {
                             ..node
                         }
                     }
-                    Op::AdamW(adamw)
-                        if is_bf16(rw.graph(), node.outputs[1])
-                            && is_bf16(rw.graph(), node.outputs[2]) =>
-                    {
+                    Op::AdamW(adamw) => {
                         let mut adamw = adamw.clone();
-                        adamw.stochastic = Some(StochasticMoments {
-                            m_stream: node.outputs[1].0 as u64,
-                            v_stream: node.outputs[2].0 as u64,
-                        });
+                        let bf16_out = |k: usize| is_bf16(rw.graph(), node.outputs[k]);
+                        if bf16_out(1) && bf16_out(2) {
+                            adamw.stochastic = Some(StochasticMoments {
+                                m_stream: node.outputs[1].0 as u64,
+                                v_stream: node.outputs[2].0 as u64,
+                            });
+                        }
+                        if bf16_out(0) {
+                            adamw.param_stream = Some(node.outputs[0].0 as u64);
+                        }
+                        if Op::AdamW(adamw.clone()) == node.op {
+                            continue;
+                        }
                         Node {
                             op: adamw.into(),
                             ..node

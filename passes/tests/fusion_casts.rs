@@ -126,6 +126,8 @@ fn exact_casts_are_bypassed_and_every_value_stays() {
 
     let ctx = PassContext {
         precision: Precision::Fp8,
+        master_dtype: Some(DType::F32),
+        moment_dtype: DType::BF16,
         grad_fp8: DType::F8E4M3,
         vram_bytes: u64::MAX,
         gpus: 1,

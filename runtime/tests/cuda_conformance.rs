@@ -31,7 +31,7 @@
 
 mod cuda_common;
 
-use llmq_compiler::autodiff::OptimizerOptions;
+use llmq_compiler::autodiff::{MasterWeights, OptimizerOptions};
 use llmq_compiler::plan::{Plan, Step};
 use llmq_compiler::target::{Precision, device};
 use llmq_kernels::{DType, Op, rng};
@@ -133,7 +133,23 @@ fn plan_with(
     vram_bytes: u64,
     skip: &[&str],
 ) -> Plan {
-    let opts = CompileOptions {
+    let opts = options(
+        batch, seq, grad_accum, precision, grad_fp8, vram_bytes, skip,
+    );
+    compile_model(model, &opts)
+}
+
+/// The options of [`plan_with`], with the default optimizer.
+fn options(
+    batch: u64,
+    seq: u64,
+    grad_accum: u32,
+    precision: Precision,
+    grad_fp8: DType,
+    vram_bytes: u64,
+    skip: &[&str],
+) -> CompileOptions {
+    CompileOptions {
         batch,
         seq,
         grad_accum,
@@ -145,15 +161,28 @@ fn plan_with(
         optimizer: OptimizerOptions::default(),
         dump_after: None,
         skip_passes: skip.iter().map(|s| s.to_string()).collect(),
-    };
+    }
+}
+
+/// The plan of `model` (a file of models/) for `opts`.
+fn compile_model(model: &str, opts: &CompileOptions) -> Plan {
     // LLMQ_MODELS_DIR: where the test binary runs away from its source tree (the device).
     let dir = std::env::var_os("LLMQ_MODELS_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"));
     let path = dir.join(model);
-    compile(&path, &opts)
+    compile(&path, opts)
         .unwrap_or_else(|e| panic!("planning {model}: {e}"))
         .plan
+}
+
+/// The tiny model in `precision` with LLMQ's published state: no master weights (AdamW
+/// rounds the BF16 weights stochastically in place) and BF16 moments.
+fn tiny_without_master(precision: Precision) -> Plan {
+    let mut opts = options(2, 64, 1, precision, DType::F8E4M3, 80 << 30, &[]);
+    opts.optimizer.master = Some(MasterWeights::None);
+    opts.optimizer.moments = Some(DType::BF16);
+    compile_model("tiny.ron", &opts)
 }
 
 /// Random values for input `index` of `op`, in the range the op meets in training
@@ -342,6 +371,14 @@ fn every_step_of_small_plans_matches_the_cpu_reference() {
         (
             "tiny fp8 in 769 MiB",
             every_memory_mechanism(Precision::Fp8),
+        ),
+        (
+            "tiny bf16 without master weights",
+            tiny_without_master(Precision::Bf16),
+        ),
+        (
+            "tiny fp8 without master weights",
+            tiny_without_master(Precision::Fp8),
         ),
     ];
     let mut failures: Vec<String> = plans

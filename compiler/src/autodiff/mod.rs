@@ -12,7 +12,7 @@
 
 mod optimizer;
 
-pub use optimizer::{OptimizerOptions, ParamState};
+pub use optimizer::{MasterWeights, OptimizerOptions, ParamState};
 
 use crate::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
 use indexmap::IndexMap;

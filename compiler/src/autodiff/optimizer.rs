@@ -3,9 +3,10 @@
 
 use super::{TrainOptions, scalar_tensor};
 use crate::ir::{Graph, Node, Phase, Role, Tensor, TensorId};
+use crate::target::Precision;
 use indexmap::IndexMap;
-use llmq_kernels::Op;
 use llmq_kernels::ops::{AdamW, Cast, ClipScale, SumSquares, Zero};
+use llmq_kernels::{DType, Op};
 
 /// The tensors the optimizer keeps for one parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -22,7 +23,40 @@ pub struct ParamState {
     pub v: TensorId,
 }
 
-/// AdamW's hyper-parameters and gradient clipping.
+/// Whether the optimizer updates FP32 master copies of BF16 weights (`--master`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MasterWeights {
+    /// FP32 master copies, rounded into the BF16 weights after each update.
+    Fp32,
+    /// None: AdamW updates the BF16 weights in place, rounding stochastically (LLMQ's
+    /// `--model-dtype=bf16`, the setting of its published runs); two bytes less per parameter
+    /// than BF16 moments, four less than FP32 ones.
+    None,
+}
+
+impl MasterWeights {
+    /// The flag value (`fp32`, `none`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MasterWeights::Fp32 => "fp32",
+            MasterWeights::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for MasterWeights {
+    type Err = String;
+
+    /// The flag value: `fp32` or `none`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        [MasterWeights::Fp32, MasterWeights::None]
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown master weights `{s}`: use fp32 or none"))
+    }
+}
+
+/// AdamW's hyper-parameters, gradient clipping, and the dtypes of its state.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OptimizerOptions {
     /// First-moment decay.
@@ -35,6 +69,11 @@ pub struct OptimizerOptions {
     pub weight_decay: f32,
     /// Global-norm clipping threshold; zero or less disables clipping.
     pub max_grad_norm: f32,
+    /// Master weights, or `None` for the precision's default (FP32 masters of BF16 weights).
+    pub master: Option<MasterWeights>,
+    /// The Adam moments' dtype, or `None` for the precision's default (BF16 under fp8, as in
+    /// LLMQ; FP32 otherwise).
+    pub moments: Option<DType>,
 }
 
 impl Default for OptimizerOptions {
@@ -45,7 +84,30 @@ impl Default for OptimizerOptions {
             eps: 1e-8,
             weight_decay: 0.1,
             max_grad_norm: 1.0,
+            master: None,
+            moments: None,
         }
+    }
+}
+
+impl OptimizerOptions {
+    /// The master weights' dtype (if any) and the Adam moments' under `precision`: by default
+    /// FP32 masters of BF16 weights, and LLMQ's BF16 moments under fp8 (written with stochastic
+    /// rounding), FP32 ones under bf16; `master` and `moments` override that. FP32 plans update
+    /// their FP32 weights directly, with FP32 moments.
+    pub fn state_dtypes(&self, precision: Precision) -> (Option<DType>, DType) {
+        if precision == Precision::Fp32 {
+            return (None, DType::F32);
+        }
+        let master = match self.master.unwrap_or(MasterWeights::Fp32) {
+            MasterWeights::Fp32 => Some(DType::F32),
+            MasterWeights::None => None,
+        };
+        let moments = self.moments.unwrap_or(match precision {
+            Precision::Fp8 => DType::BF16,
+            Precision::Bf16 | Precision::Fp32 => DType::F32,
+        });
+        (master, moments)
     }
 }
 
@@ -116,6 +178,7 @@ pub(super) fn append(
             eps: o.eps,
             weight_decay,
             stochastic: None,
+            param_stream: None,
         };
         let inputs = vec![param, grad, m, v, clip, hyper];
         node(

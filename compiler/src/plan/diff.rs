@@ -3,6 +3,7 @@
 //! and tensors whose dtype, role or placement changed.
 
 use super::Plan;
+use super::show::state_summary;
 use crate::ir::Category;
 use crate::target::format_bytes;
 use indexmap::IndexMap;
@@ -34,6 +35,7 @@ pub fn diff_plans(a: &Plan, b: &Plan) -> String {
             oa.precision.to_string(),
             ob.precision.to_string(),
         ),
+        ("state", state_summary(oa), state_summary(ob)),
         (
             "vram",
             format_bytes(oa.vram_bytes),

@@ -14,7 +14,7 @@ mod show;
 pub use diff::diff_plans;
 pub use format::{FORMAT_VERSION, FormatError, MAGIC};
 pub use report::{live_bytes, memory_profile, report_html, step_times};
-pub use show::{ShowOptions, fits, group_digits, show_plan, summary};
+pub use show::{ShowOptions, fits, group_digits, show_plan, state_summary, summary};
 
 use crate::autodiff::{OptimizerOptions, TrainIo};
 use crate::ir::{BufferId, Category, Init, Node, Part, Role, TensorId};

@@ -6,8 +6,9 @@
 //! arena, offset and lifetime. The summary lists the memory planner's decisions, per tensor
 //! class and blocks, with the device bytes each saves and the time it adds.
 
-use super::{Plan, Repeat};
+use super::{Plan, PlanOptions, Repeat};
 use crate::ir::{Category, Phase};
+use crate::kernels::DType;
 use crate::target::{RESERVE_BYTES, format_bytes};
 use std::fmt::Write;
 
@@ -33,13 +34,14 @@ pub fn summary(plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "step       batch {} × seq {} × {} micro-batch{} = {} tokens, precision {}, {} GPU{}",
+        "step       batch {} × seq {} × {} micro-batch{} = {} tokens, precision {} ({}), {} GPU{}",
         o.batch,
         o.seq,
         o.grad_accum,
         if o.grad_accum == 1 { "" } else { "es" },
         group_digits(plan.tokens_per_step()),
         o.precision,
+        state_summary(o),
         o.gpus,
         if o.gpus == 1 { "" } else { "s" },
     );
@@ -134,6 +136,20 @@ pub fn summary(plan: &Plan) -> String {
         100.0 * mfu_flops / peak,
     );
     out
+}
+
+/// The optimizer state's dtypes, as `llmqc plan --master` and `--moments` set them:
+/// `master fp32, moments bf16`, or `no master, moments bf16` where AdamW updates the weights.
+pub fn state_summary(options: &PlanOptions) -> String {
+    let flag = |dtype: DType| match dtype {
+        DType::F32 => "fp32",
+        other => other.name(),
+    };
+    let (master, moments) = options.optimizer.state_dtypes(options.precision);
+    match master {
+        Some(dtype) => format!("master {}, moments {}", flag(dtype), flag(moments)),
+        None => format!("no master, moments {}", flag(moments)),
+    }
 }
 
 /// True when the plan's arena and the reserve fit its budget.

@@ -4,7 +4,8 @@
 //! stay valid as they change; the gradient is multiplied by the clipping factor first. A
 //! clipping factor of exactly 0 (a non-finite gradient norm) leaves parameter and moments as
 //! they are: the step is skipped. With `stochastic` set, the two moments are stored in BF16
-//! with stochastic rounding (seed = the step, one random stream per moment), as LLMQ does.
+//! with stochastic rounding (seed = the step, one random stream per moment), as LLMQ does;
+//! with `param_stream` set, so is a BF16 parameter that has no master copy.
 
 use crate::numerics::round_bf16_stochastic_all;
 use crate::op::check;
@@ -25,6 +26,10 @@ pub struct AdamW {
     /// BF16 moments written with stochastic rounding, or `None` for nearest rounding.
     #[serde(default)]
     pub stochastic: Option<StochasticMoments>,
+    /// The random stream of a BF16 parameter updated in place (no master copy), written with
+    /// stochastic rounding; `None` for nearest rounding.
+    #[serde(default)]
+    pub param_stream: Option<u64>,
 }
 
 /// The random streams of the two moments' stochastic rounding (distinct for every tensor).
@@ -56,6 +61,9 @@ impl OpSpec for AdamW {
         if self.stochastic.is_some() {
             check::dtype("adamw", "m", m, DType::BF16)?;
             check::dtype("adamw", "v", v, DType::BF16)?;
+        }
+        if self.param_stream.is_some() {
+            check::dtype("adamw", "param", p, DType::BF16)?;
         }
         check::shape("adamw", inputs[5].shape == [2], || {
             format!("hyper must be [2] (lr, step), got {:?}", inputs[5].shape)
@@ -98,6 +106,9 @@ impl OpSpec for AdamW {
             round_bf16_stochastic_all(mo[0].data, step as u64, sr.m_stream);
             round_bf16_stochastic_all(vo[0].data, step as u64, sr.v_stream);
         }
+        if let Some(stream) = self.param_stream {
+            round_bf16_stochastic_all(po[0].data, step as u64, stream);
+        }
         Ok(())
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
@@ -109,6 +120,9 @@ impl OpSpec for AdamW {
         ];
         if let Some(sr) = self.stochastic {
             attrs.push(("sr_streams", format!("{}/{}", sr.m_stream, sr.v_stream)));
+        }
+        if let Some(stream) = self.param_stream {
+            attrs.push(("sr_param", stream.to_string()));
         }
         attrs
     }

@@ -1254,10 +1254,15 @@ impl StepContext<'_> {
                     F32(a.eps),
                     F32(a.weight_decay),
                 ];
-                if let Some(sr) = a.stochastic {
+                if a.stochastic.is_some() || a.param_stream.is_some() {
+                    // A negative stream rounds that tensor to nearest (kernels/cuda/adamw.cu).
+                    let stream = |s: Option<u64>| I64(s.map_or(-1, |s| s as i64));
                     call.name.push_str("_sr");
-                    call.args
-                        .extend([I64(sr.m_stream as i64), I64(sr.v_stream as i64)]);
+                    call.args.extend([
+                        stream(a.param_stream),
+                        stream(a.stochastic.map(|sr| sr.m_stream)),
+                        stream(a.stochastic.map(|sr| sr.v_stream)),
+                    ]);
                 }
                 call.grid = self.stride_grid_8(n);
             }
