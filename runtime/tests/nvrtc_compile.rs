@@ -138,6 +138,12 @@ const KERNELS: &[(&str, &[&str])] = &[
             "rope_bf16",
             "rope_backward_f32",
             "rope_backward_bf16",
+        ],
+    ),
+    ("split.cu", &["copy_columns_f32", "copy_columns_bf16"]),
+    (
+        "split_rope.cu",
+        &[
             "split_rope_f32",
             "split_rope_bf16",
             "split_rope_backward_f32",
@@ -146,7 +152,6 @@ const KERNELS: &[(&str, &[&str])] = &[
             "split_rope_backward_abs_max_bf16",
         ],
     ),
-    ("split.cu", &["copy_columns_f32", "copy_columns_bf16"]),
     ("sum_squares.cu", &["sum_squares_f32", "sum_squares_bf16"]),
     (
         "swiglu.cu",

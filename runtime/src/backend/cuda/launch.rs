@@ -150,13 +150,13 @@ pub const SCRATCH_BYTES: usize = 32 << 20;
 const FP8_TILE: u64 = 64;
 const FP8_TILE_BLOCK: u32 = 256;
 
-/// The largest head of rope and rope_backward: their blocks keep one position's head_dim/2
-/// angles in shared memory (2·ROPE_MAX_HALF in rope.cu).
+/// The largest head of rope, split_rope and their backwards: their blocks keep one position's head_dim/2
+/// angles in shared memory (2·ROPE_MAX_HALF in rope.cuh).
 const ROPE_MAX_HEAD_DIM: u64 = 512;
-/// Threads per block of rope and rope_backward (ROPE_BLOCK in rope.cu, their launch bounds).
+/// Threads per block of rope, split_rope and their backwards (ROPE_BLOCK in rope.cuh, their launch bounds).
 const ROPE_BLOCK: u32 = 256;
 /// Blocks per SM the rope grid aims for: two waves of the ROPE_MIN_BLOCKS = 4 blocks per SM
-/// that rope.cu's launch bounds let reside at once. Each block computes one position's angles
+/// that rope.cuh's launch bounds let reside at once. Each block computes one position's angles
 /// once and applies them to every head of a chunk of sequences at that position, so fewer,
 /// fuller blocks spend less on angles: the chunks are the largest that still give this many
 /// blocks (or one chunk, all sequences, when the positions alone give that many).
@@ -455,10 +455,10 @@ impl StepContext<'_> {
             (gu, self.input(1), [Arg::I64(width as i64); 2])
         }
     }
-    /// The grid and block of rope.cu's kernels over `rows` rows of `x` (`[.., seq, ..]`): one
-    /// block per (chunk of sequences, position), block chunk·seq + pos, chunks of `per`
-    /// sequences, the largest that still give the blocks wanted (the kernel finds per again
-    /// from the grid, ceil(sequences / chunks)).
+    /// The grid and block of rope.cuh's kernels (rope, split_rope and their backwards) over
+    /// `rows` rows of `x` (`[.., seq, ..]`): one block per (chunk of sequences, position), block
+    /// chunk·seq + pos, chunks of `per` sequences, the largest that still give the blocks
+    /// wanted (the kernel finds per again from the grid, ceil(sequences / chunks)).
     fn rope_grid(
         &self,
         call: &mut KernelCall,
@@ -1117,7 +1117,7 @@ impl StepContext<'_> {
                 self.rope_grid(&mut call, x, rows, head_dim)?;
             }
             Op::SplitRope(_) | Op::SplitRopeBackward(_) | Op::SplitRopeBackwardAbsMax(_) => {
-                // The packed tensor's rows, the parts' pointers and sizes (rope.cu).
+                // The packed tensor's rows, the parts' pointers and sizes (split_rope.cu).
                 self.no_acc()?;
                 let (cols, head_dim, theta) = match op {
                     Op::SplitRope(r) => (r.cols, r.head_dim, r.theta),
