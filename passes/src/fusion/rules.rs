@@ -310,6 +310,14 @@ mod tests {
                 "(abs_max (swiglu_backward_packed gu d))",
                 "(output 1 (swiglu_backward_packed_abs_max gu d))",
             ),
+            (
+                "(split_rope_backward dq dk dv)",
+                "(output 0 (split_rope_backward_abs_max dq dk dv))",
+            ),
+            (
+                "(abs_max (split_rope_backward dq dk dv))",
+                "(output 1 (split_rope_backward_abs_max dq dk dv))",
+            ),
         ];
         for (from, to) in fused {
             assert!(proves(none, from, to), "{from} = {to}");
