@@ -17,7 +17,12 @@
 //!   their IDs, so RoPE, QK-norm and attention read q, k, v as before (the backward's
 //!   `concat` writes their gradients side by side for the packed backward matmuls). When
 //!   every output is read only by a `bias_add` of its own bias (Qwen2's q/k/v), the biases
-//!   are packed too and one `bias_add` runs before the split.
+//!   are packed too and one `bias_add` runs before the split;
+//! - where that split has three parts and the first two (q, k) are each read only by a
+//!   `rope` of one head size and base, one `split_rope` does the `bias_add` (if any), the
+//!   split and both ropes, writing the ropes' outputs (its backward rotates dq and dk back as
+//!   it writes the packed gradient). Qwen3's q/k norms between split and rope keep the plain
+//!   split.
 //!
 //! A packed parameter records its parts (`Tensor::parts`: each part's name, Hugging Face
 //! name and rows), and so do its gradient and optimizer state: checkpoints, `--dump-step` and
@@ -25,8 +30,8 @@
 //! values as an unpacked one and reads and writes the same checkpoint files.
 //!
 //! Invariants: the forward values are those of the unfused graph (each output column is the
-//! same dot product; `split` and packed `swiglu` compute every element as before); the parts'
-//! parameters are left unread and retired (no longer weights: dead tensors, which take no
+//! same dot product; `split`, `split_rope` and packed `swiglu` compute every element as
+//! before); the parts' parameters are left unread and retired (no longer weights: dead tensors, which take no
 //! bytes and which autodiff, the optimizer and the memory planner do not see), as are the
 //! outputs the packed nodes take over. Linears are grouped when they read the same tensor,
 //! in the same block, and each weight is a parameter of one piece read by that linear alone,
