@@ -1113,7 +1113,7 @@ fn split_rope_equals_bias_add_split_and_ropes() {
             2 => g.clone(),
             _ => (
                 g.0.clone(),
-                store(&run(rope_backward.clone(), &[g.clone()])[0]),
+                store(&run(rope_backward.clone(), std::slice::from_ref(g))[0]),
             ),
         });
     }
