@@ -103,7 +103,7 @@ pub struct LongestBlock {
 }
 
 /// A reference used by a backward rule to name a tensor of the forward op it differentiates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Ref {
     /// The forward op's i-th input.
     Input(u8),
@@ -111,7 +111,8 @@ pub enum Ref {
     Output(u8),
     /// The gradient of the forward op's i-th output.
     GradOutput(u8),
-    /// The gradient of the forward op's i-th input (an output of a backward step).
+    /// The gradient of the forward op's i-th input (an output of a backward step, which later
+    /// steps of the rule may read unless it is a weight's accumulated gradient).
     GradInput(u8),
     /// A temporary shared between the backward steps of one rule.
     Temp(u8),
@@ -313,6 +314,12 @@ declare_ops! {
     Split(Split),
     /// Tensors written side by side in each row: the backward of `Split`.
     Concat(Concat),
+    /// The packed q|k|v split into q, k and v (after its packed bias), q and k rotated by RoPE.
+    SplitRope(SplitRope),
+    /// Gradients of `SplitRope`: dq and dk rotated back, written packed with dv.
+    SplitRopeBackward(SplitRopeBackward),
+    /// `SplitRopeBackward` that also emits the abs-max of its output (an FP8 scale input).
+    SplitRopeBackwardAbsMax(SplitRopeBackwardAbsMax),
     /// The transpose of an FP8 tensor (its FP8 copy in the other matmul layout).
     TransposeFp8(TransposeFp8),
 }

@@ -290,6 +290,23 @@ fn rope() {
     check_gradients(op, &[float(&[2, 4, 8])], 2);
 }
 
+#[test]
+fn split_rope() {
+    // q two heads of 4, k one, v four columns; without and with the packed bias (FP32, so
+    // its rounding before the rotation changes nothing).
+    for bias in [None, Some(DType::F32)] {
+        let op = SplitRope {
+            cols: [8, 4, 4],
+            head_dim: 4,
+            theta: 100.0,
+            bias,
+        };
+        let mut args = vec![float(&[2, 3, 16])];
+        args.extend(bias.map(|_| float(&[16])));
+        check_gradients(op, &args, 2);
+    }
+}
+
 fn attention_args(heads: u64, kv_heads: u64, head_dim: u64) -> Vec<Arg> {
     let (b, t) = (2, 3);
     vec![
@@ -418,6 +435,7 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::Attention(_)
         | Op::SwiGlu(_)
         | Op::Split(_)
+        | Op::SplitRope(_)
         | Op::Add(_)
         | Op::CrossEntropy(_)
         | Op::ClassifierCrossEntropy(_) => true,
@@ -430,6 +448,8 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::AttentionBackward(_)
         | Op::SwiGluBackward(_)
         | Op::Concat(_)
+        | Op::SplitRopeBackward(_)
+        | Op::SplitRopeBackwardAbsMax(_)
         | Op::CrossEntropyBackward(_)
         | Op::ClassifierCrossEntropyBackward(_)
         | Op::AddRmsNorm(_)
@@ -539,6 +559,16 @@ fn backward_types_match_inputs() {
             .into(),
             vec![bf(&[b, t, c + 512])],
         ),
+        (
+            SplitRope {
+                cols: [c, 256, 256],
+                head_dim: 128,
+                theta: 1e6,
+                bias: Some(DType::BF16),
+            }
+            .into(),
+            vec![bf(&[b, t, c + 512]), bf(&[c + 512])],
+        ),
         (Add.into(), vec![bf(&[b, t, c]), bf(&[b, t, c])]),
         (CrossEntropy.into(), vec![bf(&[b, t, v]), ids(&[b, t])]),
         (
@@ -608,6 +638,25 @@ fn backward_types_match_inputs() {
             .into(),
             vec![bf(&[b, t, c]), bf(&[b, t, 256]), bf(&[b, t, 256])],
         ),
+        (
+            SplitRopeBackward {
+                cols: [c, 256, 256],
+                head_dim: 128,
+                theta: 1e6,
+            }
+            .into(),
+            vec![bf(&[b, t, c]), bf(&[b, t, 256]), bf(&[b, t, 256])],
+        ),
+        (
+            SplitRopeBackwardAbsMax {
+                cols: [c, 256, 256],
+                head_dim: 128,
+                theta: 1e6,
+                dtype: DType::BF16,
+            }
+            .into(),
+            vec![bf(&[b, t, c]), bf(&[b, t, 256]), bf(&[b, t, 256])],
+        ),
         (CrossEntropyBackward.into(), vec![bf(&[b, t, v]); 3]),
         (
             ClassifierCrossEntropyBackward {
@@ -670,6 +719,7 @@ fn backward_types_match_inputs() {
         "rope",
         "attention",
         "swiglu",
+        "split_rope",
         "add",
         "cross_entropy",
         "classifier_cross_entropy",

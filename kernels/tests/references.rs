@@ -1095,6 +1095,119 @@ fn packed_ops_equal_the_separate_ones() {
     assert_eq!(bits(&dgu[0]), bits(&want), "packed swiglu backward");
 }
 
+/// `split_rope` gives, bit for bit once stored in BF16, what `bias_add` (stored), `split` and
+/// the two `rope`s give, with and without the bias; its backward what the two `rope_backward`s
+/// (stored) and `concat` give, and its abs-max variant `abs_max` of that as stored: the
+/// equalities horizontal fusion and the fusion pass's abs-max rule stand on.
+#[test]
+fn split_rope_equals_bias_add_split_and_ropes() {
+    let s = seed();
+    let (batch, seq, head_dim, theta) = (2u64, 5u64, 8u64, 1e4f32);
+    let cols = [16u64, 8, 8];
+    let total: u64 = cols.iter().sum();
+    let bf16 = DType::BF16;
+    let ty = |c: u64| TensorType::new([batch, seq, c], bf16);
+    let stored =
+        |v: &[f32]| -> Vec<u32> { v.iter().map(|&x| round_to(bf16, x).to_bits()).collect() };
+    let store = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| round_to(bf16, x)).collect() };
+    let rope = Rope { head_dim, theta };
+    let rope_backward = RopeBackward { head_dim, theta };
+    let qkv = (ty(total), bf16_normals(s, 1, batch * seq * total, 2.0));
+    let b = (
+        TensorType::new([total], bf16),
+        bf16_normals(s, 2, total, 1.0),
+    );
+
+    for bias in [None, Some(bf16)] {
+        let packed = match bias {
+            Some(_) => store(&run(BiasAdd, &[qkv.clone(), b.clone()])[0]),
+            None => qkv.1.clone(),
+        };
+        let parts = run(
+            Split {
+                cols: cols.to_vec(),
+            },
+            &[(ty(total), packed)],
+        );
+        let mut want = vec![];
+        for (i, part) in parts.iter().enumerate() {
+            want.push(match i {
+                2 => part.clone(),
+                _ => run(rope.clone(), &[(ty(cols[i]), part.clone())]).remove(0),
+            });
+        }
+        let op = SplitRope {
+            cols,
+            head_dim,
+            theta,
+            bias,
+        };
+        let mut inputs = vec![qkv.clone()];
+        inputs.extend(bias.map(|_| b.clone()));
+        let got = run(op, &inputs);
+        for i in 0..3 {
+            assert_eq!(
+                stored(&got[i]),
+                stored(&want[i]),
+                "split_rope bias {bias:?}: part {i}"
+            );
+        }
+    }
+
+    let grads: Vec<(TensorType, Vec<f32>)> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| (ty(c), bf16_normals(s, 3 + i as u64, batch * seq * c, 1.0)))
+        .collect();
+    let mut parts = vec![];
+    for (i, g) in grads.iter().enumerate() {
+        parts.push(match i {
+            2 => g.clone(),
+            _ => (
+                g.0.clone(),
+                store(&run(rope_backward.clone(), std::slice::from_ref(g))[0]),
+            ),
+        });
+    }
+    let want = run(
+        Concat {
+            cols: cols.to_vec(),
+        },
+        &parts,
+    )
+    .remove(0);
+    let got = run(
+        SplitRopeBackward {
+            cols,
+            head_dim,
+            theta,
+        },
+        &grads,
+    );
+    assert_eq!(stored(&got[0]), stored(&want), "split_rope_backward");
+    let abs_max = SplitRopeBackwardAbsMax {
+        cols,
+        head_dim,
+        theta,
+        dtype: bf16,
+    };
+    let got = run(abs_max.clone(), &grads);
+    assert_eq!(
+        stored(&got[0]),
+        stored(&want),
+        "split_rope_backward_abs_max"
+    );
+    let amax = run(AbsMax, &[(ty(total), store(&want))])[0][0];
+    assert_eq!(
+        got[1][0].to_bits(),
+        amax.to_bits(),
+        "split_rope_backward_abs_max: amax"
+    );
+    let mut with_nan = grads.clone();
+    with_nan[2].1[3] = f32::NAN;
+    assert!(run(abs_max, &with_nan)[1][0].is_nan(), "NaN hidden");
+}
+
 /// The packed data-gradient matmul sums over all `K = Σ M_i` rows of the packed weight in one
 /// reduction, where the separate ones sum over each `M_i` and add the results: not bit-equal.
 /// Each is an FP32 sum of at most `K + 2` rounded terms (`K` products and additions, plus the

@@ -14,9 +14,9 @@
 //! Rules:
 //! - `residual-add-rms-norm`: `s = a + b` feeding `rms_norm(s, w)` becomes one `add_rms_norm`
 //!   producing `s`, the normalised value and `rstd` (every pre-norm block has two).
-//! - `{op}-abs-max-*`: the `abs_max` of an output of `swiglu`, `rms_norm`, `add_rms_norm` or
-//!   `swiglu_backward` (the FP8 scale inputs of the down, q/k/v and gate/up matmuls and of the
-//!   gate/up backward matmuls' `dy`) becomes one more output of that op, its `{op}_abs_max`
+//! - `{op}-abs-max-*`: the `abs_max` of an output of `swiglu`, `rms_norm`, `add_rms_norm`,
+//!   `swiglu_backward` or `split_rope_backward` (the FP8 scale inputs of the down, q/k/v and
+//!   gate/up matmuls and of the gate/up and q/k/v backward matmuls' `dy`) becomes one more output of that op, its `{op}_abs_max`
 //!   variant, so the GPU does not read the tensor again; `swiglu_backward_abs_max` takes both
 //!   gradients' abs-maxes, so it is used when both are wanted. The variants are separate ops
 //!   rather than an attribute of the base op: each op keeps a fixed signature (the launchers,
@@ -52,8 +52,8 @@ use egg::{EGraph, Id, Runner, SimpleScheduler, StopReason};
 use indexmap::{IndexMap, IndexSet};
 use llmq_compiler::ir::{Graph, Node, NodeId, Phase, Role, TensorId};
 use llmq_compiler::kernels::ops::{
-    AddRmsNorm, AddRmsNormAbsMax, RmsNormAbsMax, SwiGlu, SwiGluAbsMax, SwiGluBackward,
-    SwiGluBackwardAbsMax,
+    AddRmsNorm, AddRmsNormAbsMax, RmsNormAbsMax, SplitRopeBackwardAbsMax, SwiGlu, SwiGluAbsMax,
+    SwiGluBackward, SwiGluBackwardAbsMax,
 };
 use llmq_compiler::kernels::{DType, Op};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
@@ -162,7 +162,9 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
         | Op::RmsNormAbsMax(_)
         | Op::AddRmsNormAbsMax(_)
         | Op::SwiGluAbsMax(_)
-        | Op::SwiGluBackwardAbsMax(_) => None,
+        | Op::SwiGluBackwardAbsMax(_)
+        | Op::SplitRopeBackward(_)
+        | Op::SplitRopeBackwardAbsMax(_) => None,
         _ => return None,
     };
     let mut children = Vec::with_capacity(node.inputs.len() + 1);
@@ -187,6 +189,8 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
         (Op::SwiGluAbsMax(_), &[gu]) => Term::SwiGluPackedAbsMax(gu),
         (Op::SwiGluBackwardAbsMax(_), &[g, u, d]) => Term::SwiGluBackwardAbsMax([g, u, d]),
         (Op::SwiGluBackwardAbsMax(_), &[gu, d]) => Term::SwiGluBackwardPackedAbsMax([gu, d]),
+        (Op::SplitRopeBackward(_), &[q, k, v]) => Term::SplitRopeBackward([q, k, v]),
+        (Op::SplitRopeBackwardAbsMax(_), &[q, k, v]) => Term::SplitRopeBackwardAbsMax([q, k, v]),
         (Op::Cast(_), &[to, x]) => Term::Cast([to, x]),
         (Op::Quantize(_), &[to, x, m]) => Term::Quantize([to, x, m]),
         _ => unreachable!("the modelled ops have these operands"),
@@ -216,6 +220,15 @@ fn abs_max_variant(op: &Op, dtype: DType) -> Option<(Op, &'static [usize])> {
         }
         Op::RmsNorm(r) => (RmsNormAbsMax { eps: r.eps, dtype }.into(), &[0]),
         Op::AddRmsNorm(r) => (AddRmsNormAbsMax { eps: r.eps, dtype }.into(), &[1]),
+        Op::SplitRopeBackward(r) => {
+            let op = SplitRopeBackwardAbsMax {
+                cols: r.cols,
+                head_dim: r.head_dim,
+                theta: r.theta,
+                dtype,
+            };
+            (op.into(), &[0])
+        }
         _ => return None,
     })
 }

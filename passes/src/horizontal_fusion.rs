@@ -17,7 +17,12 @@
 //!   their IDs, so RoPE, QK-norm and attention read q, k, v as before (the backward's
 //!   `concat` writes their gradients side by side for the packed backward matmuls). When
 //!   every output is read only by a `bias_add` of its own bias (Qwen2's q/k/v), the biases
-//!   are packed too and one `bias_add` runs before the split.
+//!   are packed too and one `bias_add` runs before the split;
+//! - where that split has three parts and the first two (q, k) are each read only by a
+//!   `rope` of one head size and base, one `split_rope` does the `bias_add` (if any), the
+//!   split and both ropes, writing the ropes' outputs (its backward rotates dq and dk back as
+//!   it writes the packed gradient). Qwen3's q/k norms between split and rope keep the plain
+//!   split.
 //!
 //! A packed parameter records its parts (`Tensor::parts`: each part's name, Hugging Face
 //! name and rows), and so do its gradient and optimizer state: checkpoints, `--dump-step` and
@@ -25,8 +30,8 @@
 //! values as an unpacked one and reads and writes the same checkpoint files.
 //!
 //! Invariants: the forward values are those of the unfused graph (each output column is the
-//! same dot product; `split` and packed `swiglu` compute every element as before); the parts'
-//! parameters are left unread and retired (no longer weights: dead tensors, which take no
+//! same dot product; `split`, `split_rope` and packed `swiglu` compute every element as
+//! before); the parts' parameters are left unread and retired (no longer weights: dead tensors, which take no
 //! bytes and which autodiff, the optimizer and the memory planner do not see), as are the
 //! outputs the packed nodes take over. Linears are grouped when they read the same tensor,
 //! in the same block, and each weight is a parameter of one piece read by that linear alone,
@@ -36,7 +41,7 @@
 
 use indexmap::IndexMap;
 use llmq_compiler::ir::{Graph, Node, NodeId, Part, Role, Tensor, TensorId};
-use llmq_compiler::kernels::ops::{BiasAdd, Linear, MAX_PARTS, Split, SwiGlu};
+use llmq_compiler::kernels::ops::{BiasAdd, Linear, MAX_PARTS, Split, SplitRope, SwiGlu};
 use llmq_compiler::kernels::{Op, TensorType};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 
@@ -71,7 +76,7 @@ impl Pass for HorizontalFusion {
                     retire(edit.tensor_mut(part));
                 }
                 let weight = edit.add_tensor(e.weight);
-                let mut y = edit.add_tensor(e.output);
+                let mut y = edit.add_tensor(e.output.clone());
                 edit.replace(
                     first,
                     node(Linear.into(), vec![template.inputs[0], weight], vec![y]),
@@ -85,7 +90,31 @@ impl Pass for HorizontalFusion {
                         let packed = SwiGlu { packed: true };
                         edit.replace(swiglu, node(packed.into(), vec![y], out));
                     }
-                    Consumer::Split { bias, parts } => {
+                    Consumer::Split {
+                        bias,
+                        parts,
+                        ropes: Some(ropes),
+                    } => {
+                        let mut inputs = vec![y];
+                        if let Some(b) = &bias {
+                            inputs.push(edit.add_tensor(b.bias.clone()));
+                        }
+                        for n in bias.into_iter().flat_map(|b| b.adds).chain(ropes.nodes) {
+                            edit.remove(n);
+                        }
+                        let op = SplitRope {
+                            cols: e.cols.try_into().expect("ropes only for q, k, v"),
+                            head_dim: ropes.head_dim,
+                            theta: ropes.theta,
+                            bias: (inputs.len() == 2).then_some(e.output.ty.dtype),
+                        };
+                        edit.insert_after(first, node(op.into(), inputs, parts));
+                    }
+                    Consumer::Split {
+                        bias,
+                        parts,
+                        ropes: None,
+                    } => {
                         if let Some(b) = bias {
                             let PackedBias { bias, output, adds } = *b;
                             let (bias, biased) = (edit.add_tensor(bias), edit.add_tensor(output));
@@ -188,11 +217,22 @@ fn linear_groups(graph: &Graph, readers: &Readers) -> Vec<Vec<NodeId>> {
 enum Consumer {
     /// The `swiglu` node reading the pair's outputs as gate and up.
     SwiGlu(NodeId),
-    /// A split into the original outputs (`parts`), after one packed `bias_add` if `bias`.
+    /// A split into the original outputs (`parts`), after one packed `bias_add` if `bias`;
+    /// with `ropes`, one `split_rope` doing all three, whose outputs `parts` are the ropes'
+    /// for q and k.
     Split {
         bias: Option<Box<PackedBias>>,
         parts: Vec<TensorId>,
+        ropes: Option<Ropes>,
     },
+}
+
+/// The `rope` nodes that alone read q and k, of one head size and frequency base: the split
+/// applies them as it copies q and k out.
+struct Ropes {
+    nodes: [NodeId; 2],
+    head_dim: u64,
+    theta: f32,
 }
 
 /// The biases of a group packed like its weights, added once to the packed output.
@@ -238,7 +278,7 @@ fn plan_group(graph: &Graph, readers: &Readers, linears: &[NodeId]) -> GroupEdit
     };
     let consumer = match swiglu {
         Some(n) => Consumer::SwiGlu(n),
-        None => split_consumer(graph, readers, &outputs),
+        None => with_ropes(graph, readers, split_consumer(graph, readers, &outputs)),
     };
     let mut parts = weights;
     if let Consumer::Split { bias: Some(b), .. } = &consumer {
@@ -286,13 +326,49 @@ fn split_consumer(graph: &Graph, readers: &Readers, outputs: &[TensorId]) -> Con
             Consumer::Split {
                 bias: Some(Box::new(bias)),
                 parts: biased,
+                ropes: None,
             }
         }
         _ => Consumer::Split {
             bias: None,
             parts: outputs.to_vec(),
+            ropes: None,
         },
     }
+}
+
+/// `split` with the ropes of q and k folded in, when a split into three parts (q, k, v) has
+/// its first two each read by a `rope` alone, both of one head size and frequency base.
+fn with_ropes(graph: &Graph, readers: &Readers, split: Consumer) -> Consumer {
+    let Consumer::Split {
+        bias,
+        mut parts,
+        ropes: None,
+    } = split
+    else {
+        return split;
+    };
+    let rope = |part: TensorId| {
+        let n = readers.only(part)?;
+        match &graph.node(n).op {
+            Op::Rope(r) => Some((n, r.clone())),
+            _ => None,
+        }
+    };
+    let ropes = match parts.as_slice() {
+        &[q, k, _] => rope(q).zip(rope(k)).filter(|((_, a), (_, b))| a == b),
+        _ => None,
+    };
+    let ropes = ropes.map(|((q, r), (k, _))| {
+        parts[0] = graph.node(q).outputs[0];
+        parts[1] = graph.node(k).outputs[0];
+        Ropes {
+            nodes: [q, k],
+            head_dim: r.head_dim,
+            theta: r.theta,
+        }
+    });
+    Consumer::Split { bias, parts, ropes }
 }
 
 /// The name of a packed tensor: the parts' common prefix up to a `.`, then their own names

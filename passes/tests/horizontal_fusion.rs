@@ -1,5 +1,5 @@
-//! `horizontal-fusion` on the forward graphs of the tiny Qwen2 (q/k/v biases) and Qwen3
-//! (QK-norm after the split) models: the snapshot of what it changes, and its structure.
+//! `horizontal-fusion` on the forward graphs of the tiny Qwen2 (q/k/v biases, RoPE right after
+//! the split) and Qwen3 (QK-norm after the split) models: the snapshot of what it changes, and its structure.
 
 mod common;
 
@@ -14,8 +14,11 @@ fn horizontal_fusion_on_tiny_qwen2() {
     let count = |pred: &dyn Fn(&Op) -> bool| graph.nodes().filter(|(_, n)| pred(&n.op)).count();
     // Per block: q|k|v, o, gate|up, down; and the LM head.
     assert_eq!(count(&|op| matches!(op, Op::Linear(_))), 2 * 4 + 1);
-    assert_eq!(count(&|op| matches!(op, Op::BiasAdd(_))), 2);
-    assert_eq!(count(&|op| matches!(op, Op::Split(_))), 2);
+    // Per block, one split_rope adds the packed bias, splits and rotates q and k.
+    let split_rope = |op: &Op| matches!(op, Op::SplitRope(r) if r.bias.is_some());
+    assert_eq!(count(&split_rope), 2);
+    let unfused = |op: &Op| matches!(op, Op::BiasAdd(_) | Op::Split(_) | Op::Rope(_));
+    assert_eq!(count(&unfused), 0);
     // The packed weights record their parts with the Hugging Face names.
     let qkv = graph
         .find("layers.1.wq+wk+wv")
@@ -36,7 +39,8 @@ fn horizontal_fusion_on_tiny_qwen2() {
     assert!(graph.find("layers.0.w_gate+w_up").is_some());
 }
 
-/// Qwen3's per-head norms of q and k read the split's outputs: they are untouched.
+/// Qwen3's per-head norms of q and k read the split's outputs: they are untouched, and so are
+/// the ropes after them (a plain split, no split_rope).
 #[test]
 fn horizontal_fusion_on_tiny_qwen3() {
     let (graph, diff) = forward_diff("tiny-qwen3.ron");
@@ -54,4 +58,9 @@ fn horizontal_fusion_on_tiny_qwen3() {
             .count(),
         2
     );
+    let split_rope = graph
+        .nodes()
+        .filter(|(_, n)| matches!(n.op, Op::SplitRope(_)))
+        .count();
+    assert_eq!(split_rope, 0);
 }

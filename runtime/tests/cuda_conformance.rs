@@ -397,14 +397,18 @@ fn every_step_of_small_plans_matches_the_cpu_reference() {
         let p = plan(model, 2, 160, 1, Precision::Bf16);
         failures.extend(check_steps(label, &p, seed, first_attention));
     }
-    // Real widths for the vectorised kernels (RoPE's eight pairs per thread, the warp-per-row
-    // RMSNorms and RMSNorm backward, the 16-byte FP8 transpose) and the embedding's backward over a real
-    // vocabulary, on the first block of the 0.5B in FP8.
+    // Real widths for the vectorised kernels (RoPE's and split_rope's eight pairs per thread
+    // with the 0.5B's q/k/v bias, the warp-per-row RMSNorms and RMSNorm backward, the 16-byte
+    // FP8 transpose) and the embedding's backward over a real vocabulary, on the first block
+    // of the 0.5B in FP8.
     let first_block_elementwise = |s: &Step| {
         let block_op = matches!(
             s.node.op,
             Op::Rope(_)
                 | Op::RopeBackward(_)
+                | Op::SplitRope(_)
+                | Op::SplitRopeBackward(_)
+                | Op::SplitRopeBackwardAbsMax(_)
                 | Op::RmsNorm(_)
                 | Op::RmsNormAbsMax(_)
                 | Op::AddRmsNorm(_)

@@ -141,6 +141,17 @@ const KERNELS: &[(&str, &[&str])] = &[
         ],
     ),
     ("split.cu", &["copy_columns_f32", "copy_columns_bf16"]),
+    (
+        "split_rope.cu",
+        &[
+            "split_rope_f32",
+            "split_rope_bf16",
+            "split_rope_backward_f32",
+            "split_rope_backward_bf16",
+            "split_rope_backward_abs_max_f32",
+            "split_rope_backward_abs_max_bf16",
+        ],
+    ),
     ("sum_squares.cu", &["sum_squares_f32", "sum_squares_bf16"]),
     (
         "swiglu.cu",

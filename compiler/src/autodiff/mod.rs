@@ -185,7 +185,8 @@ impl Backward<'_> {
         let Some(rule) = node.op.spec().backward(&input_types) else {
             return Ok(());
         };
-        let mut temps: IndexMap<u8, TensorId> = IndexMap::new();
+        // The temporaries and input gradients the rule's steps have written so far.
+        let mut written: IndexMap<Ref, TensorId> = IndexMap::new();
         for step in rule {
             match step {
                 BackwardStep::PassThrough { output, input } => {
@@ -200,7 +201,7 @@ impl Backward<'_> {
                     inputs,
                     outputs,
                 } => {
-                    self.apply(&node, id, op, &inputs, &outputs, &mut temps)?;
+                    self.apply(&node, id, op, &inputs, &outputs, &mut written)?;
                 }
             }
         }
@@ -230,7 +231,7 @@ impl Backward<'_> {
         op: Op,
         inputs: &[Ref],
         outputs: &[Ref],
-        temps: &mut IndexMap<u8, TensorId>,
+        written: &mut IndexMap<Ref, TensorId>,
     ) -> Result<(), AutodiffError> {
         let wanted = |r: &Ref| match *r {
             Ref::GradInput(i) => self.needs_grad[node.inputs[i as usize].index()],
@@ -245,10 +246,13 @@ impl Backward<'_> {
                 Ref::Input(i) => self.saved(node.inputs[i as usize]),
                 Ref::Output(i) => self.saved(node.outputs[i as usize]),
                 Ref::GradOutput(i) => self.grad_output(node, id, i)?,
-                Ref::Temp(i) => temps[&i],
-                Ref::GradInput(i) => {
-                    panic!("backward rule of {} reads GradInput({i})", node.op.name())
-                }
+                Ref::Temp(_) | Ref::GradInput(_) => *written.get(r).unwrap_or_else(|| {
+                    panic!(
+                        "backward rule of {} reads {r:?}, which it has not written (or which \
+                         is a weight's accumulated gradient)",
+                        node.op.name()
+                    )
+                }),
             });
         }
         let arg_types: Vec<TensorType> = args
@@ -289,14 +293,9 @@ impl Backward<'_> {
                 init: None,
                 parts: Vec::new(),
             });
-            match (*r, target) {
-                (Ref::Temp(i), _) => {
-                    temps.insert(i, t);
-                }
-                (_, Some(input)) if self.needs_grad[input.index()] => {
-                    contributions.push((input, t))
-                }
-                _ => {}
+            written.insert(*r, t);
+            if let Some(input) = target.filter(|t| self.needs_grad[t.index()]) {
+                contributions.push((input, t));
             }
             outs.push(t);
             accumulate.push(false);

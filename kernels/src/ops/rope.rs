@@ -23,7 +23,11 @@ pub struct RopeBackward {
     pub theta: f32,
 }
 
-fn infer_rope(op: &'static str, head_dim: u64, x: &TensorType) -> Result<Vec<TensorType>, OpError> {
+pub(super) fn infer_rope(
+    op: &'static str,
+    head_dim: u64,
+    x: &TensorType,
+) -> Result<Vec<TensorType>, OpError> {
     check::float(op, "x", x)?;
     check::shape(op, x.shape.len() >= 2, || {
         format!("x must be [.., seq, heads·head_dim], got {:?}", x.shape)
@@ -42,7 +46,7 @@ fn infer_rope(op: &'static str, head_dim: u64, x: &TensorType) -> Result<Vec<Ten
 }
 
 /// Rotates every head of every position by `sign · angle` (`sign` = −1 undoes [`Rope`]).
-fn rotate(head_dim: u64, theta: f32, sign: f32, x: View, y: &mut [f32]) {
+pub(super) fn rotate(head_dim: u64, theta: f32, sign: f32, x: View, y: &mut [f32]) {
     let d = head_dim as usize;
     let half = d / 2;
     let c = *x.shape.last().unwrap() as usize;

@@ -35,6 +35,8 @@ define_language! {
         "swiglu_backward_packed" = SwiGluBackwardPacked([Id; 2]),
         "swiglu_packed_abs_max" = SwiGluPackedAbsMax(Id),
         "swiglu_backward_packed_abs_max" = SwiGluBackwardPackedAbsMax([Id; 2]),
+        "split_rope_backward" = SplitRopeBackward([Id; 3]),
+        "split_rope_backward_abs_max" = SplitRopeBackwardAbsMax([Id; 3]),
         // (output k op): output k of an op with several outputs.
         "output" = Output([Id; 2]),
         Leaf(Symbol),
@@ -110,7 +112,8 @@ pub fn rules() -> Vec<Rewrite<Term, Dtypes>> {
 
 /// Fewer passes over memory: a residual add into the norm after it, and an abs-max into the
 /// op whose output it reads (the norms feeding FP8 matmuls, swiglu feeding the down matmul, its
-/// backward feeding the gate and up matmuls' backward). Each rule defines an output of a fused
+/// backward feeding the gate and up matmuls' backward, the packed q/k/v gradient feeding the
+/// q/k/v matmuls' backward). Each rule defines an output of a fused
 /// op by the unfused ops, in that direction: the pass proposes a fused node, and egg proves
 /// each of its outputs equal to the tensor it takes over, or not.
 fn fusion_rules() -> Vec<Rewrite<Term, Dtypes>> {
@@ -135,6 +138,7 @@ fn fusion_rules() -> Vec<Rewrite<Term, Dtypes>> {
     // Packed, the backward's one gradient `dgu` has one abs-max.
     rules.extend(abs_max_rules("swiglu_packed", "?gu", 1, &[0]));
     rules.extend(abs_max_rules("swiglu_backward_packed", "?gu ?d", 1, &[0]));
+    rules.extend(abs_max_rules("split_rope_backward", "?dq ?dk ?dv", 1, &[0]));
     rules
 }
 
@@ -305,6 +309,14 @@ mod tests {
             (
                 "(abs_max (swiglu_backward_packed gu d))",
                 "(output 1 (swiglu_backward_packed_abs_max gu d))",
+            ),
+            (
+                "(split_rope_backward dq dk dv)",
+                "(output 0 (split_rope_backward_abs_max dq dk dv))",
+            ),
+            (
+                "(abs_max (split_rope_backward dq dk dv))",
+                "(output 1 (split_rope_backward_abs_max dq dk dv))",
             ),
         ];
         for (from, to) in fused {

@@ -368,6 +368,7 @@ fn check_gguf_fits(g: &GgufFile, plan: &Plan) -> Result<(), TrainError> {
     }
     let spec_theta = plan.steps.iter().find_map(|s| match &s.node.op {
         Op::Rope(r) => Some(r.theta as f64),
+        Op::SplitRope(r) => Some(r.theta as f64),
         _ => None,
     });
     if let (Some(spec), Some(file)) = (spec_theta, g.float(&key("rope.freq_base")))

@@ -150,13 +150,13 @@ pub const SCRATCH_BYTES: usize = 32 << 20;
 const FP8_TILE: u64 = 64;
 const FP8_TILE_BLOCK: u32 = 256;
 
-/// The largest head of rope and rope_backward: their blocks keep one position's head_dim/2
-/// angles in shared memory (2·ROPE_MAX_HALF in rope.cu).
+/// The largest head of rope, split_rope and their backwards: their blocks keep one position's head_dim/2
+/// angles in shared memory (2·ROPE_MAX_HALF in rope.cuh).
 const ROPE_MAX_HEAD_DIM: u64 = 512;
-/// Threads per block of rope and rope_backward (ROPE_BLOCK in rope.cu, their launch bounds).
+/// Threads per block of rope, split_rope and their backwards (ROPE_BLOCK in rope.cuh, their launch bounds).
 const ROPE_BLOCK: u32 = 256;
 /// Blocks per SM the rope grid aims for: two waves of the ROPE_MIN_BLOCKS = 4 blocks per SM
-/// that rope.cu's launch bounds let reside at once. Each block computes one position's angles
+/// that rope.cuh's launch bounds let reside at once. Each block computes one position's angles
 /// once and applies them to every head of a chunk of sequences at that position, so fewer,
 /// fuller blocks spend less on angles: the chunks are the largest that still give this many
 /// blocks (or one chunk, all sequences, when the positions alone give that many).
@@ -454,6 +454,30 @@ impl StepContext<'_> {
         } else {
             (gu, self.input(1), [Arg::I64(width as i64); 2])
         }
+    }
+    /// The grid and block of rope.cuh's kernels (rope, split_rope and their backwards) over
+    /// `rows` rows of `x` (`[.., seq, ..]`): one block per (chunk of sequences, position), block
+    /// chunk·seq + pos, chunks of `per` sequences, the largest that still give the blocks
+    /// wanted (the kernel finds per again from the grid, ceil(sequences / chunks)).
+    fn rope_grid(
+        &self,
+        call: &mut KernelCall,
+        x: &TensorType,
+        rows: u64,
+        head_dim: u64,
+    ) -> Result<(), String> {
+        if head_dim > ROPE_MAX_HEAD_DIM {
+            return Err(format!(
+                "rope takes head_dim ≤ {ROPE_MAX_HEAD_DIM}, got {head_dim}"
+            ));
+        }
+        let seq = x.shape[x.shape.len() - 2];
+        let sequences = rows.checked_div(seq).unwrap_or(0).max(1);
+        let chunks = (self.sm_count as u64 * ROPE_BLOCKS_PER_SM).div_ceil(seq.max(1));
+        let per = sequences.div_ceil(chunks.clamp(1, sequences));
+        call.grid = (seq * sequences.div_ceil(per)).max(1);
+        call.block = ROPE_BLOCK;
+        Ok(())
     }
     /// The output scalar `i`, zeroed first unless the plan accumulates into it.
     fn scalar_out(&self, i: usize) -> Vec<u64> {
@@ -1075,12 +1099,12 @@ impl StepContext<'_> {
                     _ => unreachable!("matched above"),
                 };
                 let channels = x.last_dim();
-                let seq = x.shape[x.shape.len() - 2];
+                let rows = n / channels;
                 call.args = vec![
                     i(0),
                     o(0),
-                    I64((n / channels) as i64),
-                    I32(seq as i32),
+                    I64(rows as i64),
+                    I32(x.shape[x.shape.len() - 2] as i32),
                     I32(channels as i32),
                     I32(head_dim as i32),
                     F32(theta),
@@ -1090,19 +1114,36 @@ impl StepContext<'_> {
                 } else {
                     self.no_acc()?;
                 }
-                if head_dim > ROPE_MAX_HEAD_DIM {
-                    return Err(format!(
-                        "rope takes head_dim ≤ {ROPE_MAX_HEAD_DIM}, got {head_dim}"
-                    ));
+                self.rope_grid(&mut call, x, rows, head_dim)?;
+            }
+            Op::SplitRope(_) | Op::SplitRopeBackward(_) | Op::SplitRopeBackwardAbsMax(_) => {
+                // The packed tensor's rows, the parts' pointers and sizes (split_rope.cu).
+                self.no_acc()?;
+                let (cols, head_dim, theta) = match op {
+                    Op::SplitRope(r) => (r.cols, r.head_dim, r.theta),
+                    Op::SplitRopeBackward(r) => (r.cols, r.head_dim, r.theta),
+                    Op::SplitRopeBackwardAbsMax(r) => (r.cols, r.head_dim, r.theta),
+                    _ => unreachable!("matched above"),
+                };
+                let rows = n / x.last_dim();
+                call.args = match op {
+                    Op::SplitRope(r) => {
+                        let bias = if r.bias.is_some() { i(1) } else { Arg::Ptr(0) };
+                        vec![i(0), bias, o(0), o(1), o(2)]
+                    }
+                    _ => (0..3)
+                        .map(i)
+                        .chain((0..self.step.node.outputs.len()).map(o))
+                        .collect(),
+                };
+                if let Op::SplitRopeBackwardAbsMax(_) = op {
+                    call.zero_first = self.scalar_out(1);
                 }
-                // One block per (chunk of sequences, position), block chunk·seq + pos (rope.cu):
-                // chunks of `per` sequences, the largest that still give the blocks wanted; the
-                // kernel finds per again from the grid, ceil(sequences / chunks).
-                let sequences = n.checked_div(channels * seq).unwrap_or(0).max(1);
-                let chunks = (self.sm_count as u64 * ROPE_BLOCKS_PER_SM).div_ceil(seq.max(1));
-                let per = sequences.div_ceil(chunks.clamp(1, sequences));
-                call.grid = (seq * sequences.div_ceil(per)).max(1);
-                call.block = ROPE_BLOCK;
+                call.args
+                    .extend([I64(rows as i64), I32(x.shape[x.shape.len() - 2] as i32)]);
+                call.args.extend(cols.map(|c| I32(c as i32)));
+                call.args.extend([I32(head_dim as i32), F32(theta)]);
+                self.rope_grid(&mut call, x, rows, head_dim)?;
             }
             Op::Add(_) => {
                 self.no_acc()?;
