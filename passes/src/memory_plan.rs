@@ -568,6 +568,7 @@ fn search(
         }
     }
     if let Some(found) = best {
+        let found = unstream_state(found, shape, limit, evaluate)?;
         let mut found = swap_state(found, &shape.state, limit, evaluate)?;
         if shape.repeated_weight_quants {
             found = persist_weight_quants_if_faster(found, limit, evaluate)?;
@@ -580,6 +581,34 @@ fn search(
         MemoryChoice::new(last, Ladder::Offload, blocks, shape)
     };
     Ok(best.or(smallest).map_or_else(least, |(choice, _)| choice))
+}
+
+/// Brings one streamed state class back to the device where relieving more activations (on
+/// the choice's ladder, recompute where it has none) makes room for it, when that is faster:
+/// the levels relieve as few blocks as fit beside the classes a level leaves on the device, so
+/// one class fewer on the host with more blocks relieved is tried only here. A class whose
+/// return does not fit even at the ladder's top costs one evaluation.
+fn unstream_state(
+    found: (MemoryChoice, Candidate),
+    shape: &Shape,
+    limit: u64,
+    evaluate: &Evaluate<'_>,
+) -> Result<(MemoryChoice, Candidate), PassError> {
+    let (mut choice, mut candidate) = found;
+    let blocks = shape.blocks;
+    let ladder = choice.ladder(blocks).unwrap_or(Ladder::Recompute);
+    for role in choice.streamed.clone() {
+        let mut back = choice.clone();
+        back.streamed.retain(|&r| r != role);
+        let at = |k| back.on_rung(ladder, k, blocks);
+        let Some((k, c)) = smallest_fitting(blocks, limit, &|k| evaluate(&at(k)))? else {
+            continue;
+        };
+        if c.step_seconds < candidate.step_seconds {
+            (choice, candidate) = (at(k), c);
+        }
+    }
+    Ok((choice, candidate))
 }
 
 /// Improves a choice by exchanging one state class on the host for one on the device, keeping
