@@ -14,7 +14,7 @@ use super::Plan;
 /// The first eight bytes of every plan file.
 pub const MAGIC: &[u8; 8] = b"LLMQPLAN";
 /// Bumped whenever the payload's layout changes; older files are refused.
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 const HEADER: usize = 24;
 
 /// Why a plan file could not be read or written.
