@@ -1,7 +1,8 @@
 //! The fusion pass on the tiny models: what it changes in the graph (a snapshot, in BF16 and in
 //! FP8), how much, and that a fused plan trains exactly as the unfused one, bit for bit, in
 //! both precisions (in FP8 that checks the abs-maxes fused into their producers: a wrong one
-//! changes an FP8 scale and the losses).
+//! changes an FP8 scale and the losses; in both, the residual adds fused into the norms and
+//! their backward).
 
 mod common;
 
@@ -67,7 +68,9 @@ fn every_abs_max_of_a_norm_swiglu_or_split_rope_output_is_fused_forward_and_back
         let layers = plan.model.dims["layers"] as usize;
         // Per block: the input norm (fused with the residual add but in the first block) and
         // the post-attention norm feed q/k/v and gate/up; swiglu feeds down; swiglu's backward
-        // feeds the packed gate|up projection's backward, one abs-max of the packed gradient.
+        // feeds the packed gate|up projection's backward, one abs-max of the packed gradient;
+        // the residual gradient the norms' backward adds into feeds the output projections'
+        // backward (all but the first block's input norm's, which the embedding reads).
         assert_eq!(count(&plan, "rms_norm_abs_max"), 1, "{model}");
         assert_eq!(
             count(&plan, "add_rms_norm_abs_max"),
@@ -82,8 +85,13 @@ fn every_abs_max_of_a_norm_swiglu_or_split_rope_output_is_fused_forward_and_back
         let with_split_rope = if model == "tiny.ron" { layers } else { 0 };
         assert_eq!(rope_fused, with_split_rope, "{model}");
         assert_eq!(
+            count(&plan, "rms_norm_backward_add_abs_max"),
+            2 * layers - 1,
+            "{model}"
+        );
+        assert_eq!(
             count(&unfused, "abs_max") - count(&plan, "abs_max"),
-            4 * layers + rope_fused,
+            6 * layers - 1 + rope_fused,
             "{model}"
         );
         // No abs_max is left reading what a norm or swiglu wrote.
@@ -102,6 +110,7 @@ fn every_abs_max_of_a_norm_swiglu_or_split_rope_output_is_fused_forward_and_back
                             | "swiglu"
                             | "swiglu_backward"
                             | "split_rope_backward"
+                            | "rms_norm_backward_add"
                     )
                 ),
                 "{model}: abs_max of {writer:?} left"
@@ -157,6 +166,35 @@ fn every_residual_add_feeding_a_norm_is_fused() {
         };
         assert_eq!(norms(&unfused) - norms(&plan), 2 * layers, "{model}");
         assert!(plan.estimates.micro_batch_seconds < unfused.estimates.micro_batch_seconds);
+    }
+}
+
+/// Every norm backward whose `dx` joins the residual stream's gradient adds it in itself, two
+/// per block, accumulating its weight's gradient as before; no `add` is left reading a norm
+/// backward's `dx` (the final norm's and Qwen3's q/k norms' are read by no add).
+#[test]
+fn every_norm_backward_adds_into_the_residual_gradient() {
+    for model in ["tiny.ron", "tiny-qwen3.ron"] {
+        for precision in [Precision::Bf16, Precision::Fp8] {
+            let plan = common::plan(model, &precision_options(precision, false));
+            let layers = plan.model.dims["layers"] as usize;
+            let fused: Vec<_> = plan
+                .steps
+                .iter()
+                .filter(|s| s.node.op.name().starts_with("rms_norm_backward_add"))
+                .collect();
+            assert_eq!(fused.len(), 2 * layers, "{model} {precision:?}");
+            for step in fused {
+                assert_eq!(step.node.accumulate[..2], [false, true], "{model}");
+            }
+            for add in plan.steps.iter().filter(|s| s.node.op.name() == "add") {
+                for &t in &add.node.inputs {
+                    let writer = plan.steps.iter().find(|w| w.node.outputs.contains(&t));
+                    let writer = writer.map(|w| w.node.op.name());
+                    assert_ne!(writer, Some("rms_norm_backward"), "{model} {precision:?}");
+                }
+            }
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 // rms_norm: `y = x · rstd · w` with `rstd = 1/√(mean(x²) + eps)` over groups of `group_size`
-// consecutive elements (the weight's length), the same with the abs-max of `y` as stored, and
-// the backward (ops/rms_norm.rs).
+// consecutive elements (the weight's length), the same with the abs-max of `y` as stored, the
+// backward, and the backward adding its dx into a residual gradient (ops/rms_norm.rs).
 #include "abs_max.cuh"
 
 // rms_norm_{f32,bf16}(const T* x, const T* w, T* y, float* rstd, long long groups,
@@ -42,6 +42,13 @@ __device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, float* amax,
 // rms_norm_backward_{f32,bf16}(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
 //                              T* dw, float* scratch, long long groups, int group_size,
 //                              int accumulate_dx, int accumulate_dw)
+// rms_norm_backward_add_{f32,bf16}(const T* dy, const T* x, const T* w, const float* rstd,
+//                                  const T* r, T* d, T* dw, float* scratch, long long groups,
+//                                  int group_size, int accumulate_dw)
+// rms_norm_backward_add_abs_max_{f32,bf16}(const T* dy, const T* x, const T* w,
+//                                          const float* rstd, const T* r, T* d, T* dw,
+//                                          float* amax, float* scratch, long long groups,
+//                                          int group_size, int accumulate_dw)
 // One flag per output: the weight gradient accumulates over micro-batches, dx usually not.
 // grid: ceil(group_size / COLSUM_WIDTH)·COLSUM_CHUNKS + ceil(groups / (block/32)), block: a
 // multiple of 32, at most 1024. The first blocks write dw = Σ_groups dy·x̂, deterministically
@@ -49,10 +56,13 @@ __device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, float* amax,
 // beside the dx blocks rather than after them. The blocks after them write dx, one warp per
 // group (a group is a few hundred to a few thousand elements: a warp reads it 16 bytes per lane,
 // and its reduction needs no barrier): with x̂ = x·r and ĝ = dy·w, dx = r·(ĝ − x̂·mean(ĝ·x̂)).
+// The _add kernels write d = r + dx instead, dx rounded to T first as the unfused add reads it
+// back; with `amax` (zeroed by the launcher), also the abs-max of d as stored.
 template <typename T>
-__device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
-                                  T* dw, float* scratch, long long groups, int group_size,
-                                  int accumulate_dx, int accumulate_dw) {
+__device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const float* rstd,
+                                  const T* residual, T* dx, T* dw, float* amax, float* scratch,
+                                  long long groups, int group_size, int accumulate_dx,
+                                  int accumulate_dw) {
     const long long sum_blocks = (long long)colsum_col_blocks(group_size) * COLSUM_CHUNKS;
     if (blockIdx.x < sum_blocks) {
         const int c = colsum_first_column(blockIdx.x, group_size);
@@ -70,34 +80,42 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const flo
     }
     const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
     const long long g = (blockIdx.x - sum_blocks) * warps + (threadIdx.x >> 5);
-    if (g >= groups) return;
-    const long long base = g * group_size;
-    const T* dyg = dy + base;
-    const T* xg = x + base;
-    T* dxg = dx + base;
-    const float r = rstd[g];
-    float dot = 0.0f;
-    for (int i = lane * 8; i < group_size; i += 32 * 8) {
-        float d[8], xv[8], wv[8];
-        load8(dyg, i, group_size, d);
-        load8(xg, i, group_size, xv);
-        load8(w, i, group_size, wv);
-        for (int k = 0; k < 8; ++k) dot += d[k] * wv[k] * xv[k] * r;
-    }
-    const float mean = warp_sum(dot) / (float)group_size;
-    for (int i = lane * 8; i < group_size; i += 32 * 8) {
-        float d[8], xv[8], wv[8], out[8];
-        load8(dyg, i, group_size, d);
-        load8(xg, i, group_size, xv);
-        load8(w, i, group_size, wv);
-        for (int k = 0; k < 8; ++k) out[k] = r * (d[k] * wv[k] - xv[k] * r * mean);
-        if (accumulate_dx) {
-            float old[8];
-            load8(dxg, i, group_size, old);
-            for (int k = 0; k < 8; ++k) out[k] += old[k];
+    float m = 0.0f;
+    if (g < groups) {
+        const long long base = g * group_size;
+        const T* dyg = dy + base;
+        const T* xg = x + base;
+        T* dxg = dx + base;
+        const float r = rstd[g];
+        float dot = 0.0f;
+        for (int i = lane * 8; i < group_size; i += 32 * 8) {
+            float d[8], xv[8], wv[8];
+            load8(dyg, i, group_size, d);
+            load8(xg, i, group_size, xv);
+            load8(w, i, group_size, wv);
+            for (int k = 0; k < 8; ++k) dot += d[k] * wv[k] * xv[k] * r;
         }
-        store8(dxg, i, group_size, out);
+        const float mean = warp_sum(dot) / (float)group_size;
+        for (int i = lane * 8; i < group_size; i += 32 * 8) {
+            float d[8], xv[8], wv[8], out[8];
+            load8(dyg, i, group_size, d);
+            load8(xg, i, group_size, xv);
+            load8(w, i, group_size, wv);
+            for (int k = 0; k < 8; ++k) out[k] = r * (d[k] * wv[k] - xv[k] * r * mean);
+            if (residual) {
+                float res[8];
+                load8(residual + base, i, group_size, res);
+                for (int k = 0; k < 8; ++k) out[k] = res[k] + as_stored(dxg, out[k]);
+            } else if (accumulate_dx) {
+                float old[8];
+                load8(dxg, i, group_size, old);
+                for (int k = 0; k < 8; ++k) out[k] += old[k];
+            }
+            store8(dxg, i, group_size, out);
+            if (amax) m = nan_max(m, abs_max8_as_stored(dxg, i, group_size, out));
+        }
     }
+    if (amax) block_abs_max_into(m, amax);
 }
 
 extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y, float* rstd,
@@ -122,11 +140,39 @@ extern "C" __global__ void rms_norm_backward_f32(const float* dy, const float* x
                                                  const float* rstd, float* dx, float* dw, float* scratch,
                                                  long long groups, int group_size, int accumulate_dx,
                                                  int accumulate_dw) {
-    rms_norm_backward(dy, x, w, rstd, dx, dw, scratch, groups, group_size, accumulate_dx, accumulate_dw);
+    rms_norm_backward(dy, x, w, rstd, (const float*)nullptr, dx, dw, nullptr, scratch, groups,
+                      group_size, accumulate_dx, accumulate_dw);
 }
 extern "C" __global__ void rms_norm_backward_bf16(const bf16* dy, const bf16* x, const bf16* w,
                                                   const float* rstd, bf16* dx, bf16* dw, float* scratch,
                                                   long long groups, int group_size, int accumulate_dx,
                                                   int accumulate_dw) {
-    rms_norm_backward(dy, x, w, rstd, dx, dw, scratch, groups, group_size, accumulate_dx, accumulate_dw);
+    rms_norm_backward(dy, x, w, rstd, (const bf16*)nullptr, dx, dw, nullptr, scratch, groups,
+                      group_size, accumulate_dx, accumulate_dw);
+}
+extern "C" __global__ void rms_norm_backward_add_f32(const float* dy, const float* x, const float* w,
+                                                     const float* rstd, const float* r, float* d,
+                                                     float* dw, float* scratch, long long groups,
+                                                     int group_size, int accumulate_dw) {
+    rms_norm_backward(dy, x, w, rstd, r, d, dw, nullptr, scratch, groups, group_size, 0,
+                      accumulate_dw);
+}
+extern "C" __global__ void rms_norm_backward_add_bf16(const bf16* dy, const bf16* x, const bf16* w,
+                                                      const float* rstd, const bf16* r, bf16* d,
+                                                      bf16* dw, float* scratch, long long groups,
+                                                      int group_size, int accumulate_dw) {
+    rms_norm_backward(dy, x, w, rstd, r, d, dw, nullptr, scratch, groups, group_size, 0,
+                      accumulate_dw);
+}
+extern "C" __global__ void rms_norm_backward_add_abs_max_f32(
+    const float* dy, const float* x, const float* w, const float* rstd, const float* r, float* d,
+    float* dw, float* amax, float* scratch, long long groups, int group_size, int accumulate_dw) {
+    rms_norm_backward(dy, x, w, rstd, r, d, dw, amax, scratch, groups, group_size, 0,
+                      accumulate_dw);
+}
+extern "C" __global__ void rms_norm_backward_add_abs_max_bf16(
+    const bf16* dy, const bf16* x, const bf16* w, const float* rstd, const bf16* r, bf16* d,
+    bf16* dw, float* amax, float* scratch, long long groups, int group_size, int accumulate_dw) {
+    rms_norm_backward(dy, x, w, rstd, r, d, dw, amax, scratch, groups, group_size, 0,
+                      accumulate_dw);
 }

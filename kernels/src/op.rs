@@ -248,6 +248,10 @@ declare_ops! {
     RmsNormBackward(RmsNormBackward),
     /// `RmsNorm` that also emits the abs-max of its output (an FP8 scale input).
     RmsNormAbsMax(RmsNormAbsMax),
+    /// `RmsNormBackward` whose input gradient is added into a residual gradient, fused.
+    RmsNormBackwardAdd(RmsNormBackwardAdd),
+    /// `RmsNormBackwardAdd` that also emits the abs-max of the sum (an FP8 scale input).
+    RmsNormBackwardAddAbsMax(RmsNormBackwardAddAbsMax),
     /// `y = x · Wᵀ` (PyTorch's `nn.Linear` layout, weight `[out, in]`).
     Linear(Linear),
     /// `dx = dy · W`.

@@ -441,6 +441,8 @@ fn is_differentiated(op: &Op) -> bool {
         | Op::ClassifierCrossEntropy(_) => true,
         Op::EmbeddingBackward(_)
         | Op::RmsNormBackward(_)
+        | Op::RmsNormBackwardAdd(_)
+        | Op::RmsNormBackwardAddAbsMax(_)
         | Op::LinearBackwardData(_)
         | Op::LinearBackwardWeight(_)
         | Op::BiasBackward(_)
@@ -603,6 +605,10 @@ fn backward_types_match_inputs() {
             vec![ids(&[b, t]), bf(&[b, t, c])],
         ),
         (RmsNormBackward.into(), vec![bf(&[b, t, c]); 4]),
+        (
+            RmsNormBackwardAdd { dtype: DType::BF16 }.into(),
+            vec![bf(&[b, t, c]); 5],
+        ),
         (LinearBackwardData.into(), vec![bf(&[b, t, c]); 2]),
         (LinearBackwardWeight.into(), vec![bf(&[b, t, c]); 2]),
         (BiasBackward.into(), vec![bf(&[b, t, c])]),

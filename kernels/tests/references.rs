@@ -1,7 +1,8 @@
 //! The CPU references of the ops that are not differentiated, against independent naive
 //! computations: sum_squares, clip_scale, adamw (PyTorch's AdamW re-done in f64), abs_max,
 //! quantize, cast and zero; the fused ops (chunked LM head + loss, residual add + RMSNorm, the
-//! abs-max variants of swiglu, its backward and the norms) against the unfused ones; and those
+//! RMSNorm backward with its residual add, the abs-max variants of swiglu, its backward and the
+//! norms) against the unfused ones; and those
 //! of LLMQ's FP8 recipe: quantize_dual, fp8_matmul (against the BF16 path's matmuls),
 //! cast_stochastic and adamw's stochastic moments.
 
@@ -908,6 +909,59 @@ fn add_rms_norm_equals_add_then_rms_norm() {
         bits(&unfused[1], DType::F32),
         "rstd"
     );
+}
+
+/// The RMSNorm backward adding its `dx` into a residual gradient `r` gives, bit for bit, what
+/// `rms_norm_backward` then `add` (either operand order) then `abs_max` give once every result
+/// is stored, in BF16 and FP32, as the fusion pass requires. A NaN shows in the abs-max.
+#[test]
+fn rms_norm_backward_add_equals_rms_norm_backward_then_add() {
+    let s = seed();
+    let (rows, hidden) = (6u64, 64u64);
+    for dtype in [DType::BF16, DType::F32] {
+        let act = TensorType::new([rows, hidden], dtype);
+        let values = |stream, n: u64, scale| -> Vec<f32> {
+            let v = normals(s, stream, n as usize, scale);
+            v.into_iter().map(|x| round_to(dtype, x)).collect()
+        };
+        let dy = (act.clone(), values(1, rows * hidden, 1.0));
+        let x = (act.clone(), values(2, rows * hidden, 2.0));
+        let w = (TensorType::new([hidden], dtype), values(3, hidden, 1.0));
+        let rstd = run(RmsNorm { eps: 1e-6 }, &[x.clone(), w.clone()]).remove(1);
+        let rstd = (TensorType::new([rows], DType::F32), rstd);
+        let r = (act.clone(), values(4, rows * hidden, 3.0));
+        let stored = |v: &[f32], dtype| -> Vec<u32> {
+            v.iter().map(|&v| round_to(dtype, v).to_bits()).collect()
+        };
+
+        let backward = run(
+            RmsNormBackward,
+            &[dy.clone(), x.clone(), w.clone(), rstd.clone()],
+        );
+        let dx: Vec<f32> = backward[0].iter().map(|&v| round_to(dtype, v)).collect();
+        let sum = run(Add, &[r.clone(), (act.clone(), dx.clone())]).remove(0);
+        let swapped = run(Add, &[(act.clone(), dx), r.clone()]).remove(0);
+        assert_eq!(stored(&sum, dtype), stored(&swapped, dtype), "{dtype}: add");
+        let sum_stored: Vec<f32> = sum.iter().map(|&v| round_to(dtype, v)).collect();
+        let amax = run(AbsMax, &[(act.clone(), sum_stored)])[0][0];
+
+        let mut inputs = vec![dy, x, w, rstd, r];
+        let fused = run(RmsNormBackwardAdd { dtype }, &inputs);
+        let with_amax = run(RmsNormBackwardAddAbsMax { dtype }, &inputs);
+        for got in [&fused, &with_amax] {
+            assert_eq!(stored(&got[0], dtype), stored(&sum, dtype), "{dtype}: d");
+            assert_eq!(
+                stored(&got[1], dtype),
+                stored(&backward[1], dtype),
+                "{dtype}: dw"
+            );
+        }
+        assert_eq!(with_amax[2][0].to_bits(), amax.to_bits(), "{dtype}: amax");
+
+        inputs[0].1[37] = f32::NAN;
+        let amax = run(RmsNormBackwardAddAbsMax { dtype }, &inputs)[2][0];
+        assert!(amax.is_nan(), "{dtype}: NaN hidden");
+    }
 }
 
 /// Every output of a fused op with abs-maxes equals the unfused op's, bit for bit once stored,

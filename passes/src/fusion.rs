@@ -14,9 +14,16 @@
 //! Rules:
 //! - `residual-add-rms-norm`: `s = a + b` feeding `rms_norm(s, w)` becomes one `add_rms_norm`
 //!   producing `s`, the normalised value and `rstd` (every pre-norm block has two).
+//! - `norm-backward-add`: `dx` of an `rms_norm_backward` added into the residual stream's
+//!   gradient (`add(r, dx)`, either operand order) becomes one `rms_norm_backward_add` writing
+//!   the sum and accumulating `dw` as before, when the add is all that reads `dx` (so `dx` is
+//!   never written) and `r` is written before the norm's backward (whose place the fused node
+//!   takes). A `dx` the norm accumulates into (`+=`) is not fused: the add reads the total.
 //! - `{op}-abs-max-*`: the `abs_max` of an output of `swiglu`, `rms_norm`, `add_rms_norm`,
-//!   `swiglu_backward` or `split_rope_backward` (the FP8 scale inputs of the down, q/k/v and
-//!   gate/up matmuls and of the gate/up and q/k/v backward matmuls' `dy`) becomes one more output of that op, its `{op}_abs_max`
+//!   `swiglu_backward`, `split_rope_backward` or `rms_norm_backward_add` (the FP8 scale inputs
+//!   of the down, q/k/v and gate/up matmuls, of the gate/up and q/k/v backward matmuls' `dy` and
+//!   of the output projections' backward `dy`) becomes one more output of that op, its
+//!   `{op}_abs_max`
 //!   variant, so the GPU does not read the tensor again; `swiglu_backward_abs_max` takes both
 //!   gradients' abs-maxes, so it is used when both are wanted. The variants are separate ops
 //!   rather than an attribute of the base op: each op keeps a fixed signature (the launchers,
@@ -43,8 +50,10 @@
 //!
 //! Invariants: tensors keep their IDs, names and roles (only nodes change, and a forward
 //! tensor newly read by the backward becomes saved); a fused node takes the place of the first
-//! node it fuses in program order, and the others go. egg runs to saturation with explicit
-//! limits; a limit reached is an error, never a silent partial result.
+//! node it fuses in program order, and the others go. A fused node's accumulated output
+//! (`rms_norm_backward`'s `+=dw`) is proven equal to what the node it replaces added there.
+//! egg runs to saturation with explicit limits; a limit reached is an error, never a silent
+//! partial result.
 
 mod rules;
 
@@ -52,8 +61,8 @@ use egg::{EGraph, Id, Runner, SimpleScheduler, StopReason};
 use indexmap::{IndexMap, IndexSet};
 use llmq_compiler::ir::{Graph, Node, NodeId, Phase, Role, TensorId};
 use llmq_compiler::kernels::ops::{
-    AddRmsNorm, AddRmsNormAbsMax, RmsNormAbsMax, SplitRopeBackwardAbsMax, SwiGlu, SwiGluAbsMax,
-    SwiGluBackward, SwiGluBackwardAbsMax,
+    AddRmsNorm, AddRmsNormAbsMax, RmsNormAbsMax, RmsNormBackwardAdd, RmsNormBackwardAddAbsMax,
+    SplitRopeBackwardAbsMax, SwiGlu, SwiGluAbsMax, SwiGluBackward, SwiGluBackwardAbsMax,
 };
 use llmq_compiler::kernels::{DType, Op};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
@@ -83,6 +92,7 @@ impl Pass for Fusion {
         let mut terms = Terms::build(graph, &order);
         let mut candidates = Candidates::new(graph);
         candidates.residual_norms(&order);
+        candidates.norm_backward_adds(&order);
         candidates.abs_maxes(&order);
         for stage in candidates.stages.values().flatten() {
             terms.add(graph, &stage.node);
@@ -157,6 +167,7 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
         | Op::RmsNorm(_)
         | Op::SwiGlu(_)
         | Op::SwiGluBackward(_)
+        | Op::RmsNormBackward(_)
         | Op::AbsMax(_)
         | Op::AddRmsNorm(_)
         | Op::RmsNormAbsMax(_)
@@ -164,7 +175,9 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
         | Op::SwiGluAbsMax(_)
         | Op::SwiGluBackwardAbsMax(_)
         | Op::SplitRopeBackward(_)
-        | Op::SplitRopeBackwardAbsMax(_) => None,
+        | Op::SplitRopeBackwardAbsMax(_)
+        | Op::RmsNormBackwardAdd(_)
+        | Op::RmsNormBackwardAddAbsMax(_) => None,
         _ => return None,
     };
     let mut children = Vec::with_capacity(node.inputs.len() + 1);
@@ -181,6 +194,7 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
         (Op::SwiGlu(_), &[gu]) => Term::SwiGluPacked(gu),
         (Op::SwiGluBackward(_), &[g, u, d]) => Term::SwiGluBackward([g, u, d]),
         (Op::SwiGluBackward(_), &[gu, d]) => Term::SwiGluBackwardPacked([gu, d]),
+        (Op::RmsNormBackward(_), &[dy, x, w, s]) => Term::RmsNormBackward([dy, x, w, s]),
         (Op::AbsMax(_), &[x]) => Term::AbsMax(x),
         (Op::AddRmsNorm(_), &[a, b, w]) => Term::AddRmsNorm([a, b, w]),
         (Op::RmsNormAbsMax(_), &[x, w]) => Term::RmsNormAbsMax([x, w]),
@@ -191,6 +205,12 @@ fn term_of(node: &Node, mut child: impl FnMut(Child) -> Option<Id>) -> Option<Te
         (Op::SwiGluBackwardAbsMax(_), &[gu, d]) => Term::SwiGluBackwardPackedAbsMax([gu, d]),
         (Op::SplitRopeBackward(_), &[q, k, v]) => Term::SplitRopeBackward([q, k, v]),
         (Op::SplitRopeBackwardAbsMax(_), &[q, k, v]) => Term::SplitRopeBackwardAbsMax([q, k, v]),
+        (Op::RmsNormBackwardAdd(_), &[dy, x, w, s, r]) => {
+            Term::RmsNormBackwardAdd([dy, x, w, s, r])
+        }
+        (Op::RmsNormBackwardAddAbsMax(_), &[dy, x, w, s, r]) => {
+            Term::RmsNormBackwardAddAbsMax([dy, x, w, s, r])
+        }
         (Op::Cast(_), &[to, x]) => Term::Cast([to, x]),
         (Op::Quantize(_), &[to, x, m]) => Term::Quantize([to, x, m]),
         _ => unreachable!("the modelled ops have these operands"),
@@ -229,6 +249,7 @@ fn abs_max_variant(op: &Op, dtype: DType) -> Option<(Op, &'static [usize])> {
             };
             (op.into(), &[0])
         }
+        Op::RmsNormBackwardAdd(_) => (RmsNormBackwardAddAbsMax { dtype }.into(), &[0]),
         _ => return None,
     })
 }
@@ -247,20 +268,22 @@ impl Terms {
         };
         for &n in order {
             let node = graph.node(n);
-            // A term is a value: only nodes writing fresh single-assignment tensors have one
-            // (not an accumulation, nor the optimizer's cast writing a weight read earlier).
-            let fresh = |&t: &TensorId| {
-                terms.of_tensor[t.index()].is_none() && !graph.tensor(t).role.is_persistent()
+            // A term is a value: only nodes whose written outputs are fresh single-assignment
+            // tensors have one (not the optimizer's cast writing a weight read earlier). An
+            // accumulated output's term is what the node adds, not the tensor's value: the
+            // tensor gets no class from it.
+            let fresh = |(&t, &acc): (&TensorId, &bool)| {
+                acc || (terms.of_tensor[t.index()].is_none()
+                    && !graph.tensor(t).role.is_persistent())
             };
-            if node.accumulate.iter().any(|&a| a)
-                || !node.outputs.iter().all(fresh)
-                || !may_match(graph, node)
-            {
+            if !node.outputs.iter().zip(&node.accumulate).all(fresh) || !may_match(graph, node) {
                 continue;
             }
             if let Some(outputs) = terms.add(graph, node) {
-                for (&t, id) in node.outputs.iter().zip(outputs) {
-                    terms.of_tensor[t.index()] = Some(id);
+                for ((&t, &acc), id) in node.outputs.iter().zip(&node.accumulate).zip(outputs) {
+                    if !acc {
+                        terms.of_tensor[t.index()] = Some(id);
+                    }
                 }
             }
         }
@@ -381,6 +404,60 @@ impl<'a> Candidates<'a> {
         }
     }
 
+    /// `norm-backward-add`: each `add` of an `rms_norm_backward`'s `dx` and another gradient
+    /// `r`, when the add is the only reader of `dx`, neither accumulates, and `r` is written
+    /// before the norm's backward, whose place the fused node takes.
+    fn norm_backward_adds(&mut self, order: &[NodeId]) {
+        let rank: IndexMap<NodeId, usize> =
+            order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let mut reads = vec![0usize; self.graph.tensor_count()];
+        for &n in order {
+            for &t in &self.graph.node(n).inputs {
+                reads[t.index()] += 1;
+            }
+        }
+        for &n in order {
+            let add = self.graph.node(n);
+            if !matches!(add.op, Op::Add(_)) || add.accumulate[0] {
+                continue;
+            }
+            for (k, &dx) in add.inputs.iter().enumerate() {
+                let r = add.inputs[1 - k];
+                let Some(back) = self.graph.producer(dx) else {
+                    continue;
+                };
+                let norm = self.graph.node(back);
+                let r_ready = self
+                    .graph
+                    .producer(r)
+                    .is_none_or(|p| rank[&p] < rank[&back]);
+                if !matches!(norm.op, Op::RmsNormBackward(_))
+                    || norm.accumulate[0]
+                    || reads[dx.index()] != 1
+                    || !r_ready
+                    || self.stages.contains_key(&back)
+                {
+                    continue;
+                }
+                let mut inputs = norm.inputs.clone();
+                inputs.push(r);
+                let node = Node {
+                    op: RmsNormBackwardAdd {
+                        dtype: self.graph.tensor(dx).ty.dtype,
+                    }
+                    .into(),
+                    inputs,
+                    outputs: vec![add.outputs[0], norm.outputs[1]],
+                    accumulate: vec![false, norm.accumulate[1]],
+                    phase: norm.phase,
+                    layer: norm.layer,
+                };
+                self.propose(back, &[n], node);
+                break;
+            }
+        }
+    }
+
     /// The abs-max rules: the `abs_max` nodes reading the outputs of one op (a norm fused with
     /// its residual add or not, swiglu, its backward) become outputs of its abs-max variant,
     /// when there is one for every output the variant takes the abs-max of.
@@ -418,9 +495,11 @@ impl<'a> Candidates<'a> {
             };
             let mut outputs = producer.outputs.clone();
             outputs.extend(absorbs.iter().map(|&n| self.graph.node(n).outputs[0]));
+            let mut accumulate = producer.accumulate.clone();
+            accumulate.resize(outputs.len(), false);
             let node = Node {
                 op,
-                accumulate: vec![false; outputs.len()],
+                accumulate,
                 outputs,
                 ..producer.clone()
             };
@@ -447,30 +526,49 @@ impl Edits<'_> {
         self.of_tensor[t.index()].map(|id| self.egraph.find(id))
     }
 
-    /// True when egg proved every output of `node`, a fused node writing the tensors of the
-    /// nodes it replaces, equal to that output of its op on its operands.
-    fn proves(&self, node: &Node) -> bool {
+    /// True when egg proved every output of `node`, a fused node replacing node `at` and
+    /// writing the tensors of the nodes it replaces, equal to that output of its op on its
+    /// operands: a written output equal to the tensor, an accumulated one to what node `at`
+    /// adds to it.
+    fn proves(&self, at: NodeId, node: &Node) -> bool {
         let Some(op) = self.lookup(node) else {
             return false;
         };
-        let output = |k: usize| match node.outputs.len() {
+        let replaced = self.graph.node(at);
+        let outputs = node.outputs.iter().zip(&node.accumulate);
+        outputs.enumerate().all(|(k, (&t, &acc))| {
+            let want = if acc {
+                self.added_by(replaced, t)
+            } else {
+                self.class(t)
+            };
+            want.is_some() && self.output(op, node, k) == want
+        })
+    }
+
+    /// The e-class of output `k` of `node`, whose op term is in class `op`.
+    fn output(&self, op: Id, node: &Node, k: usize) -> Option<Id> {
+        match node.outputs.len() {
             1 => Some(op),
             _ => {
                 let index = self.egraph.lookup(Term::Leaf(index_leaf(k)))?;
                 self.egraph.lookup(Term::Output([index, op]))
             }
-        };
-        node.outputs
-            .iter()
-            .enumerate()
-            .all(|(k, &t)| self.class(t).is_some() && output(k) == self.class(t))
+        }
+    }
+
+    /// The e-class of what `node` adds to `t`, one of its accumulated outputs.
+    fn added_by(&self, node: &Node, t: TensorId) -> Option<Id> {
+        let mut outputs = node.outputs.iter().zip(&node.accumulate);
+        let k = outputs.position(|(&o, &acc)| acc && o == t)?;
+        self.output(self.lookup(node)?, node, k)
     }
 
     /// Keeps, per replaced node, its last proposal egg proved (with everything the proposals
     /// up to it absorb).
     fn keep_proven(&mut self, stages: IndexMap<NodeId, Vec<Fused>>) {
         for (at, stages) in stages {
-            let Some(last) = stages.iter().rposition(|f| self.proves(&f.node)) else {
+            let Some(last) = stages.iter().rposition(|f| self.proves(at, &f.node)) else {
                 continue;
             };
             let absorbs: Vec<NodeId> = stages[..=last]

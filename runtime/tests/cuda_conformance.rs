@@ -212,7 +212,10 @@ fn random_input(plan: &Plan, op: &Op, index: usize, n: usize, seed: u64, stream:
         (Op::CrossEntropyBackward(_), 2) | (Op::ClassifierCrossEntropyBackward(_), 3) => {
             range(0.5, 1.0)
         }
-        (Op::RmsNormBackward(_), 3) => range(0.5, 2.0),
+        (
+            Op::RmsNormBackward(_) | Op::RmsNormBackwardAdd(_) | Op::RmsNormBackwardAddAbsMax(_),
+            3,
+        ) => range(0.5, 2.0),
         (Op::AttentionBackward(_), 4) => range(1.0, 3.0),
         (Op::ClipScale(_), 0) => range(0.5, 4.0),
         (Op::AdamW(_), 3) => range(0.0, 1e-2),
@@ -414,6 +417,8 @@ fn every_step_of_small_plans_matches_the_cpu_reference() {
                 | Op::AddRmsNorm(_)
                 | Op::AddRmsNormAbsMax(_)
                 | Op::RmsNormBackward(_)
+                | Op::RmsNormBackwardAdd(_)
+                | Op::RmsNormBackwardAddAbsMax(_)
                 | Op::TransposeFp8(_)
         );
         (s.node.layer == Some(0) && block_op) || matches!(s.node.op, Op::EmbeddingBackward(_))

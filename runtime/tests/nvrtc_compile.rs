@@ -129,6 +129,10 @@ const KERNELS: &[(&str, &[&str])] = &[
             "rms_norm_abs_max_bf16",
             "rms_norm_backward_f32",
             "rms_norm_backward_bf16",
+            "rms_norm_backward_add_f32",
+            "rms_norm_backward_add_bf16",
+            "rms_norm_backward_add_abs_max_f32",
+            "rms_norm_backward_add_abs_max_bf16",
         ],
     ),
     (

@@ -2,8 +2,9 @@
 //!
 //! The fusion pass folds it into the op that produces its input where the catalogue has a
 //! variant emitting the abs-max as one more output (`swiglu_abs_max`, `rms_norm_abs_max`,
-//! `add_rms_norm_abs_max`); those variants use [`abs_max_as_stored`] and [`with_abs_max`] below,
-//! so their abs-max is this op's, bit for bit.
+//! `add_rms_norm_abs_max`, `swiglu_backward_abs_max`, `rms_norm_backward_add_abs_max`); those
+//! variants use [`abs_max_as_stored`] and [`with_abs_max`] below, so their abs-max is this
+//! op's, bit for bit.
 
 use crate::numerics::round_to;
 use crate::op::check;

@@ -44,7 +44,9 @@ pub use embedding::{Embedding, EmbeddingBackward};
 pub use fp8_matmul::Fp8Matmul;
 pub use linear::{Linear, LinearBackwardData, LinearBackwardWeight};
 pub use quantize::{Quantize, QuantizeDual};
-pub use rms_norm::{RmsNorm, RmsNormAbsMax, RmsNormBackward};
+pub use rms_norm::{
+    RmsNorm, RmsNormAbsMax, RmsNormBackward, RmsNormBackwardAdd, RmsNormBackwardAddAbsMax,
+};
 pub use rope::{Rope, RopeBackward};
 pub use split::{Concat, MAX_PARTS, Split};
 pub use split_rope::{SplitRope, SplitRopeBackward, SplitRopeBackwardAbsMax};

@@ -6,8 +6,17 @@
 //! `RmsNormAbsMax` also emits `max |y|` of `y` as stored, the scale input of the FP8 operand
 //! of the matmuls it feeds (q/k/v after the first block's input norm): the fusion pass puts it
 //! where an `abs_max` reads an `rms_norm`'s output. Made after autodiff, it has no backward rule.
+//!
+//! `RmsNormBackwardAdd` adds the norm's input gradient into the residual stream's gradient in
+//! the same pass, `d = r + dx` (a pre-norm block's residual input has two readers: the norm and
+//! the residual add), as LLMQ does; the fusion pass puts it where an `add` reads the `dx` of an
+//! `rms_norm_backward` and nothing else does. `dx` is rounded to its storage dtype (`dtype`)
+//! before the add, as the unfused `add` reads it back, so `d` is bit for bit the pair's.
+//! `RmsNormBackwardAddAbsMax` also emits `max |d|` of `d` as stored, the scale of the FP8
+//! gradient the block's output projection's backward reads.
 
 use super::abs_max::{abs_max_as_stored, with_abs_max};
+use crate::numerics::round_to;
 use crate::op::check;
 use crate::{BackwardStep, DType, OpError, OpSpec, Ref, TensorType, View, ViewMut};
 use serde::{Deserialize, Serialize};
@@ -31,6 +40,21 @@ pub struct RmsNormAbsMax {
 /// Gradients of [`RmsNorm`] for `x` and `w`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RmsNormBackward;
+
+/// `(dx, dw) = rms_norm_backward(dy, x, w, rstd)`, `d = r + dx` once `dx` is rounded to `dtype`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RmsNormBackwardAdd {
+    /// The storage dtype of `dx` and `d` (that of `dy` and `r`).
+    pub dtype: DType,
+}
+
+/// `(d, dw) = rms_norm_backward_add(dy, x, w, rstd, r)`, `amax = max |d|` once `d` is rounded
+/// to `dtype`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RmsNormBackwardAddAbsMax {
+    /// The storage dtype of `dx` and `d` (that of `dy` and `r`).
+    pub dtype: DType,
+}
 
 impl OpSpec for RmsNorm {
     fn name(&self) -> &'static str {
@@ -168,5 +192,78 @@ impl OpSpec for RmsNormBackward {
             }
         }
         Ok(())
+    }
+}
+
+impl OpSpec for RmsNormBackwardAdd {
+    fn name(&self) -> &'static str {
+        "rms_norm_backward_add"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["dy", "x", "w", "rstd", "r"]
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["d", "dw"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        let op = "rms_norm_backward_add";
+        let (dy, r) = (&inputs[0], &inputs[4]);
+        check::same_dtype(op, "r", dy, r)?;
+        check::same_shape(op, "dy and r", dy, r)?;
+        check::shape(op, dy.dtype == self.dtype, || {
+            format!(
+                "dtype {} must be dy's dtype {}",
+                self.dtype.name(),
+                dy.dtype.name()
+            )
+        })?;
+        RmsNormBackward.infer(&inputs[..4])
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        9.0 * inputs[0].numel() as f64
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        RmsNormBackward.cpu(&inputs[..4], outputs)?;
+        for (d, r) in outputs[0].data.iter_mut().zip(inputs[4].data) {
+            *d = r + round_to(self.dtype, *d);
+        }
+        Ok(())
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("dtype", self.dtype.name().to_string())]
+    }
+}
+
+impl OpSpec for RmsNormBackwardAddAbsMax {
+    fn name(&self) -> &'static str {
+        "rms_norm_backward_add_abs_max"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        self.base().input_names()
+    }
+    fn output_names(&self) -> &'static [&'static str] {
+        &["d", "dw", "amax"]
+    }
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, OpError> {
+        let outputs = self.base().infer(inputs)?;
+        with_abs_max("rms_norm_backward_add_abs_max", self.dtype, outputs, 0)
+    }
+    fn flops(&self, inputs: &[TensorType], _: &[TensorType]) -> f64 {
+        10.0 * inputs[0].numel() as f64
+    }
+    fn cpu(&self, inputs: &[View], outputs: &mut [ViewMut]) -> Result<(), OpError> {
+        let (grads, amax) = outputs.split_at_mut(2);
+        self.base().cpu(inputs, grads)?;
+        amax[0].data[0] = abs_max_as_stored(self.dtype, grads[0].data);
+        Ok(())
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        self.base().attrs()
+    }
+}
+
+impl RmsNormBackwardAddAbsMax {
+    fn base(&self) -> RmsNormBackwardAdd {
+        RmsNormBackwardAdd { dtype: self.dtype }
     }
 }

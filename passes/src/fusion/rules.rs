@@ -20,6 +20,7 @@ define_language! {
         "rms_norm" = RmsNorm([Id; 2]),
         "swiglu" = SwiGlu([Id; 2]),
         "swiglu_backward" = SwiGluBackward([Id; 3]),
+        "rms_norm_backward" = RmsNormBackward([Id; 4]),
         "abs_max" = AbsMax(Id),
         // (cast to x)
         "cast" = Cast([Id; 2]),
@@ -30,6 +31,8 @@ define_language! {
         "add_rms_norm_abs_max" = AddRmsNormAbsMax([Id; 3]),
         "swiglu_abs_max" = SwiGluAbsMax([Id; 2]),
         "swiglu_backward_abs_max" = SwiGluBackwardAbsMax([Id; 3]),
+        "rms_norm_backward_add" = RmsNormBackwardAdd([Id; 5]),
+        "rms_norm_backward_add_abs_max" = RmsNormBackwardAddAbsMax([Id; 5]),
         // Gate and up packed in one operand (`swiglu{packed=true}` and its variants).
         "swiglu_packed" = SwiGluPacked(Id),
         "swiglu_backward_packed" = SwiGluBackwardPacked([Id; 2]),
@@ -110,10 +113,12 @@ pub fn rules() -> Vec<Rewrite<Term, Dtypes>> {
     rules
 }
 
-/// Fewer passes over memory: a residual add into the norm after it, and an abs-max into the
-/// op whose output it reads (the norms feeding FP8 matmuls, swiglu feeding the down matmul, its
-/// backward feeding the gate and up matmuls' backward, the packed q/k/v gradient feeding the
-/// q/k/v matmuls' backward). Each rule defines an output of a fused
+/// Fewer passes over memory: a residual add into the norm after it, the norm backward's input
+/// gradient into the residual gradient's add after it, and an abs-max into the op whose output
+/// it reads (the norms feeding FP8 matmuls, swiglu feeding the down matmul, its backward
+/// feeding the gate and up matmuls' backward, the residual gradient feeding the projections'
+/// backward, the packed q/k/v gradient feeding the q/k/v matmuls' backward). Each rule defines
+/// an output of a fused
 /// op by the unfused ops, in that direction: the pass proposes a fused node, and egg proves
 /// each of its outputs equal to the tensor it takes over, or not.
 fn fusion_rules() -> Vec<Rewrite<Term, Dtypes>> {
@@ -130,11 +135,33 @@ fn fusion_rules() -> Vec<Rewrite<Term, Dtypes>> {
             "residual-add-rms-norm-rstd";
             "(output 2 (add_rms_norm ?a ?b ?w))" => "(output 1 (rms_norm (add ?a ?b) ?w))"
         ),
+        // IEEE addition commutes bit for bit: `dx` may be either operand of the add.
+        rewrite!(
+            "norm-backward-add";
+            "(output 0 (rms_norm_backward_add ?dy ?x ?w ?rstd ?r))"
+                => "(add ?r (output 0 (rms_norm_backward ?dy ?x ?w ?rstd)))"
+        ),
+        rewrite!(
+            "norm-backward-add-swapped";
+            "(output 0 (rms_norm_backward_add ?dy ?x ?w ?rstd ?r))"
+                => "(add (output 0 (rms_norm_backward ?dy ?x ?w ?rstd)) ?r)"
+        ),
+        rewrite!(
+            "norm-backward-add-dw";
+            "(output 1 (rms_norm_backward_add ?dy ?x ?w ?rstd ?r))"
+                => "(output 1 (rms_norm_backward ?dy ?x ?w ?rstd))"
+        ),
     ];
     rules.extend(abs_max_rules("swiglu", "?g ?u", 1, &[0]));
     rules.extend(abs_max_rules("rms_norm", "?x ?w", 2, &[0]));
     rules.extend(abs_max_rules("add_rms_norm", "?a ?b ?w", 3, &[1]));
     rules.extend(abs_max_rules("swiglu_backward", "?g ?u ?d", 2, &[0, 1]));
+    rules.extend(abs_max_rules(
+        "rms_norm_backward_add",
+        "?dy ?x ?w ?rstd ?r",
+        2,
+        &[0],
+    ));
     // Packed, the backward's one gradient `dgu` has one abs-max.
     rules.extend(abs_max_rules("swiglu_packed", "?gu", 1, &[0]));
     rules.extend(abs_max_rules("swiglu_backward_packed", "?gu ?d", 1, &[0]));
@@ -318,6 +345,26 @@ mod tests {
                 "(abs_max (split_rope_backward dq dk dv))",
                 "(output 1 (split_rope_backward_abs_max dq dk dv))",
             ),
+            (
+                "(add r (output 0 (rms_norm_backward dy x w s)))",
+                "(output 0 (rms_norm_backward_add dy x w s r))",
+            ),
+            (
+                "(add (output 0 (rms_norm_backward dy x w s)) r)",
+                "(output 0 (rms_norm_backward_add dy x w s r))",
+            ),
+            (
+                "(output 1 (rms_norm_backward dy x w s))",
+                "(output 1 (rms_norm_backward_add dy x w s r))",
+            ),
+            (
+                "(abs_max (add r (output 0 (rms_norm_backward dy x w s))))",
+                "(output 2 (rms_norm_backward_add_abs_max dy x w s r))",
+            ),
+            (
+                "(output 1 (rms_norm_backward dy x w s))",
+                "(output 1 (rms_norm_backward_add_abs_max dy x w s r))",
+            ),
         ];
         for (from, to) in fused {
             assert!(proves(none, from, to), "{from} = {to}");
@@ -338,6 +385,19 @@ mod tests {
             (
                 "(abs_max (output 0 (swiglu_backward g u d)))",
                 "(output 3 (swiglu_backward_abs_max g u d))",
+            ),
+            // The sum is not the norm's own input gradient, nor a sum with another gradient.
+            (
+                "(output 0 (rms_norm_backward dy x w s))",
+                "(output 0 (rms_norm_backward_add dy x w s r))",
+            ),
+            (
+                "(add q (output 0 (rms_norm_backward dy x w s)))",
+                "(output 0 (rms_norm_backward_add dy x w s r))",
+            ),
+            (
+                "(abs_max (output 0 (rms_norm_backward dy x w s)))",
+                "(output 2 (rms_norm_backward_add_abs_max dy x w s r))",
             ),
         ];
         for (from, to) in not {

@@ -1036,6 +1036,27 @@ impl StepContext<'_> {
                 // One warp per group writes dx (rms_norm.cu), then the column-sum blocks.
                 call.grid = groups.div_ceil(BLOCK as u64 / 32) + sum_blocks;
             }
+            Op::RmsNormBackwardAdd(_) | Op::RmsNormBackwardAddAbsMax(_) => {
+                // Every input, then every output (the abs-max last): only dw accumulates.
+                let outs = self.step.node.outputs.len();
+                if (0..outs).any(|k| k != 1 && self.acc(k)) {
+                    return Err("the kernel accumulates into dw only".into());
+                }
+                let group = self.in_ty(2).numel();
+                let groups = n / group;
+                let (scratch, sum_blocks) = self.column_sum_scratch(group)?;
+                call.args = (0..5).map(i).chain((0..outs).map(o)).collect();
+                call.args.extend([
+                    scratch,
+                    I64(groups as i64),
+                    I32(group as i32),
+                    I32(self.acc(1) as i32),
+                ]);
+                call.grid = groups.div_ceil(BLOCK as u64 / 32) + sum_blocks;
+                if outs == 3 {
+                    call.zero_first = self.scalar_out(2);
+                }
+            }
             Op::AddRmsNorm(r) => {
                 self.no_acc()?;
                 let group = self.in_ty(2).numel();
