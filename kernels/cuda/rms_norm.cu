@@ -50,12 +50,14 @@ __device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, float* amax,
 //                                          float* amax, float* scratch, long long groups,
 //                                          int group_size, int accumulate_dw)
 // One flag per output: the weight gradient accumulates over micro-batches, dx usually not.
-// grid: ceil(group_size / COLSUM_WIDTH)·COLSUM_CHUNKS + ceil(groups / (block/32)), block: a
-// multiple of 32, at most 1024. The first blocks write dw = Σ_groups dy·x̂, deterministically
-// (column_sum_split in common.cuh; scratch is the backend's); they come first so that they run
-// beside the dx blocks rather than after them. The blocks after them write dx, one warp per
-// group (a group is a few hundred to a few thousand elements: a warp reads it 16 bytes per lane,
-// and its reduction needs no barrier): with x̂ = x·r and ĝ = dy·w, dx = r·(ĝ − x̂·mean(ĝ·x̂)).
+// grid: COLSUM_CHUNKS·(ceil(group_size / COLSUM_WIDTH) + ceil(ceil(groups / COLSUM_CHUNKS) /
+// (block/32))), block: a multiple of 32, at most 1024. The blocks come in one run per chunk of
+// groups of column_sum_split (common.cuh): the chunk's column-sum blocks, which write
+// dw = Σ_groups dy·x̂ deterministically (scratch is the backend's), then the chunk's dx blocks,
+// one warp per group (a group is a few hundred to a few thousand elements: a warp reads it 16
+// bytes per lane, and its reduction needs no barrier): with x̂ = x·r and ĝ = dy·w,
+// dx = r·(ĝ − x̂·mean(ĝ·x̂)). Blocks start in about their order, so both readers of a chunk's
+// dy and x run together and the second finds them in L2 rather than in DRAM.
 // The _add kernels write d = r + dx instead, dx rounded to T first as the unfused add reads it
 // back; with `amax` (zeroed by the launcher), also the abs-max of d as stored.
 template <typename T>
@@ -63,11 +65,15 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const flo
                                   const T* residual, T* dx, T* dw, float* amax, float* scratch,
                                   long long groups, int group_size, int accumulate_dx,
                                   int accumulate_dw) {
-    const long long sum_blocks = (long long)colsum_col_blocks(group_size) * COLSUM_CHUNKS;
-    if (blockIdx.x < sum_blocks) {
-        const int c = colsum_first_column(blockIdx.x, group_size);
+    const int col_blocks = colsum_col_blocks(group_size), warps = blockDim.x >> 5;
+    const long long per_chunk = (groups + COLSUM_CHUNKS - 1) / COLSUM_CHUNKS;
+    const long long run = col_blocks + (per_chunk + warps - 1) / warps;  // blocks per chunk
+    const long long chunk = blockIdx.x / run, at = blockIdx.x % run;
+    if (at < col_blocks) {
+        const long long block = chunk * col_blocks + at;  // column_sum_split's numbering
+        const int c = colsum_first_column(block, group_size);
         column_sum_split(
-            groups, group_size, blockIdx.x, scratch,
+            groups, group_size, block, scratch,
             [&](long long g, float v[8]) {
                 float d[8], xv[8];
                 load8(dy + g * group_size, c, group_size, d);
@@ -78,10 +84,10 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const flo
             [&](int col, float total) { store_acc(dw, col, total, accumulate_dw); });
         return;
     }
-    const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
-    const long long g = (blockIdx.x - sum_blocks) * warps + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    const long long g = chunk * per_chunk + (at - col_blocks) * warps + (threadIdx.x >> 5);
     float m = 0.0f;
-    if (g < groups) {
+    if (g < min(groups, (chunk + 1) * per_chunk)) {
         const long long base = g * group_size;
         const T* dyg = dy + base;
         const T* xg = x + base;

@@ -2,7 +2,9 @@
 //! expected `extern "C"` kernel is in the PTX, and no other.
 //!
 //! Needs NVRTC and the CUDA headers: `source .ci/nvrtc.sh` fetches both. Without NVRTC the test
-//! prints SKIP and passes, unless `LLMQ_REQUIRE_NVRTC=1`, when it fails.
+//! prints SKIP and passes, unless `LLMQ_REQUIRE_NVRTC=1`, when it fails. With `LLMQ_PTX_DIR`
+//! set it writes each program's PTX there, for `ptxas -v` (registers, spills) without a GPU:
+//! docs/cuda.md says how.
 
 use llmq_runtime::backend::cuda::nvrtc;
 
@@ -19,6 +21,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "adamw_f32_bf16_bf16",
             "adamw_f32_bf16_bf16_sr",
             "adamw_bf16_bf16_bf16_sr",
+            "adamw_bf16_bf16_f32_sr",
         ],
     ),
     ("add.cu", &["add_f32", "add_bf16"]),
@@ -228,6 +231,10 @@ fn every_kernel_compiles_for_sm_90() {
         };
         if !compiled.log.is_empty() {
             println!("{file}: NVRTC log:\n{}", compiled.log);
+        }
+        if let Some(dir) = std::env::var_os("LLMQ_PTX_DIR") {
+            let path = std::path::Path::new(&dir).join(file).with_extension("ptx");
+            std::fs::write(&path, &compiled.ptx).unwrap();
         }
         let mut found = nvrtc::ptx_entries(&compiled.ptx);
         found.sort_unstable();

@@ -322,6 +322,13 @@ struct StepContext<'a> {
     scratch: u64,
 }
 
+/// The grid of rms_norm.cu's backward kernels for `groups` rows and the column sums' `sum_blocks`:
+/// per chunk of rows, the chunk's column-sum blocks, then its dx blocks (a warp per row).
+fn norm_backward_grid(groups: u64, sum_blocks: u64) -> u64 {
+    let rows_per_chunk = groups.div_ceil(COLSUM_CHUNKS);
+    sum_blocks + COLSUM_CHUNKS * rows_per_chunk.div_ceil(BLOCK as u64 / 32)
+}
+
 /// The action of a kernel call: its function looked up, its shared memory raised if it asks.
 fn kernel_action(modules: &Modules, call: KernelCall) -> Result<Action, String> {
     let function = modules.function(&call.name).map_err(|e| e.to_string())?;
@@ -1033,8 +1040,7 @@ impl StepContext<'_> {
                     I32(self.acc(0) as i32),
                     I32(self.acc(1) as i32),
                 ];
-                // One warp per group writes dx (rms_norm.cu), then the column-sum blocks.
-                call.grid = groups.div_ceil(BLOCK as u64 / 32) + sum_blocks;
+                call.grid = norm_backward_grid(groups, sum_blocks);
             }
             Op::RmsNormBackwardAdd(_) | Op::RmsNormBackwardAddAbsMax(_) => {
                 // Every input, then every output (the abs-max last): only dw accumulates.
@@ -1052,7 +1058,7 @@ impl StepContext<'_> {
                     I32(group as i32),
                     I32(self.acc(1) as i32),
                 ]);
-                call.grid = groups.div_ceil(BLOCK as u64 / 32) + sum_blocks;
+                call.grid = norm_backward_grid(groups, sum_blocks);
                 if outs == 3 {
                     call.zero_first = self.scalar_out(2);
                 }
