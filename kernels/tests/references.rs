@@ -652,6 +652,18 @@ fn bf16_neighbours(x: f32) -> (f32, f32) {
     (down, up)
 }
 
+/// AdamW with PyTorch's usual settings, rounding everything it writes to nearest.
+fn nearest_adamw() -> AdamW {
+    AdamW {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        stochastic: None,
+        param_stream: None,
+    }
+}
+
 #[test]
 fn adamw_stochastic_moments_round_the_nearest_free_update() {
     let s = seed();
@@ -674,14 +686,7 @@ fn adamw_stochastic_moments_round_the_nearest_free_update() {
         f32s(vec![0.5]),
         f32s(vec![1e-3, 4.0]),
     ];
-    let plain = AdamW {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        stochastic: None,
-        param_stream: None,
-    };
+    let plain = nearest_adamw();
     let sr = AdamW {
         stochastic: Some(StochasticMoments {
             m_stream: 1,
@@ -720,14 +725,7 @@ fn adamw_stochastic_param_rounds_the_in_place_update() {
         f32s(vec![0.5]),
         f32s(vec![1e-3, 4.0]),
     ];
-    let plain = AdamW {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        stochastic: None,
-        param_stream: None,
-    };
+    let plain = nearest_adamw();
     let sr = AdamW {
         param_stream: Some(3),
         ..plain.clone()
