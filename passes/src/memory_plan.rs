@@ -470,7 +470,8 @@ pub fn plan_memory(
 
 /// [`search`] once per release of copies' sources (`Release::CHOICES`), on threads: the
 /// fastest of the choices that fit, with the memory it leaves used for blocks of state
-/// (`keep_blocks_if_faster`), or else the one needing the least memory.
+/// (`keep_blocks_if_faster`) or for a state class brought back (`unstream_state`), or else
+/// the one needing the least memory.
 fn search_releases(
     graph: &Graph,
     shape: &Shape,
@@ -495,7 +496,20 @@ fn search_releases(
     if candidate.arena_bytes > limit {
         return Ok(choice.clone());
     }
-    keep_blocks_if_faster(choice.clone(), graph, shape, limit, evaluate)
+    // The choice with blocks of a streamed class kept, and the one with a class brought back
+    // whole (more activations relieved), blocks of another kept: whichever is faster.
+    let kept = keep_blocks_if_faster(choice.clone(), graph, shape, limit, evaluate)?;
+    let back = unstream_state((choice.clone(), *candidate), shape, limit, evaluate)?.0;
+    if back == *choice {
+        return Ok(kept);
+    }
+    let back = keep_blocks_if_faster(back, graph, shape, limit, evaluate)?;
+    let seconds = |c: &MemoryChoice| evaluate(c).map(|c| c.step_seconds);
+    Ok(if seconds(&back)? < seconds(&kept)? {
+        back
+    } else {
+        kept
+    })
 }
 
 /// The fastest choice whose estimated arena is at most `limit`, or the one needing the least
@@ -568,7 +582,6 @@ fn search(
         }
     }
     if let Some(found) = best {
-        let found = unstream_state(found, shape, limit, evaluate)?;
         let mut found = swap_state(found, &shape.state, limit, evaluate)?;
         if shape.repeated_weight_quants {
             found = persist_weight_quants_if_faster(found, limit, evaluate)?;
