@@ -499,7 +499,7 @@ fn search_releases(
     // The choice with blocks of a streamed class kept, and the one with a class brought back
     // whole (more activations relieved), blocks of another kept: whichever is faster.
     let kept = keep_blocks_if_faster(choice.clone(), graph, shape, limit, evaluate)?;
-    let back = unstream_state((choice.clone(), *candidate), shape, limit, evaluate)?.0;
+    let back = unstream_state((choice.clone(), *candidate), shape, limit, evaluate)?;
     if back == *choice {
         return Ok(kept);
     }
@@ -606,7 +606,7 @@ fn unstream_state(
     shape: &Shape,
     limit: u64,
     evaluate: &Evaluate<'_>,
-) -> Result<(MemoryChoice, Candidate), PassError> {
+) -> Result<MemoryChoice, PassError> {
     let (mut choice, mut candidate) = found;
     let blocks = shape.blocks;
     let ladder = choice.ladder(blocks).unwrap_or(Ladder::Recompute);
@@ -621,7 +621,7 @@ fn unstream_state(
             (choice, candidate) = (at(k), c);
         }
     }
-    Ok((choice, candidate))
+    Ok(choice)
 }
 
 /// Improves a choice by exchanging one state class on the host for one on the device, keeping

@@ -2,15 +2,16 @@
 //!
 //! The `cast` of each FP32 master weight into its BF16 weight becomes `cast_stochastic`, every
 //! `adamw` whose moments are BF16 rounds them stochastically, and one updating a BF16 weight in
-//! place (no master copy, `--master none`) rounds that weight stochastically too. The random bits are a pure
-//! function of (optimizer step, tensor, element): the step comes from the `hyper` tensor the
-//! optimizer already reads, the stream is the written tensor's ID, so runs are bit-reproducible
-//! on the CPU backend and a resumed run rounds exactly as the uninterrupted one.
+//! place (no master copy, `--master none`) rounds that weight stochastically too. The random
+//! bits are a pure function of (optimizer step, tensor, element): the step comes from the
+//! `hyper` tensor the optimizer already reads, the stream is the written tensor's ID, so runs
+//! are bit-reproducible on the CPU backend and a resumed run rounds exactly as the
+//! uninterrupted one.
 //!
 //! Needs: the optimizer phase from autodiff (`adamw` reading `hyper` as its last input).
 
 use llmq_compiler::ir::{Graph, Node, NodeId, Phase, Role, TensorId};
-use llmq_compiler::kernels::ops::{CastStochastic, StochasticMoments};
+use llmq_compiler::kernels::ops::{AdamW, CastStochastic, StochasticMoments};
 use llmq_compiler::kernels::{DType, Op};
 use llmq_compiler::pass::{Pass, PassContext, PassError};
 
@@ -57,20 +58,20 @@ impl Pass for StochasticRounding {
                         }
                     }
                     Op::AdamW(adamw) => {
-                        let mut adamw = adamw.clone();
                         let bf16_out = |k: usize| is_bf16(rw.graph(), node.outputs[k]);
-                        if bf16_out(1) && bf16_out(2) {
-                            adamw.stochastic = Some(StochasticMoments {
-                                m_stream: node.outputs[1].0 as u64,
-                                v_stream: node.outputs[2].0 as u64,
-                            });
-                        }
-                        if bf16_out(0) {
-                            adamw.param_stream = Some(node.outputs[0].0 as u64);
-                        }
-                        if Op::AdamW(adamw.clone()) == node.op {
+                        let stochastic = (bf16_out(1) && bf16_out(2)).then(|| StochasticMoments {
+                            m_stream: node.outputs[1].0 as u64,
+                            v_stream: node.outputs[2].0 as u64,
+                        });
+                        let param_stream = bf16_out(0).then(|| node.outputs[0].0 as u64);
+                        if stochastic.is_none() && param_stream.is_none() {
                             continue;
                         }
+                        let adamw = AdamW {
+                            stochastic,
+                            param_stream,
+                            ..adamw.clone()
+                        };
                         Node {
                             op: adamw.into(),
                             ..node

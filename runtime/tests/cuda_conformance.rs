@@ -56,30 +56,18 @@ fn every_memory_mechanism(precision: Precision) -> Plan {
 
 /// The tiny model in FP8 with gradients in `grad_fp8` (e4m3 or e5m2).
 fn tiny_fp8(batch: u64, seq: u64, grad_fp8: DType) -> Plan {
-    plan_with(
+    compile_model(
         "tiny.ron",
-        batch,
-        seq,
-        1,
-        Precision::Fp8,
-        grad_fp8,
-        80 << 30,
-        &[],
+        &options(batch, seq, 1, Precision::Fp8, grad_fp8, 80 << 30, &[]),
     )
 }
 
 /// The tiny model in FP8 with two micro-batches, where the planner makes the weights' FP8
 /// copies once per step (the `quantize_weights` section).
 fn fp8_weights_once() -> Plan {
-    let plan = plan_with(
+    let plan = compile_model(
         "tiny.ron",
-        2,
-        64,
-        2,
-        Precision::Fp8,
-        DType::F8E4M3,
-        80 << 30,
-        &[],
+        &options(2, 64, 2, Precision::Fp8, DType::F8E4M3, 80 << 30, &[]),
     );
     let section = llmq_compiler::plan::QUANTIZE_WEIGHTS_SECTION;
     assert!(plan.section(section).is_some());
@@ -94,52 +82,39 @@ fn plan_within(
     precision: Precision,
     vram_bytes: u64,
 ) -> Plan {
-    plan_with(
+    compile_model(
         model,
-        batch,
-        seq,
-        grad_accum,
-        precision,
-        DType::F8E4M3,
-        vram_bytes,
-        &[],
+        &options(
+            batch,
+            seq,
+            grad_accum,
+            precision,
+            DType::F8E4M3,
+            vram_bytes,
+            &[],
+        ),
     )
 }
 
 /// The tiny model without horizontal fusion: separate q/k/v and gate/up matmuls, swiglu on
 /// two tensors (the packed plans above run split, concat and the packed swiglu).
 fn tiny_unfused(precision: Precision) -> Plan {
-    plan_with(
+    compile_model(
         "tiny-qwen2.ron",
-        2,
-        64,
-        1,
-        precision,
-        DType::F8E4M3,
-        80 << 30,
-        &["horizontal-fusion"],
+        &options(
+            2,
+            64,
+            1,
+            precision,
+            DType::F8E4M3,
+            80 << 30,
+            &["horizontal-fusion"],
+        ),
     )
 }
 
-/// The plan of `model` less the passes `skip`.
-#[allow(clippy::too_many_arguments)]
-fn plan_with(
-    model: &str,
-    batch: u64,
-    seq: u64,
-    grad_accum: u32,
-    precision: Precision,
-    grad_fp8: DType,
-    vram_bytes: u64,
-    skip: &[&str],
-) -> Plan {
-    let opts = options(
-        batch, seq, grad_accum, precision, grad_fp8, vram_bytes, skip,
-    );
-    compile_model(model, &opts)
-}
-
-/// The options of [`plan_with`], with the default optimizer.
+/// Options for `batch × seq` in `precision` on an H100 with `vram_bytes`, less the passes
+/// `skip`, with the default optimizer.
 fn options(
     batch: u64,
     seq: u64,

@@ -150,10 +150,11 @@ pub const SCRATCH_BYTES: usize = 32 << 20;
 const FP8_TILE: u64 = 64;
 const FP8_TILE_BLOCK: u32 = 256;
 
-/// The largest head of rope, split_rope and their backwards: their blocks keep one position's head_dim/2
-/// angles in shared memory (2·ROPE_MAX_HALF in rope.cuh).
+/// The largest head of rope, split_rope and their backwards: their blocks keep one position's
+/// head_dim/2 angles in shared memory (2·ROPE_MAX_HALF in rope.cuh).
 const ROPE_MAX_HEAD_DIM: u64 = 512;
-/// Threads per block of rope, split_rope and their backwards (ROPE_BLOCK in rope.cuh, their launch bounds).
+/// Threads per block of rope, split_rope and their backwards (ROPE_BLOCK in rope.cuh, their
+/// launch bounds).
 const ROPE_BLOCK: u32 = 256;
 /// Blocks per SM the rope grid aims for: two waves of the ROPE_MIN_BLOCKS = 4 blocks per SM
 /// that rope.cuh's launch bounds let reside at once. Each block computes one position's angles
@@ -322,8 +323,9 @@ struct StepContext<'a> {
     scratch: u64,
 }
 
-/// The grid of rms_norm.cu's backward kernels for `groups` rows and the column sums' `sum_blocks`:
-/// per chunk of rows, the chunk's column-sum blocks, then its dx blocks (a warp per row).
+/// The grid of rms_norm.cu's backward kernels for `groups` rows and the column sums'
+/// `sum_blocks`: per chunk of rows, the chunk's column-sum blocks, then its dx blocks (a warp
+/// per row).
 fn norm_backward_grid(groups: u64, sum_blocks: u64) -> u64 {
     let rows_per_chunk = groups.div_ceil(COLSUM_CHUNKS);
     sum_blocks + COLSUM_CHUNKS * rows_per_chunk.div_ceil(BLOCK as u64 / 32)
