@@ -72,12 +72,26 @@ __device__ __forceinline__ bool vec8_ok(const T* p, long long i, long long n) {
     return i + 8 <= n && reinterpret_cast<unsigned long long>(p) % sizeof(Vec8<T>) == 0;
 }
 
+// The vector paths alone, for callers that checked once (vec8_rows_ok) that every run of eight
+// they read or write is whole and aligned: no per-access test and branch, so the loads of a
+// loop's iterations can be in flight together.
+template <typename T>
+__device__ __forceinline__ void load8_vector(const T* p, long long i, float v[8]) {
+    union { Vec8<T> vec; T e[8]; } u;
+    u.vec = *reinterpret_cast<const Vec8<T>*>(p + i);
+    for (int k = 0; k < 8; ++k) v[k] = load(u.e, k);
+}
+template <typename T>
+__device__ __forceinline__ void store8_vector(T* p, long long i, const float v[8]) {
+    union { Vec8<T> vec; T e[8]; } u;
+    for (int k = 0; k < 8; ++k) store(u.e, k, v[k]);
+    *reinterpret_cast<Vec8<T>*>(p + i) = u.vec;
+}
+
 template <typename T>
 __device__ __forceinline__ void load8(const T* p, long long i, long long n, float v[8]) {
     if (vec8_ok(p, i, n)) {
-        union { Vec8<T> vec; T e[8]; } u;
-        u.vec = *reinterpret_cast<const Vec8<T>*>(p + i);
-        for (int k = 0; k < 8; ++k) v[k] = load(u.e, k);
+        load8_vector(p, i, v);
     } else {
         for (int k = 0; k < 8; ++k) v[k] = i + k < n ? load(p, i + k) : 0.0f;
     }
@@ -86,12 +100,30 @@ __device__ __forceinline__ void load8(const T* p, long long i, long long n, floa
 template <typename T>
 __device__ __forceinline__ void store8(T* p, long long i, long long n, const float v[8]) {
     if (vec8_ok(p, i, n)) {
-        union { Vec8<T> vec; T e[8]; } u;
-        for (int k = 0; k < 8; ++k) store(u.e, k, v[k]);
-        *reinterpret_cast<Vec8<T>*>(p + i) = u.vec;
+        store8_vector(p, i, v);
     } else {
         for (int k = 0; k < 8 && i + k < n; ++k) store(p, i + k, v[k]);
     }
+}
+
+// load8/store8, or their vector paths alone when `Vector` (the caller checked vec8_rows_ok).
+template <bool Vector, typename T>
+__device__ __forceinline__ void load8_rows(const T* p, long long i, long long n, float v[8]) {
+    if constexpr (Vector) load8_vector(p, i, v);
+    else load8(p, i, n, v);
+}
+template <bool Vector, typename T>
+__device__ __forceinline__ void store8_rows(T* p, long long i, long long n, const float v[8]) {
+    if constexpr (Vector) store8_vector(p, i, v);
+    else store8(p, i, n, v);
+}
+
+// True when rows of `cols` elements starting at `p` take load8's vector path at every multiple
+// of 8 inside a row: the row length is a multiple of 8 and `p` aligned to the vector. A null
+// `p` (an absent operand) passes.
+template <typename T>
+__device__ __forceinline__ bool vec8_rows_ok(const T* p, long long cols) {
+    return cols % 8 == 0 && reinterpret_cast<unsigned long long>(p) % sizeof(Vec8<T>) == 0;
 }
 
 // `v` rounded to T's storage and widened back: what a store of `v` and a load give (the first

@@ -2,37 +2,46 @@
 // angle. The position loop and the rotation are rope.cuh's.
 #include "rope.cuh"
 
-// `y` may alias `x`: each element is read and written by the same thread.
-template <typename T>
-__device__ void rotate(const T* x, T* y, long long rows, int seq, int channels, int head_dim,
-                       float theta, float sign, int accumulate) {
+// `y` may alias `x`: each element is read and written by the same thread. W: pairs per unit.
+template <int W, typename T>
+__device__ void rotate_units(const T* x, T* y, long long rows, int seq, int channels,
+                             int head_dim, float theta, float sign, int accumulate) {
     const int half = head_dim / 2;
-    const int width = half % ROPE_WIDTH == 0 ? ROPE_WIDTH : 1;
-    const int groups = half / width;
+    const int groups = half / W;
     const long long n = rows * channels;
     // Units of one row: (head, group) pairs, group fastest (consecutive threads read
     // consecutive 16-byte runs of a head).
     const int per_row = channels >= head_dim ? (channels / head_dim) * groups : 0;
     for_each_position(rows, seq, head_dim, theta, sign, per_row,
                       [&](long long row, int r, const float* cos_s, const float* sin_s) {
-        const int i0 = (r % groups) * width;
+        const int i0 = (r % groups) * W;
         const long long at = row * channels + (long long)(r / groups) * head_dim + i0;
-        float a[8], b[8];
-        load_n(x, at, n, width, a);
-        load_n(x, at + half, n, width, b);
-        rotate_pairs(cos_s, sin_s, i0, width, a, b);
+        float a[W], b[W];
+        load_n<W>(x, at, n, a);
+        load_n<W>(x, at + half, n, b);
+        rotate_pairs<W>(cos_s, sin_s, i0, a, b);
         if (accumulate) {
-            float old_a[8], old_b[8];
-            load_n(y, at, n, width, old_a);
-            load_n(y, at + half, n, width, old_b);
-            for (int j = 0; j < width; ++j) {
+            float old_a[W], old_b[W];
+            load_n<W>(y, at, n, old_a);
+            load_n<W>(y, at + half, n, old_b);
+#pragma unroll
+            for (int j = 0; j < W; ++j) {
                 a[j] += old_a[j];
                 b[j] += old_b[j];
             }
         }
-        store_n(y, at, n, width, a);
-        store_n(y, at + half, n, width, b);
+        store_n<W>(y, at, n, a);
+        store_n<W>(y, at + half, n, b);
     });
+}
+
+template <typename T>
+__device__ void rotate(const T* x, T* y, long long rows, int seq, int channels, int head_dim,
+                       float theta, float sign, int accumulate) {
+    if ((head_dim / 2) % ROPE_WIDTH == 0)
+        rotate_units<ROPE_WIDTH>(x, y, rows, seq, channels, head_dim, theta, sign, accumulate);
+    else
+        rotate_units<1>(x, y, rows, seq, channels, head_dim, theta, sign, accumulate);
 }
 
 // rope_{f32,bf16}(const T* x, T* y, long long rows, int seq, int channels, int head_dim,

@@ -10,7 +10,8 @@
 // index per thread, into shared memory; after a barrier all threads of the block stride over
 // the chunk's (sequence, head, group of pairs) units of that position, so the threads of the
 // grid grow with the batch. With half a multiple of ROPE_WIDTH, a unit is ROPE_WIDTH
-// consecutive pairs, read and written 16 bytes at a time (load8/store8); otherwise one pair.
+// consecutive pairs, read and written 16 bytes at a time (load8/store8); otherwise one pair. The
+// kernels take the width as a template argument (their entries pick it).
 #pragma once
 
 #include "common.cuh"
@@ -27,26 +28,28 @@
 #define ROPE_MIN_BLOCKS 4
 #define ROPE_KERNEL extern "C" __global__ void __launch_bounds__(ROPE_BLOCK, ROPE_MIN_BLOCKS)
 
-// Up to eight values at once: ROPE_WIDTH through load8/store8 (16-byte vectors where aligned),
-// or one.
-template <typename T>
-__device__ __forceinline__ void load_n(const T* p, long long i, long long n, int width, float v[8]) {
-    if (width == ROPE_WIDTH) load8(p, i, n, v);
+// W values at once (W is ROPE_WIDTH or 1, a template argument so that the arrays below stay in
+// registers: with a runtime width the loops over it kept them in local memory): ROPE_WIDTH
+// through load8/store8 (16-byte vectors where aligned), or one.
+template <int W, typename T>
+__device__ __forceinline__ void load_n(const T* p, long long i, long long n, float v[W]) {
+    if constexpr (W == ROPE_WIDTH) load8(p, i, n, v);
     else v[0] = load(p, i);
 }
-template <typename T>
-__device__ __forceinline__ void store_n(T* p, long long i, long long n, int width, const float v[8]) {
-    if (width == ROPE_WIDTH) store8(p, i, n, v);
+template <int W, typename T>
+__device__ __forceinline__ void store_n(T* p, long long i, long long n, const float v[W]) {
+    if constexpr (W == ROPE_WIDTH) store8(p, i, n, v);
     else store(p, i, v[0]);
 }
 
-// Rotates the `width` pairs (a[j], b[j]) by the angles of pair indices i0 + j, in place:
-// a·cos − b·sin, b·cos + a·sin. With width ROPE_WIDTH, i0 is a multiple of 8: 16-byte aligned
-// in the aligned angle arrays.
+// Rotates the W pairs (a[j], b[j]) by the angles of pair indices i0 + j, in place:
+// a·cos − b·sin, b·cos + a·sin. With W = ROPE_WIDTH, i0 is a multiple of 8: 16-byte aligned in
+// the aligned angle arrays.
+template <int W>
 __device__ __forceinline__ void rotate_pairs(const float* cos_s, const float* sin_s, int i0,
-                                             int width, float a[8], float b[8]) {
-    float c[8], s[8];
-    if (width == ROPE_WIDTH) {
+                                             float a[W], float b[W]) {
+    float c[W], s[W];
+    if constexpr (W == ROPE_WIDTH) {
         const float4 c0 = *reinterpret_cast<const float4*>(cos_s + i0);
         const float4 c1 = *reinterpret_cast<const float4*>(cos_s + i0 + 4);
         const float4 s0 = *reinterpret_cast<const float4*>(sin_s + i0);
@@ -59,7 +62,8 @@ __device__ __forceinline__ void rotate_pairs(const float* cos_s, const float* si
         c[0] = cos_s[i0];
         s[0] = sin_s[i0];
     }
-    for (int j = 0; j < width; ++j) {
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
         const float lo = a[j] * c[j] - b[j] * s[j];
         b[j] = b[j] * c[j] + a[j] * s[j];
         a[j] = lo;

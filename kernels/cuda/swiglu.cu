@@ -37,6 +37,40 @@ __device__ __forceinline__ void store_gu(T* p, long long i, long long j, long lo
     }
 }
 
+// Vector (checked once by vector_swiglu): every group of eight is whole and aligned in every
+// operand, so the loop's loads carry no per-access test and branch and go out together.
+template <bool Vector, typename T>
+__device__ void swiglu_groups(const T* gate, const T* up, T* h, float* amax, long long n,
+                              long long width, long long stride) {
+    float m = 0.0f;
+    for (long long i = first8(); i < n; i += stride8()) {
+        float g[8], u[8], y[8];
+        const long long j = at(i, width, stride);
+        if constexpr (Vector) {
+            load8_vector(gate, j, g);
+            load8_vector(up, j, u);
+        } else {
+            load_gu(gate, i, j, n, width, stride, g);
+            load_gu(up, i, j, n, width, stride, u);
+        }
+        for (int k = 0; k < 8; ++k) y[k] = g[k] * sigmoid(g[k]) * u[k];
+        store8_rows<Vector>(h, i, n, y);
+        // (0, 8): with Vector all eight exist, and the bounds test (a branch) goes.
+        if (amax) m = nan_max(m, Vector ? abs_max8_as_stored(h, 0, 8, y)
+                                        : abs_max8_as_stored(h, i, n, y));
+    }
+    if (amax) block_abs_max_into(m, amax);
+}
+
+// True when every group of eight of every operand takes the 16-byte path: the rows' width and
+// stride multiples of eight and each pointer aligned to the vector (null ones pass).
+template <typename T>
+__device__ __forceinline__ bool vector_swiglu(long long width, long long stride, const T* a,
+                                              const T* b, const T* c, const T* d, const T* e) {
+    return stride % 8 == 0 && vec8_rows_ok(a, width) && vec8_rows_ok(b, width) &&
+           vec8_rows_ok(c, width) && vec8_rows_ok(d, width) && vec8_rows_ok(e, width);
+}
+
 // swiglu_{f32,bf16}(const T* gate, const T* up, T* h, long long n, long long width,
 //                   long long stride)
 // swiglu_abs_max_{f32,bf16}(const T* gate, const T* up, T* h, float* amax, long long n,
@@ -47,19 +81,54 @@ __device__ __forceinline__ void store_gu(T* p, long long i, long long j, long lo
 template <typename T>
 __device__ void swiglu(const T* gate, const T* up, T* h, float* amax, long long n,
                        long long width, long long stride) {
-    float m = 0.0f;
+    if (vector_swiglu(width, stride, gate, up, (const T*)h, (const T*)nullptr, (const T*)nullptr))
+        swiglu_groups<true>(gate, up, h, amax, n, width, stride);
+    else
+        swiglu_groups<false>(gate, up, h, amax, n, width, stride);
+}
+
+template <bool Vector, typename T>
+__device__ void swiglu_backward_groups(const T* gate, const T* up, const T* dh, T* dgate, T* dup,
+                                       float* dgate_amax, float* dup_amax, long long n,
+                                       long long width, long long stride, int accumulate) {
+    float mg = 0.0f, mu = 0.0f;
     for (long long i = first8(); i < n; i += stride8()) {
-        float g[8], u[8], y[8];
+        float g[8], u[8], d[8], dg[8], du[8];
         const long long j = at(i, width, stride);
-        load_gu(gate, i, j, n, width, stride, g);
-        load_gu(up, i, j, n, width, stride, u);
-        for (int k = 0; k < 8; ++k) y[k] = g[k] * sigmoid(g[k]) * u[k];
-        store8(h, i, n, y);
-        if (amax) {
-            for (int k = 0; k < 8 && i + k < n; ++k) m = nan_max(m, fabsf(as_stored(h, y[k])));
+        if constexpr (Vector) {
+            load8_vector(gate, j, g);
+            load8_vector(up, j, u);
+            load8_vector(dh, i, d);
+        } else {
+            load_gu(gate, i, j, n, width, stride, g);
+            load_gu(up, i, j, n, width, stride, u);
+            load8(dh, i, n, d);
+        }
+        for (int k = 0; k < 8; ++k) {
+            const float s = sigmoid(g[k]);
+            du[k] = d[k] * g[k] * s;
+            dg[k] = d[k] * u[k] * s * (1.0f + g[k] * (1.0f - s));
+        }
+        if (Vector && !accumulate) {
+            store8_vector(dgate, j, dg);
+            store8_vector(dup, j, du);
+        } else {
+            store_gu(dgate, i, j, n, width, stride, dg, accumulate);
+            store_gu(dup, i, j, n, width, stride, du, accumulate);
+        }
+        if (dgate_amax) {
+            // (0, 8): with Vector all eight exist, and the bounds test (a branch) goes.
+            mg = nan_max(mg, Vector ? abs_max8_as_stored(dgate, 0, 8, dg)
+                                    : abs_max8_as_stored(dgate, i, n, dg));
+            mu = nan_max(mu, Vector ? abs_max8_as_stored(dup, 0, 8, du)
+                                    : abs_max8_as_stored(dup, i, n, du));
         }
     }
-    if (amax) block_abs_max_into(m, amax);
+    if (dgate_amax) {
+        block_abs_max_into(mg, dgate_amax);
+        __syncthreads();  // block_abs_max_into's shared partials are reused
+        block_abs_max_into(mu, dup_amax);
+    }
 }
 
 // swiglu_backward_{f32,bf16}(const T* gate, const T* up, const T* dh, T* dgate, T* dup,
@@ -75,32 +144,12 @@ template <typename T>
 __device__ void swiglu_backward(const T* gate, const T* up, const T* dh, T* dgate, T* dup,
                                 float* dgate_amax, float* dup_amax, long long n,
                                 long long width, long long stride, int accumulate) {
-    float mg = 0.0f, mu = 0.0f;
-    for (long long i = first8(); i < n; i += stride8()) {
-        float g[8], u[8], d[8], dg[8], du[8];
-        const long long j = at(i, width, stride);
-        load_gu(gate, i, j, n, width, stride, g);
-        load_gu(up, i, j, n, width, stride, u);
-        load8(dh, i, n, d);
-        for (int k = 0; k < 8; ++k) {
-            const float s = sigmoid(g[k]);
-            du[k] = d[k] * g[k] * s;
-            dg[k] = d[k] * u[k] * s * (1.0f + g[k] * (1.0f - s));
-        }
-        store_gu(dgate, i, j, n, width, stride, dg, accumulate);
-        store_gu(dup, i, j, n, width, stride, du, accumulate);
-        if (dgate_amax) {
-            for (int k = 0; k < 8 && i + k < n; ++k) {
-                mg = nan_max(mg, fabsf(as_stored(dgate, dg[k])));
-                mu = nan_max(mu, fabsf(as_stored(dup, du[k])));
-            }
-        }
-    }
-    if (dgate_amax) {
-        block_abs_max_into(mg, dgate_amax);
-        __syncthreads();  // block_abs_max_into's shared partials are reused
-        block_abs_max_into(mu, dup_amax);
-    }
+    if (vector_swiglu(width, stride, gate, up, dh, (const T*)dgate, (const T*)dup))
+        swiglu_backward_groups<true>(gate, up, dh, dgate, dup, dgate_amax, dup_amax, n, width,
+                                     stride, accumulate);
+    else
+        swiglu_backward_groups<false>(gate, up, dh, dgate, dup, dgate_amax, dup_amax, n, width,
+                                      stride, accumulate);
 }
 
 extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float* h, long long n,
