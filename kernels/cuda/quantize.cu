@@ -71,22 +71,26 @@ __device__ void quantize_tile(const F* x, const float* amax, Q* q, Q* qt, float*
     long long r0;
     int c0;
     tile_origin(cols, &r0, &c0);
-    const bool vector = vector_tile(r0, c0, rows, cols, qt, q);
-    const long long n = rows * cols;
+    const bool vector = vector_tile(r0, c0, rows, cols, qt, q) && vec8_rows_ok(x, cols);
     if (vector) {
-        const int per_row = FT_TILE / 8;  // eight-value pieces of a tile row
-        for (int k = threadIdx.x; k < FT_TILE * per_row; k += FT_THREADS) {
-            const int tr = k / per_row, tc = (k % per_row) * 8;
-            const long long at = (r0 + tr) * cols + c0 + tc;
-            float v[8];
-            load8(x, at, n, v);
+        // Each thread's pieces of the tile (eight values of one x row each), all loaded before
+        // any is stored: a store to q between them would keep the next load waiting for it.
+        constexpr int per_row = FT_TILE / 8, pieces = FT_TILE * per_row / FT_THREADS;
+        static_assert(pieces * FT_THREADS == FT_TILE * per_row, "whole pieces per thread");
+        float v[pieces][8];
+        for (int p = 0; p < pieces; ++p) {
+            const int k = threadIdx.x + p * FT_THREADS, tr = k / per_row, tc = (k % per_row) * 8;
+            load8_vector(x, (r0 + tr) * cols + c0 + tc, v[p]);
+        }
+        for (int p = 0; p < pieces; ++p) {
+            const int k = threadIdx.x + p * FT_THREADS, tr = k / per_row, tc = (k % per_row) * 8;
             union { uint2 vec; unsigned int w[2]; unsigned char b[8]; } u;
-            for (int j = 0; j < 8; ++j) u.b[j] = fp8_byte<Q>(v[j] * scale);
+            for (int j = 0; j < 8; ++j) u.b[j] = fp8_byte<Q>(v[p][j] * scale);
             // Tile rows are 68 bytes: 4-byte aligned at every multiple of 8 columns.
             unsigned int* dst = reinterpret_cast<unsigned int*>(&tile.b[tr][tc]);
             dst[0] = u.w[0];
             dst[1] = u.w[1];
-            *reinterpret_cast<uint2*>(q + at) = u.vec;
+            *reinterpret_cast<uint2*>(q + (r0 + tr) * cols + c0 + tc) = u.vec;
         }
     } else {
         for (int k = threadIdx.x; k < FT_TILE * FT_TILE; k += FT_THREADS) {

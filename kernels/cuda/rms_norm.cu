@@ -118,15 +118,25 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const flo
     const long long per_chunk = (groups + COLSUM_CHUNKS - 1) / COLSUM_CHUNKS;
     const long long run = col_blocks + (per_chunk + warps - 1) / warps;  // blocks per chunk
     const long long chunk = blockIdx.x / run, at = blockIdx.x % run;
+    const bool vector = vec8_rows_ok(dy, group_size) && vec8_rows_ok(x, group_size) &&
+                        vec8_rows_ok(w, group_size) && vec8_rows_ok(residual, group_size) &&
+                        vec8_rows_ok(dx, group_size);
     if (at < col_blocks) {
         const long long block = chunk * col_blocks + at;  // column_sum_split's numbering
         const int c = colsum_first_column(block, group_size);
+        // One column_sum_split for both paths (each instance holds 32 KB of shared memory), the
+        // uniform test inside the row's term: the two loads of an aligned row go out together.
         column_sum_split(
             groups, group_size, block, scratch,
             [&](long long g, float v[8]) {
                 float d[8], xv[8];
-                load8(dy + g * group_size, c, group_size, d);
-                load8(x + g * group_size, c, group_size, xv);
+                if (vector) {
+                    load8_vector(dy + g * group_size, c, d);
+                    load8_vector(x + g * group_size, c, xv);
+                } else {
+                    load8(dy + g * group_size, c, group_size, d);
+                    load8(x + g * group_size, c, group_size, xv);
+                }
                 const float r = rstd[g];
                 for (int k = 0; k < 8; ++k) v[k] = d[k] * xv[k] * r;
             },
@@ -136,9 +146,6 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const flo
     const long long g = chunk * per_chunk + (at - col_blocks) * warps + (threadIdx.x >> 5);
     float m = 0.0f;
     if (g < min(groups, (chunk + 1) * per_chunk)) {
-        const bool vector = vec8_rows_ok(dy, group_size) && vec8_rows_ok(x, group_size) &&
-                            vec8_rows_ok(w, group_size) && vec8_rows_ok(residual, group_size) &&
-                            vec8_rows_ok(dx, group_size);
         m = vector ? rms_norm_backward_row<true>(dy, x, w, rstd, residual, dx, amax, g,
                                                  group_size, accumulate_dx)
                    : rms_norm_backward_row<false>(dy, x, w, rstd, residual, dx, amax, g,
