@@ -4,13 +4,6 @@
 // abs-max of `y` as stored.
 #include "abs_max.cuh"
 
-// add_rms_norm_{f32,bf16}(const T* a, const T* b, const T* w, T* s, T* y, float* rstd,
-//                         long long groups, int group_size, float eps)
-// add_rms_norm_abs_max_{f32,bf16}(const T* a, const T* b, const T* w, T* s, T* y, float* rstd,
-//                                 float* amax, long long groups, int group_size, float eps)
-// grid: ceil(groups / (block/32)), block: a multiple of 32: one warp per group, 16 bytes per
-// lane. With `amax` (zeroed by the launcher), the abs-max of `y` as stored, so it equals
-// abs_max's on `y` bit for bit.
 // Group g, one warp. Vector: every row of a, b, w, s and y takes the 16-byte paths (checked once
 // by the caller), so a loop's loads carry no per-access branch and go out together.
 template <bool Vector, typename T>
@@ -48,6 +41,13 @@ __device__ float add_rms_norm_row(const T* a, const T* b, const T* w, T* s, T* y
     return m;
 }
 
+// add_rms_norm_{f32,bf16}(const T* a, const T* b, const T* w, T* s, T* y, float* rstd,
+//                         long long groups, int group_size, float eps)
+// add_rms_norm_abs_max_{f32,bf16}(const T* a, const T* b, const T* w, T* s, T* y, float* rstd,
+//                                 float* amax, long long groups, int group_size, float eps)
+// grid: ceil(groups / (block/32)), block: a multiple of 32: one warp per group, 16 bytes per
+// lane. With `amax` (zeroed by the launcher), the abs-max of `y` as stored, so it equals
+// abs_max's on `y` bit for bit.
 template <typename T>
 __device__ void add_rms_norm(const T* a, const T* b, const T* w, T* s, T* y, float* rstd,
                              float* amax, long long groups, int group_size, float eps) {

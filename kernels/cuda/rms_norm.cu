@@ -39,27 +39,6 @@ __device__ void rms_norm(const T* x, const T* w, T* y, float* rstd, float* amax,
     if (amax) block_abs_max_into(m, amax);
 }
 
-// rms_norm_backward_{f32,bf16}(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
-//                              T* dw, float* scratch, long long groups, int group_size,
-//                              int accumulate_dx, int accumulate_dw)
-// rms_norm_backward_add_{f32,bf16}(const T* dy, const T* x, const T* w, const float* rstd,
-//                                  const T* r, T* d, T* dw, float* scratch, long long groups,
-//                                  int group_size, int accumulate_dw)
-// rms_norm_backward_add_abs_max_{f32,bf16}(const T* dy, const T* x, const T* w,
-//                                          const float* rstd, const T* r, T* d, T* dw,
-//                                          float* amax, float* scratch, long long groups,
-//                                          int group_size, int accumulate_dw)
-// One flag per output: the weight gradient accumulates over micro-batches, dx usually not.
-// grid: COLSUM_CHUNKS·(ceil(group_size / COLSUM_WIDTH) + ceil(ceil(groups / COLSUM_CHUNKS) /
-// (block/32))), block: a multiple of 32, at most 1024. The blocks come in one run per chunk of
-// groups of column_sum_split (common.cuh): the chunk's column-sum blocks, which write
-// dw = Σ_groups dy·x̂ deterministically (scratch is the backend's), then the chunk's dx blocks,
-// one warp per group (a group is a few hundred to a few thousand elements: a warp reads it 16
-// bytes per lane, and its reduction needs no barrier): with x̂ = x·r and ĝ = dy·w,
-// dx = r·(ĝ − x̂·mean(ĝ·x̂)). Blocks start in about their order, so both readers of a chunk's
-// dy and x run together and the second finds them in L2 rather than in DRAM.
-// The _add kernels write d = r + dx instead, dx rounded to T first as the unfused add reads it
-// back; with `amax` (zeroed by the launcher), also the abs-max of d as stored.
 // dx of row g, one warp. Vector: every row of dy, x, w, residual and dx takes the 16-byte paths
 // (checked once by the caller), so the loops' loads carry no per-access branch and two
 // iterations' loads are in flight together (with the branches a warp waited on each load in
@@ -109,6 +88,27 @@ __device__ float rms_norm_backward_row(const T* dy, const T* x, const T* w, cons
     return m;
 }
 
+// rms_norm_backward_{f32,bf16}(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
+//                              T* dw, float* scratch, long long groups, int group_size,
+//                              int accumulate_dx, int accumulate_dw)
+// rms_norm_backward_add_{f32,bf16}(const T* dy, const T* x, const T* w, const float* rstd,
+//                                  const T* r, T* d, T* dw, float* scratch, long long groups,
+//                                  int group_size, int accumulate_dw)
+// rms_norm_backward_add_abs_max_{f32,bf16}(const T* dy, const T* x, const T* w,
+//                                          const float* rstd, const T* r, T* d, T* dw,
+//                                          float* amax, float* scratch, long long groups,
+//                                          int group_size, int accumulate_dw)
+// One flag per output: the weight gradient accumulates over micro-batches, dx usually not.
+// grid: COLSUM_CHUNKS·(ceil(group_size / COLSUM_WIDTH) + ceil(ceil(groups / COLSUM_CHUNKS) /
+// (block/32))), block: a multiple of 32, at most 1024. The blocks come in one run per chunk of
+// groups of column_sum_split (common.cuh): the chunk's column-sum blocks, which write
+// dw = Σ_groups dy·x̂ deterministically (scratch is the backend's), then the chunk's dx blocks,
+// one warp per group (a group is a few hundred to a few thousand elements: a warp reads it 16
+// bytes per lane, and its reduction needs no barrier): with x̂ = x·r and ĝ = dy·w,
+// dx = r·(ĝ − x̂·mean(ĝ·x̂)). Blocks start in about their order, so both readers of a chunk's
+// dy and x run together and the second finds them in L2 rather than in DRAM.
+// The _add kernels write d = r + dx instead, dx rounded to T first as the unfused add reads it
+// back; with `amax` (zeroed by the launcher), also the abs-max of d as stored.
 template <typename T>
 __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const float* rstd,
                                   const T* residual, T* dx, T* dw, float* amax, float* scratch,

@@ -87,6 +87,7 @@ __device__ void swiglu(const T* gate, const T* up, T* h, float* amax, long long 
         swiglu_groups<false>(gate, up, h, amax, n, width, stride);
 }
 
+// The backward's loop; Vector as in swiglu_groups.
 template <bool Vector, typename T>
 __device__ void swiglu_backward_groups(const T* gate, const T* up, const T* dh, T* dgate, T* dup,
                                        float* dgate_amax, float* dup_amax, long long n,
