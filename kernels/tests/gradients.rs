@@ -691,15 +691,7 @@ fn backward_types_match_inputs() {
             vec![TensorType::new([1], DType::F32)],
         ),
         (
-            AdamW {
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                weight_decay: 0.1,
-                stochastic: None,
-                param_stream: None,
-            }
-            .into(),
+            AdamW::nearest(0.9, 0.95, 1e-8, 0.1).into(),
             vec![bf(&[c]); 6],
         ),
         (Cast { to: DType::F8E4M3 }.into(), vec![bf(&[c])]),

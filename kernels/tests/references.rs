@@ -149,14 +149,7 @@ fn adamw_matches_pytorch() {
     let s = seed();
     let n = 64;
     for weight_decay in [0.1f32, 0.0] {
-        let op = AdamW {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-4,
-            weight_decay,
-            stochastic: None,
-            param_stream: None,
-        };
+        let op = AdamW::nearest(0.9, 0.95, 1e-4, weight_decay);
         let hyper = (
             op.beta1 as f64,
             op.beta2 as f64,
@@ -654,14 +647,7 @@ fn bf16_neighbours(x: f32) -> (f32, f32) {
 
 /// AdamW with PyTorch's usual settings, rounding everything it writes to nearest.
 fn nearest_adamw() -> AdamW {
-    AdamW {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        stochastic: None,
-        param_stream: None,
-    }
+    AdamW::nearest(0.9, 0.95, 1e-8, 0.1)
 }
 
 #[test]

@@ -172,14 +172,7 @@ pub(super) fn append(
         } else {
             0.0
         };
-        let adamw = AdamW {
-            beta1: o.beta1,
-            beta2: o.beta2,
-            eps: o.eps,
-            weight_decay,
-            stochastic: None,
-            param_stream: None,
-        };
+        let adamw = AdamW::nearest(o.beta1, o.beta2, o.eps, weight_decay);
         let inputs = vec![param, grad, m, v, clip, hyper];
         node(
             graph,

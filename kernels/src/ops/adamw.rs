@@ -32,6 +32,21 @@ pub struct AdamW {
     pub param_stream: Option<u64>,
 }
 
+impl AdamW {
+    /// The update rounding everything it writes to nearest (the stochastic-rounding pass sets
+    /// the streams where BF16 state asks for them).
+    pub fn nearest(beta1: f32, beta2: f32, eps: f32, weight_decay: f32) -> AdamW {
+        AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            stochastic: None,
+            param_stream: None,
+        }
+    }
+}
+
 /// The random streams of the two moments' stochastic rounding (distinct for every tensor).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StochasticMoments {
