@@ -6,100 +6,114 @@
 
 // embedding_{f32,bf16}(const int* tokens, const T* table, T* out, long long n_tokens, int vocab,
 //                      int cols)
-// grid: any (grid-stride over n_tokens·cols), block: any.
+// grid: any (grid-stride, eight elements per thread), block: any.
 template <typename T>
 __device__ void embedding(const int* tokens, const T* table, T* out, long long n_tokens, int vocab,
                           int cols) {
     const long long n = n_tokens * cols;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        const int t = tokens[i / cols];
-        const float v = (t >= 0 && t < vocab) ? load(table, (long long)t * cols + i % cols) : 0.0f;
-        store(out, i, v);
+    if (vec8_rows_ok(table, cols) && vec8_rows_ok(out, cols)) {
+        // Each run of eight lies inside one row: one vector load and store.
+        for (long long i = first8(); i < n; i += stride8()) {
+            const int t = tokens[i / cols];
+            float v[8] = {};
+            if (t >= 0 && t < vocab) load8_vector(table, (long long)t * cols + i % cols, v);
+            store8_vector(out, i, v);
+        }
+        return;
+    }
+    for (long long i = first8(); i < n; i += stride8()) {
+        for (long long e = i; e < i + 8 && e < n; ++e) {
+            const int t = tokens[e / cols];
+            store(out, e, (t >= 0 && t < vocab) ? load(table, (long long)t * cols + e % cols) : 0.0f);
+        }
     }
 }
 
-#define EMB_COLS_PER_THREAD 16
+#define EMB_GROUPS_PER_THREAD 2  // groups of eight columns a thread owns
 #define EMB_SORT_MAX 1024
 
-// The backward is a bucket sort of the token positions by id, then one block per table row:
-//   embedding_backward_count(const int* tokens, int* count, long long n_tokens, int vocab)
-//     count[v] = number of tokens equal to v (count zeroed by the launcher). grid: any.
-//   embedding_backward_scan(const int* count, int* start, int vocab)
-//     start[v] = Σ_{u < v} count[u]. grid: 1, block: 1024.
-//   embedding_backward_bucket(const int* tokens, const int* start, int* cursor, int* bucket,
+// The backward touches only the rows that some token names, found with a bucket sort of the
+// token positions by id. Scratch `ids` is [distinct count, bucket cursor, count[vocab],
+// cursor[vocab]], zeroed by the launcher; `distinct` lists the named ids, `start` the first
+// slot of each named id's bucket.
+//   embedding_backward_count(const int* tokens, int* ids, int* distinct, long long n_tokens,
+//                            int vocab)
+//     count[v] = number of tokens equal to v, and each named v once in `distinct`.
+//     grid: any.
+//   embedding_backward_starts(int* ids, const int* distinct, int* start)
+//     start[v] for each named v: disjoint runs of count[v] slots, handed out by an atomic
+//     (their order does not matter: each bucket is sorted by position before it is summed).
+//     grid: any.
+//   embedding_backward_bucket(const int* tokens, int* ids, const int* start, int* bucket,
 //                             long long n_tokens, int vocab)
 //     every position n goes into bucket[start[tokens[n]] ..), in whatever order the atomics
-//     give (cursor zeroed by the launcher). grid: any.
-//   embedding_backward_{f32,bf16}(const int* tokens, const T* dy, T* dtable, const int* count,
-//                                 const int* start, const int* bucket, long long n_tokens,
-//                                 int vocab, int cols, int accumulate)
-//     grid: vocab (one block per table row); block: a multiple of 32, at most 1024, and at
-//     least cols / EMB_COLS_PER_THREAD (each thread owns up to 16 columns, kept in registers).
-//     `dtable[v, :] = Σ dy[n, :]` over the row's positions in increasing order: a bucket of at
-//     most EMB_SORT_MAX positions is sorted in shared memory; a larger one (a very frequent
-//     token) is found by scanning all tokens in order instead. Either way the sum runs in token
-//     order, so the result is deterministic and independent of the atomics. No atomics on the
-//     values; every row is written once (rows no token names get 0, or keep their value when
-//     accumulating).
+//     give. grid: any.
+//   embedding_backward_{f32,bf16}(const int* tokens, const T* dy, T* dtable, const int* ids,
+//                                 const int* distinct, const int* start, const int* bucket,
+//                                 long long n_tokens, int cols)
+//     grid: any (blocks step over the named ids); block: a multiple of 32, at most 1024, and
+//     at least cols / (8·EMB_GROUPS_PER_THREAD) (each thread owns up to two groups of eight
+//     columns, kept in registers). `dtable[v, :] += Σ dy[n, :]` over the row's positions in
+//     increasing order, rounded once: a bucket of at most EMB_SORT_MAX positions is sorted in
+//     shared memory; a larger one (a very frequent token) is found by scanning all tokens in
+//     order instead. Either way the sum runs in token order, so the result is deterministic and
+//     independent of the atomics. No atomics on the values; rows no token names are not
+//     touched: where the plan does not accumulate, the launcher zeroes dtable first.
 
-extern "C" __global__ void embedding_backward_count(const int* tokens, int* count,
+__device__ __forceinline__ int* id_counts(int* ids) { return ids + 2; }
+__device__ __forceinline__ int* id_cursors(int* ids, int vocab) { return ids + 2 + vocab; }
+
+extern "C" __global__ void embedding_backward_count(const int* tokens, int* ids, int* distinct,
                                                     long long n_tokens, int vocab) {
     for (long long n = blockIdx.x * (long long)blockDim.x + threadIdx.x; n < n_tokens;
          n += (long long)gridDim.x * blockDim.x) {
         const int t = tokens[n];
-        if (t >= 0 && t < vocab) atomicAdd(&count[t], 1);
+        if (t >= 0 && t < vocab && atomicAdd(&id_counts(ids)[t], 1) == 0) {
+            distinct[atomicAdd(&ids[0], 1)] = t;
+        }
     }
 }
 
-extern "C" __global__ void embedding_backward_scan(const int* count, int* start, int vocab) {
-    __shared__ int sums[1024];
-    const int per = (vocab + blockDim.x - 1) / blockDim.x;
-    const int lo = min(vocab, (int)threadIdx.x * per), hi = min(vocab, lo + per);
-    int s = 0;
-    for (int v = lo; v < hi; ++v) s += count[v];
-    sums[threadIdx.x] = s;
-    __syncthreads();
-    for (int offset = 1; offset < (int)blockDim.x; offset <<= 1) {
-        const int add = threadIdx.x >= (unsigned)offset ? sums[threadIdx.x - offset] : 0;
-        __syncthreads();
-        sums[threadIdx.x] += add;
-        __syncthreads();
-    }
-    int base = threadIdx.x > 0 ? sums[threadIdx.x - 1] : 0;
-    for (int v = lo; v < hi; ++v) {
-        start[v] = base;
-        base += count[v];
+extern "C" __global__ void embedding_backward_starts(int* ids, const int* distinct, int* start) {
+    const int named = ids[0];
+    for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < named; d += gridDim.x * blockDim.x) {
+        const int v = distinct[d];
+        start[v] = atomicAdd(&ids[1], id_counts(ids)[v]);
     }
 }
 
-extern "C" __global__ void embedding_backward_bucket(const int* tokens, const int* start,
-                                                     int* cursor, int* bucket, long long n_tokens,
-                                                     int vocab) {
+extern "C" __global__ void embedding_backward_bucket(const int* tokens, int* ids, const int* start,
+                                                     int* bucket, long long n_tokens, int vocab) {
     for (long long n = blockIdx.x * (long long)blockDim.x + threadIdx.x; n < n_tokens;
          n += (long long)gridDim.x * blockDim.x) {
         const int t = tokens[n];
-        if (t >= 0 && t < vocab) bucket[start[t] + atomicAdd(&cursor[t], 1)] = (int)n;
+        if (t >= 0 && t < vocab) bucket[start[t] + atomicAdd(&id_cursors(ids, vocab)[t], 1)] = (int)n;
     }
 }
 
-// acc[j] += dy[n, j·blockDim + thread] for every column the thread owns.
-template <typename T>
+// The first column of group j of this thread's (groups of eight consecutive columns).
+__device__ __forceinline__ int group_col(int j) { return (j * blockDim.x + threadIdx.x) * 8; }
+
+// acc[j] += dy[n, group j] for every group the thread owns (`Vector`: vec8_rows_ok(dy, cols)).
+template <bool Vector, typename T>
 __device__ __forceinline__ void add_row(const T* dy, long long n, int cols,
-                                        float acc[EMB_COLS_PER_THREAD]) {
-    const long long at = n * cols;
+                                        float acc[EMB_GROUPS_PER_THREAD][8]) {
+    const long long at = n * cols, end = at + cols;
 #pragma unroll
-    for (int j = 0; j < EMB_COLS_PER_THREAD; ++j) {
-        const int c = j * blockDim.x + threadIdx.x;
-        if (c < cols) acc[j] += load(dy, at + c);
+    for (int j = 0; j < EMB_GROUPS_PER_THREAD; ++j) {
+        if (group_col(j) < cols) {
+            float v[8];
+            load8_rows<Vector>(dy, at + group_col(j), end, v);
+            for (int k = 0; k < 8; ++k) acc[j][k] += v[k];
+        }
     }
 }
 
-// The positions of row v, at most EMB_SORT_MAX of them, sorted ascending in shared memory
+// The positions of one row, at most EMB_SORT_MAX of them, sorted ascending in shared memory
 // (a bitonic sort of the bucket padded to a power of two), then summed in that order.
-template <typename T>
+template <bool Vector, typename T>
 __device__ void sum_sorted_bucket(const T* dy, const int* positions, int count, int cols,
-                                  float acc[EMB_COLS_PER_THREAD]) {
+                                  float acc[EMB_GROUPS_PER_THREAD][8]) {
     __shared__ int order[EMB_SORT_MAX];
     int size = 1;
     while (size < count) size <<= 1;
@@ -123,14 +137,15 @@ __device__ void sum_sorted_bucket(const T* dy, const int* positions, int count, 
             __syncthreads();
         }
     }
-    for (int h = 0; h < count; ++h) add_row(dy, order[h], cols, acc);
+    for (int h = 0; h < count; ++h) add_row<Vector>(dy, order[h], cols, acc);
+    __syncthreads();  // the next row of this block refills `order`
 }
 
 // The positions of row v found by scanning all tokens in chunks of blockDim; a chunk naming
 // the row is compacted, in token order, into shared memory, and the named dy rows are summed.
-template <typename T>
+template <bool Vector, typename T>
 __device__ void sum_scanned(const int* tokens, const T* dy, long long n_tokens, int v, int cols,
-                            float acc[EMB_COLS_PER_THREAD]) {
+                            float acc[EMB_GROUPS_PER_THREAD][8]) {
     __shared__ long long hits[1024];
     __shared__ int warp_base[33];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -149,29 +164,46 @@ __device__ void sum_scanned(const int* tokens, const T* dy, long long n_tokens, 
         if (hit) hits[warp_base[warp] + __popc(ballot & ((1u << lane) - 1u))] = n;
         __syncthreads();
         const int count = warp_base[warps];
-        for (int h = 0; h < count; ++h) add_row(dy, hits[h], cols, acc);
+        for (int h = 0; h < count; ++h) add_row<Vector>(dy, hits[h], cols, acc);
         __syncthreads();
     }
 }
 
-template <typename T>
-__device__ void embedding_backward(const int* tokens, const T* dy, T* dtable, const int* count,
-                                   const int* start, const int* bucket, long long n_tokens,
-                                   int vocab, int cols, int accumulate) {
-    const int v = blockIdx.x;
-    const int c = count[v];
-    float acc[EMB_COLS_PER_THREAD];
+template <bool Vector, typename T>
+__device__ void embedding_backward_rows(const int* tokens, const T* dy, T* dtable, const int* ids,
+                                        const int* distinct, const int* start, const int* bucket,
+                                        long long n_tokens, int cols) {
+    const int named = ids[0];
+    for (int d = blockIdx.x; d < named; d += gridDim.x) {
+        const int v = distinct[d];
+        const int c = ids[2 + v];
+        float acc[EMB_GROUPS_PER_THREAD][8] = {};
+        if (c > EMB_SORT_MAX) {
+            sum_scanned<Vector>(tokens, dy, n_tokens, v, cols, acc);
+        } else {
+            sum_sorted_bucket<Vector>(dy, bucket + start[v], c, cols, acc);
+        }
+        const long long at = (long long)v * cols, end = at + cols;
 #pragma unroll
-    for (int j = 0; j < EMB_COLS_PER_THREAD; ++j) acc[j] = 0.0f;
-    if (c > EMB_SORT_MAX) {
-        sum_scanned(tokens, dy, n_tokens, v, cols, acc);
-    } else if (c > 0) {
-        sum_sorted_bucket(dy, bucket + start[v], c, cols, acc);
+        for (int j = 0; j < EMB_GROUPS_PER_THREAD; ++j) {
+            if (group_col(j) < cols) {
+                float old[8];
+                load8_rows<Vector>(dtable, at + group_col(j), end, old);
+                for (int k = 0; k < 8; ++k) acc[j][k] += old[k];
+                store8_rows<Vector>(dtable, at + group_col(j), end, acc[j]);
+            }
+        }
     }
-#pragma unroll
-    for (int j = 0; j < EMB_COLS_PER_THREAD; ++j) {
-        const int col = j * blockDim.x + threadIdx.x;
-        if (col < cols) store_acc(dtable, (long long)v * cols + col, acc[j], accumulate);
+}
+
+template <typename T>
+__device__ void embedding_backward(const int* tokens, const T* dy, T* dtable, const int* ids,
+                                   const int* distinct, const int* start, const int* bucket,
+                                   long long n_tokens, int cols) {
+    if (vec8_rows_ok(dy, cols) && vec8_rows_ok(dtable, cols)) {
+        embedding_backward_rows<true>(tokens, dy, dtable, ids, distinct, start, bucket, n_tokens, cols);
+    } else {
+        embedding_backward_rows<false>(tokens, dy, dtable, ids, distinct, start, bucket, n_tokens, cols);
     }
 }
 
@@ -184,14 +216,14 @@ extern "C" __global__ void embedding_bf16(const int* tokens, const bf16* table, 
     embedding(tokens, table, out, n_tokens, vocab, cols);
 }
 extern "C" __global__ void embedding_backward_f32(const int* tokens, const float* dy, float* dtable,
-                                                  const int* count, const int* start,
-                                                  const int* bucket, long long n_tokens, int vocab,
-                                                  int cols, int accumulate) {
-    embedding_backward(tokens, dy, dtable, count, start, bucket, n_tokens, vocab, cols, accumulate);
+                                                  const int* ids, const int* distinct,
+                                                  const int* start, const int* bucket,
+                                                  long long n_tokens, int cols) {
+    embedding_backward(tokens, dy, dtable, ids, distinct, start, bucket, n_tokens, cols);
 }
 extern "C" __global__ void embedding_backward_bf16(const int* tokens, const bf16* dy, bf16* dtable,
-                                                   const int* count, const int* start,
-                                                   const int* bucket, long long n_tokens, int vocab,
-                                                   int cols, int accumulate) {
-    embedding_backward(tokens, dy, dtable, count, start, bucket, n_tokens, vocab, cols, accumulate);
+                                                   const int* ids, const int* distinct,
+                                                   const int* start, const int* bucket,
+                                                   long long n_tokens, int cols) {
+    embedding_backward(tokens, dy, dtable, ids, distinct, start, bucket, n_tokens, cols);
 }

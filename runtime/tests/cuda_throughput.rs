@@ -13,7 +13,8 @@
 //! CUDA graphs; after the first one with gradient accumulation), MFU, the planner's estimate,
 //! the plan's arena and the GPU memory the whole process holds (nvidia-smi), the first and last
 //! loss. With `LLMQ_BENCH_PROFILE=1` it then times every step alone (`Backend::step_times`)
-//! and prints the ops that take longest, measured against the planner's estimate. Weights are
+//! (after replaying each section once as a whole, to show what runs between its kernels) and
+//! prints the ops that take longest, measured against the planner's estimate. Weights are
 //! uniform with the init's standard deviation (not `llmq-run`'s normal init:
 //! for a 7B model that takes minutes on one core), drawn on all cores. `LLMQ_BENCH_ATTENTION`
 //! picks the attention kernels: `cudnn` (the default: cuDNN's where they serve), `own`, or
@@ -194,16 +195,25 @@ fn profile(gpu: &mut CudaBackend, plan: &Plan) {
         .unwrap_or(24);
     let mut per_op: Vec<(&str, usize, f64, f64)> = Vec::new();
     for section in &plan.sections {
+        // The section as the steps run it (replayed as a graph where it is one), against the
+        // sum of its steps timed alone below: the difference is what runs between kernels.
+        gpu.synchronize().unwrap();
+        let started = Instant::now();
+        gpu.run_section(&section.name).unwrap();
+        gpu.synchronize().unwrap();
+        let replayed = started.elapsed().as_secs_f64();
         let times = gpu
             .step_times(section.start, section.end)
             .unwrap()
             .expect("the CUDA backend times steps");
         let steps = &plan.steps[section.start as usize..section.end as usize];
         println!(
-            "PROFILE {}: section {} ({} steps) {:.1} ms, estimate {:.1} ms",
+            "PROFILE {}: section {} ({} steps) {:.1} ms replayed, {:.1} ms its steps alone, \
+             estimate {:.1} ms",
             plan.model.name,
             section.name,
             steps.len(),
+            replayed * 1e3,
             times.iter().sum::<f64>() * 1e3,
             steps.iter().map(|s| s.estimate.seconds).sum::<f64>() * 1e3
         );

@@ -104,7 +104,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "embedding_f32",
             "embedding_bf16",
             "embedding_backward_count",
-            "embedding_backward_scan",
+            "embedding_backward_starts",
             "embedding_backward_bucket",
             "embedding_backward_f32",
             "embedding_backward_bf16",

@@ -163,7 +163,8 @@ const ROPE_BLOCK: u32 = 256;
 /// blocks (or one chunk, all sequences, when the positions alone give that many).
 const ROPE_BLOCKS_PER_SM: u64 = 8;
 
-/// Columns each thread of embedding_backward keeps (EMB_COLS_PER_THREAD in embedding.cu).
+/// Columns each thread of embedding_backward keeps (EMB_GROUPS_PER_THREAD groups of eight in
+/// embedding.cu).
 const EMBEDDING_COLS_PER_THREAD: u64 = 16;
 
 /// True for the swiglu ops reading gate and up packed in one input.
@@ -720,64 +721,81 @@ impl StepContext<'_> {
                 "embedding_backward takes at most 16384 columns, got {cols}"
             ));
         }
+        // [distinct count, bucket cursor, count[vocab], cursor[vocab]], then the named ids,
+        // the buckets' starts and the buckets (embedding.cu).
+        let counters = (2 + 2 * vocab) * 4;
         let base = COLSUM_COUNTERS * 4;
-        let bytes = base + (3 * vocab + tokens) * 4;
+        let bytes = base + counters + (tokens.min(vocab) + vocab + tokens) * 4;
         if bytes > SCRATCH_BYTES as u64 {
             return Err(format!(
                 "embedding_backward of {tokens} tokens over a vocabulary of {vocab} needs \
                  {bytes} bytes of kernel scratch, more than {SCRATCH_BYTES}"
             ));
         }
-        let count = self.kernel_scratch()? + base;
-        let cursor = count + vocab * 4;
-        let start = cursor + vocab * 4;
+        let ids = self.kernel_scratch()? + base;
+        let distinct = ids + counters;
+        let start = distinct + tokens.min(vocab) * 4;
         let bucket = start + vocab * 4;
         let call =
             |name: String, grid: u64, block: u32, args| KernelCall::new(name, grid, block, 0, args);
-        let (n, v) = (I64(tokens as i64), I32(vocab as i32));
+        let n = I64(tokens as i64);
         let grid = self.stride_grid(tokens);
-        let row_sums = call(
-            format!("embedding_backward_{dtype}"),
-            vocab,
-            (threads as u32).max(BLOCK),
-            vec![
-                self.input(0),
-                self.input(1),
-                self.output(0),
-                Ptr(count),
-                Ptr(start),
-                Ptr(bucket),
-                n,
-                v,
-                I32(cols as i32),
-                self.acc_all()?,
-            ],
-        );
         let kernels = [
             call(
                 "embedding_backward_count".into(),
                 grid,
                 BLOCK,
-                vec![self.input(0), Ptr(count), n, v],
+                vec![self.input(0), Ptr(ids), Ptr(distinct), n, I32(vocab as i32)],
             ),
             call(
-                "embedding_backward_scan".into(),
-                1,
-                1024,
-                vec![Ptr(count), Ptr(start), v],
+                "embedding_backward_starts".into(),
+                grid,
+                BLOCK,
+                vec![Ptr(ids), Ptr(distinct), Ptr(start)],
             ),
             call(
                 "embedding_backward_bucket".into(),
                 grid,
                 BLOCK,
-                vec![self.input(0), Ptr(start), Ptr(cursor), Ptr(bucket), n, v],
+                vec![
+                    self.input(0),
+                    Ptr(ids),
+                    Ptr(start),
+                    Ptr(bucket),
+                    n,
+                    I32(vocab as i32),
+                ],
             ),
-            row_sums,
+            // A block per named id, at most the number of tokens.
+            call(
+                format!("embedding_backward_{dtype}"),
+                tokens.min(vocab).clamp(1, self.sm_count as u64 * 16),
+                (threads as u32).max(BLOCK),
+                vec![
+                    self.input(0),
+                    self.input(1),
+                    self.output(0),
+                    Ptr(ids),
+                    Ptr(distinct),
+                    Ptr(start),
+                    Ptr(bucket),
+                    n,
+                    I32(cols as i32),
+                ],
+            ),
         ];
         let mut actions = vec![Action::Memset {
-            ptr: count,
-            bytes: (2 * vocab * 4) as usize,
+            ptr: ids,
+            bytes: counters as usize,
         }];
+        // The kernel adds to the rows that tokens name and leaves the others: where the plan
+        // does not accumulate, every row starts from zero.
+        if !self.acc(0) {
+            actions.push(Action::Memset {
+                ptr: (self.address)(self.step.node.outputs[0]),
+                bytes: self.out_ty(0).bytes() as usize,
+            });
+        }
         for kernel in kernels {
             actions.push(kernel_action(modules, kernel)?);
         }
@@ -1008,7 +1026,7 @@ impl StepContext<'_> {
                     I32(vocab as i32),
                     I32(cols as i32),
                 ];
-                call.grid = self.stride_grid(n * cols);
+                call.grid = self.stride_grid_8(n * cols);
             }
             Op::RmsNorm(r) => {
                 self.no_acc()?;
