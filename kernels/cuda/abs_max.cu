@@ -7,11 +7,10 @@
 template <typename T>
 __device__ void abs_max(const T* x, long long n, float* amax) {
     float m = 0.0f;
-    for (long long i = first8(); i < n; i += stride8()) {
-        float v[8];
-        load8(x, i, n, v);  // missing values are 0, which never raise the max
+    // Missing values are 0, which never raise the max.
+    for_each8(x, n, [&](const float v[8]) {
         for (int k = 0; k < 8; ++k) m = nan_max(m, fabsf(v[k]));
-    }
+    });
     block_abs_max_into(m, amax);
 }
 

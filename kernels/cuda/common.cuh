@@ -142,6 +142,29 @@ __device__ __forceinline__ long long first8() {
 }
 __device__ __forceinline__ long long stride8() { return (long long)gridDim.x * blockDim.x * 8; }
 
+// A grid-stride pass over x[0..n) by runs of eight: `fold(v)` for each run (values past n are 0).
+// Where every run is whole and aligned (checked once), four runs' loads go out before any is
+// folded, so a thread waits on memory once per four runs rather than once per run. The runs
+// reach `fold` in an order that depends on the unrolling: for order-free folds (max, or a sum
+// whose blocks combine by atomics anyway).
+template <typename T, typename Fold>
+__device__ __forceinline__ void for_each8(const T* x, long long n, Fold fold) {
+    const long long stride = stride8();
+    long long i = first8();
+    if (vec8_rows_ok(x, n)) {
+        for (; i + 3 * stride < n; i += 4 * stride) {
+            float v[4][8];
+            for (int u = 0; u < 4; ++u) load8_vector(x, i + u * stride, v[u]);
+            for (int u = 0; u < 4; ++u) fold(v[u]);
+        }
+    }
+    for (; i < n; i += stride) {
+        float v[8];
+        load8(x, i, n, v);
+        fold(v);
+    }
+}
+
 // `out = v`, or `out += v` (in FP32, rounded once) when `accumulate` is set.
 template <typename T>
 __device__ __forceinline__ void store_acc(T* p, long long i, float v, int accumulate) {

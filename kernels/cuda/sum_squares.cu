@@ -8,11 +8,9 @@
 template <typename T>
 __device__ void sum_squares(const T* x, long long n, float* s) {
     float acc = 0.0f;
-    for (long long i = first8(); i < n; i += stride8()) {
-        float v[8];
-        load8(x, i, n, v);
+    for_each8(x, n, [&](const float v[8]) {
         for (int k = 0; k < 8; ++k) acc += v[k] * v[k];
-    }
+    });
     acc = block_sum(acc);
     if (threadIdx.x == 0) atomicAdd(s, acc);
 }

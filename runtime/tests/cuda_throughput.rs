@@ -126,10 +126,14 @@ fn bench(path: &str, steps: usize, options: CudaOptions) {
     let mut times = Vec::new();
     let mut losses = Vec::new();
     let accum = plan.options.grad_accum as u64;
+    // Each micro-batch's wall time (upload, forward, backward, loss read back) in the last step.
+    let mut micro_times = Vec::new();
     for step in 1..=steps as u64 {
         let start = Instant::now();
         let mut loss = 0.0;
+        micro_times.clear();
         for micro in 0..accum {
+            let micro_start = Instant::now();
             let tokens: Vec<f32> = (0..n + 1)
                 .map(|i| (rng::uniform(2, step * accum + micro, i as u64) * vocab).floor() as f32)
                 .collect();
@@ -139,6 +143,7 @@ fn bench(path: &str, steps: usize, options: CudaOptions) {
             gpu.run_section("forward").unwrap();
             gpu.run_section("backward").unwrap();
             loss += gpu.read_f32(io.loss).unwrap()[0] / accum as f32;
+            micro_times.push(micro_start.elapsed().as_secs_f64() * 1e3);
         }
         losses.push(loss);
         gpu.write_f32(io.hyper, &[1e-4, step as f32]).unwrap();
@@ -180,6 +185,15 @@ fn bench(path: &str, steps: usize, options: CudaOptions) {
         process_gpu_mib().map_or("?".into(), |m| m.to_string()),
         losses[0],
         losses[losses.len() - 1],
+    );
+    let first = micro_times[0];
+    micro_times.sort_by(f64::total_cmp);
+    println!(
+        "BENCH {path}: micro-batches of the last step: first {first:.1} ms, min {:.1}, median \
+         {:.1}, max {:.1}",
+        micro_times[0],
+        micro_times[micro_times.len() / 2],
+        micro_times[micro_times.len() - 1]
     );
     if std::env::var("LLMQ_BENCH_PROFILE").is_ok_and(|v| v == "1") {
         profile(&mut gpu, &plan);
