@@ -98,17 +98,17 @@ fn fill_random(arena: (u64, u64), stream: &Arc<CudaStream>) -> Result<(), Backen
         .flat_map(|i| llmq_kernels::rng::word(0x6175_746f, 0, i).to_le_bytes())
         .take(seed_bytes)
         .collect();
-    let fill = device_error("filling the arena with random bytes for autotuning");
+    let fail = || device_error("filling the arena with random bytes for autotuning");
     // SAFETY: `base..base + seed_bytes` lies in the arena, which nothing else uses yet; the
     // host slice lives until the synchronous copy returns.
-    unsafe { result::memcpy_htod_sync(base, &random) }.map_err(fill)?;
+    unsafe { result::memcpy_htod_sync(base, &random) }.map_err(fail())?;
     let mut filled = seed_bytes as u64;
     while filled < bytes {
         let chunk = filled.min(bytes - filled);
         // SAFETY: source `base..base + chunk` and destination `base + filled..+ chunk` lie in
         // the arena and do not overlap (chunk ≤ filled).
-        unsafe { result::memcpy_dtod_async(base + filled, base, chunk as usize, stream.cu_stream()) }
-            .map_err(device_error("filling the arena with random bytes for autotuning"))?;
+        let (dst, stream) = (base + filled, stream.cu_stream());
+        unsafe { result::memcpy_dtod_async(dst, base, chunk as usize, stream) }.map_err(fail())?;
         filled += chunk;
     }
     Ok(())
