@@ -32,8 +32,10 @@ const WARM_UPS: usize = 2;
 /// How long each candidate runs back to back before it is timed, and again while it is timed
 /// (the mean of the timed runs is its time): the power limiter settles within milliseconds.
 const SUSTAIN_SECONDS: f64 = 0.02;
-/// Timed runs at least, for shapes too slow to repeat within SUSTAIN_SECONDS.
+/// Timed runs at least, for shapes too slow to repeat within SUSTAIN_SECONDS, and at most, for
+/// shapes so small (tens of microseconds) that they never reach the power cap anyway.
 const MIN_TIMED_RUNS: usize = 3;
+const MAX_TIMED_RUNS: usize = 200;
 /// Bytes of random data copied to the device, then doubled by device copies to fill the arena.
 const RANDOM_SEED_BYTES: usize = 16 << 20;
 
@@ -178,7 +180,8 @@ pub fn autotune(
             let time = run(WARM_UPS)
                 .and_then(|()| timer.time(stream, || run(1)))
                 .and_then(|once| {
-                    let runs = ((SUSTAIN_SECONDS / once).ceil() as usize).max(MIN_TIMED_RUNS);
+                    let runs = ((SUSTAIN_SECONDS / once).ceil() as usize)
+                        .clamp(MIN_TIMED_RUNS, MAX_TIMED_RUNS);
                     run(runs)?;
                     Ok(timer.time(stream, || run(runs))? / runs as f64)
                 });
