@@ -766,7 +766,7 @@ impl StepContext<'_> {
                     I32(vocab as i32),
                 ],
             ),
-            // A block per named id, at most the number of tokens.
+            // Blocks step over the named ids: at most one per token, or per vocabulary row.
             call(
                 format!("embedding_backward_{dtype}"),
                 tokens.min(vocab).clamp(1, self.sm_count as u64 * 16),
