@@ -2,41 +2,55 @@
 # Builds everything a lent GPU machine runs into gpu-bundle/ (git-ignored), to be carried there:
 # the device machine builds nothing (docs/cuda.md, "Running them on the lent GPU").
 #
-#     tools/gpu_bundle.sh [--keep-previous] [MODEL:PRECISION ...]
+#     tools/gpu_bundle.sh [--previous REV] [MODEL:PRECISION ...]
 #
 # Puts in gpu-bundle/: llmqc, llmq-run, the GPU test binaries (cuda_conformance, cuda_throughput,
 # cuda_attention) under those names, tools/gpu_run.sh as run.sh, and a plan per MODEL:PRECISION
 # (models/qwen2.5-MODEL.ron in LLMQ's published state for the H100: --vram 80G, global batch
 # 512 × 1024, --master none --moments bf16), named MODEL-PRECISION.bin; with no pairs, the eight
-# of the issue (0.5b 1.5b 3b 7b, fp8 and bf16). --keep-previous keeps the bundle's earlier
-# cuda_throughput as cuda_throughput_previous, for run.sh's side-by-side runs (AB=...).
+# of the issue (0.5b 1.5b 3b 7b, fp8 and bf16). --previous REV adds cuda_throughput as of commit
+# REV, built in a git worktree (target/gpu-previous) with the same target folder, as
+# cuda_throughput_previous, for run.sh's side-by-side runs (AB=...).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 bundle=gpu-bundle
-keep_previous=0
-if [ "${1:-}" = --keep-previous ]; then
-    keep_previous=1
-    shift
+previous=
+if [ "${1:-}" = --previous ]; then
+    previous=$2
+    shift 2
 fi
 pairs=("$@")
 if [ ${#pairs[@]} -eq 0 ]; then
     pairs=(0.5b:fp8 0.5b:bf16 1.5b:fp8 1.5b:bf16 3b:fp8 3b:bf16 7b:fp8 7b:bf16)
 fi
 
-cargo build --release --bins
 mkdir -p "$bundle"
-if [ $keep_previous = 1 ]; then
-    [ -f "$bundle/cuda_throughput" ] || { echo "no earlier $bundle/cuda_throughput to keep" >&2; exit 1; }
-    mv "$bundle/cuda_throughput" "$bundle/cuda_throughput_previous"
+# copy_tests SUFFIX CARGO-TEST-ARGS...: builds test binaries and copies each into the bundle
+# under its name (cargo's hash dropped) and SUFFIX, from cargo's own report of what it built.
+copy_tests() {
+    local suffix=$1
+    shift
+    cargo test --release --no-run -p llmq-runtime "$@" --message-format=json |
+        grep -o '"executable":"[^"]*"' | cut -d'"' -f4 |
+        while read -r path; do
+            name=$(basename "$path")
+            cp "$path" "$bundle/${name%-*}$suffix"
+        done
+}
+# The previous build first: it shares the target folder (and its dependencies' builds), and
+# the current build after it leaves that folder as the checkout is.
+if [ -n "$previous" ]; then
+    root=$(pwd)
+    rm -f "$bundle/cuda_throughput_previous"
+    git worktree remove --force target/gpu-previous 2> /dev/null || true
+    git worktree add --detach target/gpu-previous "$previous"
+    (cd target/gpu-previous && CARGO_TARGET_DIR="$root/target" bundle="$root/$bundle" \
+        copy_tests _previous --test cuda_throughput)
+    git worktree remove --force target/gpu-previous
+    [ -f "$bundle/cuda_throughput_previous" ] || { echo "$previous: no cuda_throughput" >&2; exit 1; }
 fi
-# The test binaries' paths, from cargo's own report of what it built.
-cargo test --release --no-run -p llmq-runtime --test cuda_conformance --test cuda_throughput \
-    --test cuda_attention --message-format=json |
-    grep -o '"executable":"[^"]*"' | cut -d'"' -f4 |
-    while read -r path; do
-        name=$(basename "$path")
-        cp "$path" "$bundle/${name%-*}"
-    done
+cargo build --release --bins
+copy_tests "" --test cuda_conformance --test cuda_throughput --test cuda_attention
 cp target/release/llmqc target/release/llmq-run "$bundle/"
 cp tools/gpu_run.sh "$bundle/run.sh"
 for pair in "${pairs[@]}"; do
