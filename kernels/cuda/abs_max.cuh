@@ -19,6 +19,14 @@ __device__ __forceinline__ float abs_max8_as_stored(const T* p, long long i, lon
     return m;
 }
 
+// abs_max8_as_stored for a run of eight inside a row; with `Vector` (vec8_rows_ok checked) all
+// eight exist, so the bounds test, and its branch, go.
+template <bool Vector, typename T>
+__device__ __forceinline__ float abs_max8_rows(const T* p, long long i, long long n,
+                                               const float v[8]) {
+    return Vector ? abs_max8_as_stored(p, 0, 8, v) : abs_max8_as_stored(p, i, n, v);
+}
+
 // Folds every thread's partial `m` (a maximum of absolute values) into `*amax`: a NaN-aware
 // block reduction, then one atomic max on the float's bits per block. `*amax` must hold 0 (or
 // an earlier maximum) before the launch. Every thread of the block must call it (blockDim a

@@ -32,10 +32,7 @@ __device__ float add_rms_norm_row(const T* a, const T* b, const T* w, T* s, T* y
         load8_rows<Vector>(w, i, group_size, wv);
         for (int k = 0; k < 8; ++k) v[k] = v[k] * r * wv[k];
         store8_rows<Vector>(y + base, i, group_size, v);
-        // (0, 8): with Vector all eight exist, and the bounds test (a branch) goes.
-        if (amax)
-            m = nan_max(m, Vector ? abs_max8_as_stored(y, 0, 8, v)
-                                  : abs_max8_as_stored(y + base, i, group_size, v));
+        if (amax) m = nan_max(m, abs_max8_rows<Vector>(y + base, i, group_size, v));
     }
     if (lane == 0) rstd[g] = r;
     return m;
@@ -54,9 +51,7 @@ __device__ void add_rms_norm(const T* a, const T* b, const T* w, T* s, T* y, flo
     const long long g = blockIdx.x * (long long)(blockDim.x >> 5) + (threadIdx.x >> 5);
     float m = 0.0f;
     if (g < groups) {
-        const bool vector = vec8_rows_ok(a, group_size) && vec8_rows_ok(b, group_size) &&
-                            vec8_rows_ok(w, group_size) && vec8_rows_ok(s, group_size) &&
-                            vec8_rows_ok(y, group_size);
+        const bool vector = vec8_rows_ok_all(group_size, a, b, w, (const T*)s, (const T*)y);
         m = vector ? add_rms_norm_row<true>(a, b, w, s, y, rstd, amax, g, group_size, eps)
                    : add_rms_norm_row<false>(a, b, w, s, y, rstd, amax, g, group_size, eps);
     }

@@ -28,14 +28,10 @@ template <typename T>
 __device__ void bias_backward(const T* dy, T* db, float* scratch, long long rows, int cols,
                               int accumulate) {
     const int c = colsum_first_column(blockIdx.x, cols);
-    // Tested once, uniform: the rows' vector loads then go out together (see column_sum).
     const bool vector = vec8_rows_ok(dy, cols);
     column_sum_split(
         rows, cols, blockIdx.x, scratch,
-        [&](long long r, float v[8]) {
-            if (vector) load8_vector(dy + r * cols, c, v);
-            else load8(dy + r * cols, c, cols, v);
-        },
+        [&](long long r, float v[8]) { load8_uniform(vector, dy + r * cols, c, cols, v); },
         [&](int col, float total) { store_acc(db, col, total, accumulate); });
 }
 

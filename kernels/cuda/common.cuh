@@ -112,6 +112,16 @@ __device__ __forceinline__ void load8_rows(const T* p, long long i, long long n,
     if constexpr (Vector) load8_vector(p, i, v);
     else load8(p, i, n, v);
 }
+// load8_rows with the caller's check made at run time, for a loop that one code path must
+// serve (column_sum's 32 KB of shared memory is not worth two instances): `vector` is the same
+// for the whole block, so the compiler takes the test out of the loop and its loads still go
+// out together.
+template <typename T>
+__device__ __forceinline__ void load8_uniform(bool vector, const T* p, long long i, long long n,
+                                              float v[8]) {
+    if (vector) load8_vector(p, i, v);
+    else load8(p, i, n, v);
+}
 template <bool Vector, typename T>
 __device__ __forceinline__ void store8_rows(T* p, long long i, long long n, const float v[8]) {
     if constexpr (Vector) store8_vector(p, i, v);
@@ -124,6 +134,11 @@ __device__ __forceinline__ void store8_rows(T* p, long long i, long long n, cons
 template <typename T>
 __device__ __forceinline__ bool vec8_rows_ok(const T* p, long long cols) {
     return cols % 8 == 0 && reinterpret_cast<unsigned long long>(p) % sizeof(Vec8<T>) == 0;
+}
+// vec8_rows_ok for every operand of a kernel at once.
+template <typename... T>
+__device__ __forceinline__ bool vec8_rows_ok_all(long long cols, const T*... p) {
+    return (vec8_rows_ok(p, cols) && ...);
 }
 
 // `v` rounded to T's storage and widened back: what a store of `v` and a load give (the first

@@ -11,7 +11,7 @@ template <typename T>
 __device__ void embedding(const int* tokens, const T* table, T* out, long long n_tokens, int vocab,
                           int cols) {
     const long long n = n_tokens * cols;
-    if (vec8_rows_ok(table, cols) && vec8_rows_ok(out, cols)) {
+    if (vec8_rows_ok_all(cols, table, (const T*)out)) {
         // Each run of eight lies inside one row: one vector load and store.
         for (long long i = first8(); i < n; i += stride8()) {
             const int t = tokens[i / cols];
@@ -60,7 +60,8 @@ __device__ void embedding(const int* tokens, const T* table, T* out, long long n
 //     independent of the atomics. No atomics on the values; rows no token names are not
 //     touched: where the plan does not accumulate, the launcher zeroes dtable first.
 
-__device__ __forceinline__ int* id_counts(int* ids) { return ids + 2; }
+template <typename I>  // int or const int
+__device__ __forceinline__ I* id_counts(I* ids) { return ids + 2; }
 __device__ __forceinline__ int* id_cursors(int* ids, int vocab) { return ids + 2 + vocab; }
 
 extern "C" __global__ void embedding_backward_count(const int* tokens, int* ids, int* distinct,
@@ -176,7 +177,7 @@ __device__ void embedding_backward_rows(const int* tokens, const T* dy, T* dtabl
     const int named = ids[0];
     for (int d = blockIdx.x; d < named; d += gridDim.x) {
         const int v = distinct[d];
-        const int c = ids[2 + v];
+        const int c = id_counts(ids)[v];
         float acc[EMB_GROUPS_PER_THREAD][8] = {};
         if (c > EMB_SORT_MAX) {
             sum_scanned<Vector>(tokens, dy, n_tokens, v, cols, acc);
@@ -200,7 +201,7 @@ template <typename T>
 __device__ void embedding_backward(const int* tokens, const T* dy, T* dtable, const int* ids,
                                    const int* distinct, const int* start, const int* bucket,
                                    long long n_tokens, int cols) {
-    if (vec8_rows_ok(dy, cols) && vec8_rows_ok(dtable, cols)) {
+    if (vec8_rows_ok_all(cols, dy, (const T*)dtable)) {
         embedding_backward_rows<true>(tokens, dy, dtable, ids, distinct, start, bucket, n_tokens, cols);
     } else {
         embedding_backward_rows<false>(tokens, dy, dtable, ids, distinct, start, bucket, n_tokens, cols);

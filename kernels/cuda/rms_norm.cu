@@ -80,10 +80,7 @@ __device__ float rms_norm_backward_row(const T* dy, const T* x, const T* w, cons
             for (int k = 0; k < 8; ++k) out[k] += old[k];
         }
         store8_rows<Vector>(dxg, i, group_size, out);
-        // With Vector all eight are inside the row: (0, 8) drops the bounds test (no branch).
-        if (amax)
-            m = nan_max(m, Vector ? abs_max8_as_stored(dxg, 0, 8, out)
-                                  : abs_max8_as_stored(dxg, i, group_size, out));
+        if (amax) m = nan_max(m, abs_max8_rows<Vector>(dxg, i, group_size, out));
     }
     return m;
 }
@@ -118,25 +115,16 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const T* w, const flo
     const long long per_chunk = (groups + COLSUM_CHUNKS - 1) / COLSUM_CHUNKS;
     const long long run = col_blocks + (per_chunk + warps - 1) / warps;  // blocks per chunk
     const long long chunk = blockIdx.x / run, at = blockIdx.x % run;
-    const bool vector = vec8_rows_ok(dy, group_size) && vec8_rows_ok(x, group_size) &&
-                        vec8_rows_ok(w, group_size) && vec8_rows_ok(residual, group_size) &&
-                        vec8_rows_ok(dx, group_size);
+    const bool vector = vec8_rows_ok_all(group_size, dy, x, w, residual, (const T*)dx);
     if (at < col_blocks) {
         const long long block = chunk * col_blocks + at;  // column_sum_split's numbering
         const int c = colsum_first_column(block, group_size);
-        // One column_sum_split for both paths (each instance holds 32 KB of shared memory), the
-        // uniform test inside the row's term: the two loads of an aligned row go out together.
         column_sum_split(
             groups, group_size, block, scratch,
             [&](long long g, float v[8]) {
                 float d[8], xv[8];
-                if (vector) {
-                    load8_vector(dy + g * group_size, c, d);
-                    load8_vector(x + g * group_size, c, xv);
-                } else {
-                    load8(dy + g * group_size, c, group_size, d);
-                    load8(x + g * group_size, c, group_size, xv);
-                }
+                load8_uniform(vector, dy + g * group_size, c, group_size, d);
+                load8_uniform(vector, x + g * group_size, c, group_size, xv);
                 const float r = rstd[g];
                 for (int k = 0; k < 8; ++k) v[k] = d[k] * xv[k] * r;
             },

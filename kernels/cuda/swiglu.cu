@@ -37,7 +37,7 @@ __device__ __forceinline__ void store_gu(T* p, long long i, long long j, long lo
     }
 }
 
-// Vector (checked once by vector_swiglu): every group of eight is whole and aligned in every
+// Vector (checked once by the caller): every group of eight is whole and aligned in every
 // operand, so the loop's loads carry no per-access test and branch and go out together.
 template <bool Vector, typename T>
 __device__ void swiglu_groups(const T* gate, const T* up, T* h, float* amax, long long n,
@@ -55,20 +55,9 @@ __device__ void swiglu_groups(const T* gate, const T* up, T* h, float* amax, lon
         }
         for (int k = 0; k < 8; ++k) y[k] = g[k] * sigmoid(g[k]) * u[k];
         store8_rows<Vector>(h, i, n, y);
-        // (0, 8): with Vector all eight exist, and the bounds test (a branch) goes.
-        if (amax) m = nan_max(m, Vector ? abs_max8_as_stored(h, 0, 8, y)
-                                        : abs_max8_as_stored(h, i, n, y));
+        if (amax) m = nan_max(m, abs_max8_rows<Vector>(h, i, n, y));
     }
     if (amax) block_abs_max_into(m, amax);
-}
-
-// True when every group of eight of every operand takes the 16-byte path: the rows' width and
-// stride multiples of eight and each pointer aligned to the vector (null ones pass).
-template <typename T>
-__device__ __forceinline__ bool vector_swiglu(long long width, long long stride, const T* a,
-                                              const T* b, const T* c, const T* d, const T* e) {
-    return stride % 8 == 0 && vec8_rows_ok(a, width) && vec8_rows_ok(b, width) &&
-           vec8_rows_ok(c, width) && vec8_rows_ok(d, width) && vec8_rows_ok(e, width);
 }
 
 // swiglu_{f32,bf16}(const T* gate, const T* up, T* h, long long n, long long width,
@@ -81,7 +70,9 @@ __device__ __forceinline__ bool vector_swiglu(long long width, long long stride,
 template <typename T>
 __device__ void swiglu(const T* gate, const T* up, T* h, float* amax, long long n,
                        long long width, long long stride) {
-    if (vector_swiglu(width, stride, gate, up, (const T*)h, (const T*)nullptr, (const T*)nullptr))
+    // Every group of eight of every operand on the 16-byte path: rows of `width` at multiples of
+    // eight `stride` apart, each pointer aligned.
+    if (stride % 8 == 0 && vec8_rows_ok_all(width, gate, up, (const T*)h))
         swiglu_groups<true>(gate, up, h, amax, n, width, stride);
     else
         swiglu_groups<false>(gate, up, h, amax, n, width, stride);
@@ -118,11 +109,8 @@ __device__ void swiglu_backward_groups(const T* gate, const T* up, const T* dh, 
             store_gu(dup, i, j, n, width, stride, du, accumulate);
         }
         if (dgate_amax) {
-            // (0, 8): with Vector all eight exist, and the bounds test (a branch) goes.
-            mg = nan_max(mg, Vector ? abs_max8_as_stored(dgate, 0, 8, dg)
-                                    : abs_max8_as_stored(dgate, i, n, dg));
-            mu = nan_max(mu, Vector ? abs_max8_as_stored(dup, 0, 8, du)
-                                    : abs_max8_as_stored(dup, i, n, du));
+            mg = nan_max(mg, abs_max8_rows<Vector>(dgate, i, n, dg));
+            mu = nan_max(mu, abs_max8_rows<Vector>(dup, i, n, du));
         }
     }
     if (dgate_amax) {
@@ -145,7 +133,8 @@ template <typename T>
 __device__ void swiglu_backward(const T* gate, const T* up, const T* dh, T* dgate, T* dup,
                                 float* dgate_amax, float* dup_amax, long long n,
                                 long long width, long long stride, int accumulate) {
-    if (vector_swiglu(width, stride, gate, up, dh, (const T*)dgate, (const T*)dup))
+    // As in swiglu.
+    if (stride % 8 == 0 && vec8_rows_ok_all(width, gate, up, dh, (const T*)dgate, (const T*)dup))
         swiglu_backward_groups<true>(gate, up, dh, dgate, dup, dgate_amax, dup_amax, n, width,
                                      stride, accumulate);
     else
