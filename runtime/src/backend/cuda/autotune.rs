@@ -5,15 +5,8 @@
 //! shape runs each of its candidates (`matmul::CANDIDATES`) on the very tensors of its first step,
 //! timed with CUDA events, and keeps the fastest where it beats the heuristics' first by more
 //! than [`MARGIN`]: where the candidates tie, timing noise then does not move the choice from one
-//! run to the next.
-//!
-//! The timing runs where training runs: at the card's power cap. An H100 trains at its 700 W
-//! limit with the SM clock a quarter below its boost (docs/benchmarks.md), and an algorithm that
-//! is fastest in a short burst at full clock need not be fastest there. So the arena is filled
-//! with random bytes (constant operands leave the tensor cores' data paths idle and the card far
-//! below its limit) and each candidate runs back to back for [`SUSTAIN_SECONDS`] before and
-//! while it is timed, long enough for the power limiter to settle. The arena is zeroed again
-//! afterwards, as it was allocated.
+//! run to the next. The arena is filled with a finite pattern for the timing (zeros would let the
+//! tensor cores idle at lower power) and zeroed again afterwards, as it was allocated.
 //!
 //! Different algorithms may round differently (another split of the reduced dimension), so two
 //! runs that choose differently are not bitwise equal; `CudaOptions::autotune_matmuls = false`
@@ -22,22 +15,17 @@
 use super::launch::{Action, Launch};
 use super::matmul::Gemms;
 use super::{BackendError, Timer, device_error};
+use cudarc::driver::sys;
 use cudarc::driver::{CudaContext, CudaStream, result};
 use std::sync::Arc;
 
 /// How much faster than the heuristics' first a candidate must run to be chosen.
 const MARGIN: f64 = 0.03;
-/// Runs of each candidate before it is measured (compiling nothing, warming caches).
+/// Runs of each candidate before timing, and timed runs (their mean is the candidate's time).
 const WARM_UPS: usize = 2;
-/// How long each candidate runs back to back before it is timed, and again while it is timed
-/// (the mean of the timed runs is its time): the power limiter settles within milliseconds.
-const SUSTAIN_SECONDS: f64 = 0.02;
-/// Timed runs at least, for shapes too slow to repeat within SUSTAIN_SECONDS, and at most, for
-/// shapes so small (tens of microseconds) that they never reach the power cap anyway.
-const MIN_TIMED_RUNS: usize = 3;
-const MAX_TIMED_RUNS: usize = 200;
-/// Bytes of random data copied to the device, then doubled by device copies to fill the arena.
-const RANDOM_SEED_BYTES: usize = 16 << 20;
+const TIMED_RUNS: usize = 5;
+/// The fill for timing: BF16 pairs of 1.0; as FP8 bytes, 1.875 and −0; as FP32, about 1.0.
+const PATTERN: u32 = 0x3F80_3F80;
 
 /// What autotuning did, for the user.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -89,33 +77,6 @@ pub fn choose(times: &[f64]) -> usize {
     }
 }
 
-/// Fills `arena = (address, bytes)` with random bytes: RANDOM_SEED_BYTES from the host, then
-/// device copies doubling the filled part (a few milliseconds for 80 GB, where a host copy of it
-/// all would take seconds). As FP8 or BF16 some bytes are NaN or infinite, which changes no
-/// matmul's speed.
-fn fill_random(arena: (u64, u64), stream: &Arc<CudaStream>) -> Result<(), BackendError> {
-    let (base, bytes) = arena;
-    let seed_bytes = RANDOM_SEED_BYTES.min(bytes as usize);
-    let random: Vec<u8> = (0..seed_bytes.div_ceil(8) as u64)
-        .flat_map(|i| llmq_kernels::rng::word(0x6175_746f, 0, i).to_le_bytes())
-        .take(seed_bytes)
-        .collect();
-    let fail = || device_error("filling the arena with random bytes for autotuning");
-    // SAFETY: `base..base + seed_bytes` lies in the arena, which nothing else uses yet; the
-    // host slice lives until the synchronous copy returns.
-    unsafe { result::memcpy_htod_sync(base, &random) }.map_err(fail())?;
-    let mut filled = seed_bytes as u64;
-    while filled < bytes {
-        let chunk = filled.min(bytes - filled);
-        // SAFETY: source `base..base + chunk` and destination `base + filled..+ chunk` lie in
-        // the arena and do not overlap (chunk ≤ filled).
-        let (dst, stream) = (base + filled, stream.cu_stream());
-        unsafe { result::memcpy_dtod_async(dst, base, chunk as usize, stream) }.map_err(fail())?;
-        filled += chunk;
-    }
-    Ok(())
-}
-
 /// Times every candidate of every shape that `launches` use, chooses one per shape, and zeroes
 /// the arena `arena = (address, bytes)` again. Shapes whose tensors are not all in that arena
 /// (host-mapped operands) keep the heuristics' first algorithm.
@@ -164,7 +125,10 @@ pub fn autotune(
         return Ok(tuning);
     }
     let cu_stream = stream.cu_stream();
-    fill_random(arena, stream)?;
+    // SAFETY: `base..base + bytes` is the arena; nothing else uses it yet.
+    unsafe { sys::cuMemsetD32Async(base, PATTERN, (bytes / 4) as usize, cu_stream) }
+        .result()
+        .map_err(device_error("filling the arena for autotuning"))?;
     let timer = Timer::new(ctx)?;
     for (gemm, [a, b, d], scales, count) in timed {
         let mut times = Vec::with_capacity(gemms.candidates(gemm));
@@ -177,16 +141,9 @@ pub fn autotune(
                 }
                 Ok(())
             };
-            let time = run(WARM_UPS)
-                .and_then(|()| timer.time(stream, || run(1)))
-                .and_then(|once| {
-                    let runs = ((SUSTAIN_SECONDS / once).ceil() as usize)
-                        .clamp(MIN_TIMED_RUNS, MAX_TIMED_RUNS);
-                    run(runs)?;
-                    Ok(timer.time(stream, || run(runs))? / runs as f64)
-                });
+            let time = run(WARM_UPS).and_then(|()| timer.time(stream, || run(TIMED_RUNS)));
             // A candidate that cuBLASLt refuses to run is never chosen.
-            times.push(time.unwrap_or(f64::INFINITY));
+            times.push(time.map_or(f64::INFINITY, |t| t / TIMED_RUNS as f64));
         }
         let chosen = choose(&times);
         gemms.choose(gemm, chosen);
