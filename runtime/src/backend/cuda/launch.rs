@@ -386,11 +386,24 @@ impl StepContext<'_> {
     fn out_ty(&self, i: usize) -> &TensorType {
         &self.plan.tensor(self.step.node.outputs[i]).ty
     }
+    fn input_address(&self, i: usize) -> u64 {
+        (self.address)(self.step.node.inputs[i])
+    }
+    fn output_address(&self, i: usize) -> u64 {
+        (self.address)(self.step.node.outputs[i])
+    }
     fn input(&self, i: usize) -> Arg {
-        Arg::Ptr((self.address)(self.step.node.inputs[i]))
+        Arg::Ptr(self.input_address(i))
     }
     fn output(&self, i: usize) -> Arg {
-        Arg::Ptr((self.address)(self.step.node.outputs[i]))
+        Arg::Ptr(self.output_address(i))
+    }
+    /// A memset of the whole output `i`.
+    fn zero_output(&self, i: usize) -> Action {
+        Action::Memset {
+            ptr: self.output_address(i),
+            bytes: self.out_ty(i).bytes() as usize,
+        }
     }
     fn acc(&self, i: usize) -> bool {
         self.step.node.accumulate[i]
@@ -494,7 +507,7 @@ impl StepContext<'_> {
         if self.acc(i) {
             Vec::new()
         } else {
-            vec![(self.address)(self.step.node.outputs[i])]
+            vec![self.output_address(i)]
         }
     }
 
@@ -509,8 +522,8 @@ impl StepContext<'_> {
             return Ok(Launch {
                 zero_first: Vec::new(),
                 actions: vec![Action::Copy {
-                    dst: (self.address)(self.step.node.outputs[0]),
-                    src: (self.address)(self.step.node.inputs[0]),
+                    dst: self.output_address(0),
+                    src: self.input_address(0),
                     bytes: self.out_ty(0).bytes() as usize,
                 }],
             });
@@ -518,10 +531,7 @@ impl StepContext<'_> {
         if let Op::Zero(_) = op {
             return Ok(Launch {
                 zero_first: Vec::new(),
-                actions: vec![Action::Memset {
-                    ptr: (self.address)(self.step.node.outputs[0]),
-                    bytes: self.out_ty(0).bytes() as usize,
-                }],
+                actions: vec![self.zero_output(0)],
             });
         }
         if let Op::Fp8Matmul(_) = op {
@@ -791,10 +801,7 @@ impl StepContext<'_> {
         // The kernel adds to the rows that tokens name and leaves the others: where the plan
         // does not accumulate, every row starts from zero.
         if !self.acc(0) {
-            actions.push(Action::Memset {
-                ptr: (self.address)(self.step.node.outputs[0]),
-                bytes: self.out_ty(0).bytes() as usize,
-            });
+            actions.push(self.zero_output(0));
         }
         for kernel in kernels {
             actions.push(kernel_action(modules, kernel)?);
